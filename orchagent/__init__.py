@@ -1,0 +1,1 @@
+"""orchagent: a host agent for MySQL and MariaDB fleets, driven by orchestrator."""

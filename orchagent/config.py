@@ -1,0 +1,254 @@
+"""The agent's configuration: every V1 key with its V1 default, plus orchagent's own keys.
+
+The file format is orchestrator-agent's JSON so an existing
+``/etc/orchestrator-agent.conf.json`` works unchanged.  Keys match case-insensitively (as Go's
+encoding/json did).  Every problem is reported as one :class:`ConfigError` naming the file and
+the key, so an administrator knows exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import socket
+from typing import Any, Callable, Iterable
+
+import attrs
+
+#: Where V1 looked when no ``--config`` was given, decoded in order, later files on top.
+#: orchagent's own path sits after V1's system-wide file.
+DEFAULT_CONFIG_FILES = (
+    "/etc/orchestrator-agent.conf.json",
+    "/etc/orchagent/orchagent.conf.json",
+    "conf/orchestrator-agent.conf.json",
+    "orchestrator-agent.conf.json",
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+# --- value kinds: each turns a JSON value into a Python value or raises ValueError -------------
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_json_type(value)}")
+    return value
+
+
+def _uint(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a non-negative integer, got {json.dumps(value)}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of strings, got {json.dumps(value)}")
+    return tuple(value)
+
+
+def _string_or_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(v for v in _string_list(value) if v)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"must be an object mapping names to command strings, got {json.dumps(value)}")
+    return dict(value)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(
+        type(value), json.dumps(value)
+    )
+
+
+def _key(name: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+    return attrs.field(default=default, metadata={"key": name, "kind": kind})
+
+
+@attrs.frozen
+class Config:
+    """One field per configuration key; ``metadata["key"]`` is the JSON key name."""
+
+    # V1 keys, V1 defaults (contract A.4.2)
+    snapshot_mount_point: str = _key("SnapshotMountPoint", "", _string)
+    continuous_poll_seconds: int = _key("ContinuousPollSeconds", 60, _uint)
+    resubmit_agent_interval_minutes: int = _key("ResubmitAgentIntervalMinutes", 60, _uint)
+    create_snapshot_command: str = _key("CreateSnapshotCommand", "", _string)
+    available_local_snapshot_hosts_command: str = _key("AvailableLocalSnapshotHostsCommand", "", _string)
+    available_snapshot_hosts_command: str = _key("AvailableSnapshotHostsCommand", "", _string)
+    snapshot_volumes_filter: str = _key("SnapshotVolumesFilter", "", _string)
+    mysql_datadir_command: str = _key("MySQLDatadirCommand", "", _string)
+    mysql_port_command: str = _key("MySQLPortCommand", "", _string)
+    mysql_delete_datadir_content_command: str = _key("MySQLDeleteDatadirContentCommand", "", _string)
+    mysql_service_stop_command: str = _key("MySQLServiceStopCommand", "", _string)
+    mysql_service_start_command: str = _key("MySQLServiceStartCommand", "", _string)
+    mysql_service_status_command: str = _key("MySQLServiceStatusCommand", "", _string)
+    receive_seed_data_command: str = _key("ReceiveSeedDataCommand", "", _string)
+    send_seed_data_command: str = _key("SendSeedDataCommand", "", _string)
+    post_copy_command: str = _key("PostCopyCommand", "", _string)
+    mysql_client_command: str = _key("MySQLClientCommand", "mysql", _string)
+    agents_servers: tuple[str, ...] = _key("AgentsServer", (), _string_or_list)
+    agents_server_port: str = _key("AgentsServerPort", "", _string)
+    http_port: int = _key("HTTPPort", 3002, _uint)
+    http_auth_user: str = _key("HTTPAuthUser", "", _string)
+    http_auth_password: str = _key("HTTPAuthPassword", "", _string)
+    use_ssl: bool = _key("UseSSL", False, _bool)
+    use_mutual_tls: bool = _key("UseMutualTLS", False, _bool)
+    ssl_skip_verify: bool = _key("SSLSkipVerify", False, _bool)
+    ssl_private_key_file: str = _key("SSLPrivateKeyFile", "", _string)
+    ssl_cert_file: str = _key("SSLCertFile", "", _string)
+    ssl_ca_file: str = _key("SSLCAFile", "", _string)
+    ssl_valid_ous: tuple[str, ...] = _key("SSLValidOUs", (), _string_list)
+    status_endpoint: str = _key("StatusEndpoint", "/api/status", _string)
+    status_ou_verify: bool = _key("StatusOUVerify", False, _bool)
+    status_bad_seconds: int = _key("StatusBadSeconds", 300, _uint)
+    http_timeout_seconds: int = _key("HttpTimeoutSeconds", 10, _uint)
+    exec_with_sudo: bool = _key("ExecWithSudo", False, _bool)
+    custom_commands: dict[str, str] = _key("CustomCommands", attrs.Factory(dict), _string_map)
+    token_hint_file: str = _key("TokenHintFile", "", _string)
+    token_http_header: str = _key("TokenHttpHeader", "", _string)
+
+    # orchagent's own keys
+    http_bind_address: str = _key("HTTPBindAddress", "", _string)
+    agent_hostname: str = _key("AgentHostname", "", _string)
+    command_timeout_seconds: int = _key("CommandTimeoutSeconds", 300, _uint)
+    state_directory: str = _key("StateDirectory", "/var/lib/orchagent", _string)
+    snapshot_backend: str = _key("SnapshotBackend", "lvm", _string)
+    btrfs_snapshot_directory: str = _key("BtrfsSnapshotDirectory", "", _string)
+    mysql_config_file: str = _key("MySQLConfigFile", "", _string)
+    mysql_error_log_file: str = _key("MySQLErrorLogFile", "", _string)
+    error_log_tail_lines: int = _key("ErrorLogTailLines", 20, _uint)
+    allowed_path_roots: tuple[str, ...] = _key("AllowedPathRoots", (), _string_list)
+    apply_relaylog_max_bytes: int = _key("ApplyRelaylogMaxBytes", 256 * 1024 * 1024, _uint)
+    seed_transfer_port: int = _key("SeedTransferPort", 21234, _uint)
+    seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
+    seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
+
+    @property
+    def agents_urls(self) -> tuple[str, ...]:
+        """Base URLs of every orchestrator node: ``AgentsServer`` + ``AgentsServerPort``, as V1."""
+        return tuple(server.rstrip("/") + self.agents_server_port for server in self.agents_servers)
+
+
+def config_keys() -> dict[str, attrs.Attribute]:
+    """JSON key name -> field, in declaration order."""
+    return {field.metadata["key"]: field for field in attrs.fields(Config)}
+
+
+def load_config(
+    paths: Iterable[str] | None = None,
+    *,
+    warn: Callable[[str], None] = lambda message: None,
+    hostname: Callable[[], str] = socket.getfqdn,
+) -> Config:
+    """Read the configuration.
+
+    ``paths=None`` means V1's lookup: every existing file of :data:`DEFAULT_CONFIG_FILES`,
+    layered.  An explicit list (from ``--config``) must exist.  ``warn`` receives one message per
+    unknown key.
+    """
+    explicit = paths is not None
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for path in DEFAULT_CONFIG_FILES if paths is None else paths:
+        if not explicit and not os.path.exists(path):
+            continue
+        for name, (value, origin) in _read_file(path, warn).items():
+            if isinstance(value, dict) and isinstance(values.get(name), dict):
+                value = {**values[name], **value}  # V1 merged maps such as CustomCommands
+            values[name], origins[name] = value, origin
+    if not values.get("agent_hostname"):
+        values["agent_hostname"] = hostname()
+    config = Config(**values)
+    _validate(config, lambda name: origins.get(name, "built-in default"))
+    return config
+
+
+def _read_file(path: str, warn: Callable[[str], None]) -> dict[str, tuple[Any, str]]:
+    """Parse one file into ``{field name: (python value, "file: Key")}``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration file: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the configuration must be a JSON object of keys and values")
+    keys = config_keys()
+    by_lower = {name.lower(): name for name in keys}
+    parsed = {}
+    for raw_name, raw_value in document.items():
+        name = by_lower.get(raw_name.lower())
+        if name is None:
+            close = difflib.get_close_matches(raw_name, keys, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warn(f"{path}: unknown configuration key {raw_name}{hint}; ignored")
+            continue
+        field = keys[name]
+        try:
+            parsed[field.name] = (field.metadata["kind"](raw_value), f"{path}: {name}")
+        except ValueError as e:
+            raise ConfigError(f"{path}: {name}: {e}") from None
+    return parsed
+
+
+def _validate(config: Config, origin: Callable[[str], str]) -> None:
+    """Checks that need more than one key, or the file system."""
+
+    def fail(field: str, problem: str) -> None:
+        where = origin(field)
+        if where == "built-in default":
+            where = config_field_key(field)
+        raise ConfigError(f"{where}: {problem}")
+
+    for field in ("http_port", "seed_transfer_port"):
+        if not 1 <= getattr(config, field) <= 65535:
+            fail(field, f"port must be from 1 to 65535, got {getattr(config, field)}")
+    if not config.status_endpoint.startswith("/"):
+        fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
+    if config.snapshot_backend not in ("lvm", "btrfs"):
+        fail("snapshot_backend", f"must be \"lvm\" or \"btrfs\", got {config.snapshot_backend!r}")
+    for server in config.agents_servers:
+        if not server.startswith(("http://", "https://")):
+            fail("agents_servers", f"{server!r} must be a URL starting with http:// or https://")
+    if config.agents_server_port and not config.agents_server_port.startswith(":"):
+        fail("agents_server_port", f"must look like \":3001\" (it is appended to AgentsServer), "
+             f"got {config.agents_server_port!r}")
+    if config.use_ssl:
+        for field in ("ssl_cert_file", "ssl_private_key_file"):
+            if not getattr(config, field):
+                fail("use_ssl", f"UseSSL needs {config_field_key(field)} to be set")
+    if config.use_mutual_tls:
+        if not config.use_ssl:
+            fail("use_mutual_tls", "UseMutualTLS needs UseSSL")
+        if not config.ssl_ca_file:
+            fail("use_mutual_tls", "UseMutualTLS needs SSLCAFile (the CA that signs client certificates)")
+        if not config.ssl_valid_ous:
+            fail("use_mutual_tls", "UseMutualTLS needs SSLValidOUs (the client OUs to accept)")
+    for field in ("ssl_cert_file", "ssl_private_key_file", "ssl_ca_file"):
+        path = getattr(config, field)
+        if path and not os.access(path, os.R_OK):
+            fail(field, f"cannot read {path!r}")
+    if config.http_auth_user and not config.http_auth_password:
+        fail("http_auth_user", "HTTPAuthUser is set but HTTPAuthPassword is empty")
+
+
+def config_field_key(field_name: str) -> str:
+    """The JSON key of a :class:`Config` field, for messages."""
+    return attrs.fields_dict(Config)[field_name].metadata["key"]
+

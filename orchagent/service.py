@@ -1,0 +1,114 @@
+"""The service tree: API listener, registrar, and an orderly shutdown of running commands."""
+
+from __future__ import annotations
+
+import os
+
+from treq.client import HTTPClient
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from orchagent import logs, tls
+from orchagent.config import Config
+from orchagent.process import ProcessRunner
+from orchagent.registrar import Registrar
+from orchagent.token import Token
+from orchagent.web.coreapi import CoreAPI
+from orchagent.web.resource import ApiResource, Guard
+from orchagent.web.routes import route_table
+
+log = logs.logger(__name__)
+
+
+def make_service(config: Config, reactor) -> MultiService:
+    token = Token()
+    runner = ProcessRunner(reactor, default_timeout=config.command_timeout_seconds,
+                           exec_with_sudo=config.exec_with_sudo)
+    registrar = Registrar(
+        client=HTTPClient(Agent(reactor, contextFactory=tls.ClientPolicy(config),
+                                pool=HTTPConnectionPool(reactor),
+                                connectTimeout=config.http_timeout_seconds or None)),
+        clock=reactor, urls=config.agents_urls, hostname=config.agent_hostname,
+        http_port=config.http_port, token=token.value,
+        poll_seconds=config.continuous_poll_seconds,
+        resubmit_minutes=config.resubmit_agent_interval_minutes,
+        status_bad_seconds=config.status_bad_seconds,
+        timeout=config.http_timeout_seconds or None,
+    )
+    core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
+                   custom_commands=config.custom_commands)
+    routes = route_table(core, None, None, None, config.status_endpoint)
+    site = Site(ApiResource(routes, _guard(config, token), reactor))
+
+    top = MultiService()
+    ApiListener(config, token, site, reactor).setServiceParent(top)
+    registrar.setServiceParent(top)
+    CommandReaper(runner).setServiceParent(top)
+    return top
+
+
+def _guard(config: Config, token: Token) -> Guard:
+    return Guard(
+        token=token,
+        token_header=config.token_http_header,
+        basic_auth=(config.http_auth_user, config.http_auth_password) if config.http_auth_user else None,
+        valid_ous=frozenset(config.ssl_valid_ous) if config.use_mutual_tls else None,
+        status_ou_verify=config.status_ou_verify,
+    )
+
+
+class ApiListener(Service):
+    """Listens before privileges could be dropped, so a port conflict stops twistd at once."""
+
+    def __init__(self, config: Config, token: Token, site: Site, reactor):
+        self._config = config
+        self._token = token
+        self._site = site
+        self._reactor = reactor
+        self._port = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        config = self._config
+        os.makedirs(config.state_directory, mode=0o700, exist_ok=True)
+        if config.token_hint_file:
+            self._token.write_hint(config.token_hint_file)
+        failures = []
+        self._endpoint().listen(self._site).addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _endpoint(self):
+        config, address = self._config, self._config.http_bind_address
+        if config.use_ssl:
+            return SSL4ServerEndpoint(self._reactor, config.http_port, tls.server_options(config),
+                                      interface=address)
+        if ":" in address:
+            return TCP6ServerEndpoint(self._reactor, config.http_port, interface=address)
+        return TCP4ServerEndpoint(self._reactor, config.http_port, interface=address)
+
+    def _listening(self, port) -> None:
+        self._port = port
+        host = port.getHost()
+        scheme = "https" if self._config.use_ssl else "http"
+        hint = self._config.token_hint_file or "not written (TokenHintFile is empty)"
+        log.info("orchagent listening on {url}; token hint file: {hint}",
+                 url=f"{scheme}://{host.host}:{host.port}/api/hostname", hint=hint)
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+
+
+class CommandReaper(Service):
+    """At shutdown, kill the process groups of commands still running and wait for them."""
+
+    def __init__(self, runner: ProcessRunner):
+        self._runner = runner
+
+    def stopService(self):
+        super().stopService()
+        return self._runner.stop_all()

@@ -1,0 +1,39 @@
+"""``twistd orchagent``: command-line options and the service maker."""
+
+from twisted.python import usage
+
+from orchagent import logs
+from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
+
+log = logs.logger(__name__)
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--debug]"
+    longdesc = (
+        "Run the orchagent host agent: an HTTP(S) JSON API for orchestrator on every MySQL/MariaDB "
+        "host. Without --config, these files are read in order, later ones overriding earlier "
+        "keys (orchestrator-agent's lookup): " + ", ".join(DEFAULT_CONFIG_FILES) + "."
+    )
+    optParameters = [
+        ["config", "c", None, "Read only this JSON configuration file."],
+    ]
+    optFlags = [
+        ["debug", "d", "Log debug messages too (every request and every command run)."],
+    ]
+
+    def postOptions(self) -> None:
+        paths = None if self["config"] is None else [self["config"]]
+        try:
+            self["settings"] = load_config(paths, warn=lambda message: log.warn("{message}", message=message))
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options: Options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    from orchagent.service import make_service
+
+    logs.set_debug(options["debug"])
+    return make_service(options["settings"], reactor)

@@ -1,0 +1,89 @@
+"""TLS for the API listener, for calls to orchestrator, and for seed transfers (contract A.3.5).
+
+Everything here is pyOpenSSL through ``twisted.internet.ssl``; TLS 1.2 is the minimum.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import ssl
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from orchagent.config import Config
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _certificates(path: str) -> list[ssl.Certificate]:
+    """Every certificate in a PEM file (a leaf followed by its chain, or a CA bundle)."""
+    blocks = _PEM_CERTIFICATE.findall(_read(path))
+    if not blocks:
+        raise ValueError(f"{path}: no PEM certificate found")
+    return [ssl.Certificate.loadPEM(block) for block in blocks]
+
+
+def _identity(config: Config) -> tuple[ssl.PrivateCertificate, list[ssl.Certificate]]:
+    """The agent's own certificate (with its chain) and key."""
+    leaf, *chain = _certificates(config.ssl_cert_file)
+    key = ssl.KeyPair.load(_read(config.ssl_private_key_file), ssl.FILETYPE_PEM)
+    return ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, key), chain
+
+
+def server_options(config: Config) -> ssl.CertificateOptions:
+    """The API listener's (and seed receiver's) TLS.
+
+    With ``UseMutualTLS`` a client certificate is verified against ``SSLCAFile`` when given but
+    not required at the TLS layer, so the status endpoint stays reachable (V1); the web layer then
+    demands a certificate with an OU from ``SSLValidOUs`` on every other route.
+    """
+    identity, chain = _identity(config)
+    options = dict(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        extraCertChain=[c.original for c in chain],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+    if config.use_mutual_tls:
+        options.update(verify=True, requireCertificate=False,
+                       caCerts=[c.original for c in _certificates(config.ssl_ca_file)])
+    return ssl.CertificateOptions(**options)
+
+
+def client_creator(config: Config, hostname: str):
+    """How this agent connects to ``hostname`` (orchestrator, or a seed receiver).
+
+    The peer is verified against ``SSLCAFile`` (or the system store) with service-identity
+    hostname checks, unless ``SSLSkipVerify``; our certificate is presented when configured.
+    """
+    client_certificate = _identity(config)[0] if config.ssl_cert_file and config.ssl_private_key_file else None
+    if config.ssl_skip_verify:
+        options = dict(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        if client_certificate is not None:
+            options.update(privateKey=client_certificate.privateKey.original,
+                           certificate=client_certificate.original)
+        return ssl.CertificateOptions(**options)
+    trust = (ssl.trustRootFromCertificates(_certificates(config.ssl_ca_file))
+             if config.ssl_ca_file else ssl.platformTrust())
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust, clientCertificate=client_certificate,
+                                  extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+
+
+@implementer(IPolicyForHTTPS)
+class ClientPolicy:
+    """treq/Agent policy applying :func:`client_creator` to every orchestrator node."""
+
+    def __init__(self, config: Config):
+        self._config = config
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        return client_creator(self._config, hostname.decode("idna"))
+
+

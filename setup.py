@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="orchagent",
+    version="0.1.0",
+    description="Host agent for MySQL/MariaDB fleets, driven by orchestrator (drop-in for orchestrator-agent)",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    install_requires=[
+        "twisted>=22.4",
+        "treq>=22.2",
+        "pyopenssl",
+        "service-identity",
+        "attrs",
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+)

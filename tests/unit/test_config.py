@@ -1,0 +1,156 @@
+"""Configuration loading: V1 compatibility, layering, and every error message."""
+
+import json
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent import config as config_module
+from orchagent.config import Config, ConfigError, config_keys, load_config
+
+
+class ConfigTests(SynchronousTestCase):
+    def write(self, document, name="agent.conf.json"):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(document if isinstance(document, str) else json.dumps(document))
+        return path
+
+    def load(self, document, **kwargs):
+        return load_config([self.write(document)], hostname=lambda: "db1.example.com", **kwargs)
+
+    def assertConfigError(self, document, *fragments):
+        path = self.write(document)
+        with self.assertRaises(ConfigError) as caught:
+            load_config([path], hostname=lambda: "h")
+        message = str(caught.exception)
+        self.assertIn(path, message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+    def test_v1_defaults(self):
+        c = self.load({})
+        self.assertEqual(c.http_port, 3002)
+        self.assertEqual(c.continuous_poll_seconds, 60)
+        self.assertEqual(c.resubmit_agent_interval_minutes, 60)
+        self.assertEqual(c.status_endpoint, "/api/status")
+        self.assertEqual(c.status_bad_seconds, 300)
+        self.assertEqual(c.mysql_client_command, "mysql")
+        self.assertEqual(c.http_timeout_seconds, 10)
+        self.assertEqual(c.agents_servers, ())
+        self.assertEqual(c.custom_commands, {})
+        self.assertEqual(c.state_directory, "/var/lib/orchagent")
+        self.assertEqual(c.seed_transfer_port, 21234)
+
+    def test_v1_sample_file_loads_unchanged(self):
+        c = self.load({
+            "SnapshotMountPoint": "/var/tmp/mysql-mount",
+            "AgentsServer": "http://orch.example.com",
+            "AgentsServerPort": ":3001",
+            "HTTPPort": 3002,
+            "HTTPAuthUser": "",
+            "HTTPAuthPassword": "",
+            "UseSSL": False,
+            "SSLSkipVerify": False,
+            "SSLCertFile": "",
+            "SSLPrivateKeyFile": "",
+            "HttpTimeoutSeconds": 10,
+            "SnapshotVolumesFilter": "-my-snapshot-",
+            "CustomCommands": {"true": "/bin/true"},
+            "MySQLDatadirCommand": "set $(grep datadir /etc/my.cnf | head -n 1 | awk -F= '{print $2}') ; echo $1",
+        })
+        self.assertEqual(c.agents_urls, ("http://orch.example.com:3001",))
+        self.assertEqual(c.custom_commands, {"true": "/bin/true"})
+        self.assertEqual(c.snapshot_volumes_filter, "-my-snapshot-")
+
+    def test_keys_match_case_insensitively(self):
+        c = self.load({"httpport": 4000, "SNAPSHOTMOUNTPOINT": "/mnt/x"})
+        self.assertEqual((c.http_port, c.snapshot_mount_point), (4000, "/mnt/x"))
+
+    def test_agents_server_accepts_a_list(self):
+        c = self.load({"AgentsServer": ["http://o1", "https://o2/"], "AgentsServerPort": ":3001"})
+        self.assertEqual(c.agents_urls, ("http://o1:3001", "https://o2:3001"))
+
+    def test_agent_hostname_defaults_to_fqdn(self):
+        self.assertEqual(self.load({}).agent_hostname, "db1.example.com")
+        self.assertEqual(self.load({"AgentHostname": "db9"}).agent_hostname, "db9")
+
+    def test_unknown_key_warns_with_closest_known_key(self):
+        warnings = []
+        c = self.load({"HTTPPrt": 1234, "Frobnicate": 1}, warn=warnings.append)
+        self.assertEqual(c.http_port, 3002)
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("HTTPPrt (did you mean HTTPPort?)", warnings[0])
+        self.assertIn("unknown configuration key Frobnicate; ignored", warnings[1])
+
+    def test_wrong_types_name_file_key_and_problem(self):
+        self.assertConfigError({"HTTPPort": "3002"}, "HTTPPort", "non-negative integer", '"3002"')
+        self.assertConfigError({"UseSSL": "yes"}, "UseSSL", "true or false")
+        self.assertConfigError({"SSLValidOUs": "dba"}, "SSLValidOUs", "list of strings")
+        self.assertConfigError({"CustomCommands": {"x": 1}}, "CustomCommands", "object mapping")
+        self.assertConfigError({"SnapshotMountPoint": 5}, "SnapshotMountPoint", "must be a string")
+        self.assertConfigError({"ContinuousPollSeconds": -1}, "ContinuousPollSeconds", "non-negative")
+
+    def test_port_out_of_range(self):
+        self.assertConfigError({"HTTPPort": 70000}, "HTTPPort", "from 1 to 65535", "70000")
+        self.assertConfigError({"SeedTransferPort": 0}, "SeedTransferPort", "from 1 to 65535")
+
+    def test_ssl_without_cert_and_key(self):
+        self.assertConfigError({"UseSSL": True}, "UseSSL", "SSLCertFile")
+        message = self.assertConfigError({"UseSSL": True, "SSLCertFile": "/etc/hostname"},
+                                         "SSLPrivateKeyFile")
+        self.assertIn("UseSSL", message)
+
+    def test_unreadable_cert_file(self):
+        self.assertConfigError({"SSLCAFile": "/nonexistent/ca.pem"}, "SSLCAFile", "cannot read", "/nonexistent/ca.pem")
+
+    def test_mutual_tls_needs_ca_and_ous(self):
+        base = {"UseSSL": True, "SSLCertFile": "/etc/hostname", "SSLPrivateKeyFile": "/etc/hostname"}
+        self.assertConfigError({**base, "UseMutualTLS": True}, "UseMutualTLS", "SSLCAFile")
+        self.assertConfigError({**base, "UseMutualTLS": True, "SSLCAFile": "/etc/hostname"},
+                               "UseMutualTLS", "SSLValidOUs")
+
+    def test_other_cross_checks(self):
+        self.assertConfigError({"AgentsServer": "orch:3000"}, "AgentsServer", "http://")
+        self.assertConfigError({"AgentsServerPort": "3001"}, "AgentsServerPort", '":3001"')
+        self.assertConfigError({"StatusEndpoint": "status"}, "StatusEndpoint", "starting with '/'")
+        self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm" or "btrfs"')
+        self.assertConfigError({"HTTPAuthUser": "u"}, "HTTPAuthUser", "HTTPAuthPassword")
+
+    def test_invalid_json_and_non_object(self):
+        self.assertConfigError("{not json", "not valid JSON")
+        self.assertConfigError("[1, 2]", "must be a JSON object")
+
+    def test_missing_explicit_file(self):
+        with self.assertRaises(ConfigError) as caught:
+            load_config(["/nonexistent/orchagent.json"])
+        self.assertIn("/nonexistent/orchagent.json: cannot read configuration file", str(caught.exception))
+
+    def test_v1_lookup_layers_files_and_merges_maps(self):
+        first = self.write({"HTTPPort": 4000, "CustomCommands": {"a": "true"}})
+        second = self.write({"HTTPPort": 5000, "CustomCommands": {"b": "false"}})
+        self.patch(config_module, "DEFAULT_CONFIG_FILES", (first, "/nonexistent/skipped.json", second))
+        c = load_config(hostname=lambda: "h")
+        self.assertEqual(c.http_port, 5000)
+        self.assertEqual(c.custom_commands, {"a": "true", "b": "false"})
+
+    def test_error_in_layered_file_names_that_file(self):
+        good = self.write({"HTTPPort": 4000})
+        bad = self.write({"HTTPPort": 99999})
+        self.patch(config_module, "DEFAULT_CONFIG_FILES", (good, bad))
+        with self.assertRaises(ConfigError) as caught:
+            load_config(hostname=lambda: "h")
+        self.assertIn(f"{bad}: HTTPPort", str(caught.exception))
+
+    def test_every_key_is_documented_in_the_readme(self):
+        readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+        with open(readme) as f:
+            text = f.read()
+        missing = [key for key in config_keys() if f"`{key}`" not in text]
+        self.assertEqual(missing, [])
+
+    def test_every_field_has_a_key(self):
+        self.assertEqual(len(config_keys()), len(Config.__attrs_attrs__))
