@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
@@ -12,12 +13,14 @@ from twisted.web.server import Site
 
 from orchagent import logs, tls
 from orchagent.config import Config
+from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
 from orchagent.registrar import Registrar
 from orchagent.token import Token
 from orchagent.web.coreapi import CoreAPI
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import route_table
+from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
 
@@ -39,13 +42,16 @@ def make_service(config: Config, reactor) -> MultiService:
     )
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands)
-    routes = route_table(core, None, None, None, config.status_endpoint)
+    mysql = MySQL(config, runner, reactor)
+    storage = make_storage(config, runner, reactor, mysql)
+    routes = route_table(core, storage, None, None, config.status_endpoint)
     site = Site(ApiResource(routes, _guard(config, token), reactor))
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)
     registrar.setServiceParent(top)
     CommandReaper(runner).setServiceParent(top)
+    CleanExitOnSignals(reactor).setServiceParent(top)
     return top
 
 
@@ -112,3 +118,27 @@ class CommandReaper(Service):
     def stopService(self):
         super().stopService()
         return self._runner.stop_all()
+
+
+class CleanExitOnSignals(Service):
+    """SIGTERM and SIGINT shut down in order and exit 0.
+
+    twistd's own handlers make the process re-raise the signal after shutdown, so a clean stop
+    would look like a death by signal.  Ours are installed once the reactor runs (it installs
+    its handlers when it starts) and simply stop the reactor.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def startService(self):
+        super().startService()
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum, frame):
+        log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
+        self._reactor.callFromThread(self._reactor.stop)

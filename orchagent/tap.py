@@ -2,7 +2,7 @@
 
 from twisted.python import usage
 
-from orchagent import logs
+from orchagent import logs, tls
 from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
 
 log = logs.logger(__name__)
@@ -26,6 +26,7 @@ class Options(usage.Options):
         paths = None if self["config"] is None else [self["config"]]
         try:
             self["settings"] = load_config(paths, warn=lambda message: log.warn("{message}", message=message))
+            tls.check(self["settings"])
         except ConfigError as e:
             raise usage.UsageError(str(e))
 

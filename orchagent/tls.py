@@ -11,7 +11,7 @@ from twisted.internet import ssl
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from orchagent.config import Config
+from orchagent.config import Config, ConfigError
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
@@ -32,9 +32,22 @@ def _certificates(path: str) -> list[ssl.Certificate]:
 
 def _identity(config: Config) -> tuple[ssl.PrivateCertificate, list[ssl.Certificate]]:
     """The agent's own certificate (with its chain) and key."""
-    leaf, *chain = _certificates(config.ssl_cert_file)
-    key = ssl.KeyPair.load(_read(config.ssl_private_key_file), ssl.FILETYPE_PEM)
-    return ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, key), chain
+    leaf, *chain = _PEM_CERTIFICATE.findall(_read(config.ssl_cert_file)) or [b""]
+    identity = ssl.PrivateCertificate.loadPEM(leaf + b"\n" + _read(config.ssl_private_key_file))
+    return identity, [ssl.Certificate.loadPEM(block) for block in chain]
+
+
+def check(config: Config) -> None:
+    """Load the TLS material once at start, so a bad file stops the agent with a clear message."""
+    try:
+        if config.use_ssl:
+            server_options(config)
+        if config.ssl_ca_file:
+            _certificates(config.ssl_ca_file)
+    except Exception as e:
+        raise ConfigError(f"cannot load the TLS files (SSLCertFile {config.ssl_cert_file!r}, "
+                          f"SSLPrivateKeyFile {config.ssl_private_key_file!r}, SSLCAFile "
+                          f"{config.ssl_ca_file!r}): {e or type(e).__name__}") from None
 
 
 def server_options(config: Config) -> ssl.CertificateOptions:
