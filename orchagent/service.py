@@ -1,4 +1,4 @@
-"""The service tree: API listener, registrar, and an orderly shutdown of running commands."""
+"""The service tree: API listener, registrar, seeds, and an orderly shutdown of running commands."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from orchagent.config import Config
 from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
 from orchagent.registrar import Registrar
+from orchagent.seed.manager import SeedManager
+from orchagent.seed.records import SeedStore
 from orchagent.token import Token
 from orchagent.web.coreapi import CoreAPI
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import route_table
+from orchagent.web.mysqlapi import make_mysql_api
+from orchagent.web.seedapi import SeedAPI
 from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
@@ -44,12 +48,17 @@ def make_service(config: Config, reactor) -> MultiService:
                    custom_commands=config.custom_commands)
     mysql = MySQL(config, runner, reactor)
     storage = make_storage(config, runner, reactor, mysql)
-    routes = route_table(core, storage, None, None, config.status_endpoint)
+    mysql_api = make_mysql_api(config, runner, mysql)
+    seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
+                        eraser=storage.datadir, disk=storage.disk, runner=runner,
+                        store=SeedStore(config.state_directory))
+    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
     site = Site(ApiResource(routes, _guard(config, token), reactor))
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)
     registrar.setServiceParent(top)
+    seeds.setServiceParent(top)
     CommandReaper(runner).setServiceParent(top)
     CleanExitOnSignals(reactor).setServiceParent(top)
     return top

@@ -1,0 +1,1 @@
+"""Facts about and control of the local host: MySQL, snapshots, mounts, disks."""

@@ -1,0 +1,138 @@
+"""Disk usage (``du -sb``) and free space (``df -PT -B 1``), cached briefly and never on the reactor.
+
+Orchestrator asks for the datadir's usage and free space on every poll, and for the snapshot's
+usage on every ``mount``; the seed loop watches the target's usage grow.  A ``du`` of a big
+datadir takes a while, so one walk serves every request that arrives while it runs and its result
+is reused for :data:`CACHE_SECONDS`.  Commands that change what is on disk call
+:meth:`DiskUsage.invalidate`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Awaitable, Callable
+
+from twisted.internet.defer import Deferred
+
+from orchagent import logs
+from orchagent.errors import AgentError, InvalidInput, NotFound
+from orchagent.process import CommandFailed
+
+log = logs.logger(__name__)
+
+CACHE_SECONDS = 5.0
+MAX_PATH_LENGTH = 4096
+
+_DF_ROW = re.compile(r"^(?P<source>.*?)\s+(?P<type>\S+)\s+(?P<size>\d+)\s+(?P<used>\d+)\s+(?P<available>\d+)"
+                     r"\s+(?:\d+%|-)\s+(?P<mount_point>.*)$")
+
+
+def parse_du(text: str) -> int | None:
+    """Bytes from ``du -sb <path>``: the first token of the last line (the total)."""
+    lines = text.strip("\n").splitlines()
+    token = lines[-1].split(maxsplit=1)[0] if lines and lines[-1].strip() else ""
+    return int(token) if token.isdigit() else None
+
+
+def parse_df(text: str) -> int | None:
+    """Available bytes from ``df -PT -B 1 <path>``: column 5 of the first row after the header."""
+    for line in text.splitlines():
+        if line.startswith("Filesystem"):
+            continue
+        match = _DF_ROW.match(line)
+        if match:
+            return int(match.group("available"))
+    return None
+
+
+def resolve_inside(path: str | None, roots: list[str]) -> str:
+    """``path`` with symlinks resolved, if that lies inside one of ``roots`` (also resolved).
+
+    InvalidInput for anything malformed or outside; NotFound when it does not exist.
+    """
+    if not path:
+        raise InvalidInput("path is missing: pass ?path=<absolute directory inside the datadir, the "
+                           "snapshot mount point or AllowedPathRoots>")
+    if len(path) > MAX_PATH_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise InvalidInput("path must be an absolute path without control characters, at most "
+                           f"{MAX_PATH_LENGTH} characters")
+    if not path.startswith("/"):
+        raise InvalidInput("path must be absolute")
+    resolved = os.path.realpath(path)
+    for root in roots:
+        if not root.startswith("/"):
+            continue  # an unset root ("") must never mean the working directory
+        root = os.path.realpath(root)
+        if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
+            if not os.path.lexists(resolved):
+                raise NotFound(f"{path} does not exist")
+            return resolved
+    raise InvalidInput(f"{path} is outside the paths this agent may measure (the datadir, "
+                       "SnapshotMountPoint and AllowedPathRoots)")
+
+
+class DiskUsage:
+    """``du``/``df`` through the runner, with coalescing and a short cache keyed by command and path."""
+
+    def __init__(self, runner, clock, cache_seconds: float = CACHE_SECONDS):
+        self._runner = runner
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._values: dict[tuple[str, str], tuple[float, int]] = {}
+        self._waiting: dict[tuple[str, str], list[Deferred]] = {}
+        self._generation = 0
+
+    async def usage(self, path: str) -> int:
+        """Apparent size in bytes of everything under ``path`` (``du -sb``, V1)."""
+        return await self._cached(("du", path), lambda: self._du(path))
+
+    async def available(self, path: str) -> int:
+        """Bytes available to unprivileged users on ``path``'s file system (df's Available, V1)."""
+        return await self._cached(("df", path), lambda: self._df(path))
+
+    def invalidate(self) -> None:
+        """Forget every cached value; walks in flight still answer their callers but are not kept."""
+        self._values.clear()
+        self._generation += 1
+
+    async def _du(self, path: str) -> int:
+        # du exits 1 when a file vanished during the walk (a running server's temp files) but
+        # still prints the total; only a missing total is a failure.
+        result = await self._runner.run(("du", "-sb", path), privileged=True, parsed=True, check=False)
+        size = parse_du(result.text())
+        if size is None:
+            raise CommandFailed(result)
+        return size
+
+    async def _df(self, path: str) -> int:
+        result = await self._runner.run(("df", "-PT", "-B", "1", path), parsed=True)
+        available = parse_df(result.text())
+        if available is None:
+            raise AgentError(f"df printed no usable row for {path}")
+        return available
+
+    async def _cached(self, key: tuple[str, str], compute: Callable[[], Awaitable[int]]) -> int:
+        hit = self._values.get(key)
+        if hit is not None and self._clock.seconds() - hit[0] < self._cache_seconds:
+            return hit[1]
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            mine: Deferred = Deferred()
+            waiting.append(mine)
+            return await mine
+        self._waiting[key] = waiters = []
+        generation = self._generation
+        try:
+            value = await compute()
+        except Exception as error:
+            del self._waiting[key]
+            for waiter in waiters:
+                waiter.errback(error)
+            raise
+        del self._waiting[key]
+        if generation == self._generation:
+            self._values[key] = (self._clock.seconds(), value)
+        for waiter in waiters:
+            waiter.callback(value)
+        return value

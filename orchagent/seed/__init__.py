@@ -1,0 +1,1 @@
+"""Seeding: copying one server's data onto another (records, transfers, the built-in engine)."""

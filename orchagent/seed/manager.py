@@ -1,0 +1,310 @@
+"""Runs seeds in the background and answers orchestrator's questions about them.
+
+Orchestrator (contract B.2) asks the target to receive, the source to send, then polls only the
+target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
+
+* the target knows when its copy ended and whether it was whole (the built-in transfer verifies
+  every file; in command mode the receive command's exit status decides);
+* ``abort-seed`` kills everything of the seed before answering, then reports completed and not
+  succeeded ("Our rules" 7), and a later success cannot flip that back;
+* a receive that did not succeed leaves an empty datadir behind, never a partial one that
+  MySQL could start on, and ``post-copy`` refuses to run after it;
+* records are persisted, and a seed that was running when the agent died is failed at start.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+
+from orchagent import logs, tls
+from orchagent.config import Config
+from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.seed.records import ABORTED, FAILED, RUNNING, SUCCEEDED, SeedRecord, SeedStore
+from orchagent.seed.transfer import SeedReceiverServer, send_tree
+
+log = logs.logger(__name__)
+
+TICK_SECONDS = 2  # how often progress is sampled and stalls are checked
+SAVE_EVERY_TICKS = 5  # progress reaches the disk every 10 s (state changes at once)
+
+
+@attrs.define
+class _Job:
+    """What the manager needs of a running seed, whatever carries the data."""
+
+    done: Deferred  # fires on success, fails with the reason
+    stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
+    progress: Callable[[], tuple[int, int | None, int, int | None]]  # bytes, bytes total, files, files total
+    watch_growth_of: str | None = None  # command-mode receive: the datadir whose growth shows progress
+    last_growth: float = 0.0
+    last_size: int = -1
+
+
+class SeedManager(Service):
+    def __init__(self, *, config: Config, reactor, mysql, snapshots, eraser, disk, runner,
+                 store: SeedStore, send: Callable[..., Any] = send_tree):
+        self._config = config
+        self._reactor = reactor
+        self._mysql = mysql
+        self._snapshots = snapshots
+        self._eraser = eraser
+        self._disk = disk
+        self._runner = runner
+        self._store = store
+        self._send = send
+        self._records: dict[int, SeedRecord] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._receiver: SeedReceiverServer | None = None
+        self._ticks = 0
+        self._save_lock = DeferredLock()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._records = self._store.load_all()
+        for record in self._records.values():
+            if record.state == RUNNING:
+                record.end(FAILED, "the agent stopped while this seed was running")
+                self._store.save(record)
+                log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
+                if record.role == "receive":
+                    Deferred.fromCoroutine(self._clear_partial_copy(record))
+        self._ticker.start(TICK_SECONDS, now=False).addErrback(
+            lambda f: log.failure("seed progress ticker stopped", f))
+
+    def stopService(self) -> Deferred:
+        """Kill running seeds; their records stay "running" so the next start fails and clears them."""
+        super().stopService()
+        if self._ticker.running:
+            self._ticker.stop()
+        jobs, self._jobs = list(self._jobs.values()), {}
+        return DeferredList([job.stop() for job in jobs], consumeErrors=True)
+
+    # --- what the API asks ----------------------------------------------------------------
+
+    async def receive(self, seed_id: int) -> None:
+        """Arm a receive into the datadir (emptied beforehand by orchestrator)."""
+        self._refuse_reuse(seed_id)
+        if await self._mysql.is_running():
+            raise Conflict("MySQL is running on this host: stop it before receiving a seed into its datadir")
+        datadir = await self._mysql.datadir()
+        port = self._config.seed_transfer_port
+        if self._config.receive_seed_data_command:
+            running = self._runner.start_configured(
+                self._config.receive_seed_data_command, (datadir, str(port)),
+                name="ReceiveSeedDataCommand", timeout=None)
+            job = _Job(running.result, running.terminate, lambda: (self._last_size(seed_id), None, 0, None),
+                       watch_growth_of=datadir, last_growth=self._reactor.seconds())
+            mode = "command"
+        else:
+            transfer = (await self._listening_receiver()).arm(str(seed_id), datadir)
+            job = _transfer_job(transfer)
+            mode = "built-in"
+        self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
+
+    async def send(self, target_host: str, seed_id: int) -> None:
+        """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
+        self._refuse_reuse(seed_id)
+        source = await self._source_directory()
+        port = self._config.seed_transfer_port
+        if self._config.send_seed_data_command:
+            running = self._runner.start_configured(
+                self._config.send_seed_data_command, (source, target_host, str(port)),
+                name="SendSeedDataCommand", timeout=None)
+            job = _Job(running.result, running.terminate, lambda: (0, None, 0, None))
+            mode = "command"
+        else:
+            self._require_authentication()
+            transfer = self._send(
+                self._reactor, target_host, port, str(seed_id), source,
+                secret=self._config.seed_transfer_secret.encode(),
+                tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
+                stall_timeout=self._config.seed_stall_timeout_seconds)
+            job = _transfer_job(transfer)
+            mode = "built-in"
+        self._begin(SeedRecord(seed_id, "send", mode, target_host, source, time.time()), job)
+
+    async def abort(self, seed_id: int) -> None:
+        """Kill whatever runs for the seed and wait for it; afterwards it reads completed, failed."""
+        record = self._record(seed_id)
+        if record.state == RUNNING:
+            await self._end(seed_id, ABORTED, "aborted on request")
+        elif record.state == SUCCEEDED:
+            record.end(ABORTED, "aborted on request after it had completed")
+            await self._save(record)
+
+    def record(self, seed_id: int) -> SeedRecord:
+        """The seed's record with live progress (404 when this agent never heard of it)."""
+        record = self._record(seed_id)
+        self._sample(seed_id)
+        return record
+
+    def check_post_copy(self) -> None:
+        """``post-copy`` must not prepare a datadir whose latest seed did not arrive whole."""
+        receives = [r for r in self._records.values() if r.role == "receive"]
+        if not receives:
+            return
+        latest = max(receives, key=lambda r: r.started_at)
+        if not latest.succeeded:
+            detail = f": {latest.error}" if latest.error else ""
+            raise Conflict(f"seed {latest.seed_id} is {latest.state}{detail}; refusing to run the "
+                           f"post-copy step on a datadir that did not receive a whole seed")
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _record(self, seed_id: int) -> SeedRecord:
+        record = self._records.get(seed_id)
+        if record is None:
+            raise NotFound(f"no seed {seed_id} on this agent")
+        return record
+
+    def _refuse_reuse(self, seed_id: int) -> None:
+        record = self._records.get(seed_id)
+        if record is not None:
+            raise Conflict(f"seed {seed_id} already exists here ({record.role}, {record.state}); "
+                           f"seed ids are not reused")
+
+    def _require_authentication(self) -> None:
+        if not self._config.seed_transfer_secret:
+            raise AgentError("the built-in seed transfer needs SeedTransferSecret (the same on every "
+                             "agent), or configure ReceiveSeedDataCommand/SendSeedDataCommand")
+
+    async def _listening_receiver(self) -> SeedReceiverServer:
+        """The seed listener runs only while a receive is armed: nothing listens otherwise."""
+        if self._receiver is None:
+            self._require_authentication()
+            config = self._config
+            receiver = SeedReceiverServer(
+                self._reactor, secret=config.seed_transfer_secret.encode(),
+                tls=tls.server_options(config) if config.use_ssl else None,
+                stall_timeout=config.seed_stall_timeout_seconds)
+            address = config.http_bind_address
+            endpoint_class = TCP6ServerEndpoint if ":" in address else TCP4ServerEndpoint
+            try:
+                await receiver.listen(endpoint_class(self._reactor, config.seed_transfer_port, interface=address))
+            except Exception as e:
+                raise AgentError(f"cannot listen for the seed on port {config.seed_transfer_port} "
+                                 f"(SeedTransferPort): {e}") from None
+            self._receiver = receiver
+        return self._receiver
+
+    async def _release_receiver(self) -> None:
+        if self._receiver is not None and not any(
+                r.role == "receive" and r.mode == "built-in" for r in self._active_records()):
+            receiver, self._receiver = self._receiver, None
+            await receiver.stopListening()
+
+    def _active_records(self) -> list[SeedRecord]:
+        return [self._records[seed_id] for seed_id in self._jobs]
+
+    async def _source_directory(self) -> str:
+        mount = await self._snapshots.current_mount()
+        if mount.is_mounted:
+            if not mount.mysql_data_path:
+                raise Conflict(f"a snapshot is mounted at {mount.path} but no MySQL datadir was found in it")
+            return mount.mysql_data_path
+        if await self._mysql.is_running():
+            raise Conflict("nothing consistent to send: no snapshot is mounted at SnapshotMountPoint and "
+                           "MySQL is running (mount a snapshot with mountlv, or stop MySQL)")
+        return await self._mysql.datadir()
+
+    def _begin(self, record: SeedRecord, job: _Job) -> None:
+        self._records[record.seed_id] = record
+        self._jobs[record.seed_id] = job
+        self._save(record)
+        log.info("seed {seed_id}: {role} started ({mode}, {path})", seed_id=record.seed_id,
+                 role=record.role, mode=record.mode, path=record.path)
+        Deferred.fromCoroutine(self._supervise(record, job))
+
+    async def _supervise(self, record: SeedRecord, job: _Job) -> None:
+        try:
+            await job.done
+            outcome, error = SUCCEEDED, ""
+        except Exception as e:
+            outcome, error = FAILED, str(e) or type(e).__name__
+        if self._jobs.get(record.seed_id) is job:  # not already ended by abort or shutdown
+            await self._end(record.seed_id, outcome, error)
+
+    async def _end(self, seed_id: int, state: str, error: str) -> None:
+        """Stop the job if it still runs, record the outcome, clear a partial copy."""
+        job = self._jobs.pop(seed_id)
+        record = self._records[seed_id]
+        self._sample_job(record, job)
+        record.end(state, error)
+        if not job.done.called:
+            await job.stop()
+        if state != SUCCEEDED and record.role == "receive":
+            await self._clear_partial_copy(record)
+        self._disk.invalidate()
+        await self._save(record)
+        await self._release_receiver()
+        (log.info if state == SUCCEEDED else log.warn)(
+            "seed {seed_id}: {role} {state}{detail}", seed_id=seed_id, role=record.role, state=state,
+            detail=f": {error}" if error else "")
+
+    async def _clear_partial_copy(self, record: SeedRecord) -> None:
+        try:
+            await self._eraser.empty()
+        except Exception as e:
+            log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
+                      "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))
+
+    def _tick(self) -> Deferred:
+        """Sample progress, catch stalled command-mode receives, persist now and then."""
+        self._ticks += 1
+        checks = [Deferred.fromCoroutine(self._check_growth(seed_id, job))
+                  for seed_id, job in list(self._jobs.items()) if job.watch_growth_of]
+        for seed_id in list(self._jobs):
+            self._sample(seed_id)
+            if self._ticks % SAVE_EVERY_TICKS == 0:
+                checks.append(self._save(self._records[seed_id]))
+        d = DeferredList(checks, consumeErrors=True)
+        d.addCallback(lambda results: [log.failure("seed progress check failed", f)
+                                       for ok, f in results if not ok])
+        return d
+
+    async def _check_growth(self, seed_id: int, job: _Job) -> None:
+        size = await self._disk.usage(job.watch_growth_of)
+        now = self._reactor.seconds()
+        if size != job.last_size:
+            job.last_size, job.last_growth = size, now
+        elif now - job.last_growth > self._config.seed_stall_timeout_seconds and self._jobs.get(seed_id) is job:
+            await self._end(seed_id, FAILED, f"stalled: the datadir did not grow for "
+                            f"{self._config.seed_stall_timeout_seconds} s (SeedStallTimeoutSeconds)")
+
+    def _last_size(self, seed_id: int) -> int:
+        job = self._jobs.get(seed_id)
+        return max(job.last_size, 0) if job else 0
+
+    def _sample(self, seed_id: int) -> None:
+        job = self._jobs.get(seed_id)
+        if job is not None:
+            self._sample_job(self._records[seed_id], job)
+
+    @staticmethod
+    def _sample_job(record: SeedRecord, job: _Job) -> None:
+        record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
+
+    def _save(self, record: SeedRecord) -> Deferred:
+        """Persist a copy of the record now, in a thread; saves reach the disk in call order."""
+        snapshot = attrs.evolve(record)
+        return self._save_lock.run(
+            deferToThreadPool, self._reactor, self._reactor.getThreadPool(), self._store.save, snapshot)
+
+
+def _transfer_job(transfer) -> _Job:
+    def progress():
+        p = transfer.progress
+        return p.bytes_done, p.bytes_total, p.files_done, p.files_total
+    return _Job(transfer.when_done(), transfer.abort, progress)

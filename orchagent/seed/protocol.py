@@ -1,0 +1,383 @@
+"""The wire format of the built-in seed transfer: frames, handshake, tree entries, verification.
+
+Pure code (no I/O, no reactor), shared by the sender and the receiver so both sides agree by
+construction and the format can be tested in isolation.
+
+Every frame is ``kind (1 byte) | payload length (4 bytes, big endian) | payload``.
+
+Handshake (both proofs are HMAC-SHA256 keyed with ``SeedTransferSecret``)::
+
+    receiver -> HELLO   magic, version, 32-byte receiver nonce
+    sender   -> AUTH    seed id, 32-byte sender nonce, HMAC("sender", seed id, both nonces)
+    receiver -> ACCEPT  HMAC("receiver", seed id, both nonces)      or REFUSE reason, close
+
+Then the sender streams the tree and the receiver only sends PROGRESS keepalives::
+
+    TOTALS files, bytes             (any time; from a quick stat walk)
+    ENTRY  dir | symlink | file     (a directory always comes before what it contains)
+    DATA   offset, bytes            (file data; holes of sparse files are simply not sent)
+    FILE_END sha256                 (after each file's DATA frames)
+    END    files, bytes             (the counts the receiver must have seen)
+    receiver -> DONE                (everything verified, fsynced and in place) or FAIL reason
+
+A file's digest covers its ENTRY payload and every DATA payload (offset included), so a
+flipped bit in data, offsets, size, mode or mtime fails that file.  Either side may send FAIL
+with a reason at any frame boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from typing import Iterator, Protocol
+
+import attrs
+
+from orchagent.errors import AgentError
+
+MAGIC = b"ORCHSEED"
+VERSION = 1
+NONCE_BYTES = 32
+MAX_SEED_ID_BYTES = 64
+MAX_META_PAYLOAD = 64 * 1024  # every frame but DATA is small; a bigger one is garbage
+MAX_DATA_PAYLOAD = 64 * 1024 * 1024
+
+HEADER = struct.Struct("!BI")
+DATA_OFFSET = struct.Struct("!Q")
+_HELLO = struct.Struct("!8sH32s")
+_COUNTS = struct.Struct("!QQ")  # files, bytes
+_ENTRY = struct.Struct("!BIqQIIHHBB")  # kind mode mtime_ns size uid gid len(path) len(target) len(user) len(group)
+
+
+class Kind(enum.IntEnum):
+    HELLO = 1
+    AUTH = 2
+    ACCEPT = 3
+    REFUSE = 4
+    TOTALS = 5
+    ENTRY = 6
+    DATA = 7
+    FILE_END = 8
+    END = 9
+    DONE = 10
+    FAIL = 11
+    PROGRESS = 12
+
+
+class EntryKind(enum.IntEnum):
+    FILE = 0
+    DIR = 1
+    SYMLINK = 2
+
+
+class TransferFailed(AgentError):
+    """A seed transfer did not complete; the message says what failed."""
+
+
+class ProtocolError(TransferFailed):
+    """The peer sent something this protocol does not allow."""
+
+
+class ChecksumMismatch(TransferFailed):
+    """A file arrived with different content than the sender read."""
+
+
+# --- frames ----------------------------------------------------------------------------------
+
+
+def frame(kind: Kind, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def data_header(offset: int, length: int) -> bytes:
+    """Header and offset of a DATA frame; the ``length`` data bytes follow separately."""
+    return HEADER.pack(Kind.DATA, DATA_OFFSET.size + length) + DATA_OFFSET.pack(offset)
+
+
+def counts_frame(kind: Kind, files: int, nbytes: int) -> bytes:
+    return frame(kind, _COUNTS.pack(files, nbytes))
+
+
+def parse_counts(payload: bytes) -> tuple[int, int]:
+    if len(payload) != _COUNTS.size:
+        raise ProtocolError("malformed counts frame")
+    return _COUNTS.unpack(payload)
+
+
+def reason_frame(kind: Kind, reason: str) -> bytes:
+    return frame(kind, reason.encode("utf-8", "replace")[:MAX_META_PAYLOAD])
+
+
+class FrameBuffer:
+    """Collects bytes until whole (small) frames are available; used during the handshake."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def frames(self) -> Iterator[tuple[Kind, bytes]]:
+        while len(self._buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buffer)
+            if length > MAX_META_PAYLOAD:
+                raise ProtocolError(f"oversized frame ({length} bytes) during the handshake")
+            if len(self._buffer) < HEADER.size + length:
+                return
+            payload = bytes(self._buffer[HEADER.size:HEADER.size + length])
+            del self._buffer[:HEADER.size + length]
+            yield _kind(kind), payload
+
+    def leftover(self) -> bytes:
+        """Bytes received after the last whole frame (the start of the data stream)."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
+
+
+def _kind(value: int) -> Kind:
+    try:
+        return Kind(value)
+    except ValueError:
+        raise ProtocolError(f"unknown frame kind {value}") from None
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def hello(nonce: bytes) -> bytes:
+    return frame(Kind.HELLO, _HELLO.pack(MAGIC, VERSION, nonce))
+
+
+def parse_hello(payload: bytes) -> bytes:
+    """The receiver's nonce, after checking this is our protocol in our version."""
+    if len(payload) != _HELLO.size:
+        raise ProtocolError("the peer is not an orchagent seed receiver")
+    magic, version, nonce = _HELLO.unpack(payload)
+    if magic != MAGIC:
+        raise ProtocolError("the peer is not an orchagent seed receiver")
+    if version != VERSION:
+        raise ProtocolError(f"the receiver speaks seed protocol version {version}, this agent {VERSION}")
+    return nonce
+
+
+def _proof(secret: bytes, role: bytes, seed_id: str, receiver_nonce: bytes, sender_nonce: bytes) -> bytes:
+    message = b"orchagent-seed-v1\0" + role + b"\0" + seed_id.encode() + b"\0" + receiver_nonce + sender_nonce
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def auth(secret: bytes, seed_id: str, receiver_nonce: bytes, sender_nonce: bytes) -> bytes:
+    seed = seed_id.encode()
+    if not seed or len(seed) > MAX_SEED_ID_BYTES:
+        raise ValueError(f"seed id must be 1 to {MAX_SEED_ID_BYTES} bytes")
+    proof = _proof(secret, b"sender", seed_id, receiver_nonce, sender_nonce)
+    return frame(Kind.AUTH, bytes([len(seed)]) + seed + sender_nonce + proof)
+
+
+@attrs.frozen
+class Auth:
+    seed_id: str
+    sender_nonce: bytes
+    proof: bytes
+
+    def valid(self, secret: bytes, receiver_nonce: bytes) -> bool:
+        expected = _proof(secret, b"sender", self.seed_id, receiver_nonce, self.sender_nonce)
+        return hmac.compare_digest(expected, self.proof)
+
+
+def parse_auth(payload: bytes) -> Auth:
+    if not payload or len(payload) != 1 + payload[0] + NONCE_BYTES + 32 or payload[0] == 0:
+        raise ProtocolError("malformed authentication frame")
+    end = 1 + payload[0]
+    try:
+        seed_id = payload[1:end].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("malformed seed id") from None
+    return Auth(seed_id, payload[end:end + NONCE_BYTES], payload[end + NONCE_BYTES:])
+
+
+def accept(secret: bytes, seed_id: str, receiver_nonce: bytes, sender_nonce: bytes) -> bytes:
+    return frame(Kind.ACCEPT, _proof(secret, b"receiver", seed_id, receiver_nonce, sender_nonce))
+
+
+def accept_valid(payload: bytes, secret: bytes, seed_id: str, receiver_nonce: bytes, sender_nonce: bytes) -> bool:
+    expected = _proof(secret, b"receiver", seed_id, receiver_nonce, sender_nonce)
+    return hmac.compare_digest(expected, payload)
+
+
+# --- tree entries ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Entry:
+    """One directory, symlink or regular file of the tree, relative to its root."""
+
+    kind: EntryKind
+    path: bytes  # relative, "/"-separated, validated by :func:`check_relative_path`
+    mode: int  # permission bits (S_IMODE)
+    mtime_ns: int
+    size: int = 0  # files: logical size (holes included)
+    uid: int = 0
+    gid: int = 0
+    user: bytes = b""  # owner names, so ownership maps by name as tar does
+    group: bytes = b""
+    target: bytes = b""  # symlinks: where the link points (never followed)
+
+    def encode(self) -> bytes:
+        """The ENTRY payload."""
+        return (
+            _ENTRY.pack(self.kind, self.mode, self.mtime_ns, self.size, self.uid, self.gid,
+                        len(self.path), len(self.target), len(self.user), len(self.group))
+            + self.path + self.target + self.user + self.group
+        )
+
+
+def parse_entry(payload: bytes) -> Entry:
+    if len(payload) < _ENTRY.size:
+        raise ProtocolError("malformed entry frame")
+    kind, mode, mtime_ns, size, uid, gid, n_path, n_target, n_user, n_group = _ENTRY.unpack_from(payload)
+    if len(payload) != _ENTRY.size + n_path + n_target + n_user + n_group:
+        raise ProtocolError("malformed entry frame")
+    try:
+        entry_kind = EntryKind(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown entry kind {kind}") from None
+    fields = []
+    at = _ENTRY.size
+    for n in (n_path, n_target, n_user, n_group):
+        fields.append(payload[at:at + n])
+        at += n
+    path, target, user, group = fields
+    check_relative_path(path)
+    return Entry(entry_kind, path, mode & 0o7777, mtime_ns, size, uid, gid, user, group, target)
+
+
+def check_relative_path(path: bytes) -> None:
+    """Refuse any path that could leave the staging directory."""
+    parts = path.split(b"/")
+    if not path or b"\0" in path or any(part in (b"", b".", b"..") for part in parts):
+        raise ProtocolError(f"unsafe path {path!r} in the stream")
+
+
+# --- the receiving side's stream decoder -----------------------------------------------------
+
+
+class StreamHandler(Protocol):
+    """What :class:`StreamDecoder` calls, in stream order."""
+
+    def totals(self, files: int, nbytes: int) -> None: ...
+
+    def entry(self, entry: Entry) -> None: ...
+
+    def data(self, offset: int, piece: memoryview) -> None: ...
+
+    def file_end(self) -> None: ...
+
+    def end(self, files: int, nbytes: int) -> None: ...
+
+
+class StreamDecoder:
+    """Turns the sender's byte stream (any chunking) into handler calls, verifying each file.
+
+    DATA payloads are handed on as slices of the received chunks, never copied or reassembled,
+    so decoding costs one hash update per piece.
+    """
+
+    def __init__(self, handler: StreamHandler) -> None:
+        self._handler = handler
+        self._pending = bytearray()  # an incomplete header or small frame
+        self._data_left = 0  # bytes of the current DATA payload still to come
+        self._data_at = 0  # file offset of the next data byte
+        self._file: Entry | None = None
+        self._digest: hashlib._Hash | None = None
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        at, size = 0, len(view)
+        while at < size:
+            if self._data_left:
+                take = min(self._data_left, size - at)
+                piece = view[at:at + take]
+                self._digest.update(piece)
+                self._handler.data(self._data_at, piece)
+                self._data_at += take
+                self._data_left -= take
+                at += take
+                continue
+            at = self._take_frame(view, at)
+
+    def _take_frame(self, view: memoryview, at: int) -> int:
+        """Consume the header (and small payload) of one frame; return the new position."""
+        pending = self._pending
+        need = HEADER.size
+        if len(pending) >= HEADER.size:
+            kind, length = HEADER.unpack_from(pending)
+            need += DATA_OFFSET.size if kind == Kind.DATA else length
+        take = min(need - len(pending), len(view) - at)
+        pending += view[at:at + take]
+        at += take
+        if len(pending) == HEADER.size:
+            kind, length = HEADER.unpack_from(pending)
+            limit = MAX_DATA_PAYLOAD if kind == Kind.DATA else MAX_META_PAYLOAD
+            if length > limit or (kind == Kind.DATA and length < DATA_OFFSET.size):
+                raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+            if kind != Kind.DATA and length == 0:
+                self._dispatch(_kind(kind), b"")
+                pending.clear()
+            return at
+        if len(pending) < HEADER.size:
+            return at
+        kind, length = HEADER.unpack_from(pending)
+        if kind == Kind.DATA and len(pending) == HEADER.size + DATA_OFFSET.size:
+            self._start_data(bytes(pending[HEADER.size:]), length - DATA_OFFSET.size)
+            pending.clear()
+        elif kind != Kind.DATA and len(pending) == HEADER.size + length:
+            self._dispatch(_kind(kind), bytes(pending[HEADER.size:]))
+            pending.clear()
+        return at
+
+    def _start_data(self, offset_bytes: bytes, length: int) -> None:
+        if self._file is None:
+            raise ProtocolError("file data outside a file")
+        (offset,) = DATA_OFFSET.unpack(offset_bytes)
+        if offset + length > self._file.size:
+            raise ProtocolError(f"data beyond the end of {self._file.path!r}")
+        self._digest.update(offset_bytes)
+        self._data_at, self._data_left = offset, length
+
+    def _dispatch(self, kind: Kind, payload: bytes) -> None:
+        if self.ended:
+            raise ProtocolError("frames after the end of the stream")
+        if kind == Kind.ENTRY:
+            if self._file is not None:
+                raise ProtocolError(f"entry inside file {self._file.path!r}")
+            entry = parse_entry(payload)
+            if entry.kind == EntryKind.FILE:
+                self._file, self._digest = entry, hashlib.sha256(payload)
+            self._handler.entry(entry)
+        elif kind == Kind.FILE_END:
+            if self._file is None:
+                raise ProtocolError("file end outside a file")
+            if not hmac.compare_digest(self._digest.digest(), payload):
+                raise ChecksumMismatch(f"checksum mismatch on {os.fsdecode(self._file.path)!r}: "
+                                       "the data was corrupted in transit")
+            self._file = self._digest = None
+            self._handler.file_end()
+        elif kind == Kind.TOTALS:
+            self._handler.totals(*parse_counts(payload))
+        elif kind == Kind.END:
+            if self._file is not None:
+                raise ProtocolError(f"stream ended inside file {self._file.path!r}")
+            self.ended = True
+            self._handler.end(*parse_counts(payload))
+        elif kind == Kind.FAIL:
+            raise TransferFailed(f"the sender failed: {payload.decode('utf-8', 'replace')}")
+        else:
+            raise ProtocolError(f"unexpected {kind.name} frame in the data stream")

@@ -1,0 +1,73 @@
+"""Seed records and their store under ``StateDirectory``, so answers survive a restart.
+
+One JSON file per seed (``seeds/<id>.json``), replaced atomically (write, fsync, rename).
+A seed that was running when the agent stopped can only be reported as failed afterwards:
+nothing is left that could finish it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import attrs
+
+RUNNING, SUCCEEDED, FAILED, ABORTED = "running", "succeeded", "failed", "aborted"
+
+
+@attrs.define
+class SeedRecord:
+    seed_id: int
+    role: str  # "receive" (this host is the target) or "send" (the source)
+    mode: str  # "built-in" or "command"
+    peer: str  # the target host when sending; "" when receiving
+    path: str  # the datadir receiving, or the directory being sent
+    started_at: float
+    state: str = RUNNING
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    error: str = ""
+    ended_at: float | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state != RUNNING
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == SUCCEEDED
+
+    def end(self, state: str, error: str = "", now: float | None = None) -> None:
+        self.state = state
+        self.error = error
+        self.ended_at = time.time() if now is None else now
+
+
+class SeedStore:
+    """Blocking file I/O: call from a thread, except :meth:`load_all` at start-up."""
+
+    def __init__(self, state_directory: str):
+        self.directory = os.path.join(state_directory, "seeds")
+
+    def load_all(self) -> dict[int, SeedRecord]:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        records = {}
+        for name in os.listdir(self.directory):
+            if not name.endswith(".json"):
+                continue
+            with open(os.path.join(self.directory, name)) as f:
+                record = SeedRecord(**json.load(f))
+            records[record.seed_id] = record
+        return records
+
+    def save(self, record: SeedRecord) -> None:
+        path = os.path.join(self.directory, f"{record.seed_id}.json")
+        temporary = path + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(attrs.asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)

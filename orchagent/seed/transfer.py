@@ -1,0 +1,610 @@
+"""The built-in seed transfer: one agent sends a directory tree, another receives it into a datadir.
+
+Public API (what the seed manager uses)::
+
+    server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300)
+    port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
+    transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
+    ...
+    transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
+
+A :class:`Transfer` (either side) has ``progress`` (:class:`Progress`: bytes/files done and
+total, start and end times), ``state`` (``waiting``, ``running``, ``finishing``, ``succeeded``,
+``failed``, ``aborted``), ``error`` (a :class:`TransferFailed` whose message says what failed),
+``when_done()`` (a new Deferred each call: fires with None on verified success, fails with the
+error) and ``abort()``.  ``abort()`` drops the connection, stops the worker thread, removes the
+receiver's staging directory and returns a Deferred that fires once no worker thread is left.
+A transfer always ends in exactly one of succeeded/failed/aborted, and ``when_done`` fires only
+after its worker thread has finished (and, on failure, after the staging directory is gone).
+
+Why it is shaped this way:
+
+* The sender proves it knows ``SeedTransferSecret`` (HMAC over the seed id and a nonce the
+  receiver chose), and the receiver proves it back.  A receiver only accepts while a receive
+  for that seed id is armed, and only one sender per armed receive.  Refusals are logged, sent
+  to the sender as a reason (its transfer fails with it), and kept in ``last_refusal`` of the
+  armed transfer so a human can see why nothing arrives; they do not fail the armed receive, so
+  a stray peer cannot cancel a seed.  TLS is optional and layered underneath: a server
+  context factory for the receiver, a client connection creator for the sender.
+* Disk work happens in one worker thread per transfer (reading + hashing on the sender,
+  hashing + writing on the receiver).  The reactor only moves bytes.  Between them sits a
+  bounded :class:`~orchagent.seed.pipe.Pipe`: the sender's reader waits when the transport is
+  paused (the connection is the consumer of the pipe and the producer for the socket), the
+  receiver pauses its transport when its writer falls behind, so a slow disk slows the sender
+  and memory stays at a few MB whatever the data size.
+* Either side gives up when nothing moves for ``stall_timeout`` seconds; the receiver sends
+  keepalives while it verifies and syncs, so a long final sync is not a stall.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.policies import TimeoutMixin
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from orchagent import logs
+from orchagent.errors import Conflict
+from orchagent.seed import protocol
+from orchagent.seed.pipe import Closed, Pipe
+from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
+from orchagent.seed.tree import Progress, TreeReader, TreeWriter
+
+__all__ = ["SeedReceiverServer", "send_tree", "Transfer", "Progress", "TransferFailed", "TransferAborted"]
+
+log = logs.logger(__name__)
+
+PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reactor and the worker thread
+SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport
+CONNECT_TIMEOUT_SECONDS = 30
+
+
+class TransferAborted(TransferFailed):
+    """The transfer was aborted on request."""
+
+
+class Transfer:
+    """One side of one seed transfer; see the module docstring."""
+
+    def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float, threadpool: Any) -> None:
+        self.seed_id = seed_id
+        self.role = role  # "send" or "receive"
+        self.progress = Progress()
+        self.state = "waiting"
+        self.error: TransferFailed | None = None
+        self.last_refusal: str | None = None
+        self._reactor = reactor
+        self._stall_timeout = stall_timeout
+        self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self._concluded = False
+        self._worker_running = False
+        self._connection_open = False
+        self._waiters: list[Deferred] = []
+        self._connection: _Connection | None = None
+        self._pipe: Pipe | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed", "aborted")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    def when_done(self) -> Deferred:
+        d = Deferred()
+        if self.done:
+            self._fire_one(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def abort(self) -> Deferred:
+        """Stop now; the Deferred fires (with None) once nothing of this transfer runs any more."""
+        self._conclude(TransferAborted(f"seed {self.seed_id} transfer aborted"))
+        d = self.when_done()
+        d.addErrback(lambda _: None)
+        return d
+
+    # shared machinery
+
+    def _start_worker(self, work: Callable[..., Any], *args: Any) -> None:
+        self._worker_running = True
+        d = deferToThreadPool(self._reactor, self._threadpool, work, *args)
+        d.addBoth(self._worker_ended)
+
+    def _worker_ended(self, result: Any) -> None:
+        self._worker_running = False
+        if isinstance(result, Failure):
+            self._conclude(self._as_error(result))
+        else:
+            self._worker_succeeded()
+        self._fire_if_idle()
+
+    def _worker_succeeded(self) -> None:
+        raise NotImplementedError
+
+    def _conclude(self, error: TransferFailed | None) -> None:
+        """Record the outcome (the first one wins) and stop everything still moving."""
+        if self._concluded:
+            return
+        self._concluded = True
+        self.error = error
+        if self._pipe is not None and error is not None:
+            self._pipe.close()
+        if self._connection_open:
+            self._connection.close(error)
+        self._fire_if_idle()
+
+    def _fire_if_idle(self) -> None:
+        """Report the outcome once it is known and neither a worker nor the connection is left."""
+        if not self._concluded or self._worker_running or self._connection_open or self.done:
+            return
+        error = self.error
+        self.state = "succeeded" if error is None else "aborted" if isinstance(error, TransferAborted) else "failed"
+        self.progress.finished = self._reactor.seconds()
+        if error is None:
+            log.info("seed {seed_id}: {role} succeeded, {files} files, {nbytes} bytes in {seconds:.1f} s",
+                     seed_id=self.seed_id, role=self.role, files=self.progress.files_done,
+                     nbytes=self.progress.bytes_done, seconds=self._elapsed())
+        else:
+            log.warn("seed {seed_id}: {role} {state}: {error}", seed_id=self.seed_id, role=self.role,
+                     state=self.state, error=str(error))
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._fire_one(d)
+
+    def _fire_one(self, d: Deferred) -> None:
+        if self.error is None:
+            d.callback(None)
+        else:
+            d.errback(Failure(self.error))
+
+    def _elapsed(self) -> float:
+        started = self.progress.started
+        return 0.0 if started is None else self._reactor.seconds() - started
+
+    def _as_error(self, failure: Failure) -> TransferFailed:
+        error = failure.value
+        if isinstance(error, Closed) and self.error is not None:
+            return self.error
+        if isinstance(error, TransferFailed):
+            return error
+        if isinstance(error, OSError):
+            where = f" on {os.fsdecode(error.filename)!r}" if error.filename else ""
+            return TransferFailed(f"seed {self.seed_id} {self.role} failed{where}: {error.strerror or error}")
+        log.failure("seed {seed_id}: unexpected error in the {role} worker", failure,
+                    seed_id=self.seed_id, role=self.role)
+        return TransferFailed(f"seed {self.seed_id} {self.role} failed: internal error {error!r}")
+
+    def _connected(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._connection_open = True
+
+    def _disconnected(self) -> None:
+        self._connection_open = False
+        self._fire_if_idle()
+
+    def _begin(self) -> None:
+        self.state = "running"
+        self.progress.started = self._reactor.seconds()
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+class _ReceiveTransfer(Transfer):
+    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float, threadpool: Any) -> None:
+        super().__init__(reactor, seed_id, "receive", stall_timeout, threadpool)
+        self.datadir = datadir
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def attach(self, connection: _ReceiverProtocol) -> None:
+        self._connected(connection)
+        self._begin()
+        self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
+        self._start_worker(self._write, TreeWriter(self.datadir, self.seed_id, self.progress), self._pipe)
+
+    def received(self, data: bytes) -> None:
+        """From the reactor: stream bytes for the writer."""
+        if self._concluded:
+            return
+        if self._pipe.put(data, len(data)):
+            self._connection.transport.pauseProducing()
+
+    def connection_lost(self) -> None:
+        if self._pipe is not None:
+            self._pipe.finish()  # the writer decides: whole tree received, or cut short
+        self._disconnected()
+
+    def _write(self, writer: TreeWriter, pipe: Pipe) -> None:
+        """Worker thread: everything that touches the target disk."""
+        try:
+            writer.start()
+            while not writer.ended:
+                chunk = pipe.get_wait()
+                if chunk is None:
+                    break
+                writer.feed(chunk)
+            self._reactor.callFromThread(self._finishing)
+            writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+
+    def _finishing(self) -> None:
+        if not self.done:
+            self.state = "finishing"
+            self._connection.setTimeout(None)  # no data is due any more; keepalives go on
+
+    def _worker_succeeded(self) -> None:
+        self._conclude(None)
+
+
+class _Connection(Protocol, TimeoutMixin):
+    """What both sides share: the injected clock, a stall timer, small-frame parsing."""
+
+    def __init__(self, reactor: Any, stall_timeout: float) -> None:
+        self._reactor = reactor
+        self._stall_timeout = stall_timeout
+        self._frames = protocol.FrameBuffer()
+        self._closed = False
+        self._last_resort: Any = None
+
+    def callLater(self, period: float, func: Callable[[], None]) -> Any:
+        return self._reactor.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        _widen_buffers(self.transport)
+        self.setTimeout(self._stall_timeout)
+
+    def close(self, error: TransferFailed | None) -> None:
+        """End the connection, telling the peer why when there is a reason."""
+        if self._closed:
+            return
+        self._closed = True
+        self.setTimeout(None)
+        if error is not None:
+            self.transport.write(protocol.reason_frame(Kind.FAIL, str(error)))
+        self.transport.loseConnection()
+        self._last_resort = self._reactor.callLater(self._stall_timeout, self.transport.abortConnection)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        if self._last_resort is not None and self._last_resort.active():
+            self._last_resort.cancel()
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer()
+        return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+
+
+def _widen_buffers(transport: Any) -> None:
+    """Read and buffer up to a MB per socket call instead of 64 KiB (the data moves in 1 MB frames).
+
+    ``bufferSize`` is the public knob of Twisted's file-descriptor transports; under TLS it sits
+    on the wrapped TCP transport.
+    """
+    while transport is not None:
+        if hasattr(transport, "bufferSize") and hasattr(transport, "socket"):
+            transport.bufferSize = SOCKET_BUFFER_BYTES
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class _ReceiverProtocol(_Connection):
+    def __init__(self, server: SeedReceiverServer) -> None:
+        super().__init__(server._reactor, server.stall_timeout)
+        self._server = server
+        self._nonce = protocol.new_nonce()
+        self._transfer: _ReceiveTransfer | None = None
+        self._keepalive: LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.write(protocol.hello(self._nonce))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.resetTimeout()
+        if self._transfer is not None:
+            self._transfer.received(data)
+            return
+        self._frames.feed(data)
+        try:
+            for kind, payload in self._frames.frames():
+                if kind != Kind.AUTH:
+                    raise ProtocolError(f"expected authentication, got {kind.name}")
+                self._authenticate(protocol.parse_auth(payload))
+                break
+        except ProtocolError as e:
+            self._refuse(str(e))
+            return
+        if self._transfer is not None:
+            rest = self._frames.leftover()
+            if rest:
+                self._transfer.received(rest)
+
+    def _authenticate(self, auth: protocol.Auth) -> None:
+        transfer = self._server._armed.get(auth.seed_id)
+        if transfer is None:
+            self._refuse(f"no receive is armed for seed {auth.seed_id}")
+        elif not auth.valid(self._server._secret, self._nonce):
+            self._refuse(f"authentication failed for seed {auth.seed_id}: "
+                         "the agents have different SeedTransferSecret values", transfer)
+        elif transfer.connected:
+            self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer)
+        else:
+            log.info("seed {seed_id}: receiving into {datadir} from {peer}",
+                     seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
+            self.transport.write(protocol.accept(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce))
+            self._transfer = transfer
+            transfer.attach(self)
+            self._keepalive = LoopingCall(self._send_progress)
+            self._keepalive.clock = self._reactor
+            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
+
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None) -> None:
+        log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
+        if transfer is not None:
+            transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
+        self._closed = True
+        self.transport.write(protocol.reason_frame(Kind.REFUSE, reason))
+        self.transport.loseConnection()
+
+    def _send_progress(self) -> None:
+        progress = self._transfer.progress
+        self.transport.write(protocol.counts_frame(Kind.PROGRESS, progress.files_done, progress.bytes_done))
+
+    def resume(self) -> None:
+        """The writer made room in the pipe: read again (and that counts as progress)."""
+        if not self._closed:
+            self.resetTimeout()
+            self.transport.resumeProducing()
+
+    def timeoutConnection(self) -> None:
+        what = "authenticate" if self._transfer is None else "send data"
+        reason = f"the sender did not {what} for {self._stall_timeout:g} seconds"
+        if self._transfer is None:
+            self._refuse(reason)
+        else:
+            self._transfer._conclude(TransferFailed(f"seed {self._transfer.seed_id} stalled: {reason}"))
+
+    def close(self, error: TransferFailed | None) -> None:
+        if not self._closed and error is None:
+            self.transport.write(protocol.frame(Kind.DONE))
+        super().close(error)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._transfer is not None:
+            self._transfer.connection_lost()
+
+
+class _ReceiverFactory(Factory):
+    def __init__(self, server: SeedReceiverServer) -> None:
+        self._server = server
+
+    def buildProtocol(self, addr: Any) -> _ReceiverProtocol:
+        return _ReceiverProtocol(self._server)
+
+
+class SeedReceiverServer:
+    """The one seed listener of an agent; receives are armed per seed id."""
+
+    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
+                 threadpool: Any = None) -> None:
+        """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None."""
+        if not secret and tls is None:
+            raise ValueError("the built-in seed transfer needs SeedTransferSecret (or TLS)")
+        self._reactor = reactor
+        self._secret = secret
+        self._tls = tls
+        self.stall_timeout = stall_timeout
+        self._threadpool = threadpool
+        self._armed: dict[str, _ReceiveTransfer] = {}
+        self._port: Any = None
+
+    def listen(self, endpoint: interfaces.IStreamServerEndpoint) -> Deferred:
+        """Start listening; fires with the listening port."""
+        factory: Factory = _ReceiverFactory(self)
+        if self._tls is not None:
+            factory = TLSMemoryBIOFactory(self._tls, False, factory)
+
+        def listening(port: Any) -> Any:
+            self._port = port
+            return port
+
+        return endpoint.listen(factory).addCallback(listening)
+
+    def stopListening(self) -> Deferred:
+        port, self._port = self._port, None
+        return succeed(None) if port is None else port.stopListening()
+
+    def arm(self, seed_id: str, datadir: str) -> Transfer:
+        """Accept one sender for ``seed_id``, writing into ``datadir``; disarmed when it ends."""
+        current = self._armed.get(seed_id)
+        if current is not None and not current.done:
+            raise Conflict(f"a receive for seed {seed_id} is already armed")
+        transfer = _ReceiveTransfer(self._reactor, seed_id, datadir, self.stall_timeout, self._threadpool)
+        self._armed[seed_id] = transfer
+        transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
+        return transfer
+
+    def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
+        if self._armed.get(seed_id) is transfer:
+            del self._armed[seed_id]
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+class _SendTransfer(Transfer):
+    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
+                 threadpool: Any) -> None:
+        super().__init__(reactor, seed_id, "send", stall_timeout, threadpool)
+        self.source_dir = source_dir
+        self._secret = secret
+        self._connecting: Deferred | None = None
+
+    def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
+        self._connecting = connectProtocol(endpoint, _SenderProtocol(self))
+
+        def failed(failure: Failure) -> None:
+            if not self._concluded:
+                self._conclude(TransferFailed(f"cannot connect to the seed receiver at {where}: "
+                                              f"{failure.getErrorMessage()}"))
+
+        self._connecting.addCallbacks(lambda _: None, failed)
+
+    def authenticated(self, connection: _SenderProtocol) -> None:
+        self._begin()
+        self._pipe = Pipe(PIPE_BYTES)
+        connection.transport.registerProducer(connection, True)
+        self._start_worker(self._read, self._pipe)
+
+    def _read(self, pipe: Pipe) -> None:
+        """Worker thread: walk, read and hash the source, a few MB ahead of the socket."""
+        try:
+            for batch in TreeReader(self.source_dir).batches():
+                pipe.put_wait(batch, batch.size)
+                self._reactor.callFromThread(self.pump)
+        finally:
+            pipe.finish()
+
+    def pump(self) -> None:
+        """Reactor: move batches from the pipe to the transport until it asks for a pause."""
+        connection = self._connection
+        while not connection.paused and not self._concluded:
+            batch = self._pipe.get()
+            if batch is None:
+                return
+            connection.transport.writeSequence(batch.parts)
+            connection.resetTimeout()
+            self.progress.bytes_done += batch.data_bytes
+            self.progress.files_done += batch.files
+            if batch.totals is not None:
+                self.progress.files_total, self.progress.bytes_total = batch.totals
+            if batch.final:
+                self.state = "finishing"
+
+    def _worker_succeeded(self) -> None:
+        pass  # everything is queued; success comes with the receiver's DONE
+
+    def _conclude(self, error: TransferFailed | None) -> None:
+        if self._connecting is not None and self._connection is None:
+            self._connecting.cancel()
+        super()._conclude(error)
+
+
+@implementer(interfaces.IPushProducer)
+class _SenderProtocol(_Connection):
+    def __init__(self, transfer: _SendTransfer) -> None:
+        super().__init__(transfer._reactor, transfer._stall_timeout)
+        self._transfer = transfer
+        self._nonce = protocol.new_nonce()
+        self._receiver_nonce: bytes | None = None
+        self._accepted = False
+        self.paused = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self._transfer._concluded:
+            self.transport.abortConnection()
+        else:
+            self._transfer._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._frames.feed(data)
+        try:
+            for kind, payload in self._frames.frames():
+                self._frame(kind, payload)
+        except ProtocolError as e:
+            self._transfer._conclude(TransferFailed(f"seed {self._transfer.seed_id}: {e}"))
+
+    def _frame(self, kind: Kind, payload: bytes) -> None:
+        transfer = self._transfer
+        if kind == Kind.HELLO and self._receiver_nonce is None:
+            self._receiver_nonce = protocol.parse_hello(payload)
+            self.transport.write(protocol.auth(transfer._secret, transfer.seed_id, self._receiver_nonce, self._nonce))
+        elif kind == Kind.ACCEPT and self._receiver_nonce is not None and not self._accepted:
+            if not protocol.accept_valid(payload, transfer._secret, transfer.seed_id, self._receiver_nonce, self._nonce):
+                raise ProtocolError("the receiver could not prove it knows SeedTransferSecret")
+            self._accepted = True
+            log.info("seed {seed_id}: sending {source} to {peer}", seed_id=transfer.seed_id,
+                     source=transfer.source_dir, peer=self._peer())
+            transfer.authenticated(self)
+        elif kind == Kind.REFUSE:
+            transfer._conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
+                                              f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
+        elif kind == Kind.FAIL:
+            transfer._conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
+        elif kind == Kind.PROGRESS and self._accepted:
+            pass  # a keepalive; resetTimeout above is its purpose
+        elif kind == Kind.DONE and transfer.state == "finishing":
+            transfer._conclude(None)
+        else:
+            raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
+
+    # IPushProducer, for our own transport: the reader thread waits while we are paused
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resetTimeout()
+        self._transfer.pump()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def timeoutConnection(self) -> None:
+        what = "answer" if not self._accepted else "take data"
+        self._transfer._conclude(TransferFailed(
+            f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
+
+    def close(self, error: TransferFailed | None) -> None:
+        if self._accepted and not self._closed:
+            self.transport.unregisterProducer()
+        super().close(error)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._transfer._conclude(TransferFailed(
+            f"seed {self._transfer.seed_id}: the connection to the receiver was lost before it confirmed "
+            f"the seed ({reason.getErrorMessage()})"))
+        self._transfer._disconnected()
+
+
+def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
+              tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+              threadpool: Any = None) -> Transfer:
+    """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
+
+    ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
+    or None for plain TCP.
+    """
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, threadpool)
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    transfer.connect(endpoint, f"{host}:{port}")
+    return transfer

@@ -1,0 +1,394 @@
+"""Reading a directory tree into the seed stream, and restoring it from the stream.
+
+Both classes do blocking file I/O and run in a worker thread, never in the reactor.
+
+:class:`TreeReader` walks the source without following symlinks (directories before their
+contents) and yields batches of frames: small frames are packed together so per-frame overhead
+stays off the hot path, file data goes out in large reads, sparse files are read extent by
+extent (``SEEK_DATA``/``SEEK_HOLE``) so holes are never sent.  Sockets, fifos and devices are
+skipped (a datadir may hold ``mysql.sock``); hard links arrive as separate files.
+
+:class:`TreeWriter` receives into ``<datadir>/.orchagent-seed-<id>/``: inside the datadir, so
+``du`` of the datadir (orchestrator's progress measure) grows as data arrives, yet hidden, so a
+partial copy never looks like a datadir.  A file is written under ``partial/<n>`` and renamed
+to its place in ``tree/`` only after its checksum matched.  At the end every file and
+directory is made durable (``syncfs`` of the target filesystem, which covers both, after early
+write-back of large files), the tree is moved into the datadir and the datadir is fsynced.
+Nothing is followed on the receiving side either: every entry's parent must be a directory
+this stream created, and files are created with ``O_EXCL | O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import errno
+import grp
+import os
+import pwd
+import shutil
+import stat
+from typing import Callable, Iterator
+
+import attrs
+
+from orchagent.seed import protocol
+from orchagent.seed.protocol import Entry, EntryKind, Kind, ProtocolError, TransferFailed
+
+CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
+BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
+WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
+STAGING_PREFIX = ".orchagent-seed-"
+
+
+def staging_path(datadir: str, seed_id: str) -> str:
+    """Where a receive for ``seed_id`` stages its data (inside the datadir, hidden)."""
+    return os.path.join(datadir, STAGING_PREFIX + seed_id)
+
+
+@attrs.define
+class Progress:
+    """How far a transfer is.  Byte counts are logical file bytes (holes included).
+
+    Updated by the worker thread (receiver) or the reactor (sender); plain int stores, so the
+    reactor may read them at any time.  ``started``/``finished`` are reactor times.
+    """
+
+    bytes_done: int = 0
+    files_done: int = 0
+    bytes_total: int | None = None  # None until the sender's quick walk is done
+    files_total: int | None = None
+    started: float | None = None  # when the peer was authenticated
+    finished: float | None = None
+
+
+@attrs.frozen
+class Batch:
+    """Frames to write in one go, and the progress they carry."""
+
+    parts: list[bytes]
+    data_bytes: int  # logical file bytes completed by these frames (holes included)
+    files: int  # files completed by these frames
+    totals: tuple[int, int] | None = None  # (files, bytes) of the whole tree, in the first batch
+    final: bool = False  # the END frame is in here
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+    """(relative path, absolute path, lstat) of everything below ``root``, parents first."""
+    stack = [b""]
+    while stack:
+        relative_dir = stack.pop()
+        directory = os.path.join(root, relative_dir) if relative_dir else root
+        with os.scandir(directory) as entries:
+            children = sorted(entries, key=lambda e: e.name)
+        for child in children:
+            relative = relative_dir + b"/" + child.name if relative_dir else child.name
+            st = child.stat(follow_symlinks=False)
+            yield relative, child.path, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(relative)
+
+
+def count_tree(root: str) -> tuple[int, int]:
+    """(files, bytes) a transfer of ``root`` will carry: the quick walk behind the totals."""
+    files = nbytes = 0
+    for _, _, st in _walk(os.fsencode(root)):
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            nbytes += st.st_size
+    return files, nbytes
+
+
+class TreeReader:
+    """Yields the whole stream for one source directory as :class:`Batch` es."""
+
+    def __init__(self, root: str, chunk_bytes: int = CHUNK_BYTES, batch_bytes: int = BATCH_BYTES) -> None:
+        self._root = os.fsencode(root)
+        self._chunk = chunk_bytes
+        self._batch = batch_bytes
+        self._names: dict[tuple[str, int], bytes] = {}
+        self._pending: list[bytes] = []
+        self._pending_size = self._pending_bytes = self._pending_files = 0
+
+    def batches(self) -> Iterator[Batch]:
+        if not os.path.isdir(self._root):
+            raise TransferFailed(f"seed source {os.fsdecode(self._root)!r} is not a directory")
+        totals = count_tree(os.fsdecode(self._root))
+        yield Batch([protocol.counts_frame(Kind.TOTALS, *totals)], 0, 0, totals=totals)
+        files = nbytes = 0
+        for relative, path, st in _walk(self._root):
+            if stat.S_ISDIR(st.st_mode):
+                self._add(protocol.frame(Kind.ENTRY, self._entry(EntryKind.DIR, relative, st).encode()))
+            elif stat.S_ISLNK(st.st_mode):
+                entry = self._entry(EntryKind.SYMLINK, relative, st, target=os.readlink(path))
+                self._add(protocol.frame(Kind.ENTRY, entry.encode()))
+            elif stat.S_ISREG(st.st_mode):
+                size = yield from self._file(relative, path)
+                files += 1
+                nbytes += size
+            if self._pending_size >= self._batch:
+                yield from self._flush()
+        yield from self._flush()
+        yield Batch([protocol.counts_frame(Kind.END, files, nbytes)], 0, 0, final=True)
+
+    def _file(self, relative: bytes, path: bytes) -> Iterator[Batch]:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            payload = self._entry(EntryKind.FILE, relative, st).encode()
+            digest = hashlib.sha256(payload)
+            self._add(protocol.frame(Kind.ENTRY, payload))
+            sent = 0
+            for start, end in _extents(fd, st):
+                for offset in range(start, end, self._chunk):
+                    data = os.pread(fd, min(self._chunk, end - offset), offset)
+                    if not data:
+                        raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
+                    header = protocol.data_header(offset, len(data))
+                    digest.update(header[protocol.HEADER.size:])
+                    digest.update(data)
+                    sent += len(data)
+                    if len(data) >= self._batch // 4:
+                        yield from self._flush()
+                        yield Batch([header, data], len(data), 0)
+                    else:
+                        self._add(header + data, len(data))
+            self._add(protocol.frame(Kind.FILE_END, digest.digest()), st.st_size - sent, 1)
+            return st.st_size
+        finally:
+            os.close(fd)
+
+    def _entry(self, kind: EntryKind, relative: bytes, st: os.stat_result, target: bytes = b"") -> Entry:
+        return Entry(kind, relative, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                     st.st_size if kind == EntryKind.FILE else 0, st.st_uid, st.st_gid,
+                     self._name("user", st.st_uid), self._name("group", st.st_gid), target)
+
+    def _name(self, kind: str, number: int) -> bytes:
+        key = (kind, number)
+        if key not in self._names:
+            try:
+                name = pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+            except KeyError:
+                name = ""
+            self._names[key] = name.encode()
+        return self._names[key]
+
+    def _add(self, part: bytes, data_bytes: int = 0, files: int = 0) -> None:
+        self._pending.append(part)
+        self._pending_size += len(part)
+        self._pending_bytes += data_bytes
+        self._pending_files += files
+
+    def _flush(self) -> Iterator[Batch]:
+        if self._pending:
+            yield Batch(self._pending, self._pending_bytes, self._pending_files)
+        self._pending = []
+        self._pending_size = self._pending_bytes = self._pending_files = 0
+
+
+def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data regions of a file; one region unless the file has holes."""
+    if st.st_blocks * 512 >= st.st_size:
+        if st.st_size:
+            yield 0, st.st_size
+        return
+    offset = 0
+    while offset < st.st_size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), st.st_size)
+        yield start, end
+        offset = end
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+class TreeWriter:
+    """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
+
+    def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None) -> None:
+        self.datadir = os.path.abspath(datadir)
+        self.staging = staging_path(self.datadir, seed_id)
+        self.progress = progress if progress is not None else Progress()
+        self._tree = os.path.join(self.staging, "tree")
+        self._partial = os.path.join(self.staging, "partial")
+        self._decoder = protocol.StreamDecoder(self)
+        self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
+        self._as_root = os.geteuid() == 0
+        self._ids: dict[tuple[str, bytes, int], int] = {}
+        self._file: Entry | None = None
+        self._fd = -1
+        self._written = self._flushed = 0
+        self._temp = ""
+        self._serial = 0
+        self._ended: tuple[int, int] | None = None
+        self._received_files = self._received_bytes = 0
+
+    def start(self) -> None:
+        """Create a fresh staging directory (a stale one from a crash is removed first)."""
+        if not os.path.isdir(self.datadir):
+            raise TransferFailed(f"target datadir {self.datadir!r} does not exist")
+        shutil.rmtree(self.staging, ignore_errors=True)
+        os.mkdir(self.staging, 0o700)
+        os.mkdir(self._tree, 0o700)
+        os.mkdir(self._partial, 0o700)
+
+    def feed(self, chunk: bytes) -> None:
+        self._decoder.feed(chunk)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    # StreamHandler
+
+    def totals(self, files: int, nbytes: int) -> None:
+        self.progress.files_total, self.progress.bytes_total = files, nbytes
+
+    def entry(self, entry: Entry) -> None:
+        parent = entry.path.rpartition(b"/")[0]
+        if parent not in self._directories:
+            raise ProtocolError(f"{os.fsdecode(entry.path)!r} arrived before its directory")
+        path = self._place(entry.path)
+        if entry.kind == EntryKind.DIR:
+            os.mkdir(path, 0o700)
+            self._chown(path, entry)
+            self._directories[entry.path] = (entry.mode, entry.mtime_ns)
+        elif entry.kind == EntryKind.SYMLINK:
+            os.symlink(entry.target, path)
+            self._chown(path, entry)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        else:
+            self._serial += 1
+            self._temp = os.path.join(self._partial, str(self._serial))
+            self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._file = entry
+            self._written = self._flushed = 0
+
+    def data(self, offset: int, piece: memoryview) -> None:
+        while piece:
+            written = os.pwrite(self._fd, piece, offset)
+            piece, offset = piece[written:], offset + written
+            self._written += written
+            self.progress.bytes_done += written
+        if self._written - self._flushed >= WRITEBACK_BYTES:
+            # Start write-back now (non-blocking) so the disk works while data still arrives,
+            # instead of all at the final sync; also keeps the page cache from filling up.
+            os.posix_fadvise(self._fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self._written
+
+    def file_end(self) -> None:
+        entry, fd = self._file, self._fd
+        self._file, self._fd = None, -1
+        try:
+            os.ftruncate(fd, entry.size)  # trailing holes
+            self._chown(fd, entry)  # before chmod: chown clears set-uid/gid bits
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        os.rename(self._temp, self._place(entry.path))
+        self.progress.bytes_done += entry.size - self._written
+        self.progress.files_done += 1
+        self._received_files += 1
+        self._received_bytes += entry.size
+
+    def end(self, files: int, nbytes: int) -> None:
+        self._ended = (files, nbytes)
+
+    # the end
+
+    def finish(self) -> None:
+        """After END: check the counts, make everything durable, move it into the datadir."""
+        if self._ended is None:
+            raise TransferFailed("the connection ended before the sender finished the tree")
+        if self._ended != (self._received_files, self._received_bytes):
+            raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
+                                f"{self._received_files} files ({self._received_bytes} bytes) arrived")
+        for relative in sorted(self._directories, reverse=True):  # children before parents
+            if relative:
+                mode, mtime_ns = self._directories[relative]
+                path = self._place(relative)
+                os.chmod(path, mode)
+                os.utime(path, ns=(mtime_ns, mtime_ns))
+        import time, sys; t0=time.time()
+        _sync_filesystem(self.staging)
+        print("syncfs", time.time()-t0, file=sys.stderr)
+        names = os.listdir(self._tree)
+        present = [name for name in names if os.path.lexists(os.path.join(self.datadir, name))]
+        if present:
+            raise TransferFailed(f"target datadir {self.datadir!r} is not empty ({present[0]!r} exists); "
+                                 "delete the datadir before seeding")
+        for name in names:
+            os.rename(os.path.join(self._tree, name), os.path.join(self.datadir, name))
+        _fsync_directory(self.datadir)
+        os.rmdir(self._tree)
+        os.rmdir(self._partial)
+        os.rmdir(self.staging)
+        _fsync_directory(self.datadir)
+
+    def discard(self) -> None:
+        """Remove everything this receive wrote (after a failure or an abort)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    # helpers
+
+    def _place(self, relative: bytes) -> bytes:
+        return os.path.join(os.fsencode(self._tree), relative)
+
+    def _chown(self, target: bytes | int, entry: Entry) -> None:
+        if self._as_root:
+            uid, gid = self._id("user", entry.user, entry.uid), self._id("group", entry.group, entry.gid)
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.chown(target, uid, gid, follow_symlinks=False)
+
+    def _id(self, kind: str, name: bytes, number: int) -> int:
+        """The local id of a user/group name (as tar maps owners), else the sender's number."""
+        key = (kind, name, number)
+        if key not in self._ids:
+            try:
+                lookup: Callable = pwd.getpwnam if kind == "user" else grp.getgrnam
+                self._ids[key] = lookup(name.decode())[2] if name else number
+            except (KeyError, UnicodeDecodeError):
+                self._ids[key] = number
+        return self._ids[key]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sync_filesystem(path: str) -> None:
+    """Flush every file and directory of the filesystem holding ``path`` (one ``syncfs``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

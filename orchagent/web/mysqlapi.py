@@ -1,0 +1,113 @@
+"""Handlers for the MySQL service, its error log, relay logs and binlogs (contract A.2 #16-20, 23, 29-35).
+
+Request values are validated here, before anything runs: integers must be integers, a host must
+be a hostname or an IP address.  Log names are checked against the server's own indexes below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from orchagent.errors import InvalidInput
+from orchagent.host.relaylog import ReplicationLogs
+
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_POSITION = re.compile(r"[0-9]{1,18}")
+MAX_BINLOG_NAMES = 1000
+
+
+def make_mysql_api(config, runner, mysql) -> MySQLAPI:
+    """The MySQL routes' handlers, wired to the one runner and the host's ``MySQL``."""
+    logs = ReplicationLogs(mysql, runner, client_command=config.mysql_client_command,
+                           max_apply_bytes=config.apply_relaylog_max_bytes)
+    return MySQLAPI(mysql, logs, error_log_tail_lines=config.error_log_tail_lines)
+
+
+class MySQLAPI:
+    def __init__(self, mysql, replication_logs, *, error_log_tail_lines: int):
+        self._mysql = mysql
+        self._logs = replication_logs
+        self._error_log_tail_lines = error_log_tail_lines
+
+    async def status(self, req) -> bool:
+        """A bare boolean, never an error: orchestrator decodes it into ``MySQLRunning``."""
+        return await self._mysql.is_running()
+
+    async def port(self, req) -> int:
+        return await self._mysql.port()
+
+    async def error_log_tail(self, req) -> list[str]:
+        return await self._mysql.error_log_tail(self._error_log_tail_lines)
+
+    async def stop(self, req) -> bool:
+        await self._mysql.stop()
+        return True
+
+    async def start(self, req) -> bool:
+        await self._mysql.start()
+        return True
+
+    async def post_copy(self, req) -> bool:
+        """Orchestrator calls ``post-copy/?sourceHost=<h>``; the host reaches PostCopyCommand as
+        ``$ORCHAGENT_SOURCE_HOST`` (V1 ignored it)."""
+        source_host = req.arg("sourceHost")
+        await self._mysql.post_copy(_host(source_host) if source_host else None)
+        return True
+
+    async def relay_log_index_file(self, req) -> str:
+        return await self._logs.relay_index_file()
+
+    async def relay_log_files(self, req) -> list[str]:
+        return await self._logs.relay_log_files()
+
+    async def relay_log_end_coordinates(self, req) -> dict:
+        coordinates = await self._logs.relay_log_end_coordinates()
+        return {"LogFile": coordinates.log_file, "LogPos": coordinates.log_pos, "Type": coordinates.type}
+
+    async def binlog_contents(self, req) -> str:
+        """``mysqlbinlog`` text of the named logs, gzipped and base64-encoded (as V1)."""
+        return await self._logs.binlog_text(*_binlog_range(req))
+
+    async def binlog_binary_contents(self, req) -> str:
+        """The raw log bytes, gzipped and base64-encoded (V1 returned the text here by mistake)."""
+        return await self._logs.binlog_bytes(*_binlog_range(req))
+
+    async def relaylog_contents_tail(self, req) -> str:
+        start = _position(req.params["start"], "start")
+        return await self._logs.relaylog_tail(req.params["relaylog"], start)
+
+    async def apply_relaylog_contents(self, req) -> str:
+        body = req.body
+        size = req.content_length
+        if size is None:
+            size = body.seek(0, os.SEEK_END) if body is not None else 0
+        await self._logs.apply_relaylog(body, size)
+        return "OK"
+
+
+def _binlog_range(req) -> tuple[list[str], int, int]:
+    names = req.query.get("binlog", [])
+    if len(names) > MAX_BINLOG_NAMES:
+        raise InvalidInput(f"too many binlog files ({len(names)}); at most {MAX_BINLOG_NAMES} per request")
+    return names, _position(req.arg("start"), "start"), _position(req.arg("stop"), "stop")
+
+
+def _position(value: str | None, name: str) -> int:
+    """A log position: absent means 0 (V1), anything but decimal digits is refused."""
+    if value is None or value == "":
+        return 0
+    if not _POSITION.fullmatch(value):
+        raise InvalidInput(f"{name} must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise InvalidInput(f"sourceHost must be a hostname or an IP address, got {value[:100]!r}")
+    return value

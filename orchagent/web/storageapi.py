@@ -1,0 +1,130 @@
+"""HTTP handlers for snapshots, the mount point, disk usage and emptying the datadir (V1 routes).
+
+Every request value is checked here before anything runs: a volume identifier must look like an
+LVM name or path (and :mod:`orchagent.host.snapshots` then requires that the backend lists it), a
+``du`` path must resolve inside the datadir, the snapshot mount point or ``AllowedPathRoots``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import threads
+
+from orchagent.errors import AgentError, InvalidInput
+from orchagent.host.datadir import DatadirEraser
+from orchagent.host.disk import DiskUsage, resolve_inside
+from orchagent.host.mounts import MOUNTINFO
+from orchagent.host.snapshots import Snapshots, make_backend
+
+MAX_IDENTIFIER_LENGTH = 1024
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.+@:/-]+")
+
+
+def volume_identifier(value: str | None, what: str) -> str:
+    """A name or path as ``lvs`` (or the btrfs backend) lists it; InvalidInput otherwise."""
+    if not value:
+        raise InvalidInput(f"{what} is missing: pass a logical volume name or path as lvs-snapshots lists it")
+    if (len(value) > MAX_IDENTIFIER_LENGTH or not _IDENTIFIER.fullmatch(value)
+            or ".." in value.split("/")):
+        raise InvalidInput(f"{what} must be a logical volume name or path as lvs-snapshots lists it: letters, "
+                           f"digits and . _ + @ : - /, at most {MAX_IDENTIFIER_LENGTH} characters, no '..'")
+    return value
+
+
+class StorageAPI:
+    """The storage routes.  ``snapshots``, ``disk`` and ``datadir`` are public for the seed layer."""
+
+    def __init__(self, config, mysql, snapshots: Snapshots, disk: DiskUsage, datadir: DatadirEraser):
+        self._config = config
+        self._mysql = mysql
+        self.snapshots = snapshots
+        self.disk = disk
+        self.datadir = datadir
+
+    # --- the status poll ---
+
+    async def available_snapshots_local(self, req):
+        return await self.snapshots.snapshot_hosts(self._config.available_local_snapshot_hosts_command,
+                                                   "AvailableLocalSnapshotHostsCommand")
+
+    async def available_snapshots(self, req):
+        return await self.snapshots.snapshot_hosts(self._config.available_snapshot_hosts_command,
+                                                   "AvailableSnapshotHostsCommand")
+
+    async def lvs_snapshots(self, req):
+        return [volume.to_json() for volume in await self.snapshots.snapshot_volumes()]
+
+    async def mount(self, req):
+        return (await self.snapshots.current_mount()).to_json()
+
+    async def mysql_du(self, req):
+        return await self.disk.usage(await self._mysql.datadir())
+
+    async def mysql_datadir_available_space(self, req):
+        return await self.disk.available(await self._mysql.datadir())
+
+    # --- volumes ---
+
+    async def lvs(self, req):
+        return [volume.to_json() for volume in await self.snapshots.volumes()]
+
+    async def lvs_matching(self, req):
+        pattern = volume_identifier(req.params.get("pattern"), "pattern")
+        return [volume.to_json() for volume in await self.snapshots.volumes(pattern)]
+
+    async def lv(self, req):
+        identifier = volume_identifier(req.arg("lv"), "lv")
+        return [volume.to_json() for volume in await self.snapshots.find_volumes(identifier)]
+
+    async def lv_by_path(self, req):
+        identifier = volume_identifier(req.params.get("lv"), "lv")
+        return [volume.to_json() for volume in await self.snapshots.find_volumes(identifier)]
+
+    async def mountlv(self, req):
+        identifier = volume_identifier(req.arg("lv"), "lv")
+        return (await self.snapshots.mount_volume(identifier)).to_json()
+
+    async def umount(self, req):
+        return (await self.snapshots.unmount()).to_json()
+
+    async def removelv(self, req):
+        await self.snapshots.remove_volume(volume_identifier(req.arg("lv"), "lv"))
+        return True
+
+    async def create_snapshot(self, req):
+        await self.snapshots.create_snapshot()
+        return True
+
+    # --- disk usage and the datadir ---
+
+    async def du(self, req):
+        roots = [self._config.snapshot_mount_point, *self._config.allowed_path_roots]
+        try:
+            roots.append(await self._mysql.datadir())
+        except AgentError:
+            pass  # the other roots still apply
+        return await self.disk.usage(resolve_inside(req.arg("path"), roots))
+
+    async def delete_mysql_datadir(self, req):
+        await self.datadir.delete_content()
+        return True
+
+
+def make_storage(config, runner, reactor, mysql, *, mountinfo_path: str = MOUNTINFO,
+                 defer_to_thread=None) -> StorageAPI:
+    """The storage layer for ``config.snapshot_backend``, wired to the one runner and ``mysql``.
+
+    ``defer_to_thread(function, *args)`` runs blocking file work; by default in the reactor's pool.
+    """
+
+    def in_reactor_pool(function, *args):
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+
+    defer_to_thread = defer_to_thread or in_reactor_pool
+
+    disk = DiskUsage(runner, reactor)
+    backend = make_backend(config, runner, reactor, defer_to_thread)
+    snapshots = Snapshots(config, backend, runner, disk, mysql, defer_to_thread, mountinfo_path)
+    datadir = DatadirEraser(config, runner, mysql, disk, defer_to_thread, mountinfo_path)
+    return StorageAPI(config, mysql, snapshots, disk, datadir)

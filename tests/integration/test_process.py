@@ -1,0 +1,319 @@
+"""ProcessRunner against real processes: process groups, literal arguments, bounded output."""
+
+import functools
+import os
+import resource
+import signal
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from orchagent import logs
+from orchagent.errors import AgentError
+from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
+
+GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
+
+
+def inline(coroutine_function):
+    """Let a trial test be written as ``async def`` (trial on Twisted 22.4 wants a Deferred)."""
+    @functools.wraps(coroutine_function)
+    def test(self):
+        return Deferred.fromCoroutine(coroutine_function(self))
+    return test
+
+
+def running(pid: int) -> bool:
+    """Whether pid is a live process (a zombie is not: PID 1 here may never reap orphans)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+
+
+async def pids_from(path: str, count: int) -> list[int]:
+    """The pids a test command wrote to ``path``, one a line, once all are there."""
+    for _ in range(200):
+        if os.path.exists(path):
+            with open(path) as f:
+                pids = [int(line) for line in f.read().split()]
+            if len(pids) >= count:
+                return pids
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"the command never wrote {count} pids to {path}")
+
+
+# A process tree whose members all ignore SIGTERM: bash, and a backgrounded sleep.
+STUBBORN_TREE = 'trap "" TERM; sleep 1000 & echo $$ > "$1"; echo $! >> "$1"; wait'
+
+
+class ProcessRunnerTests(TestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.runner = ProcessRunner(reactor, default_timeout=10, kill_grace=GRACE)
+        self.addCleanup(self.runner.stop_all)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    # -- process groups ------------------------------------------------------------------
+
+    @inline
+    async def test_timeout_kills_grandchildren(self):
+        runner = ProcessRunner(reactor, default_timeout=1, kill_grace=GRACE)
+        pid_file = self.path("pid")
+        started = time.monotonic()
+        d = runner.run(["bash", "-c", 'sleep 1000 & echo $! > "$1"; wait', "test", pid_file],
+                       name="create-snapshot")
+        [sleeper] = await pids_from(pid_file, 1)
+        self.assertTrue(running(sleeper))
+        failure = await self.assertFailure(d, CommandTimedOut)
+        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the timeout")
+        self.assertTrue(failure.result.timed_out)
+        self.assertEqual(str(failure), "create-snapshot timed out after 1 s and was killed "
+                                       "with its process group")
+        self.assertLess(time.monotonic() - started, 1 + GRACE + 1)
+
+    @inline
+    async def test_no_timeout_when_none(self):
+        runner = ProcessRunner(reactor, default_timeout=0.2)
+        result = await runner.run(["sleep", "0.6"], timeout=None)
+        self.assertEqual(result.exit_code, 0)
+
+    @inline
+    async def test_cancel_kills_group_even_when_it_ignores_sigterm(self):
+        pid_file = self.path("pids")
+        d = self.runner.run(["bash", "-c", STUBBORN_TREE, "test", pid_file])
+        pids = await pids_from(pid_file, 2)
+        d.cancel()
+        await self.assertFailure(d, CancelledError)
+        await self.runner.stop_all()  # waits for the group the cancel is killing
+        self.assertEqual([pid for pid in pids if running(pid)], [])
+
+    @inline
+    async def test_terminate_fires_once_the_whole_group_is_gone(self):
+        pid_file = self.path("pids")
+        command = self.runner.start(["bash", "-c", STUBBORN_TREE, "test", pid_file])
+        pids = await pids_from(pid_file, 2)
+        self.assertEqual(pids[0], command.pid)
+        started = time.monotonic()
+        await command.terminate()
+        self.assertEqual([pid for pid in pids if running(pid)], [])
+        self.assertGreaterEqual(time.monotonic() - started, GRACE)  # TERM was not enough
+        failure = await self.assertFailure(command.result, CommandFailed)
+        self.assertEqual(failure.result.signal, signal.SIGKILL)
+        await command.terminate()  # a second call just reports it is over
+
+    @inline
+    async def test_terminate_stops_reading_pipes_held_by_a_process_that_left_the_group(self):
+        pid_file = self.path("pid")
+        command = self.runner.start(
+            ["bash", "-c", 'setsid sleep 1000 & echo $! > "$1"; exec sleep 1000', "t", pid_file],
+            check=False)
+        [escaped] = await pids_from(pid_file, 1)
+        self.addCleanup(os.kill, escaped, signal.SIGKILL)
+        await command.terminate()
+        self.assertEqual((await command.result).signal, signal.SIGTERM)
+        self.assertTrue(running(escaped))  # another session's process is not ours to kill
+
+    @inline
+    async def test_stop_all_terminates_every_running_command(self):
+        # Started for real (a signal that lands between fork and exec can be lost, leaving
+        # it to SIGKILL: fine for the runner, but this test wants to see SIGTERM work).
+        ready = self.path("ready")
+        first = self.runner.start(["bash", "-c", 'echo $$ >> "$1"; exec sleep 1000', "t", ready],
+                                  name="sleep")
+        second = self.runner.start(["bash", "-c", 'echo $$ >> "$1"; exec sleep 1000', "t", ready],
+                                   check=False)
+        await pids_from(ready, 2)
+        await self.runner.stop_all()
+        self.assertFalse(running(first.pid) or running(second.pid))
+        failure = await self.assertFailure(first.result, CommandFailed)
+        self.assertEqual(str(failure), f"sleep was killed by signal {int(signal.SIGTERM)}")
+        self.assertEqual((await second.result).signal, signal.SIGTERM)
+
+    @inline
+    async def test_a_command_that_ended_leaves_its_daemons_alone(self):
+        # A service start command leaves the server it launched in its group; once the
+        # command has ended, terminate (and shutdown) must not touch that group.
+        pid_file = self.path("pid")
+        command = self.runner.start(
+            ["bash", "-c", 'sleep 1000 >/dev/null 2>&1 & echo $! > "$1"', "test", pid_file])
+        await command.result
+        [daemon] = await pids_from(pid_file, 1)
+        self.addCleanup(os.kill, daemon, signal.SIGKILL)
+        await command.terminate()
+        await self.runner.stop_all()
+        self.assertTrue(running(daemon))
+
+    # -- arguments ---------------------------------------------------------------------------
+
+    @inline
+    async def test_configured_command_gets_arguments_literally(self):
+        marker = self.path("MARKER")
+        open(self.path("a-file-for-the-glob"), "w").close()
+        args = ["with space", "it's", 'say "hi"', f"x; touch {marker}", f"$(touch {marker})",
+                f"`touch {marker}`", "line\nbreak", "*", "", "-n", "$HOME", "a\\b"]
+        result = await self.runner.run_configured("printf '%s\\0'", args, name="CustomCommands[x]",
+                                                  cwd=self.dir)
+        self.assertEqual(result.stdout.split(b"\0")[:-1], [arg.encode() for arg in args])
+        self.assertFalse(os.path.exists(marker), "an argument was executed by a shell")
+        self.assertEqual(result.name, "CustomCommands[x]")
+
+    @inline
+    async def test_configured_command_without_arguments_is_full_shell(self):
+        result = await self.runner.run_configured("echo $((40 + 2)) | tr 4 X", name="X")
+        self.assertEqual(result.stdout, b"X2\n")
+
+    @inline
+    async def test_configured_command_text_is_never_logged(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logs.set_debug(True)
+        self.addCleanup(logs.set_debug, False)
+        await self.runner.run_configured("true --password=S3CRET", ["arg1"],
+                                         name="MySQLServiceStartCommand")
+        await self.runner.run(["true", "builtin-arg"])
+        logged = repr(events)
+        self.assertNotIn("S3CRET", logged)
+        self.assertIn("MySQLServiceStartCommand", logged)
+        self.assertIn("arg1", logged)
+        self.assertIn("builtin-arg", logged)
+
+    # -- output ------------------------------------------------------------------------------
+
+    @inline
+    async def test_stdout_is_bounded_and_memory_stays_flat(self):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        result = await self.runner.run(["head", "-c", "3G", "/dev/zero"], timeout=60)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        self.assertEqual(result.exit_code, 0)  # it was drained to the end, never blocked
+        self.assertEqual(len(result.stdout), 1 << 20)
+        self.assertTrue(result.stdout_truncated)
+        self.assertLess(grown, 100 * 1024, f"ru_maxrss grew by {grown} KiB")
+
+    @inline
+    async def test_stdout_within_bound_is_not_truncated(self):
+        runner = ProcessRunner(reactor, default_timeout=10, max_output=10)
+        result = await runner.run(["printf", "0123456789"])
+        self.assertEqual((result.stdout, result.stdout_truncated), (b"0123456789", False))
+        result = await runner.run(["printf", "0123456789A"])
+        self.assertEqual((result.stdout, result.stdout_truncated), (b"0123456789", True))
+
+    @inline
+    async def test_stderr_keeps_the_last_64k(self):
+        result = await self.runner.run(
+            ["bash", "-c", "head -c 300000 /dev/zero | tr '\\0' a >&2; printf END >&2"])
+        self.assertEqual(len(result.stderr), 64 * 1024)
+        self.assertTrue(result.stderr.endswith(b"aaaEND"))
+
+    @inline
+    async def test_stdout_and_stderr_are_separate(self):
+        result = await self.runner.run(["bash", "-c", "echo out; echo err >&2; echo out2"])
+        self.assertEqual((result.stdout, result.stderr), (b"out\nout2\n", b"err\n"))
+        self.assertEqual(result.text(), "out\nout2\n")
+
+    # -- failures ----------------------------------------------------------------------------
+
+    @inline
+    async def test_failure_message_has_exit_status_and_stderr_tail(self):
+        script = "for i in $(seq 1 200); do echo noise line $i >&2; done; echo 'Access denied' >&2; exit 3"
+        failure = await self.assertFailure(
+            self.runner.run_configured(script, name="MySQLServiceStartCommand"), CommandFailed)
+        message = str(failure)
+        self.assertTrue(message.startswith("MySQLServiceStartCommand failed with exit status 3: "))
+        self.assertTrue(message.endswith("noise line 200\nAccess denied"), message)
+        self.assertLess(len(message), 600)
+        self.assertNotIn("noise line 1\n", message)
+        self.assertEqual(failure.result.exit_code, 3)
+
+    @inline
+    async def test_failure_without_stderr_says_so(self):
+        failure = await self.assertFailure(self.runner.run(["false"]), CommandFailed)
+        self.assertEqual(str(failure), "false failed with exit status 1 and wrote nothing to stderr")
+
+    @inline
+    async def test_death_by_signal_fails(self):
+        failure = await self.assertFailure(self.runner.run(["bash", "-c", "kill -9 $$"], name="lvs"),
+                                           CommandFailed)
+        self.assertEqual(str(failure), "lvs was killed by signal 9")
+        self.assertEqual((failure.result.exit_code, failure.result.signal), (None, 9))
+
+    @inline
+    async def test_check_false_returns_any_exit_status(self):
+        result = await self.runner.run(["bash", "-c", "echo partial; exit 5"], check=False)
+        self.assertEqual((result.exit_code, result.ok, result.stdout), (5, False, b"partial\n"))
+
+    @inline
+    async def test_missing_program_fails_with_a_message(self):
+        failure = await self.assertFailure(self.runner.run(["no-such-tool-orchagent"]), CommandFailed)
+        self.assertEqual(failure.result.exit_code, 127)
+        self.assertIn("no-such-tool-orchagent", str(failure))
+
+    @inline
+    async def test_missing_stdin_file_fails_before_spawning(self):
+        failure = await self.assertFailure(
+            self.runner.run(["cat"], stdin_path=self.path("absent")), AgentError)
+        self.assertIn("absent", str(failure))
+
+    # -- stdin, stdout file, environment, sudo -----------------------------------------------
+
+    @inline
+    async def test_stdin_is_dev_null_by_default(self):
+        result = await self.runner.run(["readlink", "/proc/self/fd/0"])
+        self.assertEqual(result.stdout, b"/dev/null\n")
+
+    @inline
+    async def test_stdin_path_and_stdout_path(self):
+        source, target = self.path("in"), self.path("out")
+        with open(source, "wb") as f:
+            f.write(b"line one\n\0binary\n" * 1000)
+        result = await self.runner.run(["cat"], stdin_path=source)
+        self.assertEqual(result.stdout, b"line one\n\0binary\n" * 1000)
+        result = await self.runner.run(["cat"], stdin_path=source, stdout_path=target)
+        self.assertEqual(result.stdout, b"")
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"line one\n\0binary\n" * 1000)
+
+    @inline
+    async def test_parsed_sets_lc_all_c(self):
+        runner = ProcessRunner(reactor, default_timeout=10,
+                               environ={"PATH": "/usr/bin:/bin", "LC_ALL": "fr_FR.UTF-8"})
+        show = ["bash", "-c", 'echo "$LC_ALL"']
+        self.assertEqual((await runner.run(show, parsed=True)).stdout, b"C\n")
+        self.assertEqual((await runner.run(show)).stdout, b"fr_FR.UTF-8\n")
+
+    @inline
+    async def test_path_is_extended_and_env_added(self):
+        runner = ProcessRunner(reactor, default_timeout=10, environ={"PATH": "/usr/bin:/opt/x"})
+        result = await runner.run(["bash", "-c", 'echo "$PATH $EXTRA"'], env={"EXTRA": "yes"})
+        self.assertEqual(result.stdout, b"/usr/bin:/opt/x:/usr/sbin:/sbin:/bin yes\n")
+        runner = ProcessRunner(reactor, default_timeout=10, environ={})
+        result = await runner.run(["bash", "-c", 'echo "$PATH"'])
+        self.assertEqual(result.stdout, b"/usr/sbin:/usr/bin:/sbin:/bin\n")
+
+    @inline
+    async def test_privileged_commands_go_through_sudo_n(self):
+        bin_dir, record = self.path("bin"), self.path("sudo-argv")
+        os.makedirs(bin_dir)
+        with open(os.path.join(bin_dir, "sudo"), "w") as f:
+            f.write(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {record}\nshift\nexec "$@"\n')
+        os.chmod(os.path.join(bin_dir, "sudo"), 0o755)
+        environ = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+        sudoing = ProcessRunner(reactor, default_timeout=10, exec_with_sudo=True, environ=environ)
+        result = await sudoing.run(["echo", "as root"], privileged=True)
+        self.assertEqual(result.stdout, b"as root\n")
+        with open(record) as f:
+            self.assertEqual(f.read(), "-n\necho\nas root\n")
+        await sudoing.run(["true"])  # not privileged: no sudo
+        plain = ProcessRunner(reactor, default_timeout=10, environ=environ)
+        await plain.run(["true"], privileged=True)  # ExecWithSudo off: no sudo
+        with open(record) as f:
+            self.assertEqual(f.read(), "-n\necho\nas root\n")

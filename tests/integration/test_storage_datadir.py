@@ -1,0 +1,43 @@
+"""Emptying the datadir stops at mount boundaries: a file system mounted inside it survives (needs root)."""
+
+import os
+import subprocess
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from orchagent.config import Config
+from orchagent.host.datadir import empty_directory
+from orchagent.web.storageapi import make_storage
+from tests.support.storage import LiveClient, StubMySQL, inline
+
+
+class MountBoundaryTests(TestCase):
+    def setUp(self):
+        self.datadir = os.path.abspath(self.mktemp())
+        self.inner = os.path.join(self.datadir, "db", "binlogs")
+        os.makedirs(self.inner)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "orchagent-test", self.inner], check=True)
+        self.addCleanup(subprocess.run, ["umount", self.inner], check=True)
+        for path in (os.path.join(self.inner, "mysql-bin.000001"), os.path.join(self.datadir, "ibdata1"),
+                     os.path.join(self.datadir, "db", "t.ibd")):
+            with open(path, "w") as f:
+                f.write("x")
+
+    def test_device_check_alone_protects_the_mount(self):
+        self.assertEqual(empty_directory(self.datadir), [self.inner])
+        self.assertEqual(os.listdir(self.inner), ["mysql-bin.000001"])
+        self.assertEqual(os.listdir(self.datadir), ["db"])
+
+    @inline
+    async def test_delete_mysql_datadir_route(self):
+        mysql = StubMySQL(self.datadir)
+        storage = make_storage(Config(), None, reactor, mysql)
+        client = LiveClient(self, storage, reactor)
+        mysql.running = True
+        self.assertEqual((await client.get("/api/delete-mysql-datadir"))[0], 409)
+        self.assertTrue(os.path.exists(os.path.join(self.datadir, "ibdata1")))
+        mysql.running = False
+        self.assertEqual(await client.get("/api/delete-mysql-datadir"), (200, True))
+        self.assertEqual(os.listdir(self.datadir), ["db"])
+        self.assertEqual(os.listdir(self.inner), ["mysql-bin.000001"])

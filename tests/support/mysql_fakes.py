@@ -1,0 +1,93 @@
+"""Test doubles for the MySQL host layer: a recording process runner, an inline "thread pool",
+and the route table with only the MySQL section live."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+from twisted.internet.defer import fail, succeed
+from twisted.python.failure import Failure
+
+from orchagent.process import CommandFailed, CommandResult
+from orchagent.web.routes import route_table
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+
+
+class InlineThreadsReactor:
+    """Enough of a reactor for ``deferToThreadPool``: the "thread" runs the call at once."""
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+    def callFromThread(self, function, *args, **kwargs):
+        function(*args, **kwargs)
+
+
+@attrs.frozen
+class Call:
+    name: str
+    argv: tuple[str, ...]
+    options: dict
+
+
+class FakeRunner:
+    """Records every command; answers with ``stdout[name]`` and ``exit_codes[name]`` (default 0).
+
+    ``stdin_seen[name]`` keeps what a ``stdin_path`` held when the command "ran".
+    """
+
+    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None):
+        self.stdout = stdout or {}
+        self.exit_codes = exit_codes or {}
+        self.calls: list[Call] = []
+        self.stdin_seen: dict[str, bytes] = {}
+
+    def names(self) -> list[str]:
+        return [call.name for call in self.calls]
+
+    def run(self, argv, *, name=None, **options):
+        return self._answer(name or os.path.basename(argv[0]), tuple(argv), options)
+
+    def run_configured(self, command, args=(), *, name, **options):
+        return self._answer(name, ("bash", "-c", command, "orchagent", *args), options)
+
+    def _answer(self, name, argv, options):
+        self.calls.append(Call(name, argv, options))
+        if options.get("stdin_path"):
+            with open(options["stdin_path"], "rb") as f:
+                self.stdin_seen[name] = f.read()
+        stdout = self.stdout.get(name, b"")
+        if options.get("stdout_path"):
+            with open(options["stdout_path"], "wb") as f:
+                f.write(stdout)
+            stdout = b""
+        result = CommandResult(name=name, argv=argv, exit_code=self.exit_codes.get(name, 0), signal=None,
+                               stdout=stdout, stderr=b"", stdout_truncated=False, timed_out=False)
+        if not result.ok and options.get("check", True):
+            return fail(CommandFailed(result))
+        return succeed(result)
+
+
+class _OtherSections:
+    """Handlers of the non-MySQL API sections: present so the route table builds, never called."""
+
+    def __getattr__(self, name):
+        async def handler(req):
+            raise AssertionError(f"{name} is not part of the MySQL tests")
+        return handler
+
+
+def mysql_routes(mysql_api):
+    """The real route table with ``mysql_api`` as its MySQL section."""
+    other = _OtherSections()
+    return route_table(other, other, mysql_api, other, "/api/status")

@@ -1,0 +1,89 @@
+"""Reading the error log backwards: right lines, bounded memory, clear errors."""
+
+import os
+import time
+import tracemalloc
+
+from hypothesis import given, settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.errors import NotFound
+from orchagent.host import errorlog
+from orchagent.host.errorlog import tail_lines
+
+GIB = 1 << 30
+
+
+class TailTests(SynchronousTestCase):
+    def write(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_last_lines(self):
+        path = self.write(b"".join(b"line %d\n" % i for i in range(100)))
+        self.assertEqual(tail_lines(path, 3), ["line 97", "line 98", "line 99"])
+
+    def test_fewer_lines_than_asked_no_final_newline_and_crlf(self):
+        self.assertEqual(tail_lines(self.write(b"a\r\nb\r\nc"), 20), ["a", "b", "c"])
+
+    def test_empty_log_is_an_empty_list(self):
+        self.assertEqual(tail_lines(self.write(b""), 20), [])
+
+    def test_invalid_utf8_is_replaced(self):
+        self.assertEqual(tail_lines(self.write(b"ok\n\xff\xfe\n"), 2), ["ok", "\ufffd\ufffd"])
+
+    def test_missing_log_says_what_to_set(self):
+        error = self.assertRaises(NotFound, tail_lines, "/nonexistent/host.err", 20)
+        self.assertIn("/nonexistent/host.err", str(error))
+        self.assertIn("MySQLErrorLogFile", str(error))
+
+    def test_lines_across_many_blocks(self):
+        self.patch(errorlog, "BLOCK_SIZE", 1000)
+        lines = [("x" * (i % 3000)) + str(i) for i in range(300)]
+        path = self.write(("\n".join(lines) + "\n").encode())
+        self.assertEqual(tail_lines(path, 120), lines[-120:])
+
+    @settings(max_examples=200, deadline=None)
+    @given(text=st.text(alphabet="ab\n", max_size=60), count=st.integers(0, 12), block=st.integers(1, 9))
+    def test_same_as_reading_everything(self, text, count, block):
+        self.patch(errorlog, "BLOCK_SIZE", block)
+        path = self.write(text.encode())
+        expected = text.split("\n")
+        if text.endswith("\n"):
+            expected.pop()
+        self.assertEqual(tail_lines(path, count), expected[-count:] if text and count else [])
+
+    def test_ten_gigabyte_sparse_log_costs_a_few_blocks(self):
+        path = self.huge_log(b"".join(b"2024-01-01 [Note] event %d\n" % i for i in range(50)))
+        started = time.monotonic()
+        tracemalloc.start()
+        try:
+            lines = tail_lines(path, 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(lines, [f"2024-01-01 [Note] event {i}" for i in range(30, 50)])
+        self.assertLess(peak, 4 * errorlog.BLOCK_SIZE)
+        self.assertLess(time.monotonic() - started, 1.0)
+
+    def test_a_log_without_newlines_stops_at_the_scan_budget(self):
+        path = self.huge_log(b"\nlast words\n")  # 10 GB of NUL bytes, then one line
+        tracemalloc.start()
+        try:
+            lines = tail_lines(path, 20, max_scan_bytes=1 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(lines[-1], "last words")
+        self.assertEqual(len(lines[0]), (1 << 20) - len(b"\nlast words\n"))  # the cut line keeps its end
+        self.assertLess(peak, 4 * (1 << 20))
+
+    def huge_log(self, tail: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.truncate(10 * GIB)
+            f.seek(0, os.SEEK_END)
+            f.write(tail)
+        return path

@@ -1,0 +1,170 @@
+"""orchagent.host.mysql: facts from configured commands or option files, service commands."""
+
+import os
+
+from twisted.internet.defer import Deferred, fail
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.config import Config
+from orchagent.errors import AgentError, NotFound
+from orchagent.host.mysql import MySQL
+from orchagent.process import CommandFailed
+from tests.support.mysql_fakes import FakeRunner, InlineThreadsReactor
+
+
+class MySQLTestCase(SynchronousTestCase):
+    def mysql(self, runner=None, *, my_cnf=None, compiled_datadir="/nonexistent", hostname="db1.example.com", **keys):
+        self.runner = runner or FakeRunner()
+        if my_cnf is not None:
+            keys["mysql_config_file"] = self.write(my_cnf)
+        return MySQL(Config(**keys), self.runner, InlineThreadsReactor(), hostname=lambda: hostname,
+                     default_option_files=(self.mktemp(),), compiled_datadir=compiled_datadir)
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp()) + ".txt"
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def result(self, coroutine):
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def error(self, coroutine, kind=AgentError) -> str:
+        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
+
+
+class DatadirTests(MySQLTestCase):
+    def test_from_the_command_normalised(self):
+        for output, expected in [(b"/var/lib/mysql/\n", "/var/lib/mysql"), (b"//srv//db/./x/", "/srv/db/x"),
+                                 (b"/", "/")]:
+            mysql = self.mysql(FakeRunner({"MySQLDatadirCommand": output}), mysql_datadir_command="echo x")
+            self.assertEqual(self.result(mysql.datadir()), expected)
+        self.assertEqual(self.runner.names(), ["MySQLDatadirCommand"])
+
+    def test_command_output_must_be_one_absolute_path(self):
+        for output in (b"", b"var/lib/mysql", b"/a\n/b"):
+            mysql = self.mysql(FakeRunner({"MySQLDatadirCommand": output}), mysql_datadir_command="x")
+            self.assertIn("MySQLDatadirCommand", self.error(mysql.datadir()))
+
+    def test_failing_command_fails_never_the_cwd(self):
+        mysql = self.mysql(FakeRunner(exit_codes={"MySQLDatadirCommand": 1}), mysql_datadir_command="false")
+        self.failureResultOf(Deferred.fromCoroutine(mysql.datadir()), CommandFailed)
+
+    def test_from_the_option_file(self):
+        mysql = self.mysql(my_cnf="[mysqld]\ndatadir = /srv/mysql/data/\n")
+        self.assertEqual(self.result(mysql.datadir()), "/srv/mysql/data")
+        self.assertEqual(self.runner.calls, [])
+
+    def test_compiled_default_when_it_exists(self):
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        self.assertEqual(self.result(self.mysql(my_cnf="[mysqld]\n", compiled_datadir=directory).datadir()),
+                         directory)
+
+    def test_undeterminable_datadir_is_a_clear_error(self):
+        message = self.error(self.mysql(my_cnf="[client]\ndatadir=/x\n").datadir())
+        self.assertIn("no datadir", message)
+        self.assertIn("MySQLDatadirCommand", message)
+
+    def test_broken_option_file(self):
+        self.assertIn("option files", self.error(self.mysql(my_cnf="datadir=/x\n").datadir()))
+
+
+class PortTests(MySQLTestCase):
+    def test_command(self):
+        mysql = self.mysql(FakeRunner({"MySQLPortCommand": b" 3307\n"}), mysql_port_command="x")
+        self.assertEqual(self.result(mysql.port()), 3307)
+
+    def test_command_printing_nonsense(self):
+        for output in (b"", b"abc", b"70000", b"33\xc2\xb2"):
+            mysql = self.mysql(FakeRunner({"MySQLPortCommand": output}), mysql_port_command="x")
+            self.assertIn("MySQLPortCommand printed", self.error(mysql.port()))
+
+    def test_option_file_and_default(self):
+        self.assertEqual(self.result(self.mysql(my_cnf="[mariadb]\nport=3399\n").port()), 3399)
+        self.assertEqual(self.result(self.mysql(my_cnf="[mysqld]\n").port()), 3306)
+        self.assertIn("port in", self.error(self.mysql(my_cnf="[mysqld]\nport=x\n").port()))
+
+
+class ErrorLogTests(MySQLTestCase):
+    def path(self, my_cnf, **keys):
+        return self.result(self.mysql(my_cnf=my_cnf, **keys).error_log_path())
+
+    def test_absolute_log_error(self):
+        self.assertEqual(self.path("[mysqld]\nlog_error=/var/log/mysql/error.log\nlog_error_verbosity=3\n"),
+                         "/var/log/mysql/error.log")
+
+    def test_relative_log_error_is_in_the_datadir_even_from_the_command(self):
+        runner = FakeRunner({"MySQLDatadirCommand": b"/data/mysql/\n"})
+        path = self.result(self.mysql(runner, my_cnf="[mysqld]\nlog-error=./host.err\n",
+                                      mysql_datadir_command="x").error_log_path())
+        self.assertEqual(path, "/data/mysql/host.err")
+
+    def test_the_server_adds_err_to_names_without_extension(self):
+        self.assertEqual(self.path("[mysqld]\ndatadir=/d\nlog_error=mylog\n"), "/d/mylog.err")
+
+    def test_default_is_the_short_hostname_in_the_datadir(self):
+        self.assertEqual(self.path("[mysqld]\ndatadir=/d\n"), "/d/db1.err")
+        self.assertEqual(self.path("[mysqld]\ndatadir=/d\nlog-error\n"), "/d/db1.err")
+        self.assertEqual(self.path("[mysqld]\ndatadir=/d\nlog_basename=node7\n"), "/d/node7.err")
+
+    def test_configured_file_wins(self):
+        self.assertEqual(self.path("[mysqld]\nlog_error=/x.err\n", mysql_error_log_file="/var/log/my.err"),
+                         "/var/log/my.err")
+
+    def test_stderr_needs_the_configured_file(self):
+        self.assertIn("MySQLErrorLogFile", self.error(self.mysql(my_cnf="[mysqld]\nlog_error=stderr\n")
+                                                      .error_log_path()))
+
+    def test_tail(self):
+        log = self.write("".join(f"line {i}\n" for i in range(30)))
+        mysql = self.mysql(my_cnf=f"[mysqld]\nlog_error={log}\n")
+        self.assertEqual(self.result(mysql.error_log_tail(2)), ["line 28", "line 29"])
+        self.error(self.mysql(my_cnf="[mysqld]\nlog_error=/nonexistent.err\n").error_log_tail(2), NotFound)
+
+
+class ServiceTests(MySQLTestCase):
+    def test_status_is_the_exit_code(self):
+        self.assertTrue(self.result(self.mysql(mysql_service_status_command="st").is_running()))
+        self.assertEqual(self.runner.calls[0].argv[:3], ("bash", "-c", "st"))
+        self.assertEqual(self.runner.calls[0].options, {"check": False})
+        mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 3}), mysql_service_status_command="st")
+        self.assertFalse(self.result(mysql.is_running()))
+
+    def test_status_never_fails(self):
+        self.assertFalse(self.result(self.mysql().is_running()))  # not configured
+        self.assertEqual(self.runner.calls, [])
+
+        class Broken(FakeRunner):
+            def run_configured(self, *args, **kwargs):
+                return fail(AgentError("cannot start"))
+
+        self.assertFalse(self.result(self.mysql(Broken(), mysql_service_status_command="st").is_running()))
+
+    def test_start_and_stop_run_their_commands(self):
+        mysql = self.mysql(mysql_service_start_command="start it", mysql_service_stop_command="stop it")
+        self.result(mysql.stop())
+        self.result(mysql.start())
+        self.assertEqual([(c.name, c.argv) for c in self.runner.calls], [
+            ("MySQLServiceStopCommand", ("bash", "-c", "stop it", "orchagent")),
+            ("MySQLServiceStartCommand", ("bash", "-c", "start it", "orchagent")),
+        ])
+
+    def test_unconfigured_start_is_an_error_not_a_silent_success(self):
+        self.assertIn("MySQLServiceStartCommand", self.error(self.mysql().start()))
+        self.assertEqual(self.runner.calls, [])
+
+    def test_failed_stop_propagates(self):
+        mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStopCommand": 1}), mysql_service_stop_command="x")
+        self.failureResultOf(Deferred.fromCoroutine(mysql.stop()), CommandFailed)
+
+    def test_post_copy_gets_the_source_host_in_the_environment_only(self):
+        mysql = self.mysql(post_copy_command="/usr/local/bin/post-copy")
+        self.result(mysql.post_copy("db2.example.com"))
+        call, = self.runner.calls
+        self.assertEqual(call.argv, ("bash", "-c", "/usr/local/bin/post-copy", "orchagent"))
+        self.assertEqual(call.options, {"env": {"ORCHAGENT_SOURCE_HOST": "db2.example.com"}})
+
+    def test_post_copy_without_command_does_nothing(self):
+        self.result(self.mysql().post_copy("db2"))
+        self.assertEqual(self.runner.calls, [])

@@ -1,0 +1,263 @@
+"""Relay/binlog logic on fixture indexes and synthetic logs (real MariaDB logs: tests/integration)."""
+
+import base64
+import gzip
+import io
+import os
+import shutil
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.config import Config
+from orchagent.errors import AgentError, InvalidInput, NotFound
+from orchagent.host.mysql import MySQL
+from orchagent.host.relaylog import (
+    BinlogCoordinates,
+    ReplicationLogs,
+    configured_index,
+    decode_relaylog,
+    find_index,
+    gzip_base64,
+    header_end,
+    log_bytes,
+    parse_index,
+    resolve_listed,
+)
+from tests.support.mysql_fakes import FIXTURES, FakeRunner, InlineThreadsReactor
+
+
+def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
+    """Magic, a Format Description event of 19 + len(header_payload) bytes, then ``body``."""
+    size = 19 + len(header_payload)
+    event = (b"\0\0\0\0" + bytes([15]) + b"\1\0\0\0" + size.to_bytes(4, "little")
+             + (4 + size).to_bytes(4, "little") + b"\0\0")
+    return b"\xfebin" + event + header_payload + body
+
+
+HEADER = len(binlog(b""))  # 123, as MySQL 5.7's
+
+
+def unpack(text: str) -> bytes:
+    return gzip.decompress(base64.b64decode(text))
+
+
+class IndexTests(SynchronousTestCase):
+    def test_fixture_index_entries_are_relative_to_the_index(self):
+        with open(os.path.join(FIXTURES, "relay-bin.index")) as f:
+            text = f.read()
+        self.assertEqual(parse_index(text, "/var/log/mysql/relay-bin.index"),
+                         ["/var/log/mysql/mysql-relay-bin.000041", "/var/log/mysql/mysql-relay-bin.000042"])
+
+    def test_absolute_entries_stay_absolute(self):  # V1 produced /var/lib/mysql/var/log/...
+        self.assertEqual(parse_index("/var/log/relay.000001\n\n  relay.000002  \n", "/var/lib/mysql/relay.index"),
+                         ["/var/log/relay.000001", "/var/lib/mysql/relay.000002"])
+
+    def test_configured_index(self):
+        self.assertEqual(configured_index({"relay_log_index": "r.index"}, "/d", "relay"), "/d/r.index")
+        self.assertEqual(configured_index({"relay_log": "/var/log/mysql/relay-bin"}, "/d", "relay"),
+                         "/var/log/mysql/relay-bin.index")
+        self.assertEqual(configured_index({"log_basename": "node1"}, "/d", "relay"), "/d/node1-relay-bin.index")
+        self.assertEqual(configured_index({"log_bin": "mysql-bin"}, "/d", "binlog"), "/d/mysql-bin.index")
+        self.assertEqual(configured_index({"log_bin": None, "log_basename": "n"}, "/d", "binlog"), "/d/n-bin.index")
+        self.assertEqual(configured_index({"log_bin_index": "/b/x.index", "log_bin": "y"}, "/d", "binlog"),
+                         "/b/x.index")
+        self.assertIsNone(configured_index({"log_basename": "n"}, "/d", "binlog"))  # binlog off
+        self.assertIsNone(configured_index({}, "/d", "relay"))
+
+    def test_find_index_in_the_datadir(self):
+        datadir = self.mktemp()
+        os.mkdir(datadir)
+        self.assertIsNone(find_index(None, datadir, "relay"))
+        shutil.copy(os.path.join(FIXTURES, "relay-bin.index"), os.path.join(datadir, "mysql-relay-bin.index"))
+        open(os.path.join(datadir, "mysql-bin.index"), "w").close()
+        self.assertEqual(find_index(None, datadir, "relay"), os.path.join(datadir, "mysql-relay-bin.index"))
+        self.assertEqual(find_index(None, datadir, "binlog"), os.path.join(datadir, "mysql-bin.index"))
+        open(os.path.join(datadir, "other-relay-bin.index"), "w").close()
+        self.assertIn("relay_log_index", str(self.assertRaises(AgentError, find_index, None, datadir, "relay")))
+        self.assertIsNone(find_index(os.path.join(datadir, "gone.index"), datadir, "relay"))
+
+    def test_resolve_listed(self):
+        listed = ["/var/lib/mysql/relay-bin.000001", "/var/log/mysql/mysql-bin.000007"]
+        self.assertEqual(resolve_listed("relay-bin.000001", listed), listed[0])
+        self.assertEqual(resolve_listed("/var/log/mysql/mysql-bin.000007", listed), listed[1])
+        self.assertEqual(resolve_listed("/var/log/mysql/../mysql/mysql-bin.000007", listed), listed[1])
+        for name in ("../mysql/relay-bin.000001", "a/relay-bin.000001", "relay\0", "x\ny", "", "a" * 5000):
+            self.assertRaises(InvalidInput, resolve_listed, name, listed)
+        for name in ("/etc/passwd", "passwd", "relay-bin.000002", "/var/lib/mysql/mysql-bin.000007"):
+            self.assertRaises(NotFound, resolve_listed, name, listed)
+
+
+class ExtractionTests(SynchronousTestCase):
+    """Contract C.2.4: one header, events from ``start`` in the first file to ``stop`` in the last."""
+
+    def setUp(self):
+        self.files = []
+        for number, body in enumerate([b"a" * 50, b"b" * 60, b"c" * 70]):
+            path = os.path.abspath(self.mktemp())
+            with open(path, "wb") as f:
+                f.write(binlog(body, header_payload=bytes([number]) * 100))
+            self.files.append(path)
+
+    def extract(self, paths, start, stop):
+        return b"".join(log_bytes(paths, start, stop))
+
+    def test_header_end(self):
+        self.assertEqual(header_end(binlog(b"")[:23], "f"), 123)
+        self.assertRaises(AgentError, header_end, b"\xfebin" + b"\0" * 30, "f")  # not an FDE
+        self.assertRaises(AgentError, header_end, b"GIF89a" + b"\0" * 30, "f")
+        self.assertRaises(AgentError, header_end, b"\xfebin", "f")
+
+    def test_whole_files(self):
+        first = binlog(b"a" * 50, bytes([0]) * 100)
+        self.assertEqual(self.extract(self.files, 0, 0), first + b"b" * 60 + b"c" * 70)
+
+    def test_start_prepends_the_first_header(self):
+        header = binlog(b"", bytes([0]) * 100)
+        self.assertEqual(self.extract(self.files[:1], HEADER + 10, 0), header + b"a" * 40)
+        self.assertEqual(self.extract(self.files, HEADER + 45, HEADER + 20), header + b"aaaaa" + b"b" * 60 + b"c" * 20)
+
+    def test_stop_in_a_single_file(self):
+        self.assertEqual(self.extract(self.files[:1], HEADER + 5, HEADER + 8)[HEADER:], b"aaa")
+        self.assertEqual(len(self.extract(self.files[:1], 0, 10_000)), HEADER + 50)  # like head -c
+
+    def test_positions_outside_the_events_are_refused(self):
+        for start, stop in [(5, 0), (HEADER + 51, 0), (HEADER + 10, HEADER + 5)]:
+            self.assertRaises(InvalidInput, self.extract, self.files[:1], start, stop)
+        self.assertRaises(InvalidInput, self.extract, self.files, 0, 10)  # before the last file's events
+
+    def test_gzip_base64_is_v1s_encoding(self):
+        data = os.urandom(5000)
+        text = gzip_base64([data[:100], data[100:]])
+        self.assertEqual(unpack(text), data)
+        lines = text.split("\n")
+        self.assertEqual(lines[-1], "")  # GNU base64 ends with a newline
+        self.assertTrue(all(len(line) == 76 for line in lines[:-2]))
+
+
+class DecodeTests(SynchronousTestCase):
+    def decode(self, body: bytes, max_bytes: int = 1 << 20) -> bytes:
+        path = self.mktemp()
+        decode_relaylog(io.BytesIO(body), path, max_bytes)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def test_round_trip_with_newlines(self):
+        log = binlog(os.urandom(300_000))
+        self.assertEqual(self.decode(gzip_base64([log]).encode()), log)
+
+    def test_bad_bodies(self):
+        log = binlog(b"x" * 1000)
+        good = base64.b64encode(gzip.compress(log))
+        for body, problem in [
+            (b"!!!! not base64", "not base64"),
+            (base64.b64encode(b"not gzip at all"), "not gzip"),
+            (good[:-8], "truncated"),
+            (base64.b64encode(gzip.compress(log) + b"junk"), "trailing"),
+            (base64.b64encode(gzip.compress(b"SELECT 1;")), "not a MySQL relay log"),
+        ]:
+            self.assertIn(problem, str(self.assertRaises(InvalidInput, self.decode, body)))
+        bomb = base64.b64encode(gzip.compress(binlog(b"\0" * 10_000_000)))
+        self.assertIn("ApplyRelaylogMaxBytes", str(self.assertRaises(InvalidInput, self.decode, bomb, 1_000_000)))
+
+
+class ReplicationLogsTests(SynchronousTestCase):
+    """The service, over a temp datadir holding the fixture relay index and synthetic logs."""
+
+    def setUp(self):
+        self.datadir = os.path.abspath(self.mktemp())
+        os.mkdir(self.datadir)
+        shutil.copy(os.path.join(FIXTURES, "relay-bin.index"), os.path.join(self.datadir, "mysql-relay-bin.index"))
+        for name, body in [("mysql-relay-bin.000041", b"r" * 10), ("mysql-relay-bin.000042", b"s" * 20),
+                           ("mysql-bin.000001", b"b" * 30)]:
+            with open(os.path.join(self.datadir, name), "wb") as f:
+                f.write(binlog(body))
+        with open(os.path.join(self.datadir, "mysql-bin.index"), "w") as f:
+            f.write("./mysql-bin.000001\n")
+        self.temp = os.path.abspath(self.mktemp())
+        os.mkdir(self.temp)
+        self.runner = FakeRunner({"mysqlbinlog": b"# mysqlbinlog text\nINSERT INTO t VALUES (1);\n"})
+        self.logs = self.make()
+
+    def make(self, **options):
+        config = Config(mysql_datadir_command="d", **options)
+        self.runner.stdout["MySQLDatadirCommand"] = self.datadir.encode()
+        mysql = MySQL(config, self.runner, InlineThreadsReactor(), default_option_files=())
+        return ReplicationLogs(mysql, self.runner, client_command=config.mysql_client_command,
+                               max_apply_bytes=config.apply_relaylog_max_bytes, temp_directory=self.temp)
+
+    def result(self, coroutine):
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def failure(self, coroutine, kind):
+        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
+
+    def commands_run(self):
+        return [name for name in self.runner.names() if name != "MySQLDatadirCommand"]
+
+    def test_index_files_and_end_coordinates(self):
+        self.assertEqual(self.result(self.logs.relay_index_file()), f"{self.datadir}/mysql-relay-bin.index")
+        files = [f"{self.datadir}/mysql-relay-bin.000041", f"{self.datadir}/mysql-relay-bin.000042"]
+        self.assertEqual(self.result(self.logs.relay_log_files()), files)
+        self.assertEqual(self.result(self.logs.relay_log_end_coordinates()),
+                         BinlogCoordinates(files[1], HEADER + 20, 1))
+
+    def test_empty_index_is_a_clear_error(self):
+        open(os.path.join(self.datadir, "mysql-relay-bin.index"), "w").close()
+        self.assertEqual(self.result(self.logs.relay_log_files()), [])
+        self.assertIn("lists no relay logs", self.failure(self.logs.relay_log_end_coordinates(), NotFound))
+
+    def test_no_relay_index(self):
+        os.unlink(os.path.join(self.datadir, "mysql-relay-bin.index"))
+        self.assertIn("replica", self.failure(self.logs.relay_index_file(), NotFound))
+
+    def test_relaylog_tail_from_a_basename(self):
+        data = unpack(self.result(self.logs.relaylog_tail("mysql-relay-bin.000041", HEADER + 4)))
+        self.assertEqual(data, binlog(b"") + b"r" * 6 + b"s" * 20)
+
+    def test_binlog_bytes_from_either_index(self):
+        data = unpack(self.result(self.logs.binlog_bytes(
+            ["mysql-bin.000001", f"{self.datadir}/mysql-relay-bin.000042"], 0, 0)))
+        self.assertEqual(data, binlog(b"b" * 30) + b"s" * 20)
+
+    def test_binlog_text_runs_mysqlbinlog_with_argv_and_leaves_no_temp_file(self):
+        text = unpack(self.result(self.logs.binlog_text(["mysql-bin.000001"], 4, 200)))
+        self.assertEqual(text, b"# mysqlbinlog text\nINSERT INTO t VALUES (1);\n")
+        call = self.runner.calls[-1]
+        self.assertEqual(call.argv, ("mysqlbinlog", "--no-defaults", f"{self.datadir}/mysql-bin.000001",
+                                     "--start-position=4", "--stop-position=200"))
+        self.assertEqual(os.listdir(self.temp), [])
+
+    def test_unlisted_names_run_nothing(self):
+        for name, kind in [("../../etc/passwd", InvalidInput), ("/etc/passwd", NotFound),
+                           ("$(touch M)", NotFound), ("x;y", NotFound)]:
+            self.failure(self.logs.binlog_text([name], 0, 0), kind)
+            self.failure(self.logs.relaylog_tail(name, 0), kind)
+        self.assertIn("no binlog files", self.failure(self.logs.binlog_text([], 0, 0), InvalidInput))
+        self.assertEqual(self.commands_run(), [])
+
+    def test_apply(self):
+        log = binlog(b"e" * 1000)
+        self.result(self.logs.apply_relaylog(io.BytesIO(gzip_base64([log]).encode()), 2000))
+        mysqlbinlog, client = self.commands_run()
+        self.assertEqual(mysqlbinlog, "mysqlbinlog")
+        self.assertEqual(client, "MySQLClientCommand")
+        self.assertEqual(self.runner.calls[-2].argv[:2], ("mysqlbinlog", "--no-defaults"))
+        self.assertEqual(self.runner.calls[-1].argv, ("bash", "-c", "mysql", "orchagent"))
+        self.assertEqual(self.runner.stdin_seen["MySQLClientCommand"], self.runner.stdout["mysqlbinlog"])
+        self.assertEqual(os.listdir(self.temp), [])
+
+    def test_apply_refusals_run_nothing_and_leave_no_temp_file(self):
+        self.assertIn("ApplyRelaylogMaxBytes", self.failure(
+            self.make(apply_relaylog_max_bytes=100).apply_relaylog(io.BytesIO(b"x" * 101), 101), InvalidInput))
+        self.failure(self.logs.apply_relaylog(io.BytesIO(b""), 0), InvalidInput)
+        self.failure(self.logs.apply_relaylog(io.BytesIO(b"$(touch M)"), 10), InvalidInput)
+        self.assertIn("MySQLClientCommand", self.failure(
+            self.make(mysql_client_command="").apply_relaylog(io.BytesIO(b"x"), 1), AgentError))
+        self.assertEqual(self.commands_run(), [])
+        self.assertEqual(os.listdir(self.temp), [])
+
+    def test_failed_client_still_removes_temp_files(self):
+        self.runner.exit_codes["MySQLClientCommand"] = 1
+        self.failure(self.logs.apply_relaylog(io.BytesIO(gzip_base64([binlog(b"")]).encode()), 100), AgentError)
+        self.assertEqual(os.listdir(self.temp), [])

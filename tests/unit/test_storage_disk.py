@@ -1,0 +1,81 @@
+"""DiskUsage: one du walk serves every concurrent caller, results live a few seconds, and commands
+that change the disk invalidate them."""
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.host.disk import DiskUsage
+from orchagent.process import CommandFailed, CommandResult
+
+
+def result(stdout: bytes, exit_code: int = 0) -> CommandResult:
+    return CommandResult(name="du", argv=("du",), exit_code=exit_code, signal=None, stdout=stdout,
+                         stderr=b"du: cannot access", stdout_truncated=False, timed_out=False)
+
+
+class PendingRunner:
+    """Every run waits until the test fires it."""
+
+    def __init__(self):
+        self.pending: list[tuple[tuple[str, ...], Deferred]] = []
+
+    def run(self, argv, **options):
+        d = Deferred()
+        self.pending.append((tuple(argv), d))
+        return d
+
+
+class DiskUsageTests(SynchronousTestCase):
+    def setUp(self):
+        self.runner = PendingRunner()
+        self.clock = Clock()
+        self.disk = DiskUsage(self.runner, self.clock)
+
+    def usage(self, path="/data"):
+        return ensureDeferred(self.disk.usage(path))
+
+    def test_concurrent_callers_share_one_walk(self):
+        calls = [self.usage() for _ in range(5)]
+        self.assertEqual(len(self.runner.pending), 1)
+        self.assertEqual(self.runner.pending[0][0], ("du", "-sb", "/data"))
+        self.runner.pending[0][1].callback(result(b"4096\t/data\n"))
+        self.assertEqual([self.successResultOf(d) for d in calls], [4096] * 5)
+
+    def test_cached_for_a_few_seconds_then_walked_again(self):
+        first = self.usage()
+        self.runner.pending[0][1].callback(result(b"10\t/data\n"))
+        self.assertEqual(self.successResultOf(first), 10)
+        self.clock.advance(4)
+        self.assertEqual(self.successResultOf(self.usage()), 10)
+        self.clock.advance(2)
+        self.usage()
+        self.assertEqual(len(self.runner.pending), 2)
+
+    def test_invalidate_during_a_walk_answers_but_does_not_keep(self):
+        first = self.usage()
+        self.disk.invalidate()
+        self.runner.pending[0][1].callback(result(b"10\t/data\n"))
+        self.assertEqual(self.successResultOf(first), 10)
+        self.usage()
+        self.assertEqual(len(self.runner.pending), 2)
+
+    def test_failures_reach_every_caller_and_are_not_cached(self):
+        calls = [self.usage() for _ in range(3)]
+        self.runner.pending[0][1].callback(result(b"", exit_code=1))
+        for d in calls:
+            self.failureResultOf(d, CommandFailed)
+        self.usage()
+        self.assertEqual(len(self.runner.pending), 2)
+
+    def test_a_total_despite_vanished_files_counts(self):
+        d = self.usage()
+        self.runner.pending[0][1].callback(result(b"77\t/data\n", exit_code=1))
+        self.assertEqual(self.successResultOf(d), 77)
+
+    def test_paths_and_commands_are_cached_separately(self):
+        self.usage("/a")
+        self.usage("/b")
+        ensureDeferred(self.disk.available("/a"))
+        self.assertEqual([argv for argv, _ in self.runner.pending],
+                         [("du", "-sb", "/a"), ("du", "-sb", "/b"), ("df", "-PT", "-B", "1", "/a")])
