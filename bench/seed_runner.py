@@ -5,7 +5,7 @@
 
 The secret comes from the environment (ORCHAGENT_SEED_SECRET).  The receiver prints
 ``listening`` once it accepts connections.  Each side ends by printing one JSON line: outcome,
-seconds from authentication to the end, files, bytes and the process's peak RSS.
+seconds from authentication to the end, files, bytes, the process's peak RSS and CPU time.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from orchagent.seed.transfer import SeedReceiverServer, send_tree  # noqa: E402
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run(reactor, args) -> dict:
@@ -54,6 +59,7 @@ async def run(reactor, args) -> dict:
         "files": progress.files_done,
         "bytes": progress.bytes_done,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "cpu_seconds": round(cpu_seconds(), 2),
     }
 
 

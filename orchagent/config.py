@@ -223,6 +223,9 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
     if config.snapshot_backend not in ("lvm", "btrfs"):
         fail("snapshot_backend", f"must be \"lvm\" or \"btrfs\", got {config.snapshot_backend!r}")
+    if config.snapshot_backend == "btrfs" and not os.path.isabs(config.btrfs_snapshot_directory):
+        fail("snapshot_backend", "SnapshotBackend \"btrfs\" needs BtrfsSnapshotDirectory, an absolute "
+             f"path on the datadir's btrfs file system, got {config.btrfs_snapshot_directory!r}")
     for server in config.agents_servers:
         if not server.startswith(("http://", "https://")):
             fail("agents_servers", f"{server!r} must be a URL starting with http:// or https://")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -21,8 +23,8 @@ from orchagent.seed.records import SeedStore
 from orchagent.token import Token
 from orchagent.web.coreapi import CoreAPI
 from orchagent.web.resource import ApiResource, Guard
-from orchagent.web.routes import route_table
 from orchagent.web.mysqlapi import make_mysql_api
+from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
 from orchagent.web.storageapi import make_storage
 
@@ -51,7 +53,8 @@ def make_service(config: Config, reactor) -> MultiService:
     mysql_api = make_mysql_api(config, runner, mysql)
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
-                        store=SeedStore(config.state_directory))
+                        store=SeedStore(config.state_directory), defer_to_thread=partial(
+                            deferToThreadPool, reactor, reactor.getThreadPool()))
     routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
     site = Site(ApiResource(routes, _guard(config, token), reactor))
 

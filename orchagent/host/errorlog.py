@@ -23,8 +23,9 @@ def tail_lines(path: str, count: int, *, max_scan_bytes: int = MAX_SCAN_BYTES) -
         with open(path, "rb") as f:
             return _tail(f, count, max_scan_bytes)
     except FileNotFoundError:
-        raise NotFound(f"the MySQL error log {path} does not exist; set log_error in the server's "
-                       "option files or MySQLErrorLogFile in the agent's configuration") from None
+        raise NotFound(f"the MySQL error log {path} does not exist (without log_error, a server run by "
+                       "systemd logs to the journal); set log_error in the server's option files or "
+                       "MySQLErrorLogFile in the agent's configuration") from None
     except OSError as e:
         raise AgentError(f"cannot read the MySQL error log {path}: {e.strerror}") from None
 

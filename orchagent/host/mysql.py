@@ -43,6 +43,7 @@ class MySQL:
         self._reactor = reactor
         self._hostname = hostname
         self._option_files = (config.mysql_config_file,) if config.mysql_config_file else tuple(default_option_files)
+        self._option_files_must_exist = bool(config.mysql_config_file)
         self._compiled_datadir = compiled_datadir
 
     def in_thread(self, function, *args):
@@ -52,7 +53,8 @@ class MySQL:
     async def server_options(self) -> dict[str, str | None]:
         """The server's options from its option files (normalised names, last value wins)."""
         try:
-            return await self.in_thread(read_server_options, self._option_files)
+            return await self.in_thread(lambda: read_server_options(
+                self._option_files, must_exist=self._option_files_must_exist))
         except OptionFileError as e:
             raise AgentError(f"cannot read the MySQL option files: {e}") from None
 

@@ -83,12 +83,14 @@ def is_server_group(group: str) -> bool:
 def read_server_options(
     paths: Iterable[str],
     *,
+    must_exist: bool = False,
     read_text: Callable[[str], str] | None = None,
     list_directory: Callable[[str], list[str]] = os.listdir,
 ) -> dict[str, str | None]:
-    """The server's options from ``paths`` (missing top-level files are skipped), last value wins.
+    """The server's options from ``paths``, last value wins.
 
-    An included file that is missing is an error, as it is for the server.
+    Missing files in ``paths`` are skipped (as the server skips its default files) unless
+    ``must_exist`` (a --defaults-file); a missing included file is an error, as for the server.
     """
     read_text = read_text or _read_text
     options: dict[str, str | None] = {}
@@ -96,6 +98,8 @@ def read_server_options(
         try:
             text = read_text(path)
         except FileNotFoundError:
+            if must_exist:
+                raise OptionFileError(f"{path} does not exist") from None
             continue
         for option in _options_of(path, text, read_text, list_directory, depth=0):
             if is_server_group(option.group):

@@ -22,7 +22,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 
 from orchagent import logs, tls
 from orchagent.config import Config
@@ -50,7 +49,7 @@ class _Job:
 
 class SeedManager(Service):
     def __init__(self, *, config: Config, reactor, mysql, snapshots, eraser, disk, runner,
-                 store: SeedStore, send: Callable[..., Any] = send_tree):
+                 store: SeedStore, defer_to_thread: Callable[..., Deferred], send: Callable[..., Any] = send_tree):
         self._config = config
         self._reactor = reactor
         self._mysql = mysql
@@ -60,6 +59,7 @@ class SeedManager(Service):
         self._runner = runner
         self._store = store
         self._send = send
+        self._defer_to_thread = defer_to_thread
         self._records: dict[int, SeedRecord] = {}
         self._jobs: dict[int, _Job] = {}
         self._receiver: SeedReceiverServer | None = None
@@ -238,9 +238,9 @@ class SeedManager(Service):
 
     async def _end(self, seed_id: int, state: str, error: str) -> None:
         """Stop the job if it still runs, record the outcome, clear a partial copy."""
-        job = self._jobs.pop(seed_id)
         record = self._records[seed_id]
-        self._sample_job(record, job)
+        self._sample(seed_id)
+        job = self._jobs.pop(seed_id)
         record.end(state, error)
         if not job.done.called:
             await job.stop()
@@ -299,8 +299,7 @@ class SeedManager(Service):
     def _save(self, record: SeedRecord) -> Deferred:
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""
         snapshot = attrs.evolve(record)
-        return self._save_lock.run(
-            deferToThreadPool, self._reactor, self._reactor.getThreadPool(), self._store.save, snapshot)
+        return self._save_lock.run(self._defer_to_thread, self._store.save, snapshot)
 
 
 def _transfer_job(transfer) -> _Job:

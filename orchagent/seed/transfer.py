@@ -84,7 +84,7 @@ class Transfer:
         self.last_refusal: str | None = None
         self._reactor = reactor
         self._stall_timeout = stall_timeout
-        self._threadpool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self._threadpool = threadpool
         self._concluded = False
         self._worker_running = False
         self._connection_open = False
@@ -119,7 +119,8 @@ class Transfer:
 
     def _start_worker(self, work: Callable[..., Any], *args: Any) -> None:
         self._worker_running = True
-        d = deferToThreadPool(self._reactor, self._threadpool, work, *args)
+        pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
+        d = deferToThreadPool(self._reactor, pool, work, *args)
         d.addBoth(self._worker_ended)
 
     def _worker_ended(self, result: Any) -> None:

@@ -324,9 +324,7 @@ class TreeWriter:
                 path = self._place(relative)
                 os.chmod(path, mode)
                 os.utime(path, ns=(mtime_ns, mtime_ns))
-        import time, sys; t0=time.time()
         _sync_filesystem(self.staging)
-        print("syncfs", time.time()-t0, file=sys.stderr)
         names = os.listdir(self._tree)
         present = [name for name in names if os.path.lexists(os.path.join(self.datadir, name))]
         if present:

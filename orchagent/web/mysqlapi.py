@@ -6,14 +6,13 @@ be a hostname or an IP address.  Log names are checked against the server's own 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 
 from orchagent.errors import InvalidInput
 from orchagent.host.relaylog import ReplicationLogs
+from orchagent.web import validate
 
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 _POSITION = re.compile(r"[0-9]{1,18}")
 MAX_BINLOG_NAMES = 1000
 
@@ -53,7 +52,7 @@ class MySQLAPI:
         """Orchestrator calls ``post-copy/?sourceHost=<h>``; the host reaches PostCopyCommand as
         ``$ORCHAGENT_SOURCE_HOST`` (V1 ignored it)."""
         source_host = req.arg("sourceHost")
-        await self._mysql.post_copy(_host(source_host) if source_host else None)
+        await self._mysql.post_copy(validate.host(source_host, "sourceHost") if source_host else None)
         return True
 
     async def relay_log_index_file(self, req) -> str:
@@ -103,11 +102,3 @@ def _position(value: str | None, name: str) -> int:
     return int(value)
 
 
-def _host(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(value):
-        raise InvalidInput(f"sourceHost must be a hostname or an IP address, got {value[:100]!r}")
-    return value

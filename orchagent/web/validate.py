@@ -9,6 +9,7 @@ from orchagent.errors import InvalidInput
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_DIGITS_AND_DOTS = re.compile(r"[0-9.]+")
 _SEED_ID = re.compile(r"[0-9]{1,18}")
 
 
@@ -18,7 +19,7 @@ def host(value: str | None, what: str) -> str:
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            if _HOSTNAME.fullmatch(value):
+            if _HOSTNAME.fullmatch(value) and not _DIGITS_AND_DOTS.fullmatch(value):  # "999.1.1.1" is no host
                 return value
     raise InvalidInput(f"{what} must be a hostname or an IP address, got {_shown(value)}")
 

@@ -8,7 +8,7 @@ as PID 1, so the unit is checked with ``systemd-analyze verify`` and its command
 directly, with the environment systemd gives services.
 
 Needs root and the Debian packages of ``scripts/bootstrap --test`` (plus ``sudo`` for
-``visudo``); the package must not be installed beforehand.  Costs about 20 seconds.
+``visudo``); the package must not be installed beforehand.  Costs about 35 seconds.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import REPO, free_port
 
-#: What systemd gives a system service; /usr/local comes first there too.
-SERVICE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+#: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SERVICE_ENV = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
 #: No pyenv or virtualenv: the build and apt must see Debian's python3 only.
 DEBIAN_ENV = {
     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -57,7 +58,7 @@ IMPLY_NO_NEW_PRIVILEGES = {
     "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID", "SystemCallArchitectures",
     "SystemCallFilter", "SystemCallLog", "ProtectClock", "ProtectHostname",
 }
-SUDO_TOOLS = {"lvs", "lvremove", "blkid", "mount", "umount", "btrfs", "du"}
+SUDO_TOOLS = {"lvs", "lvremove", "blkid", "mount", "umount", "btrfs", "du", "mysqlbinlog"}
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -180,60 +181,18 @@ class DebianPackageTests(SynchronousTestCase):
                         "python3-service-identity", "python3-attr"):
             self.assertIn(package, depends)
 
-    def test_unit_keeps_the_host_mount_namespace(self) -> None:
-        """Snapshots the agent mounts must be visible to the host and to the mysqld it starts."""
-        with open(os.path.join(REPO, "debian", "orchagent.service")) as f:
-            settings = [line.strip() for line in f if "=" in line and not line.startswith("#")]
-        for setting in ("Restart=on-failure", "StateDirectory=orchagent", "StateDirectoryMode=0700"):
-            self.assertIn(setting, settings)
-        private_mounts = [line for line in settings if line.split("=")[0] in MOUNT_NAMESPACE_OPTIONS]
-        self.assertEqual(private_mounts, [])
-
-    def test_unprivileged_drop_in_verifies_and_lets_sudo_work(self) -> None:
-        units = tempfile.mkdtemp(prefix="orchagent-unit-")
-        self.addCleanup(shutil.rmtree, units)
-        unit = os.path.join(units, "orchagent.service")
-        shutil.copy(os.path.join(REPO, "debian", "orchagent.service"), unit)
-        os.mkdir(unit + ".d")
-        drop_in = os.path.join(REPO, "debian", "orchagent-unprivileged.conf.example")
-        shutil.copy(drop_in, os.path.join(unit + ".d", "unprivileged.conf"))
-        verify = subprocess.run(["systemd-analyze", "verify", unit], env=dict(DEBIAN_ENV, SYSTEMD_UNIT_PATH=units + ":"),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.assertEqual((verify.returncode, verify.stdout), (0, ""))
-
-        def settings(path: str) -> dict[str, str]:
-            with open(path) as f:
-                return dict(line.strip().split("=", 1) for line in f if "=" in line and not line.startswith("#"))
-
-        hardening = IMPLY_NO_NEW_PRIVILEGES & set(settings(unit))
-        undone = {key for key, value in settings(drop_in).items() if value in ("", "no")}
-        self.assertEqual(settings(drop_in)["User"], "orchagent")
-        self.assertEqual(hardening - undone, set(), "the unprivileged drop-in must switch these off for sudo")
-
-    def test_sudoers_example_is_valid_and_names_the_sudo_tools(self) -> None:
-        example = os.path.join(REPO, "debian", "orchagent.sudoers.example")
-        run(["visudo", "-c", "-f", example])
-        with open(example) as f:
-            text = f.read().replace("\\\n", " ")
-        [tools_line] = [line for line in text.splitlines() if line.startswith("Cmnd_Alias ORCHAGENT_TOOLS")]
-        tools = [path.strip() for path in tools_line.split("=", 1)[1].split(",")]
-        self.assertEqual({os.path.basename(path) for path in tools}, SUDO_TOOLS)
-        for path in tools:  # the ones this machine has must be where sudo's secure_path finds them
-            if os.path.basename(path) not in ("lvs", "lvremove"):  # lvm2 cannot run here
-                self.assertEqual(shutil.which(os.path.basename(path), path=DEBIAN_ENV["PATH"]), path)
-
     def test_install_run_upgrade_and_purge(self) -> None:
-        self.assertEqual(package_status(), "", "orchagent is installed on this machine: "
-                         "this test installs and purges it, so run it where it is not (apt-get purge orchagent)")
+        self.assertEqual(package_status(), "", "orchagent is installed on this machine; this test installs "
+                         "and purges it, so run it where it is not (apt-get purge orchagent)")
         for path in ("/etc/orchagent", STATE_DIRECTORY):
-            self.assertFalse(os.path.lexists(path), f"{path} exists before the package is installed; remove it")
+            self.assertFalse(os.path.lexists(path), f"{path} exists before the package is installed")
         mysql_before = sorted(os.listdir("/var/lib/mysql")) if os.path.isdir("/var/lib/mysql") else None
         agent = None
         try:
             run(APT + ["install", "./" + os.path.basename(self.deb)], cwd=self.workdir)
             self.assertEqual(package_status(), "ii")
-            files = run(["dpkg-query", "-L", "orchagent"]).stdout.split()
-            self.assertTrue(plugin_cache_mentions_orchagent(), "the twisted-plugins-cache trigger did not run")
+            files = run(["dpkg-query", "-L", "orchagent"]).stdout.splitlines()
+            self.assertTrue(plugin_cache_mentions_orchagent(), "twisted-plugins-cache was not triggered")
             self.assertTrue(os.path.islink(ENABLED_LINK))
 
             [unit] = [path for path in files if path.endswith("/system/orchagent.service")]
@@ -283,7 +242,8 @@ class DebianPackageTests(SynchronousTestCase):
             self.assertEqual(left, [])
             plugin_bytecode = os.path.join(PLUGINS, "__pycache__")
             if os.path.isdir(plugin_bytecode):
-                self.assertEqual([name for name in os.listdir(plugin_bytecode) if name.startswith("orchagent")], [])
+                self.assertEqual([name for name in os.listdir(plugin_bytecode)
+                                  if name.startswith("orchagent")], [])
             self.assertFalse(plugin_cache_mentions_orchagent(), "the plugin cache still lists orchagent")
             if mysql_before is not None:
                 self.assertEqual(sorted(os.listdir("/var/lib/mysql")), mysql_before)
@@ -294,3 +254,51 @@ class DebianPackageTests(SynchronousTestCase):
             if package_status():
                 subprocess.run(APT + ["purge", "orchagent"], env=DEBIAN_ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+
+
+class UnitFileAndExamplesTests(SynchronousTestCase):
+    """The shipped unit and examples, checked from the source tree (no build needed)."""
+
+    def test_unit_keeps_the_host_mount_namespace(self) -> None:
+        """Snapshots the agent mounts must be visible to the host and to the mysqld it starts."""
+        with open(os.path.join(REPO, "debian", "orchagent.service")) as f:
+            settings = [line.strip() for line in f if "=" in line and not line.startswith("#")]
+        for setting in ("Restart=on-failure", "StateDirectory=orchagent", "StateDirectoryMode=0700"):
+            self.assertIn(setting, settings)
+        private_mounts = [line for line in settings if line.split("=")[0] in MOUNT_NAMESPACE_OPTIONS]
+        self.assertEqual(private_mounts, [])
+
+    def test_unprivileged_drop_in_verifies_and_lets_sudo_work(self) -> None:
+        units = tempfile.mkdtemp(prefix="orchagent-unit-")
+        self.addCleanup(shutil.rmtree, units)
+        unit = os.path.join(units, "orchagent.service")
+        shutil.copy(os.path.join(REPO, "debian", "orchagent.service"), unit)
+        os.mkdir(unit + ".d")
+        drop_in = os.path.join(REPO, "debian", "orchagent-unprivileged.conf.example")
+        shutil.copy(drop_in, os.path.join(unit + ".d", "unprivileged.conf"))
+        verify = subprocess.run(["systemd-analyze", "verify", unit],
+                                env=dict(DEBIAN_ENV, SYSTEMD_UNIT_PATH=units + ":"),  # finds the drop-in
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual((verify.returncode, verify.stdout), (0, ""))
+
+        def settings(path: str) -> dict[str, str]:
+            with open(path) as f:
+                return dict(line.strip().split("=", 1) for line in f
+                            if "=" in line and not line.startswith("#"))
+
+        hardening = IMPLY_NO_NEW_PRIVILEGES & set(settings(unit))
+        undone = {key for key, value in settings(drop_in).items() if value in ("", "no")}
+        self.assertEqual(settings(drop_in)["User"], "orchagent")
+        self.assertEqual(hardening - undone, set(), "the unprivileged drop-in must switch these off for sudo")
+
+    def test_sudoers_example_is_valid_and_names_the_sudo_tools(self) -> None:
+        example = os.path.join(REPO, "debian", "orchagent.sudoers.example")
+        run(["visudo", "-c", "-f", example])
+        with open(example) as f:
+            text = f.read().replace("\\\n", " ")
+        [tools_line] = [line for line in text.splitlines() if line.startswith("Cmnd_Alias ORCHAGENT_TOOLS")]
+        tools = [path.strip() for path in tools_line.split("=", 1)[1].split(",")]
+        self.assertEqual({os.path.basename(path) for path in tools}, SUDO_TOOLS)
+        for path in tools:  # each must be where sudo's secure_path finds it (lvm2 is not installed here)
+            if os.path.basename(path) not in ("lvs", "lvremove"):
+                self.assertEqual(shutil.which(os.path.basename(path), path=SYSTEM_PATH), path)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import deferLater
+from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
-from orchagent.seed.transfer import SeedReceiverServer, send_tree
+from orchagent.seed import protocol
+from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
+from tests.support.storage import inline
 
 SECRET = b"correct horse battery staple"
 
@@ -30,6 +35,7 @@ class SeedTransferTests(TestCase):
         os.makedirs(target)
         return source, target
 
+    @inline
     async def test_tree_arrives_identical(self):
         source, target = self._dirs()
         port = await self._listen()
@@ -43,3 +49,129 @@ class SeedTransferTests(TestCase):
             self.assertEqual(transfer.state, "succeeded")
             self.assertEqual(transfer.progress.files_done, transfer.progress.files_total)
             self.assertEqual(transfer.progress.bytes_done, transfer.progress.bytes_total)
+
+    async def _refused(self, sender_secret: bytes, arm: bool) -> str:
+        source, target = self._dirs()
+        port = await self._listen()
+        receiving = self.server.arm("7", target) if arm else None
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=sender_secret)
+        with self.assertRaises(TransferFailed) as caught:
+            await sending.when_done()
+        self.assertEqual(sending.state, "failed")
+        self.assertEqual(os.listdir(target), [])
+        if receiving is not None:
+            self.assertFalse(receiving.done)  # a stray peer cannot cancel an armed receive
+            self.assertIn("SeedTransferSecret", receiving.last_refusal)
+            await receiving.abort()
+        return str(caught.exception)
+
+    @inline
+    async def test_wrong_secret_is_refused_and_nothing_is_written(self):
+        message = await self._refused(b"not the secret", arm=True)
+        self.assertIn("refused seed 7", message)
+        self.assertIn("different SeedTransferSecret", message)
+
+    @inline
+    async def test_unarmed_seed_is_refused(self):
+        message = await self._refused(SECRET, arm=False)
+        self.assertIn("no receive is armed for seed 7", message)
+
+    @inline
+    async def test_abort_mid_transfer_leaves_nothing(self):
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        build_tree(source, big_bytes=256 * 1024 * 1024, small_files=5)
+        os.makedirs(target)
+        port = await self._listen()
+        receiving = self.server.arm("7", target)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        while receiving.progress.bytes_done == 0:
+            await deferLater(reactor, 0.001)
+        self.assertLess(receiving.progress.bytes_done, receiving.progress.bytes_total)
+        await receiving.abort()
+        self.assertEqual(receiving.state, "aborted")
+        self.assertEqual(os.listdir(target), [])  # staging removed, no writer left to recreate it
+        with self.assertRaises(TransferFailed):
+            await sending.when_done()
+        self.assertEqual(sending.state, "failed")
+        await deferLater(reactor, 0.05)
+        self.assertEqual(os.listdir(target), [])
+
+    @inline
+    async def test_stalled_sender_times_out(self):
+        base = self.mktemp()
+        target = os.path.join(base, "target")
+        os.makedirs(target)
+        port = await self._listen(stall_timeout=0.5)
+        receiving = self.server.arm("7", target)
+        silent = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), SilentSender("7"))
+        self.addCleanup(silent.transport.loseConnection)
+        with self.assertRaises(TransferFailed) as caught:
+            await receiving.when_done()
+        self.assertIn("stalled: the sender did not send data for 0.5 seconds", str(caught.exception))
+        self.assertEqual(os.listdir(target), [])
+
+    @inline
+    async def test_corruption_is_detected_and_nothing_is_left(self):
+        source, target = self._dirs()
+        with open(os.path.join(source, "marked"), "wb") as f:
+            f.write(CORRUPT_MARKER * 2000)
+        port = await self._listen()
+        receiving = self.server.arm("7", target)
+        proxy = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(CorruptingProxy(port))
+        self.addCleanup(proxy.stopListening)
+        sending = send_tree(reactor, "127.0.0.1", proxy.getHost().port, "7", source, secret=SECRET)
+        with self.assertRaises(TransferFailed) as caught:
+            await receiving.when_done()
+        self.assertIn("checksum mismatch on 'marked'", str(caught.exception))
+        with self.assertRaises(TransferFailed) as sender_side:
+            await sending.when_done()
+        self.assertIn("checksum mismatch", str(sender_side.exception))
+        self.assertEqual(os.listdir(target), [])
+
+
+CORRUPT_MARKER = b"flip one byte of me, please... "
+
+
+class SilentSender(Protocol):
+    """Authenticates correctly, then sends nothing."""
+
+    def __init__(self, seed_id: str) -> None:
+        self._seed_id = seed_id
+        self._frames = protocol.FrameBuffer()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._frames.feed(data)
+        for kind, payload in self._frames.frames():
+            if kind == protocol.Kind.HELLO:
+                nonce = protocol.parse_hello(payload)
+                self.transport.write(protocol.auth(SECRET, self._seed_id, nonce, protocol.new_nonce()))
+
+
+class CorruptingProxy(ServerFactory):
+    """Forwards to the receiver, changing one byte of the first marker seen in the stream."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self.flipped = False
+
+    def buildProtocol(self, addr):
+        return _ProxyServer(self)
+
+
+class _ProxyServer(portforward.ProxyServer):
+    def __init__(self, factory: CorruptingProxy) -> None:
+        self._corrupting = factory
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        client = portforward.ProxyClientFactory()
+        client.setServer(self)
+        reactor.connectTCP("127.0.0.1", self._corrupting._port, client)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._corrupting.flipped and CORRUPT_MARKER in data:
+            at = data.index(CORRUPT_MARKER)
+            data = data[:at] + b"F" + data[at + 1:]
+            self._corrupting.flipped = True
+        super().dataReceived(data)

@@ -1,5 +1,5 @@
-"""Test doubles for the MySQL host layer: a recording process runner, an inline "thread pool",
-and the route table with only the MySQL section live."""
+"""Test doubles for the MySQL host layer: synthetic binlogs, a recording process runner, an
+inline "thread pool", and the route table with only the MySQL section live."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ from orchagent.process import CommandFailed, CommandResult
 from orchagent.web.routes import route_table
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+
+
+def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
+    """Magic, a Format Description event of 19 + len(header_payload) bytes, then ``body``."""
+    size = 19 + len(header_payload)
+    event = (b"\0\0\0\0" + bytes([15]) + b"\1\0\0\0" + size.to_bytes(4, "little")
+             + (4 + size).to_bytes(4, "little") + b"\0\0")
+    return b"\xfebin" + event + header_payload + body
+
+
+HEADER = len(binlog(b""))  # 123, as in MySQL 5.7's logs
 
 
 class InlineThreadsReactor:
@@ -79,7 +90,11 @@ class FakeRunner:
 
 
 class _OtherSections:
-    """Handlers of the non-MySQL API sections: present so the route table builds, never called."""
+    """Handlers of the non-MySQL API sections: present so the route table builds, never called
+    (except those given, such as the seeds' post-copy that delegates to the MySQL API)."""
+
+    def __init__(self, **handlers):
+        self.__dict__.update(handlers)
 
     def __getattr__(self, name):
         async def handler(req):
@@ -90,4 +105,5 @@ class _OtherSections:
 def mysql_routes(mysql_api):
     """The real route table with ``mysql_api`` as its MySQL section."""
     other = _OtherSections()
-    return route_table(other, other, mysql_api, other, "/api/status")
+    seeds = _OtherSections(post_copy=mysql_api.post_copy)
+    return route_table(other, other, mysql_api, seeds, "/api/status")

@@ -119,6 +119,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"StatusEndpoint": "status"}, "StatusEndpoint", "starting with '/'")
         self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm" or "btrfs"')
         self.assertConfigError({"HTTPAuthUser": "u"}, "HTTPAuthUser", "HTTPAuthPassword")
+        self.assertConfigError({"SnapshotBackend": "btrfs"}, "BtrfsSnapshotDirectory", "absolute")
 
     def test_invalid_json_and_non_object(self):
         self.assertConfigError("{not json", "not valid JSON")

@@ -69,6 +69,12 @@ class DatadirTests(MySQLTestCase):
     def test_broken_option_file(self):
         self.assertIn("option files", self.error(self.mysql(my_cnf="datadir=/x\n").datadir()))
 
+    def test_configured_option_file_must_exist(self):
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)  # the compiled-in datadir exists, but MySQLConfigFile was asked for
+        mysql = self.mysql(compiled_datadir=directory, mysql_config_file="/nonexistent/my.cnf")
+        self.assertIn("/nonexistent/my.cnf does not exist", self.error(mysql.datadir()))
+
 
 class PortTests(MySQLTestCase):
     def test_command(self):

@@ -24,18 +24,7 @@ from orchagent.host.relaylog import (
     parse_index,
     resolve_listed,
 )
-from tests.support.mysql_fakes import FIXTURES, FakeRunner, InlineThreadsReactor
-
-
-def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
-    """Magic, a Format Description event of 19 + len(header_payload) bytes, then ``body``."""
-    size = 19 + len(header_payload)
-    event = (b"\0\0\0\0" + bytes([15]) + b"\1\0\0\0" + size.to_bytes(4, "little")
-             + (4 + size).to_bytes(4, "little") + b"\0\0")
-    return b"\xfebin" + event + header_payload + body
-
-
-HEADER = len(binlog(b""))  # 123, as MySQL 5.7's
+from tests.support.mysql_fakes import FIXTURES, HEADER, FakeRunner, InlineThreadsReactor, binlog
 
 
 def unpack(text: str) -> bytes:

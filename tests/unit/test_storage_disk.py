@@ -42,15 +42,31 @@ class DiskUsageTests(SynchronousTestCase):
         self.runner.pending[0][1].callback(result(b"4096\t/data\n"))
         self.assertEqual([self.successResultOf(d) for d in calls], [4096] * 5)
 
-    def test_cached_for_a_few_seconds_then_walked_again(self):
+    def test_cached_for_a_few_seconds_then_refreshed_without_waiting(self):
         first = self.usage()
         self.runner.pending[0][1].callback(result(b"10\t/data\n"))
         self.assertEqual(self.successResultOf(first), 10)
         self.clock.advance(4)
         self.assertEqual(self.successResultOf(self.usage()), 10)
+        self.assertEqual(len(self.runner.pending), 1)
         self.clock.advance(2)
-        self.usage()
+        self.assertEqual(self.successResultOf(self.usage()), 10)  # at once, while a new walk starts
         self.assertEqual(len(self.runner.pending), 2)
+        self.runner.pending[1][1].callback(result(b"20\t/data\n"))
+        self.assertEqual(self.successResultOf(self.usage()), 20)
+
+    def test_a_failed_refresh_keeps_answering_the_last_value_until_too_old(self):
+        first = self.usage()
+        self.runner.pending[0][1].callback(result(b"10\t/data\n"))
+        self.successResultOf(first)
+        self.clock.advance(30)
+        self.assertEqual(self.successResultOf(self.usage()), 10)
+        self.runner.pending[1][1].callback(result(b"", exit_code=1))
+        self.clock.advance(31)
+        waiting = self.usage()
+        self.assertNoResult(waiting)
+        self.runner.pending[2][1].callback(result(b"", exit_code=1))
+        self.failureResultOf(waiting, CommandFailed)
 
     def test_invalidate_during_a_walk_answers_but_does_not_keep(self):
         first = self.usage()

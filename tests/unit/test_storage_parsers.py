@@ -7,11 +7,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.host.disk import parse_df, parse_du
 from orchagent.host.lvm import float32, mapper_path, parse_blkid_type, parse_lvs
-from orchagent.host.mounts import decode_path, mount_at, parse_mountinfo
+from orchagent.host.mounts import mount_at, parse_mountinfo
 from orchagent.host.snapshots import datadir_candidates
-from tests.support.fake_lvm import fixture
-
-_MOUNTINFO_ESCAPES = str.maketrans({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"})
+from tests.support.fake_lvm_tools import MOUNTINFO_ESCAPES, fixture
 
 
 class LvsTests(SynchronousTestCase):
@@ -115,7 +113,7 @@ class MountinfoTests(SynchronousTestCase):
                    min_size=1, max_size=40))
     def test_any_mount_point_round_trips(self, name):
         mount_point = "/" + name
-        line = f"50 27 0:50 / {mount_point.translate(_MOUNTINFO_ESCAPES)} rw shared:1 - tmpfs tmpfs rw\n"
+        line = f"50 27 0:50 / {mount_point.translate(MOUNTINFO_ESCAPES)} rw shared:1 - tmpfs tmpfs rw\n"
         self.assertEqual(parse_mountinfo(line)[0].mount_point, mount_point)
 
 

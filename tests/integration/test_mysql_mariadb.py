@@ -1,0 +1,209 @@
+"""A real MariaDB server driven through the HTTP API: service commands, facts, binlogs, relay logs.
+
+One sandbox server (with log_bin) is shared by the whole class; the API runs on a real listening
+Site with the real ProcessRunner, configured from a real JSON configuration file.
+"""
+
+import base64
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from urllib.parse import quote
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+from twisted.trial.unittest import TestCase
+
+from orchagent.config import load_config
+from orchagent.host.mysql import MySQL
+from orchagent.process import ProcessRunner
+from orchagent.token import Token
+from orchagent.web.mysqlapi import make_mysql_api
+from orchagent.web.resource import ApiResource, Guard
+from tests.support.mariadb import MariaDBSandbox
+from tests.support.mysql_fakes import mysql_routes
+from tests.support.storage import RecordingRunner, inline
+
+TOKEN = "ef" * 32
+
+
+def unpack(text: str) -> bytes:
+    return gzip.decompress(base64.b64decode(text))
+
+
+class MariaDBThroughTheAPITests(TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="orchagent-mariadb-test-")
+        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"), log_bin=True)
+        cls.sandbox.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.sandbox.is_running():
+            cls.sandbox.stop()
+        shutil.rmtree(cls.directory)
+
+    def setUp(self):
+        if not self.sandbox.is_running():
+            self.sandbox.start()
+        self.markers = os.path.abspath(self.mktemp())
+        os.mkdir(self.markers)
+        config_file = os.path.abspath(self.mktemp())
+        with open(config_file, "w") as f:
+            json.dump({**self.sandbox.config_values(),
+                       "PostCopyCommand": f'touch {self.markers}/post-copy-"$ORCHAGENT_SOURCE_HOST"'}, f)
+        config = load_config([config_file])
+        self.runner = RecordingRunner(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
+        self.mysql = MySQL(config, self.runner, reactor)
+        site = Site(ApiResource(mysql_routes(make_mysql_api(config, self.runner, self.mysql)),
+                                Guard(token=Token(TOKEN)), reactor))
+        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.base = f"http://127.0.0.1:{listening.getHost().port}"
+        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+    async def call(self, path: str, method: str = "GET", data: bytes | None = None):
+        url = self.base + path + ("&" if "?" in path else "?") + "token=" + TOKEN
+        response = await self.http.request(method, url, data=data)
+        body = await response.content()
+        return response.code, json.loads(body)
+
+    async def ok(self, path: str, method: str = "GET", data: bytes | None = None):
+        code, body = await self.call(path, method, data)
+        self.assertEqual(code, 200, body)
+        return body
+
+    def new_binlog(self, statements: str) -> tuple[str, int]:
+        """Rotate, run ``statements``; the new binlog's name and its end position."""
+        self.sandbox.sql("FLUSH BINARY LOGS;" + statements)
+        name, position = self.sandbox.sql("SHOW MASTER STATUS").split()[:2]
+        return name, int(position)
+
+    def events(self, name: str) -> list[tuple[int, str, int, str]]:
+        """(position, type, end position, info) of each event, as the server reports them."""
+        rows = self.sandbox.sql(f"SHOW BINLOG EVENTS IN '{name}'").splitlines()
+        return [(int(pos), kind, int(end), info) for _, pos, kind, _, end, info in (r.split("\t") for r in rows)]
+
+    @inline
+    async def test_service_commands_status_and_port(self):
+        self.assertIs(await self.ok("/api/mysql-status"), True)
+        self.assertEqual(await self.ok("/api/mysql-port"), self.sandbox.port)
+        self.assertIs(await self.ok("/api/mysql-stop"), True)
+        self.assertFalse(self.sandbox.is_running())
+        self.assertIs(await self.ok("/api/mysql-status"), False)
+        self.assertIs(await self.ok("/api/mysql-start/"), True)
+        self.assertTrue(self.sandbox.is_running())
+        self.assertIs(await self.ok("/api/mysql-status"), True)
+        self.assertEqual(self.sandbox.sql("SELECT 1"), "1\n")
+        self.assertEqual([command[:2] for command in self.runner.commands], [
+            ["configured", "MySQLServiceStatusCommand"], ["configured", "MySQLServiceStopCommand"],
+            ["configured", "MySQLServiceStatusCommand"], ["configured", "MySQLServiceStartCommand"],
+            ["configured", "MySQLServiceStatusCommand"]])
+
+    @inline
+    async def test_datadir_and_error_log_tail_from_the_option_file(self):
+        self.assertEqual(await self.mysql.datadir(), self.sandbox.datadir)
+        self.assertEqual(await self.mysql.error_log_path(), self.sandbox.error_log)
+        lines = await self.ok("/api/mysql-error-log-tail")
+        self.assertTrue(0 < len(lines) <= 20 and all(isinstance(line, str) for line in lines))
+        with open(self.sandbox.error_log) as f:
+            self.assertEqual(lines, f.read().splitlines()[-len(lines):])
+        self.assertTrue(any("ready for connections" in line for line in lines), lines)
+
+    @inline
+    async def test_binlog_text_and_binary_contents(self):
+        name, end = self.new_binlog("CREATE DATABASE IF NOT EXISTS b; CREATE TABLE b.t (i INT);"
+                                    "INSERT INTO b.t VALUES (42);")
+        text = unpack(await self.ok(f"/api/mysql-binlog-contents?binlog={name}"))
+        self.assertIn(b"INSERT INTO b.t VALUES (42)", text)
+        self.assertIn(b"# at 4", text)  # mysqlbinlog's annotation: this is its text output
+
+        with open(os.path.join(self.sandbox.datadir, name), "rb") as f:
+            raw = f.read()
+        whole = unpack(await self.ok(f"/api/mysql-binlog-binary-contents?binlog={self.sandbox.datadir}/{name}"))
+        self.assertEqual(whole, raw[:len(whole)])
+        self.assertGreaterEqual(len(whole), end)
+
+        events = self.events(name)
+        header_end = events[0][2]  # the Format_desc event's end, from the server
+        insert = next(i for i, event in enumerate(events) if "INSERT INTO b.t" in event[3])
+        start, stop = events[insert - 1][0], events[insert][2]  # its Gtid event .. the INSERT itself
+        part = unpack(await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&start={start}&stop={stop}"))
+        self.assertEqual(part, raw[:header_end] + raw[start:stop])
+
+    @inline
+    async def test_relay_logs_from_an_index_with_absolute_entries(self):
+        names = [self.new_binlog("CREATE DATABASE IF NOT EXISTS r")[0] for _ in range(2)]
+        relay_directory = os.path.join(self.directory, "relay")
+        os.makedirs(relay_directory, exist_ok=True)
+        relays = []
+        for number, name in enumerate(names, 1):
+            relays.append(os.path.join(relay_directory, f"relay-bin.00000{number}"))
+            shutil.copy(os.path.join(self.sandbox.datadir, name), relays[-1])
+        index = os.path.join(self.sandbox.datadir, "test-relay-bin.index")
+        with open(index, "w") as f:
+            f.write("".join(path + "\n" for path in relays))
+        self.addCleanup(os.unlink, index)
+
+        self.assertEqual(await self.ok("/api/mysql-relay-log-index-file"), index)
+        self.assertEqual(await self.ok("/api/mysql-relay-log-files"), relays)
+        self.assertEqual(await self.ok("/api/mysql-relay-log-end-coordinates"),
+                         {"LogFile": relays[1], "LogPos": os.path.getsize(relays[1]), "Type": 1})
+
+        contents = [open(path, "rb").read() for path in relays]
+        headers = [self.events(name)[0][2] for name in names]
+        start = headers[0] + 10
+        tail = unpack(await self.ok(f"/api/mysql-relaylog-contents-tail/relay-bin.000001/{start}"))
+        self.assertEqual(tail, contents[0][:headers[0]] + contents[0][start:] + contents[1][headers[1]:])
+
+    @inline
+    async def test_apply_relaylog_contents_replays_events(self):
+        name, end = self.new_binlog("CREATE DATABASE applied; CREATE TABLE applied.t (i INT PRIMARY KEY);"
+                                    "INSERT INTO applied.t VALUES (1), (2);")
+        self.sandbox.sql("DROP DATABASE applied")
+        encoded = await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")
+        before = set(os.listdir(tempfile.gettempdir()))
+        self.assertEqual(await self.ok("/api/apply-relaylog-contents", "POST", encoded.encode()), "OK")
+        self.assertEqual(self.sandbox.sql("SELECT i FROM applied.t ORDER BY i"), "1\n2\n")
+        self.assertEqual(set(os.listdir(tempfile.gettempdir())) - before, set())
+        self.sandbox.sql("DROP DATABASE applied")
+
+    @inline
+    async def test_post_copy_passes_the_source_host_as_environment(self):
+        self.assertIs(await self.ok("/api/post-copy/?sourceHost=db-2.example.com"), True)
+        self.assertEqual(os.listdir(self.markers), ["post-copy-db-2.example.com"])
+
+    @inline
+    async def test_injection(self):
+        """Every parameter, every hostile value: a 4xx with the error envelope, nothing run, no marker."""
+        name = self.sandbox.sql("SHOW MASTER STATUS").split()[0]
+        marker = os.path.join(self.markers, "M")
+        hostile = [f";touch {marker}", f"|touch {marker}", f"$(touch {marker})", f"`touch {marker}`",
+                   f"x\ntouch {marker}", "../../../../etc/passwd", "x\0y", "a" * 10240, "-1", "1.5", " 7"]
+        paths = []
+        for value in hostile:
+            q = quote(value, safe="")
+            paths += [f"/api/post-copy/?sourceHost={q}",
+                      f"/api/mysql-binlog-contents?binlog={q}",
+                      f"/api/mysql-binlog-binary-contents?binlog={q}",
+                      f"/api/mysql-binlog-contents?binlog={name}&start={q}",
+                      f"/api/mysql-binlog-binary-contents?binlog={name}&stop={q}",
+                      f"/api/mysql-relaylog-contents-tail/{q}/4",
+                      f"/api/mysql-relaylog-contents-tail/relay-bin.000001/{q}"]
+        paths += ["/api/mysql-binlog-contents", "/api/mysql-binlog-binary-contents?start=4",
+                  "/api/mysql-relaylog-contents-tail/relay-bin.000001"]
+        for path in paths:
+            code, body = await self.call(path)
+            self.assertTrue(400 <= code < 500, (path[:80], code, body))
+            self.assertEqual(body["Code"], "ERROR")
+            self.assertTrue(body["Message"])
+        for value in hostile[:5]:
+            code, body = await self.call("/api/apply-relaylog-contents", "POST", value.encode())
+            self.assertEqual(code, 400, body)
+        self.assertEqual(self.runner.commands, [])
+        self.assertEqual(os.listdir(self.markers), [])

@@ -1,0 +1,420 @@
+"""An orchestrator-shaped client: the calls stock orchestrator makes to agents, made the same way.
+
+Integration tests and the demo drive real agents with it exactly as orchestrator 3.x does
+(contract B.1 and B.2)::
+
+    orchestrator = Orchestrator()
+    target = HostAgent.of(running_agent)              # a host_agent row: hostname, port, token
+    agent = orchestrator.get_agent(target)            # the 9 GETs of B.1.2, in order
+    orchestrator.command(target, "mountlv?lv=/snapshots/s1")   # a B.1.3 command
+    run = orchestrator.seed(target, source, seed_id=1, poll_seconds=0.5)   # B.2.2 and B.2.3
+
+URLs are built as orchestrator builds them: ``<base>/api/<command>?token=T``, or ``&token=T``
+when the command already has a ``?``, nothing URL-escaped; the request carries Go's headers
+(``Accept-Encoding: gzip``, which Go then decodes transparently).
+
+Answers orchestrator decodes are decoded with the rules of Go's ``encoding/json`` into the
+fields of orchestrator's ``Agent`` (integers must be integer literals, booleans bare booleans,
+lists lists, objects with the Go field names).  Where orchestrator would log the error and go
+on with a zero value, this client raises :class:`ContractViolation`, and it is stricter than Go
+where our contract is ("Our rules" 2): lists are never ``null``, objects carry exactly the Go
+field names, and every poll answer has status 200.  Command answers orchestrator ignores are
+recorded, never judged.
+
+Blocking (``http.client``): the agents are other processes, so no reactor is needed here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import time
+from typing import Any, Callable
+
+import attrs
+
+GO_USER_AGENT = "Go-http-client/1.1"
+AGENT_HTTP_TIMEOUT_SECONDS = 60  # orchestrator's AgentHttpTimeoutSeconds (dial and header timeout)
+STALE_ROUNDS_LIMIT = 10  # the copy fails when more rounds than this saw no progress (hard-coded)
+BAILING_OUT = "10 iterations have passed without progress. Bailing out."
+
+
+class ContractViolation(AssertionError):
+    """An answer that orchestrator could not decode, or that breaks our stricter rules."""
+
+
+# --- Go types and encoding/json decoding ------------------------------------------------------
+
+STRING, BOOL, INT64, FLOAT64 = "string", "bool", "int64", "float64"
+
+
+@attrs.frozen
+class GoSlice:
+    element: Any
+
+    def __str__(self) -> str:
+        return f"[]{self.element}"
+
+
+@attrs.frozen
+class GoStruct:
+    name: str
+    fields: tuple[tuple[str, Any], ...]
+
+    def __str__(self) -> str:
+        return f"agent.{self.name}"
+
+
+LOGICAL_VOLUME = GoStruct("LogicalVolume", (
+    ("Name", STRING), ("GroupName", STRING), ("Path", STRING), ("IsSnapshot", BOOL),
+    ("SnapshotPercent", FLOAT64)))
+MOUNT = GoStruct("Mount", (
+    ("Path", STRING), ("Device", STRING), ("LVPath", STRING), ("FileSystem", STRING),
+    ("IsMounted", BOOL), ("DiskUsage", INT64), ("MySQLDataPath", STRING), ("MySQLDiskUsage", INT64)))
+
+#: B.1.2: the status poll, in orchestrator's order: (path, Agent field, Go type).
+STATUS_POLL = (
+    ("available-snapshots-local", "AvailableLocalSnapshots", GoSlice(STRING)),
+    ("available-snapshots", "AvailableSnapshots", GoSlice(STRING)),
+    ("lvs-snapshots", "LogicalVolumes", GoSlice(LOGICAL_VOLUME)),
+    ("mount", "MountPoint", MOUNT),
+    ("mysql-status", "MySQLRunning", BOOL),
+    ("mysql-port", "MySQLPort", INT64),
+    ("mysql-du", "MySQLDiskUsage", INT64),
+    ("mysql-datadir-available-space", "MySQLDatadirDiskFree", INT64),
+    ("mysql-error-log-tail", "MySQLErrorLogTail", GoSlice(STRING)),
+)
+
+
+class _FloatLiteral(str):
+    """A JSON number written with a fraction or an exponent: Go's int64 refuses it."""
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON (Go's encoding/json refuses it)")
+
+
+def go_decode(body: bytes, go_type: Any, what: str = "the answer") -> Any:
+    """``body`` decoded into ``go_type`` as ``json.Unmarshal`` would, or ContractViolation."""
+    try:
+        value = json.loads(body.decode("utf-8"), parse_float=_FloatLiteral, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ContractViolation(f"{what}: not valid JSON ({e}): {body[:200]!r}") from None
+    return _convert(value, go_type, what)
+
+
+def _json_kind(value: Any) -> str:
+    if value is True or value is False:
+        return "bool"
+    if isinstance(value, _FloatLiteral):
+        return f"number {value}"
+    if isinstance(value, int):
+        return f"number {value}"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _convert(value: Any, go_type: Any, where: str) -> Any:
+    def refuse() -> ContractViolation:
+        return ContractViolation(f"{where}: json: cannot unmarshal {_json_kind(value)} into Go value "
+                                 f"of type {go_type}")
+
+    if value is None:
+        # Go leaves the zero value; our agent must never send null (lists least of all).
+        raise ContractViolation(f"{where}: null where orchestrator expects {go_type}")
+    if go_type == STRING:
+        if type(value) is not str:
+            raise refuse()
+        return value
+    if go_type == BOOL:
+        if value is not True and value is not False:
+            raise refuse()
+        return value
+    if go_type == INT64:
+        if type(value) is not int or not -2 ** 63 <= value < 2 ** 63:
+            raise refuse()
+        return value
+    if go_type == FLOAT64:
+        if isinstance(value, _FloatLiteral) or type(value) is int:
+            return float(value)
+        raise refuse()
+    if isinstance(go_type, GoSlice):
+        if type(value) is not list:
+            raise refuse()
+        return [_convert(item, go_type.element, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(go_type, GoStruct):
+        if type(value) is not dict:
+            raise refuse()
+        names = [name for name, _ in go_type.fields]
+        if sorted(value) != sorted(names):
+            raise ContractViolation(f"{where}: {go_type.name} keys {sorted(value)}, expected exactly the Go "
+                                    f"field names {sorted(names)}")
+        return {name: _convert(value[name], field_type, f"{where}.{name}") for name, field_type in go_type.fields}
+    raise TypeError(f"unknown Go type {go_type!r}")
+
+
+# --- agents and calls ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HostAgent:
+    """What orchestrator's ``host_agent`` row holds about an agent (B.0.2)."""
+
+    hostname: str
+    port: int
+    token: str
+    scheme: str = "http"
+
+    @classmethod
+    def of(cls, running) -> "HostAgent":
+        """From a :class:`tests.support.agent.RunningAgent` (its address is its hostname)."""
+        return cls(running.address, running.port, running.token, running.scheme)
+
+
+def command_url(agent: HostAgent, command: str) -> str:
+    """The URL orchestrator's ``executeAgentCommand`` requests: nothing is escaped."""
+    separator = "&" if "?" in command else "?"
+    return f"{agent.scheme}://{agent.hostname}:{agent.port}/api/{command}{separator}token={agent.token}"
+
+
+@attrs.frozen
+class Call:
+    """One request as orchestrator made it, and what came back."""
+
+    host: str
+    command: str  # the part after /api/, without the token
+    status: int | None  # None: a transport error (Go's err)
+    body: bytes
+    gzipped: bool
+    error: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@attrs.define
+class Agent:
+    """orchestrator's ``Agent`` struct (go/agent/agent.go); field names as in Go."""
+
+    Hostname: str
+    Port: int
+    Token: str
+    AvailableLocalSnapshots: list[str] = attrs.Factory(list)
+    AvailableSnapshots: list[str] = attrs.Factory(list)
+    LogicalVolumes: list[dict] = attrs.Factory(list)
+    MountPoint: dict = attrs.Factory(dict)
+    MySQLRunning: bool = False
+    MySQLPort: int = 0
+    MySQLDiskUsage: int = 0
+    MySQLDatadirDiskFree: int = 0
+    MySQLErrorLogTail: list[str] = attrs.Factory(list)
+
+
+@attrs.define
+class SeedState:
+    """A row of ``agent_seed_state``."""
+
+    action: str
+    error: str = ""
+
+
+@attrs.define
+class SeedRun:
+    """What ``executeSeed`` did: orchestrator's state rows, every agent call, the copy progress."""
+
+    seed_id: int
+    target: str
+    source: str
+    states: list[SeedState] = attrs.Factory(list)
+    calls: list[Call] = attrs.Factory(list)
+    copied: list[int] = attrs.Factory(list)  # the target's mysql-du at each round of the copy loop
+    source_bytes: int = 0  # N: the mounted snapshot's MySQLDiskUsage
+    error: str = ""  # what executeSeed returned; "" means success (is_successful=1)
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.error
+
+    def commands(self, host: str | None = None) -> list[str]:
+        """The commands sent (to ``host`` only, if given), in order."""
+        return [call.command for call in self.calls if host is None or call.host == host]
+
+
+class _Failed(Exception):
+    """executeSeed returns an error: the seed ends failed."""
+
+
+class Orchestrator:
+    """Makes orchestrator's agent calls; every call is also appended to :attr:`calls`."""
+
+    def __init__(self, timeout: float = AGENT_HTTP_TIMEOUT_SECONDS):
+        self.timeout = timeout
+        self.calls: list[Call] = []
+
+    # --- B.1.1: one request -------------------------------------------------------------------
+
+    def request(self, agent: HostAgent, command: str, record: list[Call] | None = None) -> Call:
+        """GET ``command`` as executeAgentCommand does; a transport error becomes ``Call.error``."""
+        url = command_url(agent, command)
+        connection_class = http.client.HTTPSConnection if agent.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(agent.hostname, agent.port, timeout=self.timeout)
+        try:
+            # Go sends exactly these headers; http.client would add Accept-Encoding: identity.
+            connection.putrequest("GET", url[url.index("/api/"):], skip_accept_encoding=True)
+            connection.putheader("User-Agent", GO_USER_AGENT)
+            connection.putheader("Accept-Encoding", "gzip")
+            connection.endheaders()
+            response = connection.getresponse()
+            body = response.read()
+            gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
+            if gzipped:
+                body = gzip.decompress(body)
+            call = Call(agent.hostname, command, response.status, body, gzipped)
+        except (OSError, http.client.HTTPException) as e:
+            call = Call(agent.hostname, command, None, b"", False, f"Get {url.split('?')[0]}: {e}")
+        finally:
+            connection.close()
+        self.calls.append(call)
+        if record is not None:
+            record.append(call)
+        return call
+
+    def command(self, agent: HostAgent, command: str, record: list[Call] | None = None) -> Call:
+        """A B.1.3 command; its answer is recorded and, as by orchestrator, not judged."""
+        return self.request(agent, command, record)
+
+    def decoded(self, agent: HostAgent, command: str, go_type: Any, record: list[Call] | None = None) -> Any:
+        """A call whose answer orchestrator decodes: status 200 and a value of ``go_type``, or ContractViolation."""
+        call = self.request(agent, command, record)
+        what = f"{agent.hostname} {command}"
+        if call.status is None:
+            raise ContractViolation(f"{what}: no answer: {call.error}")
+        if call.status != 200:
+            raise ContractViolation(f"{what}: status {call.status}: {call.body[:300]!r}")
+        return go_decode(call.body, go_type, what)
+
+    # --- B.1.2: the status poll ---------------------------------------------------------------
+
+    def get_agent(self, agent: HostAgent, record: list[Call] | None = None) -> Agent:
+        """``GetAgent``: the 9 GETs, in order, each decoded into its Agent field."""
+        result = Agent(agent.hostname, agent.port, agent.token)
+        for command, field, go_type in STATUS_POLL:
+            setattr(result, field, self.decoded(agent, command, go_type, record))
+        return result
+
+    # --- B.2.4: the orchestrator API's agent-abort-seed ---------------------------------------
+
+    def abort_seed(self, seed_id: int, target: HostAgent, source: HostAgent) -> None:
+        """``AbortSeed``: abort-seed on the target, then the source; results ignored."""
+        self.command(target, f"abort-seed/{seed_id}")
+        self.command(source, f"abort-seed/{seed_id}")
+
+    # --- B.2.2 and B.2.3: executeSeed ---------------------------------------------------------
+
+    def seed(self, target: HostAgent, source: HostAgent, seed_id: int, *, wait_before_send: float = 2,
+             poll_seconds: float = 30, on_state: Callable[[SeedRun, SeedState], None] | None = None) -> SeedRun:
+        """Run ``executeSeed(seed_id, target, source)``; the run says what happened.
+
+        ``wait_before_send`` is SeedWaitSecondsBeforeSend; ``poll_seconds`` the copy loop's sleep
+        (30 s in orchestrator; tests use less).  ``on_state(run, state)`` sees each state row as
+        it is written (the demo prints them; tests act at a given step).
+        """
+        run = SeedRun(seed_id, target.hostname, source.hostname)
+        try:
+            self._execute_seed(run, target, source, wait_before_send, poll_seconds, on_state)
+        except _Failed as e:
+            run.error = str(e)
+        return run
+
+    def _execute_seed(self, run: SeedRun, target: HostAgent, source: HostAgent, wait_before_send: float,
+                      poll_seconds: float, on_state) -> None:
+        T, S, seed_id = target.hostname, source.hostname, run.seed_id
+        current: list[SeedState] = []  # the row executeSeed's seedStateId points at
+
+        def state(action: str, tracked: bool = True) -> None:
+            row = SeedState(action)
+            run.states.append(row)
+            if tracked:
+                current[:] = [row]
+            if on_state is not None:
+                on_state(run, row)
+
+        def fail(message: str) -> _Failed:
+            current[0].error = message  # updateSeedStateEntry(seedStateId, err)
+            return _Failed(message)
+
+        def command(agent: HostAgent, path: str) -> Call:
+            return self.command(agent, path, run.calls)
+
+        def must(call: Call) -> None:
+            if call.status is None:  # only transport errors are errors to orchestrator
+                raise fail(call.error)
+
+        state(f"getting target agent info for {T}")
+        target_agent = self.get_agent(target, run.calls)
+        state(f"getting source agent info for {S}")
+        source_agent = self.get_agent(source, run.calls)
+        state(f"Checking MySQL status on target {T}")
+        if target_agent.MySQLRunning:
+            raise fail("MySQL is running on target host. Cowardly refusing to proceeed. Please stop the MySQL service")
+        state(f"Looking up available snapshots on source {S}")
+        if not source_agent.LogicalVolumes:
+            raise fail("No logical volumes found on source host")
+        state(f"Checking mount point on source {S}")
+        if source_agent.MountPoint["IsMounted"]:
+            raise fail("Volume already mounted on source host; please unmount")
+        volume = source_agent.LogicalVolumes[0]
+        state(f"{S} Mounting logical volume: {volume['Path']}")
+        must(command(source, f"mountlv?lv={volume['Path']}"))
+        source_agent = self.get_agent(source, run.calls)
+        run.source_bytes = needed = source_agent.MountPoint["MySQLDiskUsage"]
+        state(f"MySQL data volume on source host {S} is {needed} bytes", tracked=False)
+
+        state(f"Erasing MySQL data on {T}")
+        must(command(target, "delete-mysql-datadir"))
+        state(f"Aquiring target host datadir free space on {T}")
+        target_agent = self.get_agent(target, run.calls)
+        if needed > target_agent.MySQLDatadirDiskFree:
+            command(source, "umount")
+            raise fail(f"Not enough disk space on target host {T}. Required: {needed}, available: "
+                       f"{target_agent.MySQLDatadirDiskFree}. Bailing out.")
+
+        state(f"{T} will now receive data in background", tracked=False)
+        command(target, f"receive-mysql-seed-data/{seed_id}")
+        state(f"Waiting {wait_before_send:g} seconds for {T} to start listening for incoming data", tracked=False)
+        time.sleep(wait_before_send)
+        state(f"{S} will now send data to {T} in background")
+        command(source, f"send-mysql-seed-data/{T}/{seed_id}")
+
+        complete, stale, copied = False, 0, 0
+        while not complete:
+            du = self.get_agent(target, run.calls).MySQLDiskUsage
+            if du == copied:
+                stale += 1
+            copied = du
+            run.copied.append(copied)
+            failed = False
+            if self.decoded(target, f"seed-command-completed/{seed_id}", BOOL, run.calls):
+                complete = True
+                if not self.decoded(target, f"seed-command-succeeded/{seed_id}", BOOL, run.calls):
+                    failed = True
+            if stale > STALE_ROUNDS_LIMIT:
+                failed = True
+            if failed:
+                command(source, f"abort-seed/{seed_id}")
+                command(target, f"abort-seed/{seed_id}")
+                command(source, "umount")
+                raise fail(BAILING_OUT)
+            percent = 100 * copied // needed if needed > 0 else 0
+            state(f"Copied {copied}/{needed} bytes ({percent}%)")
+            if not complete:
+                time.sleep(poll_seconds)
+
+        state(f"Executing post-copy command on {T}")
+        must(command(target, f"post-copy/?sourceHost={S}"))
+        state(f"{S} Unmounting logical volume: {volume['Path']}")
+        must(command(source, "umount"))
+        state(f"Starting MySQL on target: {T}")
+        must(command(target, "mysql-start"))
+        state(f"Submitting MySQL instance for discovery: {T}", tracked=False)
+        state("Done", tracked=False)

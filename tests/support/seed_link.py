@@ -1,0 +1,92 @@
+"""A slow network link between two agents, so a seed can be caught (and hurt) in flight.
+
+On loopback a seed of a hundred MB is over in a fraction of a second.  The source agent sends
+to ``<targetHost>:<its SeedTransferPort>``; point that at a :class:`SlowLink` listening on the
+target's address, which forwards to the target's real seed port at ``rate`` bytes per second::
+
+    link = SlowLink("127.0.0.2", upstream_port=target_seed_port, rate=16 * 2**20)
+    # source agent: SeedTransferPort = link.port; target agent: SeedTransferPort = target_seed_port
+    link.freeze()      # a stalled sender, as the receiver sees it: nothing moves, nothing closes
+    link.close()
+
+When either side closes or dies, the other side's connection is closed too, as a real TCP
+path would do.  Threads, not a reactor: the tests using it are synchronous.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+CHUNK = 64 * 1024
+
+
+class SlowLink:
+    def __init__(self, address: str, upstream_port: int, rate: float | None = None):
+        self.address = address
+        self.upstream_port = upstream_port
+        self.rate = rate  # bytes per second towards the upstream (the receiver); None: no limit
+        self._frozen = threading.Event()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((address, 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name="slowlink-accept").start()
+
+    def freeze(self) -> None:
+        """Stop moving bytes in both directions, keeping every connection open."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                _close(s)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((self.address, self.upstream_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                _close(downstream)
+                continue
+            with self._lock:
+                self._sockets += [downstream, upstream]
+            threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, False), daemon=True).start()
+
+    def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool) -> None:
+        try:
+            while True:
+                while self._frozen.is_set() and not self._closed.is_set():
+                    time.sleep(0.05)
+                data = reader.recv(CHUNK)
+                if not data:
+                    writer.shutdown(socket.SHUT_WR)
+                    return
+                writer.sendall(data)
+                if throttled and self.rate:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            _close(reader)  # reset or closed: end the whole path, as a real one would
+            _close(writer)
+
+
+def _close(s: socket.socket) -> None:
+    """Shut down first: that also wakes a thread blocked in ``recv`` on it."""
+    for end in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
+        try:
+            end()
+        except OSError:
+            pass
