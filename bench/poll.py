@@ -182,6 +182,7 @@ def machine(directory: str) -> dict:
         "memory": f"{memory_kib / (1 << 20):.1f} GiB",
         "filesystem": f"{df[1]} on {df[0]} ({directory})",
         "kernel": platform.release(),
+        "load": open("/proc/loadavg").read().split()[0],
         "python": f"{platform.python_version()} ({sys.executable}), Twisted {twisted.__version__}",
     }
 
@@ -192,6 +193,13 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent on anything but idling since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -314,6 +322,7 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
         thread.start()
     agent_cpu_before = cpu_seconds(agent.process.pid)
     client_cpu_before = sum(os.times()[:2])
+    machine_before = machine_busy_seconds()
     deadline[0] = time.perf_counter() + seconds
     started = time.perf_counter()
     start.wait()
@@ -322,6 +331,7 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
     elapsed = time.perf_counter() - started
     agent_cpu_after = cpu_seconds(agent.process.pid)
     client_cpu = sum(os.times()[:2]) - client_cpu_before
+    machine_busy = machine_busy_seconds() - machine_before
     latencies = sorted(latency for mine in polls for latency in mine)
     routes_merged: dict[str, list[float]] = {}
     for by_route in per_route:
@@ -337,6 +347,8 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
         "agent_cpu": (agent_cpu_after[0] - agent_cpu_before[0]) / elapsed,
         "children_cpu": (agent_cpu_after[1] - agent_cpu_before[1]) / elapsed,
         "client_cpu": client_cpu / elapsed,
+        # whatever else ran on the machine meanwhile (other users' work competes for the cores)
+        "other_cpu": max(0.0, machine_busy - client_cpu - sum(agent_cpu_after) + sum(agent_cpu_before)) / elapsed,
     }
 
 
@@ -376,7 +388,8 @@ def report(facts: dict) -> list[str]:
         "",
         f"Measured {m['date']} by `{facts['command']}` ({facts['total_seconds']:.0f} s in all).",
         "",
-        f"* Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}; "
+        f"* Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, load average "
+        f"{m['load']} at the start; "
         f"data on {m['filesystem']}; Python {m['python']}.",
         f"* Datadir: {facts['files']:,} files in {SCHEMAS:,} schema directories of {2 * TABLES_PER_SCHEMA} small "
         f"files (600 B-24 KiB) plus {len(LARGE_FILES)} large ones, {facts['datadir_bytes'] / 1e9:.2f} GB; "
@@ -391,7 +404,8 @@ def report(facts: dict) -> list[str]:
         "* Client: one thread per poller, `http.client` keep-alive, Go's headers (`Accept-Encoding: gzip`), "
         "`?token=`, the 9 GETs of contract B.1.2 in order; each load level runs "
         f"{facts['seconds']:.0f} s. \"Null poll\" = 9 x `/api/hostname` under the same load (the web layer alone). "
-        "CPU columns are cores in use (1.00 = one core), children = the commands the agent ran.",
+        "CPU columns are cores in use (1.00 = one core), children = the commands the agent ran, others = "
+        "everything else on the machine meanwhile (it is shared: other work competes for the same cores).",
         "",
         "Baselines in the same run:",
         "",
@@ -416,10 +430,11 @@ def report(facts: dict) -> list[str]:
             ms(percentile(null["latencies"], 0.5)), ms(percentile(null["latencies"], 0.99)),
             f"{percentile(poll['latencies'], 0.5) / percentile(null['latencies'], 0.5):.1f}x",
             f"{poll['agent_cpu']:.2f} / {poll['children_cpu']:.2f}", f"{poll['client_cpu']:.2f}",
+            f"{poll['other_cpu']:.2f}",
             str(len(poll["errors"]) + len(null["errors"])),
         ])
     lines += table(["pollers", "polls/s", "p50 ms", "p99 ms", "max ms", "polls > 1 s", "null polls/s",
-                    "null p50 ms", "null p99 ms", "p50 poll/null", "agent / children CPU", "client CPU",
+                    "null p50 ms", "null p99 ms", "p50 poll/null", "agent / children CPU", "client CPU", "others' CPU",
                     "errors"], rows)
     lines += ["", "Per route, p50 / p99 in ms (slowest p99 at 50 pollers first):", ""]
     busiest = facts["poll_runs"][-1]["routes"]
@@ -572,6 +587,7 @@ def main() -> None:
                       f"p50 {ms(percentile(result['latencies'], 0.5))} ms, "
                       f"p99 {ms(percentile(result['latencies'], 0.99))} ms, agent CPU {result['agent_cpu']:.2f}, "
                       f"children {result['children_cpu']:.2f}, client {result['client_cpu']:.2f}, "
+                      f"others {result['other_cpu']:.2f}, "
                       f"errors {len(result['errors'])} {result['errors'][:3]}", flush=True)
                 time.sleep(0.5)
             memory.append((f"after the {pollers}-poller runs", memory_kib(pid)))
@@ -579,7 +595,10 @@ def main() -> None:
         if agent.process.poll() is not None:
             raise SystemExit("the agent died during the benchmark:\n" + agent.log()[-3000:])
         log_size = os.path.getsize(os.path.join(agent_dir, "agent.log"))
-        facts["notes"].append(f"The agent's log grew to {log_size:,} bytes during the run (its default log level).")
+        leaks = agent.log().count(agent.token)
+        facts["notes"].append(f"The agent's log grew to {log_size:,} bytes during the run (its default log level)"
+                              + (f"; it holds the token {leaks:,} times (Site's access log quotes each URL with "
+                                 "its `?token=`)." if leaks else "."))
     finally:
         exit_status = agent.stop()
     if exit_status != 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from orchagent.seed import protocol
 from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from tests.support.pki import CertificateAuthority
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 from tests.support.storage import inline
 
@@ -22,8 +23,8 @@ SECRET = b"correct horse battery staple"
 class SeedTransferTests(TestCase):
     timeout = 60
 
-    async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10) -> int:
-        self.server = SeedReceiverServer(reactor, secret=secret, stall_timeout=stall_timeout)
+    async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10, tls=None) -> int:
+        self.server = SeedReceiverServer(reactor, secret=secret, stall_timeout=stall_timeout, tls=tls)
         port = await self.server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         self.addCleanup(self.server.stopListening)
         return port.getHost().port
@@ -37,10 +38,23 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_tree_arrives_identical(self):
+        await self._transfer_and_compare()
+
+    @inline
+    async def test_tree_arrives_identical_over_tls(self):
+        ca = CertificateAuthority(self.mktemp())
+        issued = ca.issue("receiver")
+        with open(issued.cert) as cert, open(issued.key) as key:
+            server_tls = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+        with open(ca.cert) as root:
+            client_tls = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(root.read()))
+        await self._transfer_and_compare(server_tls, client_tls)
+
+    async def _transfer_and_compare(self, server_tls=None, client_tls=None):
         source, target = self._dirs()
-        port = await self._listen()
+        port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
         await sending.when_done()
         await receiving.when_done()
         self.assertEqual(describe_tree(target), describe_tree(source))

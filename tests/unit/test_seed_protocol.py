@@ -134,7 +134,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.expected.calls[sparse + 1][:2], ("data", 8 * 1024 * 1024))  # the hole is not sent
         self.assertEqual(self.expected.calls[sparse + 2], ("file_end",))
 
-    @settings(max_examples=30, deadline=None)
+    @settings(max_examples=15, deadline=None)
     @given(st.lists(st.integers(min_value=1, max_value=70000), min_size=1, max_size=40))
     def test_decoding_does_not_depend_on_chunking(self, sizes):
         recorder = Recorder()
