@@ -34,7 +34,6 @@ import platform
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ SCHEMAS = 1000
 TABLES_PER_SCHEMA = 50  # a .frm and an .ibd each: 100 files per schema directory
 LARGE_FILES = {"ibdata1": 96 << 20, "ib_logfile0": 48 << 20, "aria_log.00000001": 8 << 20, "ib_buffer_pool": 1 << 20}
 LOG_BLOCK_BYTES = 1 << 20
+TAIL_LINES = 20
 
 
 # --- the data ------------------------------------------------------------------------------
@@ -381,6 +381,23 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def p50_p99(sorted_values: list[float]) -> str:
+    return f"{ms(percentile(sorted_values, 0.5))} / {ms(percentile(sorted_values, 0.99))}"
+
+
+def load_row(label: str, run: dict) -> list[str]:
+    latencies = run["latencies"]
+    polls_per_second = run["polls"] / run["elapsed"]
+    return [
+        label, str(run["pollers"]), f"{polls_per_second:.1f}", ms(percentile(latencies, 0.5)),
+        ms(percentile(latencies, 0.99)), ms(latencies[-1] if latencies else float("nan")),
+        str(sum(1 for latency in latencies if latency > 1.0)),
+        f"{(run['agent_cpu'] + run['children_cpu']) / polls_per_second * 1000:.1f}",
+        f"{run['agent_cpu']:.2f} / {run['children_cpu']:.2f}", f"{run['client_cpu']:.2f}",
+        f"{run['other_cpu']:.2f}", str(len(run["errors"])),
+    ]
+
+
 def report(facts: dict) -> list[str]:
     m = facts["machine"]
     lines = [
@@ -420,46 +437,36 @@ def report(facts: dict) -> list[str]:
         "",
     ]
     rows = []
-    for poll, null in zip(facts["poll_runs"], facts["null_runs"]):
-        rows.append([
-            str(poll["pollers"]), f"{poll['polls'] / poll['elapsed']:.1f}",
-            ms(percentile(poll["latencies"], 0.5)), ms(percentile(poll["latencies"], 0.99)),
-            ms(poll["latencies"][-1] if poll["latencies"] else float("nan")),
-            str(sum(1 for x in poll["latencies"] if x > 1.0)),
-            f"{null['polls'] / null['elapsed']:.1f}",
-            ms(percentile(null["latencies"], 0.5)), ms(percentile(null["latencies"], 0.99)),
-            f"{percentile(poll['latencies'], 0.5) / percentile(null['latencies'], 0.5):.1f}x",
-            f"{poll['agent_cpu']:.2f} / {poll['children_cpu']:.2f}", f"{poll['client_cpu']:.2f}",
-            f"{poll['other_cpu']:.2f}",
-            str(len(poll["errors"]) + len(null["errors"])),
-        ])
-    lines += table(["pollers", "polls/s", "p50 ms", "p99 ms", "max ms", "polls > 1 s", "null polls/s",
-                    "null p50 ms", "null p99 ms", "p50 poll/null", "agent / children CPU", "client CPU", "others' CPU",
-                    "errors"], rows)
-    lines += ["", "Per route, p50 / p99 in ms (slowest p99 at 50 pollers first):", ""]
+    for label, kind in (("9 status GETs, `MySQL*Command`s", "poll_runs"),
+                        ("9 status GETs, `MySQLConfigFile`", "optionfile_runs"), ("null poll", "null_runs")):
+        rows += [load_row(label, run) for run in facts[kind]]
+    lines += table(["poll", "pollers", "polls/s", "p50 ms", "p99 ms", "max ms", "polls > 1 s",
+                    "CPU ms per poll (agent + children)", "agent / children cores", "client cores",
+                    "others' cores", "errors"], rows)
+    ratios = ", ".join(f"{percentile(poll['latencies'], 0.5) / percentile(null['latencies'], 0.5):.1f}x at "
+                       f"{poll['pollers']}" for poll, null in zip(facts["poll_runs"], facts["null_runs"]))
+    lines += ["", f"p50 of the poll over p50 of the null poll (what the host facts add): {ratios}."]
+    lines += ["", f"Per route (`MySQL*Command`s), p50 / p99 in ms, slowest p99 at {facts['poll_runs'][-1]['pollers']} "
+              "pollers first:", ""]
     busiest = facts["poll_runs"][-1]["routes"]
     order = sorted(POLL_ROUTES, key=lambda path: -percentile(busiest.get(path, []), 0.99))
-    rows = [[f"`{path.removeprefix('/api/')}`"]
-            + [f"{ms(percentile(run['routes'].get(path, []), 0.5))} / {ms(percentile(run['routes'].get(path, []), 0.99))}"
-               for run in facts["poll_runs"]]
+    rows = [[f"`{path.removeprefix('/api/')}`"] + [p50_p99(run["routes"].get(path, [])) for run in facts["poll_runs"]]
             for path in order]
-    null_route = [f"{ms(percentile(run['routes']['/api/hostname'], 0.5))} / "
-                  f"{ms(percentile(run['routes']['/api/hostname'], 0.99))}" for run in facts["null_runs"]]
-    rows.append(["`hostname` (null poll)"] + null_route)
+    rows.append(["`hostname` (null poll)"] + [p50_p99(run["routes"]["/api/hostname"]) for run in facts["null_runs"]])
     lines += table(["route"] + [f"{run['pollers']} poller{'s' if run['pollers'] > 1 else ''}"
                                 for run in facts["poll_runs"]], rows)
     tail = facts["tail"]
     lines += [
         "",
-        f"`mysql-error-log-tail` on the {facts['log_bytes'] / (1 << 30):.1f} GiB log ({tail['calls']} sequential calls, "
-        f"{facts['tail_lines']} lines each):",
+        f"`mysql-error-log-tail` on the {facts['log_bytes'] / (1 << 30):.1f} GiB log ({tail['calls']} sequential "
+        f"calls, {TAIL_LINES} lines each):",
         "",
     ]
     lines += table(["", "first call (file evicted from the page cache)", "p50 ms", "p99 ms", "max ms"], [
         ["agent `mysql-error-log-tail`", ms(tail["cold"]), ms(percentile(tail["times"], 0.5)),
          ms(percentile(tail["times"], 0.99)), ms(tail["times"][-1])],
-        ["`tail -n 20` (baseline, incl. fork/exec)", ms(tail["tail_cold"]), ms(percentile(tail["tail_times"], 0.5)),
-         ms(percentile(tail["tail_times"], 0.99)), ms(tail["tail_times"][-1])],
+        [f"`tail -n {TAIL_LINES}` (baseline, incl. fork/exec)", ms(tail["tail_cold"]),
+         ms(percentile(tail["tail_times"], 0.5)), ms(percentile(tail["tail_times"], 0.99)), ms(tail["tail_times"][-1])],
     ])
     memory = facts["memory"]
     lines += [
@@ -492,6 +499,74 @@ def record(lines: list[str], path: str) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------
+
+
+def agent_settings(workdir: str, agent_dir: str, datadir: str, error_log: str, variant: str) -> dict:
+    """The main variant reads the datadir and port from configured commands (as V1 setups do);
+    "optionfile" reads them from a my.cnf instead, so a poll runs one command instead of four."""
+    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
+    os.makedirs(snapshots, exist_ok=True)
+    os.makedirs(mount_point, exist_ok=True)
+    settings = {
+        "MySQLServiceStatusCommand": "true",
+        "MySQLErrorLogFile": error_log,
+        "ErrorLogTailLines": TAIL_LINES,
+        "SnapshotBackend": "btrfs",
+        "BtrfsSnapshotDirectory": snapshots,
+        "SnapshotMountPoint": mount_point,
+    }
+    if variant == "commands":
+        return {**settings, "MySQLDatadirCommand": f"echo {datadir}", "MySQLPortCommand": "echo 3306"}
+    option_file = os.path.join(workdir, "my.cnf")
+    with open(option_file, "w") as f:
+        f.write(f"[mysqld]\ndatadir = {datadir}\nport = 3306\nlog_error = {error_log}\n")
+    return {**settings, "MySQLConfigFile": option_file}
+
+
+def measure_error_log_tail(agent: RunningAgent, error_log: str, calls: int, memory: list) -> dict:
+    """The first tail with the log out of the page cache, then ``calls`` more; ``tail -n`` alongside."""
+    pid = agent.process.pid
+    poller = Poller(agent)
+    try:
+        evict_from_page_cache(error_log)
+        started = time.perf_counter()
+        status, body = poller.get("/api/mysql-error-log-tail")
+        cold = time.perf_counter() - started
+        assert status == 200 and len(json.loads(body)) == TAIL_LINES, body[:300]
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            status, body = poller.get("/api/mysql-error-log-tail")
+            times.append(time.perf_counter() - started)
+            assert status == 200, body[:300]
+    finally:
+        poller.close()
+    memory.append((f"after {calls + 1} error-log tails", memory_kib(pid)))
+    evict_from_page_cache(error_log)
+    tail = ["tail", "-n", str(TAIL_LINES), error_log]
+    return {"calls": calls, "cold": cold, "times": sorted(times), "tail_cold": timed_runs(tail, 1)[0],
+            "tail_times": timed_runs(tail, calls)}
+
+
+def measure_load(agent: RunningAgent, kinds: dict[str, tuple[str, ...]], levels: list[int], seconds: float,
+                 memory: list | None = None) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for pollers in levels:
+        for kind, routes in kinds.items():
+            result = run_load(agent, routes, pollers, seconds)
+            runs[kind].append(result)
+            print(f"{kind:10s} x{pollers:3d}: {result['polls']} polls in {result['elapsed']:.1f} s, "
+                  f"p50 {ms(percentile(result['latencies'], 0.5))} ms, "
+                  f"p99 {ms(percentile(result['latencies'], 0.99))} ms, agent CPU {result['agent_cpu']:.2f}, "
+                  f"children {result['children_cpu']:.2f}, client {result['client_cpu']:.2f}, "
+                  f"others {result['other_cpu']:.2f}, errors {len(result['errors'])} {result['errors'][:3]}",
+                  flush=True)
+            time.sleep(0.5)
+        if memory is not None:
+            memory.append((f"after the {pollers}-poller runs", memory_kib(agent.process.pid)))
+    if agent.process.poll() is not None:
+        raise SystemExit("the agent died during the benchmark:\n" + agent.log()[-3000:])
+    return runs
 
 
 def main() -> None:
@@ -531,79 +606,39 @@ def main() -> None:
     print(f"du -sb: {[ms(t) for t in facts['du_times']]} ms, {facts['datadir_bytes']:,} bytes, "
           f"{facts['files']:,} files", flush=True)
 
-    agent_dir = tempfile.mkdtemp(prefix="orchagent-bench-agent-")
-    snapshots = os.path.join(agent_dir, "snapshots")
-    mount_point = os.path.join(agent_dir, "mnt")
-    os.makedirs(snapshots)
-    os.makedirs(mount_point)
-    tail_lines = 20
-    agent = start_agent({
-        "MySQLDatadirCommand": f"echo {datadir}",
-        "MySQLServiceStatusCommand": "true",
-        "MySQLPortCommand": "echo 3306",
-        "MySQLErrorLogFile": error_log,
-        "ErrorLogTailLines": tail_lines,
-        "SnapshotBackend": "btrfs",
-        "BtrfsSnapshotDirectory": snapshots,
-        "SnapshotMountPoint": mount_point,
-    }, address="127.0.0.1", directory=agent_dir)
-    pid = agent.process.pid
-    try:
-        memory = [("after start", memory_kib(pid))]
-        facts["first_calls"] = check_poll_routes(agent, facts["datadir_bytes"], tail_lines)
-        facts["tail_lines"] = tail_lines
-        print("all 9 routes answer as orchestrator decodes; first calls (ms): "
-              + ", ".join(f"{p.removeprefix('/api/')} {ms(t)}" for p, t in facts["first_calls"].items()), flush=True)
-        memory.append(("after checking the 9 routes", memory_kib(pid)))
-
-        # the error-log tail, before the load so its memory shows on its own
-        poller = Poller(agent)
-        evict_from_page_cache(error_log)
-        started = time.perf_counter()
-        status, body = poller.get("/api/mysql-error-log-tail")
-        cold = time.perf_counter() - started
-        assert status == 200 and len(json.loads(body)) == tail_lines, body[:300]
-        times = []
-        for _ in range(args.tail_calls):
-            started = time.perf_counter()
-            status, body = poller.get("/api/mysql-error-log-tail")
-            times.append(time.perf_counter() - started)
-            assert status == 200, body[:300]
-        poller.close()
-        memory.append((f"after {args.tail_calls + 1} error-log tails", memory_kib(pid)))
-        evict_from_page_cache(error_log)
-        tail_cold = timed_runs(["tail", "-n", "20", error_log], 1)[0]
-        facts["tail"] = {"calls": args.tail_calls, "cold": cold, "times": sorted(times), "tail_cold": tail_cold,
-                         "tail_times": timed_runs(["tail", "-n", "20", error_log], args.tail_calls)}
-        print(f"error-log tail: cold {ms(cold)} ms, p50 {ms(percentile(sorted(times), 0.5))} ms; "
-              f"tail -n 20: p50 {ms(percentile(facts['tail']['tail_times'], 0.5))} ms", flush=True)
-
-        facts["poll_runs"], facts["null_runs"] = [], []
-        for pollers in levels:
-            for kind, routes in (("null", NULL_ROUTES), ("poll", POLL_ROUTES)):
-                result = run_load(agent, routes, pollers, args.seconds)
-                facts[f"{kind}_runs"].append(result)
-                print(f"{kind:4s} x{pollers:3d}: {result['polls']} polls in {result['elapsed']:.1f} s, "
-                      f"p50 {ms(percentile(result['latencies'], 0.5))} ms, "
-                      f"p99 {ms(percentile(result['latencies'], 0.99))} ms, agent CPU {result['agent_cpu']:.2f}, "
-                      f"children {result['children_cpu']:.2f}, client {result['client_cpu']:.2f}, "
-                      f"others {result['other_cpu']:.2f}, "
-                      f"errors {len(result['errors'])} {result['errors'][:3]}", flush=True)
-                time.sleep(0.5)
-            memory.append((f"after the {pollers}-poller runs", memory_kib(pid)))
-        facts["memory"] = memory
-        if agent.process.poll() is not None:
-            raise SystemExit("the agent died during the benchmark:\n" + agent.log()[-3000:])
-        log_size = os.path.getsize(os.path.join(agent_dir, "agent.log"))
-        leaks = agent.log().count(agent.token)
-        facts["notes"].append(f"The agent's log grew to {log_size:,} bytes during the run (its default log level)"
-                              + (f"; it holds the token {leaks:,} times (Site's access log quotes each URL with "
-                                 "its `?token=`)." if leaks else "."))
-    finally:
-        exit_status = agent.stop()
-    if exit_status != 0:
-        facts["notes"].append(f"The agent exited with status {exit_status} on SIGTERM.")
-    shutil.rmtree(agent_dir, ignore_errors=True)
+    for variant in ("commands", "optionfile"):
+        agent_dir = tempfile.mkdtemp(prefix="orchagent-bench-agent-")
+        agent = start_agent(agent_settings(args.workdir, agent_dir, datadir, error_log, variant),
+                            address="127.0.0.1", directory=agent_dir)
+        try:
+            memory = [("after start", memory_kib(agent.process.pid))]
+            first_calls = check_poll_routes(agent, facts["datadir_bytes"], TAIL_LINES)
+            print(f"{variant}: all 9 routes answer as orchestrator decodes; first calls (ms): "
+                  + ", ".join(f"{p.removeprefix('/api/')} {ms(t)}" for p, t in first_calls.items()), flush=True)
+            if variant == "commands":
+                facts["first_calls"] = first_calls
+                memory.append(("after checking the 9 routes", memory_kib(agent.process.pid)))
+                # before the load, so the tail's own effect on memory shows
+                facts["tail"] = measure_error_log_tail(agent, error_log, args.tail_calls, memory)
+                tail = facts["tail"]
+                print(f"error-log tail: cold {ms(tail['cold'])} ms, p50 {ms(percentile(tail['times'], 0.5))} ms; "
+                      f"tail -n {TAIL_LINES}: p50 {ms(percentile(tail['tail_times'], 0.5))} ms", flush=True)
+                runs = measure_load(agent, {"null": NULL_ROUTES, "poll": POLL_ROUTES}, levels, args.seconds, memory)
+                facts["null_runs"], facts["poll_runs"], facts["memory"] = runs["null"], runs["poll"], memory
+                log_size = os.path.getsize(os.path.join(agent_dir, "agent.log"))
+                leaks = agent.log().count(agent.token)
+                facts["notes"].append(
+                    f"The agent's log grew to {log_size:,} bytes during the run (its default log level)"
+                    + (f"; it holds the token {leaks:,} times (Site's access log quotes each URL with its "
+                       "`?token=`)." if leaks else "."))
+            else:
+                facts["optionfile_runs"] = measure_load(agent, {"optionfile": POLL_ROUTES}, levels,
+                                                        args.seconds)["optionfile"]
+        finally:
+            exit_status = agent.stop()
+        if exit_status != 0:
+            facts["notes"].append(f"The agent ({variant}) exited with status {exit_status} on SIGTERM.")
+        shutil.rmtree(agent_dir, ignore_errors=True)
 
     facts["total_seconds"] = time.monotonic() - began
     lines = report(facts)

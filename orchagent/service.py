@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-from functools import partial
 
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -20,6 +18,7 @@ from orchagent.process import ProcessRunner
 from orchagent.registrar import Registrar
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedStore
+from orchagent.threads import thread_runner
 from orchagent.token import Token
 from orchagent.web.coreapi import CoreAPI
 from orchagent.web.resource import ApiResource, Guard
@@ -49,12 +48,12 @@ def make_service(config: Config, reactor) -> MultiService:
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands)
     mysql = MySQL(config, runner, reactor)
-    storage = make_storage(config, runner, reactor, mysql)
+    in_thread = thread_runner(reactor)
+    storage = make_storage(config, runner, reactor, mysql, defer_to_thread=in_thread)
     mysql_api = make_mysql_api(config, runner, mysql)
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
-                        store=SeedStore(config.state_directory), defer_to_thread=partial(
-                            deferToThreadPool, reactor, reactor.getThreadPool()))
+                        store=SeedStore(config.state_directory), defer_to_thread=in_thread)
     routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
     site = Site(ApiResource(routes, _guard(config, token), reactor))
 

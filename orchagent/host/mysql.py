@@ -12,13 +12,13 @@ import re
 import socket
 from typing import Callable, Sequence
 
-from twisted.internet import threads
 
 from orchagent import logs
 from orchagent.config import Config
 from orchagent.errors import AgentError
 from orchagent.host import errorlog
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
+from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
 
@@ -40,7 +40,7 @@ class MySQL:
     ):
         self._config = config
         self._runner = runner
-        self._reactor = reactor
+        self._in_thread = thread_runner(reactor)
         self._hostname = hostname
         self._option_files = (config.mysql_config_file,) if config.mysql_config_file else tuple(default_option_files)
         self._option_files_must_exist = bool(config.mysql_config_file)
@@ -48,7 +48,7 @@ class MySQL:
 
     def in_thread(self, function, *args):
         """Run blocking file work off the reactor thread; a Deferred of its result."""
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return self._in_thread(function, *args)
 
     async def server_options(self) -> dict[str, str | None]:
         """The server's options from its option files (normalised names, last value wins)."""

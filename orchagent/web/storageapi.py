@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 
-from twisted.internet import threads
-
 from orchagent.errors import AgentError, InvalidInput
 from orchagent.host.datadir import DatadirEraser
 from orchagent.host.disk import DiskUsage, resolve_inside
 from orchagent.host.mounts import MOUNTINFO
 from orchagent.host.snapshots import Snapshots, make_backend
+from orchagent.threads import thread_runner
 
 MAX_IDENTIFIER_LENGTH = 1024
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.+@:/-]+")
@@ -117,11 +116,7 @@ def make_storage(config, runner, reactor, mysql, *, mountinfo_path: str = MOUNTI
 
     ``defer_to_thread(function, *args)`` runs blocking file work; by default in the reactor's pool.
     """
-
-    def in_reactor_pool(function, *args):
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
-
-    defer_to_thread = defer_to_thread or in_reactor_pool
+    defer_to_thread = defer_to_thread or thread_runner(reactor)
 
     disk = DiskUsage(runner, reactor)
     backend = make_backend(config, runner, reactor, defer_to_thread)

@@ -114,7 +114,8 @@ class ProcessRunnerTests(TestCase):
     async def test_terminate_stops_reading_pipes_held_by_a_process_that_left_the_group(self):
         pid_file = self.path("pid")
         command = self.runner.start(
-            ["bash", "-c", 'setsid sleep 1000 & echo $! > "$1"; exec sleep 1000', "t", pid_file],
+            ["bash", "-c", """setsid bash -c 'echo $$ > "$1"; exec sleep 1000' t "$1" &
+                              exec sleep 1000""", "t", pid_file],
             check=False)
         [escaped] = await pids_from(pid_file, 1)
         self.addCleanup(os.kill, escaped, signal.SIGKILL)

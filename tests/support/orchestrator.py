@@ -17,9 +17,11 @@ Answers orchestrator decodes are decoded with the rules of Go's ``encoding/json`
 fields of orchestrator's ``Agent`` (integers must be integer literals, booleans bare booleans,
 lists lists, objects with the Go field names).  Where orchestrator would log the error and go
 on with a zero value, this client raises :class:`ContractViolation`, and it is stricter than Go
-where our contract is ("Our rules" 2): lists are never ``null``, objects carry exactly the Go
-field names, and every poll answer has status 200.  Command answers orchestrator ignores are
-recorded, never judged.
+where our contract is ("Our rules" 2): nothing is ``null`` (lists least of all) and objects carry
+exactly the Go field names.  An agent may refuse a status question with an honest error status
+and the V1 error envelope (B.5 item 6): the field then keeps Go's zero value, as in orchestrator,
+and the message is kept in ``Agent.errors``.  Command answers orchestrator ignores are recorded,
+never judged.
 
 Blocking (``http.client``): the agents are other processes, so no reactor is needed here.
 """
@@ -102,6 +104,25 @@ def go_decode(body: bytes, go_type: Any, what: str = "the answer") -> Any:
     except (UnicodeDecodeError, ValueError) as e:
         raise ContractViolation(f"{what}: not valid JSON ({e}): {body[:200]!r}") from None
     return _convert(value, go_type, what)
+
+
+def zero_value(go_type: Any) -> Any:
+    """What a Go variable of ``go_type`` holds when nothing was decoded into it."""
+    if isinstance(go_type, GoStruct):
+        return {name: zero_value(field_type) for name, field_type in go_type.fields}
+    return {STRING: "", BOOL: False, INT64: 0, FLOAT64: 0.0}.get(go_type, [])
+
+
+def error_message(body: bytes, what: str) -> str:
+    """The Message of the V1 error envelope ``{"Code":"ERROR","Message":...,"Details":null}``."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None
+    if (type(envelope) is not dict or sorted(envelope) != ["Code", "Details", "Message"]
+            or envelope["Code"] != "ERROR" or type(envelope["Message"]) is not str or envelope["Details"] is not None):
+        raise ContractViolation(f"{what}: an error answer without the V1 error envelope: {body[:300]!r}")
+    return envelope["Message"]
 
 
 def _json_kind(value: Any) -> str:
@@ -208,6 +229,7 @@ class Agent:
     MySQLDiskUsage: int = 0
     MySQLDatadirDiskFree: int = 0
     MySQLErrorLogTail: list[str] = attrs.Factory(list)
+    errors: dict[str, str] = attrs.Factory(dict)  # not in Go: field -> the agent's error message
 
 
 @attrs.define
@@ -283,15 +305,20 @@ class Orchestrator:
         """A B.1.3 command; its answer is recorded and, as by orchestrator, not judged."""
         return self.request(agent, command, record)
 
-    def decoded(self, agent: HostAgent, command: str, go_type: Any, record: list[Call] | None = None) -> Any:
-        """A call whose answer orchestrator decodes: status 200 and a value of ``go_type``, or ContractViolation."""
+    def decoded(self, agent: HostAgent, command: str, go_type: Any,
+                record: list[Call] | None = None) -> tuple[Any, str]:
+        """An answer orchestrator decodes: ``(value, "")``, or ``(zero value, message)`` for an error answer.
+
+        Anything else (no answer, a 200 that does not decode into ``go_type``, an error answer
+        without the V1 envelope) is a ContractViolation.
+        """
         call = self.request(agent, command, record)
         what = f"{agent.hostname} {command}"
         if call.status is None:
             raise ContractViolation(f"{what}: no answer: {call.error}")
         if call.status != 200:
-            raise ContractViolation(f"{what}: status {call.status}: {call.body[:300]!r}")
-        return go_decode(call.body, go_type, what)
+            return zero_value(go_type), error_message(call.body, f"{what} (status {call.status})")
+        return go_decode(call.body, go_type, what), ""
 
     # --- B.1.2: the status poll ---------------------------------------------------------------
 
@@ -299,7 +326,10 @@ class Orchestrator:
         """``GetAgent``: the 9 GETs, in order, each decoded into its Agent field."""
         result = Agent(agent.hostname, agent.port, agent.token)
         for command, field, go_type in STATUS_POLL:
-            setattr(result, field, self.decoded(agent, command, go_type, record))
+            value, error = self.decoded(agent, command, go_type, record)
+            setattr(result, field, value)
+            if error:
+                result.errors[field] = error
         return result
 
     # --- B.2.4: the orchestrator API's agent-abort-seed ---------------------------------------
@@ -394,9 +424,9 @@ class Orchestrator:
             copied = du
             run.copied.append(copied)
             failed = False
-            if self.decoded(target, f"seed-command-completed/{seed_id}", BOOL, run.calls):
+            if self.decoded(target, f"seed-command-completed/{seed_id}", BOOL, run.calls)[0]:
                 complete = True
-                if not self.decoded(target, f"seed-command-succeeded/{seed_id}", BOOL, run.calls):
+                if not self.decoded(target, f"seed-command-succeeded/{seed_id}", BOOL, run.calls)[0]:
                     failed = True
             if stale > STALE_ROUNDS_LIMIT:
                 failed = True

@@ -1,0 +1,179 @@
+"""A whole seed as stock orchestrator runs it, between two real agents and real MariaDB servers.
+
+The source (127.0.0.1) holds a running MariaDB whose directory is a btrfs subvolume, with
+InnoDB, Aria and MyISAM tables; its agent takes a snapshot (``create-snapshot``) while it runs.
+The target (127.0.0.2) has an installed, stopped MariaDB.  The test client plays orchestrator's
+``executeSeed`` call for call (contract B.2.2, B.2.3) with orchestrator's decoding rules
+(B.1.4); afterwards MariaDB runs on the target and every user table has the source's checksum.
+Once with the built-in transfer, once with socat/tar commands as V1 users configure them.
+
+Shared per class: the btrfs file system and the running source server (about 5 s to build).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.agent import free_port, start_agent
+from tests.support.btrfs import BtrfsFileSystem
+from tests.support.orchestrator import STATUS_POLL, HostAgent, Orchestrator
+from tests.support.seeding import (
+    SeedSource, SeedTarget, load_sample_data, table_checksums, transfer_settings)
+
+SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
+POLL = [command for command, _, _ in STATUS_POLL]
+
+RECEIVE_SCRIPT = """#!/bin/bash
+# ReceiveSeedDataCommand as V1 users write it: <datadir> <port>
+set -o pipefail
+socat -u TCP-LISTEN:"$2",bind=127.0.0.2,reuseaddr - | tar -x -C "$1"
+"""
+SEND_SCRIPT = """#!/bin/bash
+# SendSeedDataCommand as V1 users write it: <source directory> <target host> <port>
+set -o pipefail
+tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
+"""
+
+
+class SeedEndToEndTests(SynchronousTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-e2e-")
+        cls.fs = BtrfsFileSystem(cls.directory, size_mb=300).create()
+        try:
+            cls.source = SeedSource(cls.fs, os.path.join(cls.directory, "snapshot-mount"))
+            cls.source.sandbox.start()
+            load_sample_data(cls.source.sandbox)
+            cls.source_checksums = table_checksums(cls.source.sandbox)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        source = getattr(cls, "source", None)
+        if source is not None and source.sandbox.is_running():
+            source.sandbox.stop()
+        cls.fs.destroy()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def setUp(self):
+        self.orchestrator = Orchestrator()
+        self.workdir = tempfile.mkdtemp(prefix="orchagent-seed-e2e-test-")
+        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
+        self.target = SeedTarget(os.path.join(self.workdir, "target"), install=True)
+        self.addCleanup(self._stop_target_server)
+
+    def _stop_target_server(self):
+        if self.target.sandbox.is_running():
+            self.target.sandbox.stop()
+
+    def start_agents(self, source_settings: dict, target_settings: dict) -> tuple[HostAgent, HostAgent]:
+        agents = []
+        for settings, address in ((source_settings, SOURCE_ADDRESS), (target_settings, TARGET_ADDRESS)):
+            agent = start_agent(settings, address=address, directory=tempfile.mkdtemp(dir=self.workdir))
+            self.addCleanup(agent.stop)
+            agents.append(HostAgent.of(agent))
+        return agents[0], agents[1]
+
+    def take_snapshot(self, source: HostAgent) -> str:
+        """``create-snapshot`` on the source while MariaDB runs; removed again at cleanup."""
+        self.assertTrue(self.source.sandbox.is_running())
+        self.assertEqual(self.orchestrator.command(source, "create-snapshot").status, 200)
+        volumes = self.orchestrator.get_agent(source).LogicalVolumes
+        self.assertEqual(len(volumes), 1, volumes)
+        path = volumes[0]["Path"]
+        self.addCleanup(self.orchestrator.command, source, f"removelv?lv={path}")
+        return path
+
+    def seed_and_check(self, source: HostAgent, target: HostAgent, seed_id: int, wait_before_send: float):
+        snapshot = self.take_snapshot(source)
+        before = self.orchestrator.get_agent(target)
+        self.assertFalse(before.MySQLRunning)
+
+        run = self.orchestrator.seed(target, source, seed_id, wait_before_send=wait_before_send, poll_seconds=0.5)
+
+        self.assertEqual(run.error, "", [(s.action, s.error) for s in run.states])
+        self.assertEqual(run.states[-1].action, "Done")
+        rounds = len(run.copied)
+        self.assertEqual(run.commands(source.hostname), [
+            *POLL, f"mountlv?lv={snapshot}", *POLL, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}", "umount"])
+        loop = [[*POLL, f"seed-command-completed/{seed_id}"] for _ in range(rounds)]
+        loop[-1].append(f"seed-command-succeeded/{seed_id}")
+        self.assertEqual(run.commands(target.hostname), [
+            *POLL, "delete-mysql-datadir", *POLL, f"receive-mysql-seed-data/{seed_id}",
+            *sum(loop, []), f"post-copy/?sourceHost={SOURCE_ADDRESS}", "mysql-start"])
+        for call in run.calls:
+            if call.command != "mysql-error-log-tail":  # 404 while the target never ran: allowed (B.5 #6)
+                self.assertEqual(call.status, 200, call)
+            self.assertTrue(call.gzipped, call)  # Go asks for gzip; the agent obliges
+
+        # orchestrator's progress: the target's mysql-du, growing up to the snapshot's size
+        self.assertGreater(run.source_bytes, 20 * 1024 * 1024)
+        self.assertEqual(run.copied, sorted(run.copied))
+        self.assertWithinOnePercent(run.copied[-1], run.source_bytes)
+        self.assertTrue(rounds == 1 or run.copied[0] < run.copied[-1], run.copied)
+
+        # the target has the source's data, and MariaDB runs on it (started through mysql-start)
+        self.assertTrue(self.target.sandbox.is_running())
+        self.assertEqual(table_checksums(self.target.sandbox), self.source_checksums)
+        self.assertEqual(len(self.source_checksums), 4)
+        after = self.orchestrator.get_agent(target)
+        self.assertTrue(after.MySQLRunning)
+        self.assertEqual(after.errors, {})
+        self.assertFalse(self.orchestrator.get_agent(source).MountPoint["IsMounted"])
+        self.assertTrue(self.source.sandbox.is_running())
+        return run
+
+    def assertWithinOnePercent(self, value: int, expected: int):
+        """Byte counts of the same files: du also counts directories, whose sizes differ by file system."""
+        self.assertLess(abs(value - expected), expected / 100, (value, expected))
+
+    def seed_status(self, agent: HostAgent, seed_id: int) -> dict:
+        call = self.orchestrator.command(agent, f"seed-status/{seed_id}")
+        self.assertEqual(call.status, 200, call)
+        return call.json()
+
+    def test_builtin_transfer(self):
+        port = free_port(TARGET_ADDRESS)
+        transfer = transfer_settings(port, "e2e shared secret")
+        source, target = self.start_agents({**self.source.settings(), **transfer},
+                                           {**self.target.settings(), **transfer})
+        run = self.seed_and_check(source, target, 11, wait_before_send=0.5)
+
+        status = self.seed_status(target, 11)
+        self.assertEqual({k: status[k] for k in ("Role", "Mode", "State", "Completed", "Succeeded", "Error")},
+                         {"Role": "receive", "Mode": "built-in", "State": "succeeded", "Completed": True,
+                          "Succeeded": True, "Error": ""})
+        for key in ("BytesDone", "BytesTotal", "FilesDone", "FilesTotal", "BytesPerSecond"):
+            self.assertIs(type(status[key]), int, key)
+        self.assertEqual(status["BytesDone"], status["BytesTotal"])
+        self.assertEqual(status["FilesDone"], status["FilesTotal"])
+        self.assertGreater(status["FilesDone"], 50)
+        self.assertWithinOnePercent(status["BytesDone"], run.source_bytes)
+        sent = self.seed_status(source, 11)
+        self.assertEqual((sent["Role"], sent["State"], sent["Peer"], sent["BytesDone"]),
+                         ("send", "succeeded", TARGET_ADDRESS, status["BytesDone"]))
+        self.assertFalse([name for name in os.listdir(self.target.sandbox.datadir) if name.startswith(".orchagent")])
+
+    def test_command_mode_with_socat_and_tar(self):
+        scripts = tempfile.mkdtemp(dir=self.workdir)
+        commands = {}
+        for key, text in (("ReceiveSeedDataCommand", RECEIVE_SCRIPT), ("SendSeedDataCommand", SEND_SCRIPT)):
+            path = os.path.join(scripts, key)
+            with open(path, "w") as f:
+                f.write(text)
+            os.chmod(path, stat.S_IRWXU)
+            commands[key] = path
+        settings = {**commands, "SeedTransferPort": free_port(TARGET_ADDRESS)}
+        source, target = self.start_agents({**self.source.settings(), **settings},
+                                           {**self.target.settings(), **settings})
+        self.seed_and_check(source, target, 12, wait_before_send=1)
+
+        status = self.seed_status(target, 12)
+        self.assertEqual((status["Mode"], status["State"], status["Succeeded"]), ("command", "succeeded", True))

@@ -1,0 +1,326 @@
+"""Seeds that fail, between real agents, each driven (and cleaned up) as orchestrator does it.
+
+Every case must end with the target answering ``seed-command-completed`` true and
+``seed-command-succeeded`` false (so orchestrator's loop stops and never flips the seed back
+to success, "Our rules" 7), with no partial datadir presented as whole (nothing in the target
+datadir, not even the hidden staging directory), nothing left writing, no seed listener left
+open, and the source untouched (its snapshot, its tables, its mount point).
+
+To catch a seed in flight, the source sends through a :class:`SlowLink` (16 MB/s) to the
+target's seed port, and the source datadir carries 96 MB of incompressible ballast; the tests
+act as soon as the target's ``seed-status`` shows bytes arriving.  Shared per class: the btrfs
+source with its snapshot, the source agent, the link and one target agent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.agent import free_port, start_agent
+from tests.support.btrfs import BtrfsFileSystem, btrfs_filesystem
+from tests.support.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
+from tests.support.seed_link import SlowLink
+from tests.support.seeding import (
+    SeedSource, SeedTarget, load_sample_data, table_checksums, transfer_settings, tree_listing, write_ballast)
+
+SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
+SECRET = "failure tests' shared secret"
+MB = 1024 * 1024
+BALLAST_BYTES = 96 * MB
+LINK_RATE = 16 * MB
+TARGET_STALL_SECONDS = 3
+
+
+def wait_for(condition, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class BackgroundSeed:
+    """``Orchestrator.seed`` in a thread, so the test can hurt the seed while orchestrator polls."""
+
+    def __init__(self, orchestrator: Orchestrator, target: HostAgent, source: HostAgent, seed_id: int, **options):
+        self._result: list = []
+        options = {"wait_before_send": 0.3, "poll_seconds": 0.5, **options}
+
+        def run():
+            try:
+                self._result.append(orchestrator.seed(target, source, seed_id, **options))
+            except BaseException as e:  # a ContractViolation: re-raised in join()
+                self._result.append(e)
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"seed-{seed_id}")
+        self._thread.start()
+
+    def join(self, timeout: float = 60) -> SeedRun:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"orchestrator's seed loop did not end within {timeout} s")
+        if isinstance(self._result[0], BaseException):
+            raise self._result[0]
+        return self._result[0]
+
+
+class SeedFailureTests(SynchronousTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-failures-")
+        cls.agents = []
+        cls.fs = BtrfsFileSystem(cls.directory, size_mb=400).create()
+        try:
+            cls._build()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def _build(cls):
+        cls.source = SeedSource(cls.fs, os.path.join(cls.directory, "snapshot-mount"))
+        cls.source.sandbox.start()
+        load_sample_data(cls.source.sandbox, rows=1000)
+        write_ballast(os.path.join(cls.source.sandbox.datadir, "ballast.bin"), BALLAST_BYTES)
+        cls.source_checksums = table_checksums(cls.source.sandbox)
+
+        cls.target_seed_port = free_port(TARGET_ADDRESS)
+        cls.link = SlowLink(TARGET_ADDRESS, cls.target_seed_port, rate=LINK_RATE)
+        cls.source_agent = cls.start_source_agent(SECRET)
+        cls.target_dir = os.path.join(cls.directory, "target")
+        cls.target_agent = cls.start_target_agent(SeedTarget(cls.target_dir))
+
+        orchestrator = Orchestrator()
+        assert orchestrator.command(cls.source_agent, "create-snapshot").status == 200
+        volumes = orchestrator.get_agent(cls.source_agent).LogicalVolumes
+        assert len(volumes) == 1, volumes
+        cls.snapshot = volumes[0]["Path"]
+        cls.snapshot_listing = tree_listing(cls.snapshot)
+        cls.seed_ids = iter(range(100, 200))
+
+    @classmethod
+    def start_agent(cls, settings: dict, address: str, directory: str | None = None) -> HostAgent:
+        """Stopped at the end of the class (a test may kill one earlier)."""
+        agent = start_agent(settings, address=address,
+                            directory=directory or tempfile.mkdtemp(dir=cls.directory, prefix="agent-"))
+        cls.agents.append(agent)
+        return HostAgent.of(agent)
+
+    @classmethod
+    def start_source_agent(cls, secret: str) -> HostAgent:
+        """The source sends to the link, which forwards to the target's seed port."""
+        return cls.start_agent({**cls.source.settings(), **transfer_settings(cls.link.port, secret)}, SOURCE_ADDRESS)
+
+    @classmethod
+    def start_target_agent(cls, target: SeedTarget, directory: str | None = None, **extra) -> HostAgent:
+        settings = {**target.settings(), **extra,
+                    **transfer_settings(cls.target_seed_port, SECRET, SeedStallTimeoutSeconds=TARGET_STALL_SECONDS)}
+        return cls.start_agent(settings, TARGET_ADDRESS, directory)
+
+    @classmethod
+    def running_agent(cls, host: HostAgent):
+        return next(agent for agent in cls.agents if agent.port == host.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        for agent in getattr(cls, "agents", []):
+            if agent.process.poll() is None:
+                agent.stop()
+        if hasattr(cls, "link"):
+            cls.link.close()
+        source = getattr(cls, "source", None)
+        if source is not None and source.sandbox.is_running():
+            source.sandbox.stop()
+        cls.fs.destroy()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def setUp(self):
+        self.orchestrator = Orchestrator()
+        self.seed_id = next(self.seed_ids)
+        self.target_datadir = os.path.join(self.target_dir, "server", "data")
+
+    # --- what every failure must leave behind ----------------------------------------------------
+
+    def status(self, agent: HostAgent, seed_id: int | None = None) -> dict | None:
+        call = self.orchestrator.command(agent, f"seed-status/{seed_id or self.seed_id}")
+        return call.json() if call.status == 200 else None
+
+    def wait_until_in_flight(self, target: HostAgent) -> dict:
+        """Until the target has received some data but far from all of it."""
+        status = wait_for(lambda: (s := self.status(target)) and s["BytesDone"] > 0 and s,
+                          what="the first bytes of the seed on the target")
+        self.assertFalse(status["Completed"], status)
+        self.assertLess(status["BytesDone"], BALLAST_BYTES / 2, status)
+        return status
+
+    def assertFailedOnTarget(self, target: HostAgent, datadir: str, state: str, error_contains: str) -> dict:
+        seed_id = self.seed_id
+        completed, _ = self.orchestrator.decoded(target, f"seed-command-completed/{seed_id}", BOOL)
+        succeeded, _ = self.orchestrator.decoded(target, f"seed-command-succeeded/{seed_id}", BOOL)
+        self.assertEqual((completed, succeeded), (True, False))
+        status = self.status(target)
+        self.assertEqual((status["State"], status["Completed"], status["Succeeded"]), (state, True, False), status)
+        self.assertIn(error_contains, status["Error"])
+        self.assertIs(type(status["BytesDone"]), int)
+        # nothing presented as a datadir, not even the staging directory, and nothing still writing
+        self.assertEqual(os.listdir(datadir), [])
+        time.sleep(0.5)
+        self.assertEqual(os.listdir(datadir), [])
+        self.assertFalse(self.orchestrator.get_agent(target).MySQLRunning)
+        with self.assertRaises(ConnectionRefusedError):  # the seed listener is closed again
+            socket.create_connection((TARGET_ADDRESS, self.target_seed_port), timeout=5).close()
+        self.assertEqual(self.orchestrator.command(target, f"post-copy/?sourceHost={SOURCE_ADDRESS}").status, 409)
+        return status
+
+    def assertSourceUntouched(self):
+        agent = self.orchestrator.get_agent(self.source_agent)
+        self.assertEqual([volume["Path"] for volume in agent.LogicalVolumes], [self.snapshot])
+        self.assertFalse(agent.MountPoint["IsMounted"], agent.MountPoint)
+        self.assertTrue(agent.MySQLRunning)
+        self.assertEqual(tree_listing(self.snapshot), self.snapshot_listing)
+        self.assertEqual(table_checksums(self.source.sandbox), self.source_checksums)
+
+    def assertBailedOut(self, run: SeedRun, source: HostAgent):
+        """orchestrator's failure path: abort on the source, then the target, then umount on the source."""
+        self.assertEqual(run.error, BAILING_OUT)
+        self.assertEqual(run.states[-1].error, BAILING_OUT)
+        self.assertEqual([(call.host, call.command) for call in run.calls[-3:]], [
+            (source.hostname, f"abort-seed/{self.seed_id}"), (TARGET_ADDRESS, f"abort-seed/{self.seed_id}"),
+            (source.hostname, "umount")])
+
+    # --- the cases -------------------------------------------------------------------------------
+
+    def test_abort_mid_transfer(self):
+        seeding = BackgroundSeed(self.orchestrator, self.target_agent, self.source_agent, self.seed_id)
+        self.wait_until_in_flight(self.target_agent)
+        self.orchestrator.abort_seed(self.seed_id, self.target_agent, self.source_agent)  # agent-abort-seed
+        run = seeding.join()
+
+        self.assertBailedOut(run, self.source_agent)
+        self.assertFailedOnTarget(self.target_agent, self.target_datadir, "aborted", "aborted")
+        sent = self.status(self.source_agent)  # aborted, or failed first when the target hung up
+        self.assertEqual((sent["Completed"], sent["Succeeded"]), (True, False))
+        self.assertSourceUntouched()
+
+    def test_source_agent_killed_mid_transfer(self):
+        source = self.start_source_agent(SECRET)
+        seeding = BackgroundSeed(self.orchestrator, self.target_agent, source, self.seed_id)
+        self.wait_until_in_flight(self.target_agent)
+        process = self.running_agent(source).process
+        process.kill()
+        process.wait()
+        run = seeding.join()
+
+        self.assertBailedOut(run, source)
+        for call in run.calls[-3:]:
+            if call.host == SOURCE_ADDRESS:
+                self.assertIsNone(call.status)  # the source is gone; orchestrator ignores that
+        self.assertFailedOnTarget(self.target_agent, self.target_datadir, "failed", "")
+        # the dead agent left its snapshot mounted: the next agent on the host unmounts it
+        self.orchestrator.command(self.source_agent, "umount")
+        self.assertSourceUntouched()
+
+    def test_target_file_system_full(self):
+        small = btrfs_filesystem(self, size_mb=256)
+        target_dir = small.directory("target")
+        target = self.start_target_agent(SeedTarget(target_dir))
+        datadir = os.path.join(target_dir, "server", "data")
+        filler = os.path.join(small.mount_point, "filler")
+
+        def fill(leave: int):
+            free = os.statvfs(small.mount_point)
+            write_ballast(filler, free.f_bavail * free.f_frsize - leave)
+
+        # orchestrator's own check first: more data than free space, and it does not even start
+        fill(leave=64 * MB)
+        run = self.orchestrator.seed(target, self.source_agent, self.seed_id, wait_before_send=0, poll_seconds=0.5)
+        self.assertTrue(run.error.startswith(f"Not enough disk space on target host {TARGET_ADDRESS}."), run.error)
+        self.assertEqual(run.calls[-1].command, "umount")
+        self.assertNotIn(f"receive-mysql-seed-data/{self.seed_id}", run.commands())
+        self.assertSourceUntouched()
+
+        # now the space goes while the seed runs (say a log grows): the receiver hits ENOSPC
+        os.unlink(filler)
+        self.seed_id = next(self.seed_ids)
+        self.link.rate = None
+        self.addCleanup(setattr, self.link, "rate", LINK_RATE)
+
+        def fill_once_checked(run, state):
+            if state.action.endswith("will now receive data in background"):
+                fill(leave=32 * MB)
+
+        run = self.orchestrator.seed(target, self.source_agent, self.seed_id, wait_before_send=0.3,
+                                     poll_seconds=0.5, on_state=fill_once_checked)
+        self.assertBailedOut(run, self.source_agent)
+        status = self.assertFailedOnTarget(target, datadir, "failed", "No space left on device")
+        self.assertGreater(status["BytesDone"], 0)
+        free = os.statvfs(small.mount_point)
+        self.assertGreater(free.f_bavail * free.f_frsize, 24 * MB)  # the partial copy is gone
+        self.assertTrue(os.path.exists(filler))  # and nothing outside the datadir was touched
+        self.assertSourceUntouched()
+
+    def test_wrong_secret_on_the_sender(self):
+        source = self.start_source_agent("not the target's secret")
+        run = self.orchestrator.seed(self.target_agent, source, self.seed_id, wait_before_send=0.3, poll_seconds=0.5)
+
+        # the target never receives a byte: orchestrator gives up after 10 rounds without progress
+        self.assertBailedOut(run, source)
+        self.assertEqual(len(set(run.copied)), 1, run.copied)
+        status = self.assertFailedOnTarget(self.target_agent, self.target_datadir, "aborted", "aborted")
+        self.assertEqual(status["BytesDone"], 0)
+        sent = self.status(source)
+        self.assertEqual((sent["State"], sent["Succeeded"]), ("failed", False))
+        self.assertIn("SeedTransferSecret", sent["Error"])
+        self.assertSourceUntouched()
+
+    def test_stalled_sender(self):
+        seeding = BackgroundSeed(self.orchestrator, self.target_agent, self.source_agent, self.seed_id)
+        self.wait_until_in_flight(self.target_agent)
+        self.link.freeze()  # the sender stops sending, and nothing closes
+        self.addCleanup(self.link.thaw)
+        started = time.monotonic()
+        run = seeding.join()
+
+        self.assertGreaterEqual(time.monotonic() - started, TARGET_STALL_SECONDS - 0.5)
+        self.assertBailedOut(run, self.source_agent)
+        self.assertFailedOnTarget(self.target_agent, self.target_datadir, "failed", "stalled")
+        sent = self.status(self.source_agent)
+        self.assertEqual((sent["Completed"], sent["Succeeded"]), (True, False))
+        self.assertSourceUntouched()
+
+    def test_target_agent_killed_mid_seed_and_restarted(self):
+        target_dir = tempfile.mkdtemp(dir=self.directory)
+        agent_dir = tempfile.mkdtemp(dir=self.directory)
+        seed_target = SeedTarget(target_dir)
+        target = self.start_target_agent(seed_target, agent_dir)
+        source = self.source_agent
+        # orchestrator's steps up to the copy loop
+        self.assertEqual(self.orchestrator.command(source, f"mountlv?lv={self.snapshot}").status, 200)
+        self.addCleanup(self.orchestrator.command, source, "umount")
+        self.assertEqual(self.orchestrator.command(target, "delete-mysql-datadir").status, 200)
+        self.assertEqual(self.orchestrator.command(target, f"receive-mysql-seed-data/{self.seed_id}").status, 200)
+        self.assertEqual(self.orchestrator.command(
+            source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{self.seed_id}").status, 200)
+        self.wait_until_in_flight(target)
+        process = self.running_agent(target).process
+        process.kill()
+        process.wait()
+
+        restarted = self.start_target_agent(seed_target, agent_dir, HTTPPort=target.port)
+        datadir = os.path.join(target_dir, "server", "data")
+        wait_for(lambda: os.listdir(datadir) == [], timeout=10, what="the partial copy to be cleared")
+        self.assertFailedOnTarget(restarted, datadir, "failed", "agent stopped")
+        sent = wait_for(lambda: (s := self.status(source)) and s["Completed"] and s, what="the sender to fail")
+        self.assertFalse(sent["Succeeded"])
+        self.orchestrator.command(source, f"abort-seed/{self.seed_id}")
+        self.assertEqual(self.orchestrator.command(source, "umount").status, 200)
+        self.assertSourceUntouched()

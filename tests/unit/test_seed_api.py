@@ -1,0 +1,99 @@
+"""The seed routes validate ``seedId`` and ``targetHost`` before anything happens."""
+
+import json
+import urllib.parse
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.errors import Conflict
+from orchagent.seed.records import SeedRecord
+from orchagent.token import Token
+from orchagent.web.resource import ApiResource, Guard
+from orchagent.web.routes import Route
+from orchagent.web.seedapi import SeedAPI
+
+TOKEN = "0123456789abcdef" * 4
+HOSTILE = ["1;touch /tmp/x", "1|id", "$(touch M)", "`id`", "1\nid", "../1", "1\x00", "-1", "0", "1.5",
+           "x" * 10240, "99999999999999999999", " 1", "db2 -e x"]
+NOT_SEED_IDS = HOSTILE + ["1e3", "0x10", "seven"]
+
+
+class RecordingSeeds:
+    def __init__(self):
+        self.calls = []
+        self.records = {7: SeedRecord(7, "receive", "built-in", "", "/var/lib/mysql", 1000.0,
+                                      state="running", bytes_done=500, bytes_total=1000)}
+
+    async def receive(self, seed_id):
+        self.calls.append(("receive", seed_id))
+
+    async def send(self, host, seed_id):
+        self.calls.append(("send", host, seed_id))
+
+    async def abort(self, seed_id):
+        self.calls.append(("abort", seed_id))
+
+    def record(self, seed_id):
+        return self.records[seed_id]
+
+    def check_post_copy(self):
+        raise Conflict("seed 7 is failed")
+
+
+class SeedApiTests(SynchronousTestCase):
+    def setUp(self):
+        self.seeds = RecordingSeeds()
+
+        async def post_copy(req):
+            self.seeds.calls.append(("post-copy",))
+            return True
+
+        api = SeedAPI(self.seeds, post_copy)
+        routes = [
+            Route("GET", "/api/receive-mysql-seed-data/:seedId", api.receive),
+            Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", api.send),
+            Route("GET", "/api/abort-seed/:seedId", api.abort),
+            Route("GET", "/api/seed-status/:seedId", api.status),
+            Route("GET", "/api/post-copy", api.post_copy),
+        ]
+        self.client = StubTreq(ApiResource(routes, Guard(token=Token(TOKEN)), Clock()))
+
+    def get(self, path):
+        response = self.successResultOf(self.client.get("http://agent" + path, params={"token": TOKEN}))
+        return response.code, json.loads(self.successResultOf(self.client.content(response)))
+
+    def test_valid_calls_reach_the_manager(self):
+        self.assertEqual(self.get("/api/receive-mysql-seed-data/12"), (200, True))
+        self.assertEqual(self.get("/api/send-mysql-seed-data/db-2.example.com/12"), (200, True))
+        self.assertEqual(self.get("/api/send-mysql-seed-data/127.0.0.2/13"), (200, True))
+        self.assertEqual(self.seeds.calls, [("receive", 12), ("send", "db-2.example.com", 12),
+                                            ("send", "127.0.0.2", 13)])
+
+    def test_hostile_values_get_400_and_change_nothing(self):
+        def quoted(value):
+            return urllib.parse.quote(value, safe="")
+
+        paths = [f"/api/{route}/{quoted(value)}" for value in NOT_SEED_IDS
+                 for route in ("receive-mysql-seed-data", "abort-seed", "seed-status", "send-mysql-seed-data/db2")]
+        paths += [f"/api/send-mysql-seed-data/{quoted(value)}/5" for value in HOSTILE]
+        for path in paths:
+            with self.subTest(path=path):
+                code, body = self.get(path)
+                self.assertIn(code, (400, 404), (path, body))
+                self.assertEqual(body["Code"], "ERROR")
+        self.assertEqual(self.seeds.calls, [])
+
+    def test_status_gives_progress_and_eta(self):
+        code, body = self.get("/api/seed-status/7")
+        self.assertEqual(code, 200)
+        self.assertEqual((body["State"], body["Completed"], body["BytesDone"], body["BytesTotal"]),
+                         ("running", False, 500, 1000))
+        self.assertIsInstance(body["BytesPerSecond"], int)
+        self.assertEqual(body["StartedAt"], "1970-01-01T00:16:40+00:00")
+
+    def test_post_copy_refused_after_a_failed_seed(self):
+        code, body = self.get("/api/post-copy/?sourceHost=db1")
+        self.assertEqual((code, body["Message"]), (409, "seed 7 is failed"))
+        self.assertEqual(self.seeds.calls, [])
