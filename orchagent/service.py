@@ -55,7 +55,7 @@ def make_service(config: Config, reactor) -> MultiService:
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread)
     routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
-    site = Site(ApiResource(routes, _guard(config, token), reactor))
+    site = QuietSite(ApiResource(routes, _guard(config, token), reactor))
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)
@@ -74,6 +74,13 @@ def _guard(config: Config, token: Token) -> Guard:
         valid_ous=frozenset(config.ssl_valid_ous) if config.use_mutual_tls else None,
         status_ou_verify=config.status_ou_verify,
     )
+
+
+class QuietSite(Site):
+    """No access log: its lines would carry ``?token=`` (ApiResource logs requests at debug, without query)."""
+
+    def log(self, request) -> None:
+        pass
 
 
 class ApiListener(Service):

@@ -2,26 +2,19 @@
 
 Orchestrator asks for the datadir's usage and free space on every poll, and for the snapshot's
 usage on every ``mount``; the seed loop watches the target's usage grow.  A ``du`` of a big
-datadir takes a while, so one walk serves every request that arrives while it runs and its result
-is reused for :data:`CACHE_SECONDS`.  After that, up to :data:`STALE_SECONDS`, the last value is
-answered at once while a new walk runs for the next caller, so a poll never waits on a walk it
-has waited on before.  Commands that change what is on disk call :meth:`DiskUsage.invalidate`.
+datadir takes a while, so walks go through a :class:`~orchagent.cache.ShortCache`: fresh for
+:data:`CACHE_SECONDS`, answered stale (while a new walk runs) up to :data:`STALE_SECONDS`.
+Commands that change what is on disk call :meth:`DiskUsage.invalidate`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Awaitable, Callable
 
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
-
-from orchagent import logs
+from orchagent.cache import ShortCache
 from orchagent.errors import AgentError, InvalidInput, NotFound
 from orchagent.process import CommandFailed
-
-log = logs.logger(__name__)
 
 CACHE_SECONDS = 5.0
 #: An older value is still answered at once (while a fresh walk starts) up to this age.
@@ -81,25 +74,19 @@ class DiskUsage:
 
     def __init__(self, runner, clock, cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS):
         self._runner = runner
-        self._clock = clock
-        self._cache_seconds = cache_seconds
-        self._stale_seconds = stale_seconds
-        self._values: dict[tuple[str, str], tuple[float, int]] = {}
-        self._waiting: dict[tuple[str, str], list[Deferred]] = {}
-        self._generation = 0
+        self._cache = ShortCache(clock, cache_seconds, stale_seconds)
 
     async def usage(self, path: str) -> int:
         """Apparent size in bytes of everything under ``path`` (``du -sb``, V1)."""
-        return await self._cached(("du", path), lambda: self._du(path))
+        return await self._cache.get(("du", path), lambda: self._du(path))
 
     async def available(self, path: str) -> int:
         """Bytes available to unprivileged users on ``path``'s file system (df's Available, V1)."""
-        return await self._cached(("df", path), lambda: self._df(path))
+        return await self._cache.get(("df", path), lambda: self._df(path))
 
     def invalidate(self) -> None:
         """Forget every value; walks in flight still answer their callers but are not kept."""
-        self._values.clear()
-        self._generation += 1
+        self._cache.invalidate()
 
     async def _du(self, path: str) -> int:
         # du exits 1 when a file vanished during the walk (a running server's temp files) but
@@ -116,38 +103,3 @@ class DiskUsage:
         if available is None:
             raise AgentError(f"df printed no usable row for {path}")
         return available
-
-    async def _cached(self, key: tuple[str, str], compute: Callable[[], Awaitable[int]]) -> int:
-        hit = self._values.get(key)
-        age = self._clock.seconds() - hit[0] if hit is not None else None
-        if hit is not None and age < self._cache_seconds:
-            return hit[1]
-        walk = self._walk(key, compute)
-        if hit is not None and age < self._stale_seconds:
-            walk.addErrback(lambda failure: log.warn("refreshing {command} of {path} failed: {error}",
-                                                     command=key[0], path=key[1], error=failure.value))
-            return hit[1]  # answer now; the refreshed value serves the next caller
-        return await walk
-
-    def _walk(self, key: tuple[str, str], compute: Callable[[], Awaitable[int]]) -> Deferred:
-        """A Deferred of the value from the walk in flight for ``key``, starting one if there is none."""
-        mine: Deferred = Deferred()
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            waiting.append(mine)
-            return mine
-        self._waiting[key] = [mine]
-        walk = Deferred.fromCoroutine(compute())
-        walk.addBoth(self._walked, key, self._generation)
-        return mine
-
-    def _walked(self, outcome, key: tuple[str, str], generation: int) -> None:
-        waiters = self._waiting.pop(key)
-        failed = isinstance(outcome, Failure)
-        if not failed and generation == self._generation:
-            self._values[key] = (self._clock.seconds(), outcome)
-        for waiter in waiters:
-            if failed:
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 
 from orchagent import logs
+from orchagent.cache import ShortCache
 from orchagent.config import Config
 from orchagent.errors import AgentError
 from orchagent.host import errorlog
@@ -25,6 +26,8 @@ log = logs.logger(__name__)
 #: Where Debian's and upstream's packages compile the datadir in when my.cnf does not say.
 COMPILED_DATADIR = "/var/lib/mysql"
 DEFAULT_PORT = 3306
+FACTS_FRESH_SECONDS = 5.0  # datadir and port: re-read after this...
+FACTS_STALE_SECONDS = 60.0  # ...answering the old value meanwhile, up to this age
 
 
 class MySQL:
@@ -41,6 +44,9 @@ class MySQL:
         self._config = config
         self._runner = runner
         self._in_thread = thread_runner(reactor)
+        # Orchestrator asks for these on every poll; each lookup may run a configured command.
+        self._facts = ShortCache(reactor, FACTS_FRESH_SECONDS, FACTS_STALE_SECONDS)
+        self._status = ShortCache(reactor, 0)
         self._hostname = hostname
         self._option_files = (config.mysql_config_file,) if config.mysql_config_file else tuple(default_option_files)
         self._option_files_must_exist = bool(config.mysql_config_file)
@@ -60,6 +66,9 @@ class MySQL:
 
     async def datadir(self) -> str:
         """Absolute, normalised, without a trailing slash."""
+        return await self._facts.get("datadir", self._look_up_datadir)
+
+    async def _look_up_datadir(self) -> str:
         command = self._config.mysql_datadir_command
         if command:
             result = await self._runner.run_configured(command, name="MySQLDatadirCommand")
@@ -74,6 +83,9 @@ class MySQL:
                          f"and no {self._compiled_datadir}; set MySQLDatadirCommand or MySQLConfigFile")
 
     async def port(self) -> int:
+        return await self._facts.get("port", self._look_up_port)
+
+    async def _look_up_port(self) -> int:
         command = self._config.mysql_port_command
         if command:
             result = await self._runner.run_configured(command, name="MySQLPortCommand")
@@ -104,7 +116,13 @@ class MySQL:
         return await self.in_thread(errorlog.tail_lines, path, lines)
 
     async def is_running(self) -> bool:
-        """``MySQLServiceStatusCommand`` exits 0.  Never raises: any failure means "not running"."""
+        """``MySQLServiceStatusCommand`` exits 0.  Never raises: any failure means "not running".
+
+        Never cached (guards need the truth now), but concurrent callers share one check.
+        """
+        return await self._status.get("running", self._check_running)
+
+    async def _check_running(self) -> bool:
         command = self._config.mysql_service_status_command
         if not command:
             log.debug("MySQLServiceStatusCommand is not set; reporting MySQL as not running")
@@ -117,9 +135,11 @@ class MySQL:
         return result.ok
 
     async def start(self) -> None:
+        self._facts.invalidate()
         await self._run_service_command("mysql_service_start_command", "MySQLServiceStartCommand")
 
     async def stop(self) -> None:
+        self._facts.invalidate()
         await self._run_service_command("mysql_service_stop_command", "MySQLServiceStopCommand")
 
     async def post_copy(self, source_host: str | None) -> None:
@@ -128,6 +148,7 @@ class MySQL:
         ``source_host`` must already be validated; it is passed in the environment only, never
         as command text or arguments.
         """
+        self._facts.invalidate()
         command = self._config.post_copy_command
         if not command:
             log.info("PostCopyCommand is not set; nothing to do after the copy")

@@ -39,6 +39,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable
 
 from twisted.internet import interfaces
@@ -57,14 +58,15 @@ from orchagent.errors import Conflict
 from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
-from orchagent.seed.tree import Progress, TreeReader, TreeWriter
+from orchagent.seed.tree import Batch, Progress, TreeReader, TreeWriter
 
 __all__ = ["SeedReceiverServer", "send_tree", "Transfer", "Progress", "TransferFailed", "TransferAborted"]
 
 log = logs.logger(__name__)
 
 PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reactor and the worker thread
-SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport
+SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport (TLS)
+RECEIVE_BYTES = 4 * 1024 * 1024  # one recv_into of the receiver's worker (plain TCP)
 CONNECT_TIMEOUT_SECONDS = 30
 
 
@@ -90,7 +92,8 @@ class Transfer:
         self._connection_open = False
         self._waiters: list[Deferred] = []
         self._connection: _Connection | None = None
-        self._pipe: Pipe | None = None
+        self._pipe: Pipe | None = None  # the data path through the reactor (TLS)
+        self._channel: _SocketChannel | None = None  # the worker's own socket (plain TCP)
 
     @property
     def done(self) -> bool:
@@ -111,6 +114,10 @@ class Transfer:
     def abort(self) -> Deferred:
         """Stop now; the Deferred fires (with None) once nothing of this transfer runs any more."""
         self._conclude(TransferAborted(f"seed {self.seed_id} transfer aborted"))
+        if self._connection_open:
+            # A peer that stopped reading would hold a graceful close (and abort-seed) until the
+            # stall timeout: drop the connection now, unsent data and all.
+            self._connection.transport.abortConnection()
         d = self.when_done()
         d.addErrback(lambda _: None)
         return d
@@ -125,6 +132,8 @@ class Transfer:
 
     def _worker_ended(self, result: Any) -> None:
         self._worker_running = False
+        if self._channel is not None:
+            self._channel.close()
         if isinstance(result, Failure):
             self._conclude(self._as_error(result))
         else:
@@ -142,6 +151,8 @@ class Transfer:
         self.error = error
         if self._pipe is not None and error is not None:
             self._pipe.close()
+        if self._channel is not None and self._worker_running:
+            self._channel.interrupt()
         if self._connection_open:
             self._connection.close(error)
         self._fire_if_idle()
@@ -212,16 +223,27 @@ class _ReceiveTransfer(Transfer):
     def connected(self) -> bool:
         return self._connection is not None
 
-    def attach(self, connection: _ReceiverProtocol) -> None:
+    def attach(self, connection: _ReceiverProtocol, early: bytes) -> None:
+        """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
         self._connected(connection)
         self._begin()
-        self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
-        self._start_worker(self._write, TreeWriter(self.datadir, self.seed_id, self.progress), self._pipe)
+        self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
+                                            f"seed {self.seed_id} stalled: the sender did not send data "
+                                            f"for {self._stall_timeout:g} seconds")
+        if self._channel is None:
+            self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
+            source = self._pipe.get_wait
+        else:
+            connection.transport.pauseProducing()  # the worker reads the socket from now on
+            connection.setTimeout(None)  # and notices a stall itself
+            source = self._channel.receive
+        writer = TreeWriter(self.datadir, self.seed_id, self.progress)
+        self._start_worker(self._write, writer, early, source)
 
     def received(self, data: bytes) -> None:
-        """From the reactor: stream bytes for the writer."""
-        if self._concluded:
-            return
+        """From the reactor (TLS): stream bytes for the writer."""
+        if self._concluded or self._pipe is None:
+            return  # or bytes after the end of the stream (plain TCP): nothing reads them
         if self._pipe.put(data, len(data)):
             self._connection.transport.pauseProducing()
 
@@ -230,15 +252,18 @@ class _ReceiveTransfer(Transfer):
             self._pipe.finish()  # the writer decides: whole tree received, or cut short
         self._disconnected()
 
-    def _write(self, writer: TreeWriter, pipe: Pipe) -> None:
-        """Worker thread: everything that touches the target disk."""
+    def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any]) -> None:
+        """Worker thread: everything that touches the target disk.
+
+        ``source`` gives the next piece of the stream (None at its end): the pipe's items, or
+        views of the channel's reused buffer, which ``feed`` has used up when it returns.
+        """
         try:
             writer.start()
-            while not writer.ended:
-                chunk = pipe.get_wait()
-                if chunk is None:
-                    break
+            chunk = early
+            while chunk is not None and not writer.ended:
                 writer.feed(chunk)
+                chunk = source() if not writer.ended else None
             self._reactor.callFromThread(self._finishing)
             writer.finish()
         except BaseException:
@@ -249,6 +274,8 @@ class _ReceiveTransfer(Transfer):
         if not self.done:
             self.state = "finishing"
             self._connection.setTimeout(None)  # no data is due any more; keepalives go on
+            if self._channel is not None:
+                self._connection.transport.resumeProducing()  # notice the sender leaving
 
     def _worker_succeeded(self) -> None:
         self._conclude(None)
@@ -306,6 +333,78 @@ def _widen_buffers(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
+class _SocketChannel:
+    """The socket of a plain TCP connection, lent to the worker thread for the data stream.
+
+    After the handshake the data goes straight between the disk and the socket in the worker:
+    no copy into Twisted's buffers, no hand-off per chunk, one reused receive buffer.  Only the
+    worker moves stream bytes while it holds the channel (the sender's reactor just reads the
+    receiver's keepalives; the receiver's reactor stops reading and just writes keepalives), so
+    nothing interleaves.  The worker uses a duplicate descriptor: Twisted may close its own at
+    any time without the worker ever touching a closed or reused descriptor number.  The
+    duplicate stays non-blocking (the flag is shared with Twisted's descriptor); the socket
+    module's timeout mode waits with ``poll`` instead, which is also the stall timer.
+    """
+
+    def __init__(self, handle: socket.socket, stall_timeout: float, interrupt: int, stalled: str) -> None:
+        self._socket = handle.dup()
+        self._socket.settimeout(stall_timeout)
+        self._interrupt = interrupt
+        self._stalled = stalled
+        self._buffer: memoryview | None = None
+
+    @classmethod
+    def lend(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> _SocketChannel | None:
+        """A channel over ``transport``'s socket, or None under TLS (the reactor must encrypt).
+
+        ``interrupt`` is how :meth:`interrupt` shuts the socket down: the receiver only stops
+        reading (its reactor still tells the sender why), the sender stops both directions.
+        """
+        if interfaces.ISSLTransport.providedBy(transport):
+            return None
+        handle = transport.getHandle()
+        if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
+            return None
+        return cls(handle, stall_timeout, interrupt, stalled)
+
+    def send(self, parts: list[bytes]) -> None:
+        """Worker: send all of ``parts`` (one ``sendmsg`` each time the socket has room)."""
+        views = [memoryview(part) for part in parts]
+        while views:
+            try:
+                sent = self._socket.sendmsg(views)
+            except TimeoutError:
+                raise TransferFailed(self._stalled) from None
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                else:
+                    views[0], sent = views[0][sent:], 0
+
+    def receive(self) -> memoryview | None:
+        """Worker: the next bytes (a view of a reused buffer, valid until the next call); None at the end."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(RECEIVE_BYTES))
+        try:
+            count = self._socket.recv_into(self._buffer)
+        except TimeoutError:
+            raise TransferFailed(self._stalled) from None
+        except ConnectionResetError:
+            return None
+        return self._buffer[:count] if count else None
+
+    def interrupt(self) -> None:
+        """Reactor: wake the worker out of a wait on the socket (the transfer is over)."""
+        try:
+            self._socket.shutdown(self._interrupt)
+        except OSError:
+            pass  # already disconnected, which wakes it too
+
+    def close(self) -> None:
+        """Reactor, once the worker is gone: give the duplicate descriptor back."""
+        self._socket.close()
+
+
 class _ReceiverProtocol(_Connection):
     def __init__(self, server: SeedReceiverServer) -> None:
         super().__init__(server._reactor, server.stall_timeout)
@@ -336,9 +435,7 @@ class _ReceiverProtocol(_Connection):
             self._refuse(str(e))
             return
         if self._transfer is not None:
-            rest = self._frames.leftover()
-            if rest:
-                self._transfer.received(rest)
+            self._transfer.attach(self, self._frames.leftover())
 
     def _authenticate(self, auth: protocol.Auth) -> None:
         transfer = self._server._armed.get(auth.seed_id)
@@ -354,7 +451,6 @@ class _ReceiverProtocol(_Connection):
                      seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
             self.transport.write(protocol.accept(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce))
             self._transfer = transfer
-            transfer.attach(self)
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
@@ -476,21 +572,37 @@ class _SendTransfer(Transfer):
 
     def authenticated(self, connection: _SenderProtocol) -> None:
         self._begin()
-        self._pipe = Pipe(PIPE_BYTES)
-        connection.transport.registerProducer(connection, True)
-        self._start_worker(self._read, self._pipe)
+        self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
+                                            f"seed {self.seed_id} stalled: the receiver did not take data "
+                                            f"for {self._stall_timeout:g} seconds")
+        if self._channel is None:
+            self._pipe = Pipe(PIPE_BYTES)
+            connection.transport.registerProducer(connection, True)
+            self._start_worker(self._read, self._queue)
+        else:
+            self._start_worker(self._read, self._send)
 
-    def _read(self, pipe: Pipe) -> None:
-        """Worker thread: walk, read and hash the source, a few MB ahead of the socket."""
+    def _read(self, deliver: Callable[[Batch], None]) -> None:
+        """Worker thread: walk, read and hash the source, and deliver it batch by batch."""
         try:
             for batch in TreeReader(self.source_dir).batches():
-                pipe.put_wait(batch, batch.size)
-                self._reactor.callFromThread(self.pump)
+                deliver(batch)
         finally:
-            pipe.finish()
+            if self._pipe is not None:
+                self._pipe.finish()
+
+    def _send(self, batch: Batch) -> None:
+        """Worker thread (plain TCP): straight onto the socket."""
+        self._count(batch)
+        self._channel.send(batch.parts)
+
+    def _queue(self, batch: Batch) -> None:
+        """Worker thread (TLS): a few MB ahead of the reactor, which encrypts and sends."""
+        self._pipe.put_wait(batch, batch.size)
+        self._reactor.callFromThread(self.pump)
 
     def pump(self) -> None:
-        """Reactor: move batches from the pipe to the transport until it asks for a pause."""
+        """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
         connection = self._connection
         while not connection.paused and not self._concluded:
             batch = self._pipe.get()
@@ -498,12 +610,16 @@ class _SendTransfer(Transfer):
                 return
             connection.transport.writeSequence(batch.parts)
             connection.resetTimeout()
-            self.progress.bytes_done += batch.data_bytes
-            self.progress.files_done += batch.files
-            if batch.totals is not None:
-                self.progress.files_total, self.progress.bytes_total = batch.totals
-            if batch.final:
-                self.state = "finishing"
+            self._count(batch)
+
+    def _count(self, batch: Batch) -> None:
+        """Progress of what was handed to the socket (one thread per transfer does this)."""
+        self.progress.bytes_done += batch.data_bytes
+        self.progress.files_done += batch.files
+        if batch.totals is not None:
+            self.progress.files_total, self.progress.bytes_total = batch.totals
+        if batch.final:
+            self.state = "finishing"  # from here on the receiver's DONE is due
 
     def _worker_succeeded(self) -> None:
         pass  # everything is queued; success comes with the receiver's DONE
@@ -583,7 +699,7 @@ class _SenderProtocol(_Connection):
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
 
     def close(self, error: TransferFailed | None) -> None:
-        if self._accepted and not self._closed:
+        if self._transfer._pipe is not None and not self._closed:
             self.transport.unregisterProducer()
         super().close(error)
 

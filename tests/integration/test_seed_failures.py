@@ -224,7 +224,7 @@ class SeedFailureTests(SynchronousTestCase):
         for call in run.calls[-3:]:
             if call.host == SOURCE_ADDRESS:
                 self.assertIsNone(call.status)  # the source is gone; orchestrator ignores that
-        self.assertFailedOnTarget(self.target_agent, self.target_datadir, "failed", "")
+        self.assertFailedOnTarget(self.target_agent, self.target_datadir, "failed", "connection ended")
         # the dead agent left its snapshot mounted: the next agent on the host unmounts it
         self.orchestrator.command(self.source_agent, "umount")
         self.assertSourceUntouched()
@@ -243,13 +243,14 @@ class SeedFailureTests(SynchronousTestCase):
         # orchestrator's own check first: more data than free space, and it does not even start
         fill(leave=64 * MB)
         run = self.orchestrator.seed(target, self.source_agent, self.seed_id, wait_before_send=0, poll_seconds=0.5)
-        self.assertTrue(run.error.startswith(f"Not enough disk space on target host {TARGET_ADDRESS}."), run.error)
+        self.assertTrue(run.error.startswith(f"Not enough disk space on target host {TARGET_ADDRESS}."), [(s.action, s.error) for s in run.states])
         self.assertEqual(run.calls[-1].command, "umount")
         self.assertNotIn(f"receive-mysql-seed-data/{self.seed_id}", run.commands())
         self.assertSourceUntouched()
 
         # now the space goes while the seed runs (say a log grows): the receiver hits ENOSPC
         os.unlink(filler)
+        os.sync()  # btrfs shows freed space only after a commit
         self.seed_id = next(self.seed_ids)
         self.link.rate = None
         self.addCleanup(setattr, self.link, "rate", LINK_RATE)
@@ -263,6 +264,7 @@ class SeedFailureTests(SynchronousTestCase):
         self.assertBailedOut(run, self.source_agent)
         status = self.assertFailedOnTarget(target, datadir, "failed", "No space left on device")
         self.assertGreater(status["BytesDone"], 0)
+        os.sync()
         free = os.statvfs(small.mount_point)
         self.assertGreater(free.f_bavail * free.f_frsize, 24 * MB)  # the partial copy is gone
         self.assertTrue(os.path.exists(filler))  # and nothing outside the datadir was touched

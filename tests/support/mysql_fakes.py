@@ -7,6 +7,7 @@ import os
 
 import attrs
 from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from orchagent.process import CommandFailed, CommandResult
@@ -26,8 +27,8 @@ def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
 HEADER = len(binlog(b""))  # 123, as in MySQL 5.7's logs
 
 
-class InlineThreadsReactor:
-    """Enough of a reactor for ``deferToThreadPool``: the "thread" runs the call at once."""
+class InlineThreadsReactor(Clock):
+    """A fake clock that is also enough of a reactor for ``deferToThreadPool``: the "thread" runs the call at once."""
 
     def getThreadPool(self):
         return self

@@ -102,10 +102,16 @@ def table_checksums(sandbox: MariaDBSandbox) -> dict[str, str]:
 
 
 def write_ballast(path: str, size: int) -> None:
-    """A file of incompressible bytes (a stand-in for a big table), written in 4 MB pieces."""
+    """A file of incompressible bytes (a stand-in for a big table), written in 4 MB pieces.
+
+    Synced, so that the file system's free space (``df``, which btrfs updates lazily) shows it.
+    """
     with open(path, "wb") as f:
         for offset in range(0, size, 4 * 1024 * 1024):
             f.write(os.urandom(min(4 * 1024 * 1024, size - offset)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.sync()
 
 
 def entries_outside_staging(datadir: str) -> list[str]:
