@@ -28,11 +28,11 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from orchagent import logs
 from orchagent.errors import AgentError
+from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
 
@@ -312,8 +312,7 @@ class RunningCommand:
             return False
         except PermissionError:
             return True  # someone else's process holds the id: it is not ours to judge
-        return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
-                                       _live_group_member, self.pid)
+        return await self._runner._in_thread(_live_group_member, self.pid)
 
     def _killed(self, outcome: bool | Failure) -> None:
         self._terminated = True
@@ -355,6 +354,7 @@ class ProcessRunner:
                  max_output: int = 1 << 20, environ: Mapping[str, str] | None = None,
                  kill_grace: float = 5.0):
         self._reactor = reactor
+        self._in_thread = thread_runner(reactor)
         self._default_timeout = default_timeout
         self._exec_with_sudo = exec_with_sudo
         self._max_output = max_output
