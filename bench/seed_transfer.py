@@ -196,10 +196,11 @@ def main() -> None:
             extra = ""
             if method == "orchagent":
                 extra = f" (wall with process start {result['wall']:.2f} s)  " + "  ".join(
-                    f"{side}: rss {result[side]['peak_rss_mb']} MB cpu {result[side]['cpu_seconds']:.2f} s"
-                    for side in ("send", "receive"))
+                    f"{side}: rss {result[side]['peak_rss_mb']} MB cpu {result[side]['cpu_seconds']:.2f} s "
+                    f"({result[side]['transfer_cpu_seconds']:.2f} s transfer)" for side in ("send", "receive"))
+            load = " ".join(open("/proc/loadavg").read().split()[:3])
             print(f"round {round_ + 1} {method:10s} {result['seconds']:6.2f} s "
-                  f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}", flush=True)
+                  f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}  load {load}", flush=True)
     shutil.rmtree(target, ignore_errors=True)
     print(f"page cache dropped before every run: {'yes' if dropped else 'no (not permitted)'}")
     median = {m: statistics.median(r["seconds"] for r in results[m]) for m in methods}
@@ -213,7 +214,8 @@ def main() -> None:
                       f"({median[other] / wall:.2f}x counting the sender's process start)")
         for side in ("send", "receive"):
             peak = max(r[side]["peak_rss_mb"] for r in results["orchagent"])
-            print(f"peak RSS {side}: {peak} MB")
+            cpu = statistics.median(r[side]["transfer_cpu_seconds"] for r in results["orchagent"])
+            print(f"peak RSS {side}: {peak} MB; transfer CPU {cpu / (nbytes / 1e9):.2f} s per GB (median)")
     print(f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 

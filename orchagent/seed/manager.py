@@ -111,7 +111,7 @@ class SeedManager(Service):
             transfer = (await self._listening_receiver()).arm(str(seed_id), datadir)
             job = _transfer_job(transfer)
             mode = "built-in"
-        self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
+        await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
 
     async def send(self, target_host: str, seed_id: int) -> None:
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
@@ -133,12 +133,12 @@ class SeedManager(Service):
                 stall_timeout=self._config.seed_stall_timeout_seconds)
             job = _transfer_job(transfer)
             mode = "built-in"
-        self._begin(SeedRecord(seed_id, "send", mode, target_host, source, time.time()), job)
+        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, time.time()), job)
 
     async def abort(self, seed_id: int) -> None:
         """Kill whatever runs for the seed and wait for it; afterwards it reads completed, failed."""
         record = self._record(seed_id)
-        if record.state == RUNNING:
+        if seed_id in self._jobs:
             await self._end(seed_id, ABORTED, "aborted on request")
         elif record.state == SUCCEEDED:
             record.end(ABORTED, "aborted on request after it had completed")
@@ -219,13 +219,17 @@ class SeedManager(Service):
                            "MySQL is running (mount a snapshot with mountlv, or stop MySQL)")
         return await self._mysql.datadir()
 
-    def _begin(self, record: SeedRecord, job: _Job) -> None:
+    def _begin(self, record: SeedRecord, job: _Job) -> Deferred:
+        """Track the job; the Deferred fires once its record is on disk, and the route answers only
+        then, so orchestrator (which sends only after the receive answered) never has data flow
+        for a seed that an agent killed a moment later would not know after its restart."""
         self._records[record.seed_id] = record
         self._jobs[record.seed_id] = job
-        self._save(record)
+        saved = self._save(record)
         log.info("seed {seed_id}: {role} started ({mode}, {path})", seed_id=record.seed_id,
                  role=record.role, mode=record.mode, path=record.path)
         Deferred.fromCoroutine(self._supervise(record, job))
+        return saved
 
     async def _supervise(self, record: SeedRecord, job: _Job) -> None:
         try:
@@ -237,16 +241,19 @@ class SeedManager(Service):
             await self._end(record.seed_id, outcome, error)
 
     async def _end(self, seed_id: int, state: str, error: str) -> None:
-        """Stop the job if it still runs, record the outcome, clear a partial copy."""
+        """Stop the job if it still runs, clear a partial copy, then record the outcome.
+
+        The seed reads completed only once nothing of it runs and no partial copy is left.
+        """
         record = self._records[seed_id]
         self._sample(seed_id)
         job = self._jobs.pop(seed_id)
-        record.end(state, error)
         if not job.done.called:
             await job.stop()
         if state != SUCCEEDED and record.role == "receive":
             await self._clear_partial_copy(record)
         self._disk.invalidate()
+        record.end(state, error)
         await self._save(record)
         await self._release_receiver()
         (log.info if state == SUCCEEDED else log.warn)(
@@ -295,6 +302,8 @@ class SeedManager(Service):
     @staticmethod
     def _sample_job(record: SeedRecord, job: _Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
+        if record.bytes_done and record.data_started_at is None:
+            record.data_started_at = time.time()  # rate and ETA count from the first byte
 
     def _save(self, record: SeedRecord) -> Deferred:
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""

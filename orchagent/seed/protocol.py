@@ -47,6 +47,7 @@ MAX_DATA_PAYLOAD = 64 * 1024 * 1024
 
 HEADER = struct.Struct("!BI")
 DATA_OFFSET = struct.Struct("!Q")
+_DATA_START = HEADER.size + DATA_OFFSET.size  # where a DATA frame's file bytes begin
 _HELLO = struct.Struct("!8sH32s")
 _COUNTS = struct.Struct("!QQ")  # files, bytes
 _ENTRY = struct.Struct("!BIqQIIHHBB")  # kind mode mtime_ns size uid gid len(path) len(target) len(user) len(group)
@@ -286,7 +287,8 @@ class StreamDecoder:
     """Turns the sender's byte stream (any chunking) into handler calls, verifying each file.
 
     DATA payloads are handed on as slices of the received chunks, never copied or reassembled,
-    so decoding costs one hash update per piece.
+    so decoding costs one hash update per piece.  A frame that lies whole in the chunk (nearly
+    all of them) is parsed in place; only one cut by a chunk boundary is collected byte-wise.
     """
 
     def __init__(self, handler: StreamHandler) -> None:
@@ -310,8 +312,26 @@ class StreamDecoder:
                 self._data_at += take
                 self._data_left -= take
                 at += take
-                continue
-            at = self._take_frame(view, at)
+            elif not self._pending and size - at >= _DATA_START:
+                at = self._take_whole_frame(view, at)
+            else:
+                at = self._take_frame(view, at)
+
+    def _take_whole_frame(self, view: memoryview, at: int) -> int:
+        """The fast path of :meth:`_take_frame`: the header, and a small payload, are all in ``view``."""
+        kind, length = HEADER.unpack_from(view, at)
+        if kind == Kind.DATA:
+            if not DATA_OFFSET.size <= length <= MAX_DATA_PAYLOAD:
+                raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+            self._start_data(bytes(view[at + HEADER.size:at + _DATA_START]), length - DATA_OFFSET.size)
+            return at + _DATA_START
+        end = at + HEADER.size + length
+        if end > len(view):
+            return self._take_frame(view, at)
+        if length > MAX_META_PAYLOAD:
+            raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+        self._dispatch(_kind(kind), bytes(view[at + HEADER.size:end]))
+        return end
 
     def _take_frame(self, view: memoryview, at: int) -> int:
         """Consume the header (and small payload) of one frame; return the new position."""

@@ -31,6 +31,7 @@ class SeedRecord:
     files_total: int | None = None
     error: str = ""
     ended_at: float | None = None
+    data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)
 
     @property
     def completed(self) -> bool:

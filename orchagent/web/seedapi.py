@@ -36,7 +36,7 @@ class SeedAPI:
     async def status(self, req) -> dict:
         """The detail orchestrator lacks: state, progress, rate, ETA and the error text."""
         record = self._seeds.record(validate.seed_id(req.params["seedId"]))
-        elapsed = (record.ended_at or time.time()) - record.started_at
+        elapsed = (record.ended_at or time.time()) - (record.data_started_at or record.started_at)
         rate = int(record.bytes_done / elapsed) if elapsed > 0 else 0
         eta = None
         if not record.completed and rate and record.bytes_total is not None:

@@ -27,6 +27,9 @@ from tests.support.seeding import (
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 POLL = [command for command, _, _ in STATUS_POLL]
+# orchestrator sleeps 30 s between copy rounds.  Much less than the agent's 5 s mysql-du cache
+# would let its 10-rounds-without-progress rule end a seed that is merely slow (a busy disk).
+POLL_SECONDS = 2
 
 RECEIVE_SCRIPT = """#!/bin/bash
 # ReceiveSeedDataCommand as V1 users write it: <datadir> <port>
@@ -96,7 +99,8 @@ class SeedEndToEndTests(SynchronousTestCase):
         before = self.orchestrator.get_agent(target)
         self.assertFalse(before.MySQLRunning)
 
-        run = self.orchestrator.seed(target, source, seed_id, wait_before_send=wait_before_send, poll_seconds=0.5)
+        run = self.orchestrator.seed(target, source, seed_id, wait_before_send=wait_before_send,
+                                     poll_seconds=POLL_SECONDS)
 
         self.assertEqual(run.error, "", [(s.action, s.error) for s in run.states])
         self.assertEqual(run.states[-1].action, "Done")

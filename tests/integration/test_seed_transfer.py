@@ -64,6 +64,22 @@ class SeedTransferTests(TestCase):
             self.assertEqual(transfer.progress.files_done, transfer.progress.files_total)
             self.assertEqual(transfer.progress.bytes_done, transfer.progress.bytes_total)
 
+    @inline
+    async def test_thousands_of_empty_files_arrive(self):
+        # one batch then holds more frames than one sendmsg may carry (IOV_MAX)
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        os.makedirs(os.path.join(source, "db"))
+        os.makedirs(target)
+        for i in range(1200):  # about 2400 frames
+            open(os.path.join(source, "db", f"t{i}.frm"), "wb").close()
+        port = await self._listen()
+        receiving = self.server.arm("7", target)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        await sending.when_done()
+        await receiving.when_done()
+        self.assertEqual(describe_tree(target), describe_tree(source))
+
     async def _refused(self, sender_secret: bytes, arm: bool) -> str:
         source, target = self._dirs()
         port = await self._listen()
@@ -89,6 +105,24 @@ class SeedTransferTests(TestCase):
     async def test_unarmed_seed_is_refused(self):
         message = await self._refused(SECRET, arm=False)
         self.assertIn("no receive is armed for seed 7", message)
+
+    @inline
+    async def test_armed_receive_fails_when_no_sender_authenticates(self):
+        source, target = os.path.join(self.mktemp(), "source"), self.mktemp()
+        os.makedirs(source)
+        os.makedirs(target)
+        port = await self._listen(stall_timeout=0.5)
+        receiving = self.server.arm("7", target)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=b"not the secret")
+        with self.assertRaises(TransferFailed):
+            await sending.when_done()
+        with self.assertRaises(TransferFailed) as caught:
+            await receiving.when_done()
+        self.assertEqual(receiving.state, "failed")
+        self.assertIn("no sender authenticated for seed 7 within 0.5 s; last refused a sender from 127.0.0.1:",
+                      str(caught.exception))
+        self.assertIn("different SeedTransferSecret", str(caught.exception))
+        self.assertEqual(os.listdir(target), [])
 
     @inline
     async def test_abort_mid_transfer_leaves_nothing(self):

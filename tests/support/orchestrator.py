@@ -275,8 +275,9 @@ class Orchestrator:
 
     # --- B.1.1: one request -------------------------------------------------------------------
 
-    def request(self, agent: HostAgent, command: str, record: list[Call] | None = None) -> Call:
-        """GET ``command`` as executeAgentCommand does; a transport error becomes ``Call.error``."""
+    def command(self, agent: HostAgent, command: str, record: list[Call] | None = None) -> Call:
+        """GET ``command`` as executeAgentCommand does (B.1.3), recorded and, as by orchestrator, not
+        judged; a transport error becomes ``Call.error``."""
         url = command_url(agent, command)
         connection_class = http.client.HTTPSConnection if agent.scheme == "https" else http.client.HTTPConnection
         connection = connection_class(agent.hostname, agent.port, timeout=self.timeout)
@@ -301,10 +302,6 @@ class Orchestrator:
             record.append(call)
         return call
 
-    def command(self, agent: HostAgent, command: str, record: list[Call] | None = None) -> Call:
-        """A B.1.3 command; its answer is recorded and, as by orchestrator, not judged."""
-        return self.request(agent, command, record)
-
     def decoded(self, agent: HostAgent, command: str, go_type: Any,
                 record: list[Call] | None = None) -> tuple[Any, str]:
         """An answer orchestrator decodes: ``(value, "")``, or ``(zero value, message)`` for an error answer.
@@ -312,7 +309,7 @@ class Orchestrator:
         Anything else (no answer, a 200 that does not decode into ``go_type``, an error answer
         without the V1 envelope) is a ContractViolation.
         """
-        call = self.request(agent, command, record)
+        call = self.command(agent, command, record)
         what = f"{agent.hostname} {command}"
         if call.status is None:
             raise ContractViolation(f"{what}: no answer: {call.error}")
@@ -358,7 +355,7 @@ class Orchestrator:
 
     def _execute_seed(self, run: SeedRun, target: HostAgent, source: HostAgent, wait_before_send: float,
                       poll_seconds: float, on_state) -> None:
-        T, S, seed_id = target.hostname, source.hostname, run.seed_id
+        t, s, seed_id = target.hostname, source.hostname, run.seed_id
         current: list[SeedState] = []  # the row executeSeed's seedStateId points at
 
         def state(action: str, tracked: bool = True) -> None:
@@ -380,41 +377,41 @@ class Orchestrator:
             if call.status is None:  # only transport errors are errors to orchestrator
                 raise fail(call.error)
 
-        state(f"getting target agent info for {T}")
+        state(f"getting target agent info for {t}")
         target_agent = self.get_agent(target, run.calls)
-        state(f"getting source agent info for {S}")
+        state(f"getting source agent info for {s}")
         source_agent = self.get_agent(source, run.calls)
-        state(f"Checking MySQL status on target {T}")
+        state(f"Checking MySQL status on target {t}")
         if target_agent.MySQLRunning:
             raise fail("MySQL is running on target host. Cowardly refusing to proceeed. Please stop the MySQL service")
-        state(f"Looking up available snapshots on source {S}")
+        state(f"Looking up available snapshots on source {s}")
         if not source_agent.LogicalVolumes:
             raise fail("No logical volumes found on source host")
-        state(f"Checking mount point on source {S}")
+        state(f"Checking mount point on source {s}")
         if source_agent.MountPoint["IsMounted"]:
             raise fail("Volume already mounted on source host; please unmount")
         volume = source_agent.LogicalVolumes[0]
-        state(f"{S} Mounting logical volume: {volume['Path']}")
+        state(f"{s} Mounting logical volume: {volume['Path']}")
         must(command(source, f"mountlv?lv={volume['Path']}"))
         source_agent = self.get_agent(source, run.calls)
         run.source_bytes = needed = source_agent.MountPoint["MySQLDiskUsage"]
-        state(f"MySQL data volume on source host {S} is {needed} bytes", tracked=False)
+        state(f"MySQL data volume on source host {s} is {needed} bytes", tracked=False)
 
-        state(f"Erasing MySQL data on {T}")
+        state(f"Erasing MySQL data on {t}")
         must(command(target, "delete-mysql-datadir"))
-        state(f"Aquiring target host datadir free space on {T}")
+        state(f"Aquiring target host datadir free space on {t}")
         target_agent = self.get_agent(target, run.calls)
         if needed > target_agent.MySQLDatadirDiskFree:
             command(source, "umount")
-            raise fail(f"Not enough disk space on target host {T}. Required: {needed}, available: "
+            raise fail(f"Not enough disk space on target host {t}. Required: {needed}, available: "
                        f"{target_agent.MySQLDatadirDiskFree}. Bailing out.")
 
-        state(f"{T} will now receive data in background", tracked=False)
+        state(f"{t} will now receive data in background", tracked=False)
         command(target, f"receive-mysql-seed-data/{seed_id}")
-        state(f"Waiting {wait_before_send:g} seconds for {T} to start listening for incoming data", tracked=False)
+        state(f"Waiting {wait_before_send:g} seconds for {t} to start listening for incoming data", tracked=False)
         time.sleep(wait_before_send)
-        state(f"{S} will now send data to {T} in background")
-        command(source, f"send-mysql-seed-data/{T}/{seed_id}")
+        state(f"{s} will now send data to {t} in background")
+        command(source, f"send-mysql-seed-data/{t}/{seed_id}")
 
         complete, stale, copied = False, 0, 0
         while not complete:
@@ -440,11 +437,11 @@ class Orchestrator:
             if not complete:
                 time.sleep(poll_seconds)
 
-        state(f"Executing post-copy command on {T}")
-        must(command(target, f"post-copy/?sourceHost={S}"))
-        state(f"{S} Unmounting logical volume: {volume['Path']}")
+        state(f"Executing post-copy command on {t}")
+        must(command(target, f"post-copy/?sourceHost={s}"))
+        state(f"{s} Unmounting logical volume: {volume['Path']}")
         must(command(source, "umount"))
-        state(f"Starting MySQL on target: {T}")
+        state(f"Starting MySQL on target: {t}")
         must(command(target, "mysql-start"))
-        state(f"Submitting MySQL instance for discovery: {T}", tracked=False)
+        state(f"Submitting MySQL instance for discovery: {t}", tracked=False)
         state("Done", tracked=False)

@@ -253,6 +253,19 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.assertIn("different SeedTransferSecret", transfer.last_refusal)
         self.assertFalse(transfer.done)
 
+    def test_an_armed_receive_fails_when_no_sender_authenticates_in_time(self):
+        transfer = self.server.arm("5", "/nonexistent")
+        self.connection.dataReceived(protocol.auth(b"wrong", "5", self.nonce, protocol.new_nonce()))
+        self.clock.advance(29)
+        self.assertFalse(transfer.done)  # a refusal alone does not end it
+        self.clock.advance(1)
+        self.assertEqual(transfer.state, "failed")
+        failure = self.failureResultOf(transfer.when_done(), protocol.TransferFailed)
+        message = str(failure.value)
+        self.assertIn("no sender authenticated for seed 5 within 30 s; last refused a sender from", message)
+        self.assertIn("different SeedTransferSecret", message)
+        self.server.arm("5", "/nonexistent")  # disarmed, so it can be armed again
+
     def test_garbage_is_refused(self):
         self.connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         kind, _ = self._answer()
