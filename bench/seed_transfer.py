@@ -14,7 +14,8 @@ interleaved so that background noise hits every method alike:
 
 Before every run the target is removed, ``sync`` ran and the page cache is dropped when this
 process may write ``/proc/sys/vm/drop_caches`` (the output says whether it could).  Prints the
-median throughput of each method, both ratios, and each side's peak RSS and CPU seconds.
+median throughput of each method, both ratios, and each side's peak RSS and CPU seconds (in all,
+and per GB for the transfer itself, without starting Python).
 This is a script, not library code: it runs tools with ``subprocess`` directly.
 """
 

@@ -29,15 +29,17 @@ Why it is shaped this way:
   source does not leave the target waiting forever.  TLS is optional and layered underneath:
   a server context factory for the receiver, a client connection creator for the sender.
 * Disk work happens in one worker thread per transfer (reading + hashing on the sender,
-  decoding + hashing + writing on the receiver); the reactor never blocks.  On a plain TCP
+  decoding + hashing + writing on the receiver, whose writer has two helper threads, see
+  :mod:`orchagent.seed.tree`); the reactor never blocks.  On a plain TCP
   connection the worker also does the socket I/O of the data stream itself, through a
   :class:`_SocketChannel` (a duplicate of the connection's socket): the sender's worker
   hands its batches to ``sendmsg`` straight from the bytes it read, the receiver's worker
-  reads into one reused buffer (``recv_into``) and decodes it in place.  Measured on 2 cores this saved a
-  third of the sender's CPU (Twisted copied every byte into its write buffer and the reactor
-  woke up per batch) and all per-chunk hand-offs, which matters because both agents and the
-  disk share the CPUs.  The socket's own buffers are the bound: a slow disk fills the
-  receiver's, which blocks the sender's ``sendmsg``, so memory stays flat whatever the data size.
+  reads into one reused buffer (``recv_into``) and decodes it in place.  Measured on 2 cores
+  this saved a quarter of the sender's CPU (Twisted copied every byte into its write buffer
+  and the reactor woke up per batch) and every per-chunk hand-off, which matters because both
+  agents and the disk share the CPUs (see ``bench/RESULTS.md``).  The socket's own buffers
+  are the bound: a slow disk fills the receiver's, which blocks the sender's ``sendmsg``, so
+  memory stays flat whatever the data size.
   Under TLS the reactor must encrypt, so the stream goes through Twisted with a bounded
   :class:`~orchagent.seed.pipe.Pipe` between worker and reactor on each side (the sender's
   connection is a push producer over its transport, the receiver pauses its transport while
@@ -287,12 +289,14 @@ class _ReceiveTransfer(Transfer):
         """
         try:
             writer.start()
-            chunk = early
-            while chunk is not None and not writer.ended:
+            writer.feed(early)
+            while not writer.ended:
+                chunk = source()
+                if chunk is None:
+                    break
                 writer.feed(chunk)
-                chunk = source() if not writer.ended else None
             self._reactor.callFromThread(self._finishing)
-            writer.finish()
+            writer.finish(lambda: self._concluded)
         except BaseException:
             writer.discard()
             raise
@@ -377,6 +381,7 @@ class _SocketChannel:
         self._socket = handle.dup()
         self._socket.settimeout(stall_timeout)
         self._interrupt = interrupt
+        self._interrupted = False
         self._stalled = stalled
         self._buffer: memoryview | None = None
 
@@ -398,6 +403,8 @@ class _SocketChannel:
         """Worker: send all of ``parts`` (one ``sendmsg`` each time the socket has room)."""
         views = [memoryview(part) for part in parts]
         while views:
+            if self._interrupted:
+                raise Closed()
             try:
                 sent = self._socket.sendmsg(views[:_IOV_MAX])
             except TimeoutError:
@@ -412,6 +419,8 @@ class _SocketChannel:
         """Worker: the next bytes (a view of a reused buffer, valid until the next call); None at the end."""
         if self._buffer is None:
             self._buffer = memoryview(bytearray(RECEIVE_BYTES))
+        if self._interrupted:
+            raise Closed()  # the socket may still hold data (shutting reading down does not drop it)
         try:
             count = self._socket.recv_into(self._buffer)
         except TimeoutError:
@@ -422,6 +431,7 @@ class _SocketChannel:
 
     def interrupt(self) -> None:
         """Reactor: wake the worker out of a wait on the socket (the transfer is over)."""
+        self._interrupted = True
         try:
             self._socket.shutdown(self._interrupt)
         except OSError:

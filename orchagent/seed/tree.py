@@ -15,13 +15,17 @@ small files of the benchmark tree).
 :class:`TreeWriter` receives into ``<datadir>/.orchagent-seed-<id>/``: inside the datadir, so
 ``du`` of the datadir (orchestrator's progress measure) grows as data arrives, yet hidden, so a
 partial copy never looks like a datadir.  A file is written under ``partial/<n>`` and renamed
-to its place in ``tree/`` only after its checksum matched.  Every file and directory is made
-durable with ``syncfs`` of the target filesystem, which covers both: large files start their
-write-back every few MB, and a background thread runs ``syncfs`` every 64 MB received, so the
-kernel writes the small files in bulk while data still arrives and the final ``syncfs``, which
-the sender waits for, has little left.  Then the tree is moved into the datadir and the
-datadir is fsynced.  Nothing is followed on the receiving side either: every entry's parent
-must be a directory this stream created, and files are created with ``O_EXCL | O_NOFOLLOW``.
+to its place in ``tree/`` only after its checksum matched.  A helper thread creates those empty
+partial files a few dozen ahead: creating a file is the costliest step per small file (ext4
+searches its inode bitmap, for long right after a datadir was deleted), and ahead of time it
+overlaps with decoding, hashing and writing the previous files.  Every file and directory is
+made durable by ``syncfs`` of the target filesystem, which covers both: large files start their
+write-back every few MB, and another helper thread runs ``syncfs`` every 64 MB received, so the
+kernel writes the small files out in bulk while data still arrives and the final ``syncfs``,
+which the sender waits for, has little left.  Then, unless the receive was aborted meanwhile,
+the tree is moved into the datadir and the datadir is fsynced.  Nothing is followed on the
+receiving side either: every entry's parent must be a directory this stream created, and files
+are created with ``O_EXCL | O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import hashlib
 import grp
 import os
 import pwd
+import queue
 import shutil
 import stat
 import threading
@@ -41,6 +46,7 @@ from typing import Callable, Iterator
 import attrs
 
 from orchagent.seed import protocol
+from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Entry, EntryKind, Kind, ProtocolError, TransferFailed
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
@@ -49,6 +55,7 @@ READ_AHEAD_FILES = 64  # the sender opens files this far ahead and starts readin
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # of each file opened ahead (sequential read-ahead does the rest)
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
+PRECREATED_FILES = 32  # the receiver creates its partial files this far ahead
 STAGING_PREFIX = ".orchagent-seed-"
 
 
@@ -279,7 +286,7 @@ class TreeWriter:
         self._fd = -1
         self._written = self._flushed = self._end = 0  # bytes written, of them flushed; end of the data
         self._temp = ""
-        self._serial = 0
+        self._creator: _Precreator | None = None
         self._ended: tuple[int, int] | None = None
         self._received_files = self._received_bytes = 0
         self._syncer: _BackgroundSync | None = None
@@ -293,6 +300,7 @@ class TreeWriter:
         os.mkdir(self.staging, 0o700)
         os.mkdir(self._tree, 0o700)
         os.mkdir(self._partial, 0o700)
+        self._creator = _Precreator(self._partial, PRECREATED_FILES)
         self._syncer = _BackgroundSync(self.staging)
 
     def feed(self, chunk: bytes) -> None:
@@ -321,9 +329,7 @@ class TreeWriter:
             self._chown(path, entry)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         else:
-            self._serial += 1
-            self._temp = os.path.join(self._partial, str(self._serial))
-            self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._temp, self._fd = self._creator.take()
             self._file = entry
             self._written = self._flushed = self._end = 0
 
@@ -366,13 +372,17 @@ class TreeWriter:
 
     # the end
 
-    def finish(self) -> None:
-        """After END: check the counts, make everything durable, move it into the datadir."""
+    def finish(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """After END: check the counts, make everything durable, move it into the datadir.
+
+        ``cancelled`` is asked just before the move: an aborted receive never fills the datadir.
+        """
         if self._ended is None:
             raise TransferFailed("the connection ended before the sender finished the tree")
         if self._ended != (self._received_files, self._received_bytes):
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
+        self._creator.close()
         for relative in sorted(self._directories, reverse=True):  # children before parents
             if relative:
                 mode, mtime_ns = self._directories[relative]
@@ -381,6 +391,8 @@ class TreeWriter:
                 os.utime(path, ns=(mtime_ns, mtime_ns))
         self._syncer.close()
         _sync_filesystem(self.staging)
+        if cancelled():
+            raise Closed()
         names = os.listdir(self._tree)
         present = [name for name in names if os.path.lexists(os.path.join(self.datadir, name))]
         if present:
@@ -399,6 +411,8 @@ class TreeWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._creator is not None:
+            self._creator.close()
         if self._syncer is not None:
             try:
                 self._syncer.close()
@@ -447,6 +461,59 @@ def _syncfs(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs failed: {os.strerror(err)}")
+
+
+class _Precreator:
+    """Empty partial files, created by a helper thread a few dozen ahead of need.
+
+    Creating a file is the receiver's costliest step per small file (ext4 searches its inode
+    bitmap, for long right after a datadir was deleted, and may wait for the journal).  The
+    partial names are just serial numbers, so they can be created before the entries arrive,
+    while the writer decodes, hashes and writes the previous files.
+    """
+
+    def __init__(self, directory: str, depth: int) -> None:
+        self._directory = directory
+        self._ready: queue.Queue[tuple[str, int] | None] = queue.Queue(depth)
+        self._stopping = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="seed-create", daemon=True)
+        self._thread.start()
+
+    def take(self) -> tuple[str, int]:
+        """(path, descriptor) of a new empty file, or what creating it raised."""
+        item = self._ready.get()
+        if item is None:
+            raise self._error
+        return item
+
+    def _run(self) -> None:
+        serial = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            while not self._stopping:
+                serial += 1
+                path = os.path.join(self._directory, str(serial))
+                self._ready.put((path, os.open(path, flags, 0o600)))
+        except OSError as e:
+            self._error = e
+            self._ready.put(None)
+
+    def close(self) -> None:
+        """Stop the helper; close and remove the files it created that were not taken."""
+        self._stopping = True
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    return
+                self._thread.join(0.01)  # it may be creating one more
+                continue
+            if item is not None:
+                path, fd = item
+                os.close(fd)
+                os.unlink(path)
 
 
 class _BackgroundSync:
