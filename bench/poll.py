@@ -442,8 +442,8 @@ def reading(facts: dict) -> list[str]:
         f"~ pollers / polls per second = {busiest['pollers'] / (busiest['polls'] / busiest['elapsed']) * 1000:.0f} ms. "
         f"Throughput is bounded by CPU per poll: {commands_cpu:.1f} ms (median over the load levels), so "
         f"{cores} idle cores would serve at most ~{cores * 1000 / commands_cpu:.0f} polls/s.",
-        f"* Most of that CPU is the configured commands (4 per poll): reading datadir and port from the option file "
-        f"instead takes {option_cpu:.1f} ms per poll; the web layer alone (null poll) {null_cpu:.1f} ms.",
+        f"* What the configured commands add: reading datadir and port from the option file instead takes "
+        f"{option_cpu:.1f} ms per poll; the web layer alone (null poll) {null_cpu:.1f} ms.",
         f"* The error-log tail on {facts['log_bytes'] / (1 << 30):.1f} GiB: p50 "
         f"{ms(percentile(facts['tail']['times'], 0.5))} ms (`tail -n`: "
         f"{ms(percentile(facts['tail']['tail_times'], 0.5))} ms); the agent's VmHWM went from "
@@ -469,8 +469,8 @@ def report(facts: dict) -> list[str]:
         "* Agent: a real `twistd orchagent` on 127.0.0.1 with `MySQLDatadirCommand: echo <datadir>`, "
         "`MySQLServiceStatusCommand: true`, `MySQLPortCommand: echo 3306`, `MySQLErrorLogFile` = the 2 GiB log, "
         "`SnapshotBackend: btrfs` with an empty `BtrfsSnapshotDirectory` and nothing mounted at `SnapshotMountPoint`: "
-        "a poll runs 4 commands (the datadir command twice, status, port). A second agent reads datadir and port "
-        "from a `MySQLConfigFile` instead (the status command stays): 1 command per poll.",
+        "a poll runs the status command; datadir and port are cached for 5 s (their commands run at most "
+        "that often). A second agent reads datadir and port from a `MySQLConfigFile` instead.",
         "* Client: one thread per poller, `http.client` keep-alive, Go's headers (`Accept-Encoding: gzip`), "
         "`?token=`, the 9 GETs of contract B.1.2 in order; each load level runs "
         f"{facts['seconds']:.0f} s. \"Null poll\" = 9 x `/api/hostname` under the same load (the web layer alone). "
