@@ -20,10 +20,9 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import free_port, start_agent
-from tests.support.btrfs import BtrfsFileSystem
 from tests.support.orchestrator import STATUS_POLL, HostAgent, Orchestrator
 from tests.support.seeding import (
-    SeedSource, SeedTarget, load_sample_data, table_checksums, transfer_settings)
+    SeedSource, SeedTarget, table_checksums, transfer_settings)
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 POLL = [command for command, _, _ in STATUS_POLL]
@@ -47,22 +46,12 @@ class SeedEndToEndTests(SynchronousTestCase):
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-e2e-")
-        cls.fs = BtrfsFileSystem(cls.directory, size_mb=300).create()
-        try:
-            cls.source = SeedSource(cls.fs, os.path.join(cls.directory, "snapshot-mount"))
-            cls.source.sandbox.start()
-            load_sample_data(cls.source.sandbox)
-            cls.source_checksums = table_checksums(cls.source.sandbox)
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        cls.source = SeedSource(cls.directory, size_mb=300)
+        cls.source_checksums = cls.source.checksums
 
     @classmethod
     def tearDownClass(cls):
-        source = getattr(cls, "source", None)
-        if source is not None and source.sandbox.is_running():
-            source.sandbox.stop()
-        cls.fs.destroy()
+        cls.source.destroy()
         shutil.rmtree(cls.directory, ignore_errors=True)
 
     def setUp(self):

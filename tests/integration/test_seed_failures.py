@@ -24,11 +24,11 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import free_port, start_agent
-from tests.support.btrfs import BtrfsFileSystem, btrfs_filesystem
+from tests.support.btrfs import btrfs_filesystem
 from tests.support.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
 from tests.support.seed_link import SlowLink
 from tests.support.seeding import (
-    SeedSource, SeedTarget, entries_outside_staging, load_sample_data, table_checksums, transfer_settings,
+    SeedSource, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
     tree_listing, write_ballast)
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
@@ -82,7 +82,8 @@ class SeedFailureTests(SynchronousTestCase):
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-failures-")
         cls.agents = []
-        cls.fs = BtrfsFileSystem(cls.directory, size_mb=400).create()
+        cls.source = SeedSource(cls.directory, size_mb=400, rows=1000, ballast_bytes=BALLAST_BYTES)
+        cls.source_checksums = cls.source.checksums
         try:
             cls._build()
         except BaseException:
@@ -91,11 +92,6 @@ class SeedFailureTests(SynchronousTestCase):
 
     @classmethod
     def _build(cls):
-        cls.source = SeedSource(cls.fs, os.path.join(cls.directory, "snapshot-mount"))
-        cls.source.sandbox.start()
-        load_sample_data(cls.source.sandbox, rows=1000)
-        write_ballast(os.path.join(cls.source.sandbox.datadir, "ballast.bin"), BALLAST_BYTES)
-        cls.source_checksums = table_checksums(cls.source.sandbox)
 
         cls.target_seed_port = free_port(TARGET_ADDRESS)
         cls.link = SlowLink(TARGET_ADDRESS, cls.target_seed_port, rate=LINK_RATE)
@@ -141,10 +137,7 @@ class SeedFailureTests(SynchronousTestCase):
                 agent.stop()
         if hasattr(cls, "link"):
             cls.link.close()
-        source = getattr(cls, "source", None)
-        if source is not None and source.sandbox.is_running():
-            source.sandbox.stop()
-        cls.fs.destroy()
+        cls.source.destroy()
         shutil.rmtree(cls.directory, ignore_errors=True)
 
     def setUp(self):

@@ -5,9 +5,7 @@ read-only snapshot taken through its agent (``create-snapshot``) while it runs. 
 MariaDB sandbox that is stopped (installed or not: the seed replaces its datadir anyway).  The
 agent settings here are what an administrator would write for each host::
 
-    fs = BtrfsFileSystem(directory).create()
-    source = SeedSource(fs, os.path.join(directory, "snapshot-mount"))
-    source.sandbox.start(); load_sample_data(source.sandbox)
+    source = SeedSource(directory, size_mb=300)     # ... source.destroy() at the end
     agent = start_agent({**source.settings(), **transfer_settings(port, secret)}, address="127.0.0.1")
 """
 
@@ -15,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from tests.support.btrfs import BtrfsFileSystem
 from tests.support.mariadb import MariaDBSandbox
 
 SNAPSHOT_FILTER = "mysql-snap-"
@@ -22,18 +21,39 @@ SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
 
 class SeedSource:
-    """A MariaDB sandbox in the subvolume ``mysql`` of ``fs``; snapshots go to ``fs``/snapshots."""
+    """A running MariaDB in the subvolume ``mysql`` of its own btrfs loop device, with sample data.
 
-    def __init__(self, fs, mount_point: str):
-        self.sandbox = MariaDBSandbox(fs.subvolume("mysql"))
-        self.snapshot_directory = fs.directory("snapshots")
-        self.mount_point = mount_point
-        os.makedirs(mount_point, exist_ok=True)
+    Snapshots go to ``<fs>/snapshots``; ``checksums`` are its tables' checksums at the start.
+    A failure half-way through the set-up cleans up what was made; otherwise call :meth:`destroy`.
+    """
+
+    def __init__(self, directory: str, *, size_mb: int, rows: int = 5000, ballast_bytes: int = 0):
+        self.fs = BtrfsFileSystem(directory, size_mb)
+        self.sandbox: MariaDBSandbox | None = None
+        try:
+            self.fs.create()
+            self.sandbox = MariaDBSandbox(self.fs.subvolume("mysql"))
+            self.snapshot_directory = self.fs.directory("snapshots")
+            self.mount_point = os.path.join(directory, "snapshot-mount")
+            os.makedirs(self.mount_point, exist_ok=True)
+            self.sandbox.start()
+            load_sample_data(self.sandbox, rows)
+            if ballast_bytes:
+                write_ballast(os.path.join(self.sandbox.datadir, "ballast.bin"), ballast_bytes)
+            self.checksums = table_checksums(self.sandbox)
+        except BaseException:
+            self.destroy()
+            raise
 
     def settings(self) -> dict:
         return {**self.sandbox.config_values(), "SnapshotBackend": "btrfs",
                 "BtrfsSnapshotDirectory": self.snapshot_directory,
                 "SnapshotVolumesFilter": SNAPSHOT_FILTER, "SnapshotMountPoint": self.mount_point}
+
+    def destroy(self) -> None:
+        if self.sandbox is not None and self.sandbox.is_running():
+            self.sandbox.stop()
+        self.fs.destroy()
 
 
 class SeedTarget:
