@@ -89,7 +89,11 @@ class SeedManager(Service):
         if self._ticker.running:
             self._ticker.stop()
         jobs, self._jobs = list(self._jobs.values()), {}
-        return DeferredList([job.stop() for job in jobs], consumeErrors=True)
+        stopping = [job.stop() for job in jobs]
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            stopping.append(receiver.stopListening())
+        return DeferredList(stopping, consumeErrors=True)
 
     # --- what the API asks ----------------------------------------------------------------
 
@@ -100,7 +104,9 @@ class SeedManager(Service):
             raise Conflict("MySQL is running on this host: stop it before receiving a seed into its datadir")
         datadir = await self._mysql.datadir()
         port = self._config.seed_transfer_port
-        if self._config.receive_seed_data_command:
+        receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
+        self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
+        if receiver is None:
             running = self._runner.start_configured(
                 self._config.receive_seed_data_command, (datadir, str(port)),
                 name="ReceiveSeedDataCommand", timeout=None)
@@ -108,7 +114,7 @@ class SeedManager(Service):
                        watch_growth_of=datadir, last_growth=self._reactor.seconds())
             mode = "command"
         else:
-            transfer = (await self._listening_receiver()).arm(str(seed_id), datadir)
+            transfer = receiver.arm(str(seed_id), datadir)
             job = _transfer_job(transfer)
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
@@ -117,6 +123,7 @@ class SeedManager(Service):
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
         self._refuse_reuse(seed_id)
         source = await self._source_directory()
+        self._refuse_reuse(seed_id)  # again after the last await, as in receive
         port = self._config.seed_transfer_port
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
