@@ -10,12 +10,20 @@ interleaved so that background noise hits every method alike:
     127.0.0.1, verification on; the time runs from starting the sender until both processes have
     exited, i.e. after the receiver fsynced everything and moved it into place;
 (b) ``socat -u TCP-LISTEN | tar -x`` receiving from ``tar -c | socat -u - TCP:``, then ``sync``;
-(c) ``cp -r`` + ``sync``: what the disk allows.
+(c) ``cp -r`` + ``sync``: what the disk allows;
+(d) agents: the same engine inside two real ``twistd orchagent`` processes, driven as orchestrator
+    drives them: a source agent on 127.0.0.1 whose datadir is the tree (MySQL reads as stopped,
+    no snapshot mounted, so it sends the datadir itself) and a target agent on 127.0.0.2 whose
+    datadir is the target directory.  The agents start once per run; each round is a new seed
+    id.  The time runs from ``receive-mysql-seed-data`` (then at once ``send-mysql-seed-data``)
+    until the target's ``seed-command-completed`` reads true (polled every 0.1 s), plus ``sync``.
+    Each agent's peak RSS is its VmHWM, reset before every round (``/proc/<pid>/clear_refs``);
+    its CPU is utime + stime from ``/proc/<pid>/stat``, before and after.
 
 Before every run the target is removed, ``sync`` ran and the page cache is dropped when this
 process may write ``/proc/sys/vm/drop_caches`` (the output says whether it could).  Prints the
-median throughput of each method, both ratios, and each side's peak RSS and CPU seconds (in all,
-and per GB for the transfer itself, without starting Python).
+median throughput of each method, the ratios, and each side's peak RSS and CPU seconds (in all,
+and per GB for the transfer itself, without starting Python).  ``--methods`` picks the methods.
 This is a script, not library code: it runs tools with ``subprocess`` directly.
 """
 
@@ -35,6 +43,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "seed_runner.py")
 SECRET = "bench-secret"
+POLL_SECONDS = 0.1
+SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
+
+sys.path.insert(0, os.path.dirname(HERE))
+
+from tests.support.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
+from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
 
 
 def build_tree(root: str, size_mb: int) -> None:
@@ -151,6 +166,106 @@ def run_cp(source: str, target: str) -> dict:
     return {"seconds": time.monotonic() - start}
 
 
+def agent_settings(agent_dir: str, datadir: str, seed_port: int) -> dict:
+    """MySQL reads as stopped and no snapshot is mounted: the source sends its datadir itself."""
+    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
+    os.makedirs(snapshots, exist_ok=True)
+    os.makedirs(mount_point, exist_ok=True)
+    return {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
+            "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": snapshots, "SnapshotMountPoint": mount_point,
+            "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, root), so each round's peak is its own."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5\n")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(kb / 1024, 1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process itself (its configured commands are not counted)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class AgentPair:
+    """A source and a target agent, started once for the whole run; :meth:`seed` is one round."""
+
+    def __init__(self, workdir: str, source: str, target: str):
+        self.workdir = workdir
+        self.seed_id = 0
+        self.peak_reset = True
+        seed_port = free_port_on(TARGET_ADDRESS)
+        self.agents: list[RunningAgent] = []
+        for address, datadir in ((SOURCE_ADDRESS, source), (TARGET_ADDRESS, target)):
+            agent_dir = os.path.join(workdir, address)
+            os.makedirs(agent_dir)
+            self.agents.append(start_agent(agent_settings(agent_dir, datadir, seed_port), address=address,
+                                           directory=agent_dir))
+        self.source, self.target = self.agents
+        self.orchestrator = Orchestrator()
+        self.started_rss_mb = {side: self.rss_mb(agent) for side, agent in self.sides()}
+
+    def sides(self):
+        return (("source", self.source), ("target", self.target))
+
+    @staticmethod
+    def rss_mb(agent: RunningAgent) -> float:
+        with open(f"/proc/{agent.process.pid}/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024, 1)
+
+    def call(self, agent: RunningAgent, command: str):
+        call = self.orchestrator.command(HostAgent.of(agent), command)
+        self.orchestrator.calls.clear()  # the client records every call; keep memory flat
+        if call.status != 200:
+            raise RuntimeError(f"{agent.address} {command}: {call.status} {call.error or call.body[:300]!r}")
+        return call.json()
+
+    def wait_completed(self, agent: RunningAgent, seed_id: int) -> None:
+        while not self.call(agent, f"seed-command-completed/{seed_id}"):
+            time.sleep(POLL_SECONDS)
+
+    def seed(self, source: str, target: str) -> dict:
+        self.seed_id += 1
+        seed_id = self.seed_id
+        self.call(self.target, "delete-mysql-datadir")  # what orchestrator does first (the target is empty)
+        pids = {side: agent.process.pid for side, agent in self.sides()}
+        for pid in pids.values():
+            self.peak_reset = reset_peak_rss(pid) and self.peak_reset
+        cpu_before = {side: cpu_seconds(pid) for side, pid in pids.items()}
+        start = time.monotonic()
+        self.call(self.target, f"receive-mysql-seed-data/{seed_id}")
+        self.call(self.source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}")
+        self.wait_completed(self.target, seed_id)
+        subprocess.run(["sync"], check=True)
+        seconds = time.monotonic() - start
+        self.wait_completed(self.source, seed_id)  # its CPU is read once it is done too
+        result = {"seconds": seconds}
+        for side, agent in self.sides():
+            if not self.call(agent, f"seed-command-succeeded/{seed_id}"):
+                status = self.call(agent, f"seed-status/{seed_id}")
+                raise RuntimeError(f"seed {seed_id} failed on the {side}: {status['Error']}")
+            result[side] = {"peak_rss_mb": peak_rss_mb(pids[side]),
+                            "cpu_seconds": round(cpu_seconds(pids[side]) - cpu_before[side], 2)}
+        return result
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def identical(a: str, b: str) -> bool:
     return subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True).returncode == 0
 
@@ -170,8 +285,18 @@ def main() -> None:
     parser.add_argument("--dir", default="/var/tmp/orchagent-bench")
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--methods", default="orchagent,tar_socat,cp")
+    parser.add_argument("--methods", default="orchagent,agents,tar_socat,cp",
+                        help="comma-separated, run in this order each round")
     args = parser.parse_args()
+    pairs: list[AgentPair] = []
+    try:
+        run(args, pairs)
+    finally:
+        for pair in pairs:
+            pair.stop()
+
+
+def run(args, pairs: list) -> None:
 
     os.makedirs(args.dir, exist_ok=True)
     os.chdir(args.dir)
@@ -184,6 +309,13 @@ def main() -> None:
     print(f"data: {files} files, {nbytes / 1e6:.0f} MB in {source}")
     runners = {"orchagent": run_orchagent, "tar_socat": run_tar_socat, "cp": run_cp}
     methods = args.methods.split(",")
+    if "agents" in methods:
+        os.makedirs(target, exist_ok=True)
+        pairs.append(AgentPair(os.path.join(args.dir, f"agents-{os.getpid()}"), source, target))
+        runners["agents"] = pairs[0].seed
+        print(f"agents: source {SOURCE_ADDRESS} (pid {pairs[0].source.process.pid}), target {TARGET_ADDRESS} "
+              f"(pid {pairs[0].target.process.pid}); RSS after start: "
+              + ", ".join(f"{side} {mb} MB" for side, mb in pairs[0].started_rss_mb.items()))
     results: dict[str, list[dict]] = {m: [] for m in methods}
     dropped = True
     for round_ in range(args.repeat):
@@ -191,14 +323,19 @@ def main() -> None:
             fresh_target(target)
             dropped = drop_caches() and dropped
             result = runners[method](source, target)
-            if method == "orchagent" and round_ == 0 and not identical(source, target):
-                raise RuntimeError("the orchagent copy differs from the source")
+            if method in ("orchagent", "agents") and round_ == 0 and not identical(source, target):
+                raise RuntimeError(f"the {method} copy differs from the source")
+            if method == "agents" and tree_bytes(target) != (files, nbytes):
+                raise RuntimeError(f"the agents' copy holds {tree_bytes(target)} files and bytes, not {(files, nbytes)}")
             results[method].append(result)
             extra = ""
             if method == "orchagent":
                 extra = f" (wall with process start {result['wall']:.2f} s)  " + "  ".join(
                     f"{side}: rss {result[side]['peak_rss_mb']} MB cpu {result[side]['cpu_seconds']:.2f} s "
                     f"({result[side]['transfer_cpu_seconds']:.2f} s transfer)" for side in ("send", "receive"))
+            if method == "agents":
+                extra = "  " + "  ".join(f"{side}: rss {result[side]['peak_rss_mb']} MB cpu "
+                                         f"{result[side]['cpu_seconds']:.2f} s" for side in ("source", "target"))
             load = " ".join(open("/proc/loadavg").read().split()[:3])
             print(f"round {round_ + 1} {method:10s} {result['seconds']:6.2f} s "
                   f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}  load {load}", flush=True)
@@ -217,6 +354,17 @@ def main() -> None:
             peak = max(r[side]["peak_rss_mb"] for r in results["orchagent"])
             cpu = statistics.median(r[side]["transfer_cpu_seconds"] for r in results["orchagent"])
             print(f"peak RSS {side}: {peak} MB; transfer CPU {cpu / (nbytes / 1e9):.2f} s per GB (median)")
+    if "agents" in median:
+        for other in ("tar_socat", "cp", "orchagent"):
+            if other in median:
+                print(f"agents / {other}: {median[other] / median['agents']:.2f}x throughput")
+        pair = pairs[0]
+        for side in ("source", "target"):
+            peak = max(r[side]["peak_rss_mb"] for r in results["agents"])
+            cpu = statistics.median(r[side]["cpu_seconds"] for r in results["agents"])
+            print(f"agent {side}: peak RSS {peak} MB (after start {pair.started_rss_mb[side]} MB, peak "
+                  f"{'reset every round' if pair.peak_reset else 'over the whole run: reset not permitted'}); "
+                  f"CPU {cpu / (nbytes / 1e9):.2f} s per GB (median)")
     print(f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
