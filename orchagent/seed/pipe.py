@@ -59,6 +59,7 @@ class Pipe:
                 raise Closed()
             self._items.append((item, size))
             self._size += size
+            self._lock.notify_all()
 
     def get_wait(self) -> Any | None:
         """The next item; None once the producer finished and everything was taken."""

@@ -12,10 +12,10 @@ A :class:`Transfer` (either side) has ``progress`` (:class:`Progress`: bytes/fil
 total, start and end times), ``state`` (``waiting``, ``running``, ``finishing``, ``succeeded``,
 ``failed``, ``aborted``), ``error`` (a :class:`TransferFailed` whose message says what failed),
 ``when_done()`` (a new Deferred each call: fires with None on verified success, fails with the
-error) and ``abort()``.  ``abort()`` drops the connection, stops the worker thread, removes the
+error) and ``abort()``.  ``abort()`` drops the connection, stops the worker threads, removes the
 receiver's staging directory and returns a Deferred that fires once no worker thread is left.
 A transfer always ends in exactly one of succeeded/failed/aborted, and ``when_done`` fires only
-after its worker thread has finished (and, on failure, after the staging directory is gone).
+after its worker threads have finished (and, on failure, after the staging directory is gone).
 
 Why it is shaped this way:
 
@@ -28,22 +28,24 @@ Why it is shaped this way:
   within ``stall_timeout`` seconds fails, naming the last refusal, so a wrong secret on the
   source does not leave the target waiting forever.  TLS is optional and layered underneath:
   a server context factory for the receiver, a client connection creator for the sender.
-* Disk work happens in one worker thread per transfer (reading + hashing on the sender,
-  decoding + hashing + writing on the receiver, whose writer has two helper threads, see
-  :mod:`orchagent.seed.tree`); the reactor never blocks.  On a plain TCP
-  connection the worker also does the socket I/O of the data stream itself, through a
-  :class:`_SocketChannel` (a duplicate of the connection's socket): the sender's worker
-  hands its batches to ``sendmsg`` straight from the bytes it read, the receiver's worker
-  reads into one reused buffer (``recv_into``) and decodes it in place.  Measured on 2 cores
-  this saved a quarter of the sender's CPU (Twisted copied every byte into its write buffer
-  and the reactor woke up per batch) and every per-chunk hand-off, which matters because both
-  agents and the disk share the CPUs (see ``bench/RESULTS.md``).  The socket's own buffers
-  are the bound: a slow disk fills the receiver's, which blocks the sender's ``sendmsg``, so
-  memory stays flat whatever the data size.
-  Under TLS the reactor must encrypt, so the stream goes through Twisted with a bounded
-  :class:`~orchagent.seed.pipe.Pipe` between worker and reactor on each side (the sender's
-  connection is a push producer over its transport, the receiver pauses its transport while
-  its writer is behind).
+* Disk work happens in worker threads; the reactor never blocks.  The sender's reader thread
+  walks, reads and hashes the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
+  receiver's worker decodes and verifies the stream and hands the file-system work to the
+  writer's disk thread (it has two more helpers, see :mod:`orchagent.seed.tree`).  On a plain
+  TCP connection the workers also do the socket I/O of the data stream, through a
+  :class:`_SocketChannel` (a duplicate of the connection's socket): a sending thread takes
+  batches from the pipe to ``sendmsg`` as they were read, and the receiver's worker reads
+  into the writer's few reused buffers (``recv_into``) and decodes them in place.  Measured on
+  2 cores, keeping Twisted out of the data path saved a quarter of the sender's CPU (Twisted
+  copied every byte into its write buffer and the reactor woke up per batch); splitting
+  reading from sending, and decoding from writing, lets each side use both cores while the
+  other waits for the disk (see ``bench/RESULTS.md``).  The bounds are the pipe, the
+  receive buffers and the sockets' own buffers: a slow disk holds the receiver's buffers,
+  which fills the socket and blocks the sender's ``sendmsg``, so memory stays flat whatever
+  the data size.  Under TLS the reactor must encrypt, so the stream goes through Twisted: the
+  reactor takes the sender's pipe (its connection is a push producer over its transport), and
+  on the receiver a second pipe sits between reactor and worker (the receiver pauses its
+  transport while its writer is behind).
 * Either side gives up when nothing moves for ``stall_timeout`` seconds: the reactor's timer
   during the handshake and under TLS, the channel's socket timeout while a worker holds it.
   The receiver sends keepalives while it verifies and syncs, so a long final sync is not a
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Any, Callable
 
 from twisted.internet import interfaces
@@ -62,7 +65,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.policies import TimeoutMixin
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -79,9 +81,8 @@ __all__ = ["SeedReceiverServer", "send_tree", "Transfer", "Progress", "TransferF
 
 log = logs.logger(__name__)
 
-PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reactor and the worker thread
+PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reader thread and the socket (or reactor)
 SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport (TLS)
-RECEIVE_BYTES = 4 * 1024 * 1024  # one recv_into of the receiver's worker (plain TCP)
 CONNECT_TIMEOUT_SECONDS = 30
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # parts one sendmsg takes (a batch of empty files has thousands)
 
@@ -93,7 +94,7 @@ class TransferAborted(TransferFailed):
 class Transfer:
     """One side of one seed transfer; see the module docstring."""
 
-    def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float, threadpool: Any) -> None:
+    def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float) -> None:
         self.seed_id = seed_id
         self.role = role  # "send" or "receive"
         self.progress = Progress()
@@ -102,9 +103,8 @@ class Transfer:
         self.last_refusal: str | None = None
         self._reactor = reactor
         self._stall_timeout = stall_timeout
-        self._threadpool = threadpool
         self._concluded = False
-        self._worker_running = False
+        self._workers = 0  # worker threads still running
         self._connection_open = False
         self._waiters: list[Deferred] = []
         self._connection: _Connection | None = None
@@ -141,19 +141,31 @@ class Transfer:
     # shared machinery
 
     def _start_worker(self, work: Callable[..., Any], *args: Any) -> None:
-        self._worker_running = True
-        pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
-        d = deferToThreadPool(self._reactor, pool, work, *args)
-        d.addBoth(self._worker_ended)
+        """Run ``work`` in a thread of its own, then :meth:`_worker_ended` in the reactor.
+
+        Not in the reactor's thread pool: a seed's threads run for as long as the copy takes,
+        and a few concurrent seeds would hold every pool thread that the API's blocking calls
+        (``du``, file reads) need, or wait for one themselves half started.
+        """
+        self._workers += 1
+
+        def run() -> None:
+            try:
+                result = work(*args)
+            except BaseException:  # noqa: B036 - reported to the reactor, which concludes with it
+                result = Failure()
+            self._reactor.callFromThread(self._worker_ended, result)
+
+        threading.Thread(target=run, name=f"seed-{self.role}-{self.seed_id}", daemon=True).start()
 
     def _worker_ended(self, result: Any) -> None:
-        self._worker_running = False
-        if self._channel is not None:
-            self._channel.close()
+        self._workers -= 1
         if isinstance(result, Failure):
             self._conclude(self._as_error(result))
-        else:
+        elif not self._workers:
             self._worker_succeeded()
+        if self._channel is not None and not self._workers:
+            self._channel.close()
         self._fire_if_idle()
 
     def _worker_succeeded(self) -> None:
@@ -167,7 +179,7 @@ class Transfer:
         self.error = error
         if self._pipe is not None and error is not None:
             self._pipe.close()
-        if self._channel is not None and self._worker_running:
+        if self._channel is not None and self._workers:
             self._channel.interrupt()
         if self._connection_open:
             self._connection.close(error)
@@ -175,7 +187,7 @@ class Transfer:
 
     def _fire_if_idle(self) -> None:
         """Report the outcome once it is known and neither a worker nor the connection is left."""
-        if not self._concluded or self._worker_running or self._connection_open or self.done:
+        if not self._concluded or self._workers or self._connection_open or self.done:
             return
         error = self.error
         self.state = "succeeded" if error is None else "aborted" if isinstance(error, TransferAborted) else "failed"
@@ -231,8 +243,8 @@ class Transfer:
 
 
 class _ReceiveTransfer(Transfer):
-    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float, threadpool: Any) -> None:
-        super().__init__(reactor, seed_id, "receive", stall_timeout, threadpool)
+    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float) -> None:
+        super().__init__(reactor, seed_id, "receive", stall_timeout)
         self.datadir = datadir
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
 
@@ -259,14 +271,14 @@ class _ReceiveTransfer(Transfer):
         self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
                                             f"seed {self.seed_id} stalled: the sender did not send data "
                                             f"for {self._stall_timeout:g} seconds")
+        writer = TreeWriter(self.datadir, self.seed_id, self.progress)
         if self._channel is None:
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
             source = self._pipe.get_wait
         else:
             connection.transport.pauseProducing()  # the worker reads the socket from now on
             connection.setTimeout(None)  # and notices a stall itself
-            source = self._channel.receive
-        writer = TreeWriter(self.datadir, self.seed_id, self.progress)
+            source = lambda: self._channel.receive(writer.free_buffer())  # noqa: E731
         self._start_worker(self._write, writer, early, source)
 
     def received(self, data: bytes) -> None:
@@ -285,7 +297,7 @@ class _ReceiveTransfer(Transfer):
         """Worker thread: everything that touches the target disk.
 
         ``source`` gives the next piece of the stream (None at its end): the pipe's items, or
-        views of the channel's reused buffer, which ``feed`` has used up when it returns.
+        views of the writer's reused buffers, which it takes back once written.
         """
         try:
             writer.start()
@@ -365,11 +377,11 @@ def _widen_buffers(transport: Any) -> None:
 
 
 class _SocketChannel:
-    """The socket of a plain TCP connection, lent to the worker thread for the data stream.
+    """The socket of a plain TCP connection, lent to a worker thread for the data stream.
 
-    After the handshake the data goes straight between the disk and the socket in the worker:
-    no copy into Twisted's buffers, no hand-off per chunk, one reused receive buffer.  Only the
-    worker moves stream bytes while it holds the channel (the sender's reactor just reads the
+    After the handshake the data goes straight between the workers and the socket: no copy into
+    Twisted's buffers, no hand-off to the reactor per chunk.  Only one worker moves stream bytes
+    while it holds the channel (the sender's reactor just reads the
     receiver's keepalives; the receiver's reactor stops reading and just writes keepalives), so
     nothing interleaves.  The worker uses a duplicate descriptor: Twisted may close its own at
     any time without the worker ever touching a closed or reused descriptor number.  The
@@ -383,7 +395,6 @@ class _SocketChannel:
         self._interrupt = interrupt
         self._interrupted = False
         self._stalled = stalled
-        self._buffer: memoryview | None = None
 
     @classmethod
     def lend(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> _SocketChannel | None:
@@ -415,19 +426,17 @@ class _SocketChannel:
                 else:
                     views[0], sent = views[0][sent:], 0
 
-    def receive(self) -> memoryview | None:
-        """Worker: the next bytes (a view of a reused buffer, valid until the next call); None at the end."""
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(RECEIVE_BYTES))
+    def receive(self, buffer: memoryview) -> memoryview | None:
+        """Worker: the next bytes, received into ``buffer`` (a view of its start); None at the end."""
         if self._interrupted:
             raise Closed()  # the socket may still hold data (shutting reading down does not drop it)
         try:
-            count = self._socket.recv_into(self._buffer)
+            count = self._socket.recv_into(buffer)
         except TimeoutError:
             raise TransferFailed(self._stalled) from None
         except ConnectionResetError:
             return None
-        return self._buffer[:count] if count else None
+        return buffer[:count] if count else None
 
     def interrupt(self) -> None:
         """Reactor: wake the worker out of a wait on the socket (the transfer is over)."""
@@ -438,14 +447,8 @@ class _SocketChannel:
             pass  # already disconnected, which wakes it too
 
     def close(self) -> None:
-        """Reactor, once the worker is gone: give the duplicate descriptor and the buffer back.
-
-        A finished transfer may live on in reference cycles until the cyclic collector runs,
-        which a few large buffers do not prompt; dropping the buffer here keeps memory flat
-        across seeds.
-        """
+        """Reactor, once the workers are gone: give the duplicate descriptor back."""
         self._socket.close()
-        self._buffer = None
 
 
 class _ReceiverProtocol(_Connection):
@@ -548,8 +551,7 @@ class _ReceiverFactory(Factory):
 class SeedReceiverServer:
     """The one seed listener of an agent; receives are armed per seed id."""
 
-    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
-                 threadpool: Any = None) -> None:
+    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300) -> None:
         """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None."""
         if not secret and tls is None:
             raise ValueError("the built-in seed transfer needs SeedTransferSecret (or TLS)")
@@ -557,7 +559,6 @@ class SeedReceiverServer:
         self._secret = secret
         self._tls = tls
         self.stall_timeout = stall_timeout
-        self._threadpool = threadpool
         self._armed: dict[str, _ReceiveTransfer] = {}
         self._port: Any = None
 
@@ -582,7 +583,7 @@ class SeedReceiverServer:
         current = self._armed.get(seed_id)
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
-        transfer = _ReceiveTransfer(self._reactor, seed_id, datadir, self.stall_timeout, self._threadpool)
+        transfer = _ReceiveTransfer(self._reactor, seed_id, datadir, self.stall_timeout)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer
@@ -596,9 +597,8 @@ class SeedReceiverServer:
 
 
 class _SendTransfer(Transfer):
-    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
-                 threadpool: Any) -> None:
-        super().__init__(reactor, seed_id, "send", stall_timeout, threadpool)
+    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float) -> None:
+        super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
         self._secret = secret
         self._connecting: Deferred | None = None
@@ -615,34 +615,31 @@ class _SendTransfer(Transfer):
 
     def authenticated(self, connection: _SenderProtocol) -> None:
         self._begin()
+        self._pipe = Pipe(PIPE_BYTES)
         self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
                                             f"seed {self.seed_id} stalled: the receiver did not take data "
                                             f"for {self._stall_timeout:g} seconds")
         if self._channel is None:
-            self._pipe = Pipe(PIPE_BYTES)
-            connection.transport.registerProducer(connection, True)
-            self._start_worker(self._read, self._queue)
+            connection.register_as_producer()
+            self._start_worker(self._read, lambda: self._reactor.callFromThread(self.pump))
         else:
-            self._start_worker(self._read, self._send)
+            self._start_worker(self._read, lambda: None)
+            self._start_worker(self._send)
 
-    def _read(self, deliver: Callable[[Batch], None]) -> None:
-        """Worker thread: walk, read and hash the source, and deliver it batch by batch."""
+    def _read(self, queued: Callable[[], None]) -> None:
+        """Reader thread: walk, read and hash the source into the pipe, a few MB ahead of the socket."""
         try:
             for batch in TreeReader(self.source_dir).batches():
-                deliver(batch)
+                self._pipe.put_wait(batch, batch.size)
+                queued()
         finally:
-            if self._pipe is not None:
-                self._pipe.finish()
+            self._pipe.finish()
 
-    def _send(self, batch: Batch) -> None:
-        """Worker thread (plain TCP): straight onto the socket."""
-        self._count(batch)
-        self._channel.send(batch.parts)
-
-    def _queue(self, batch: Batch) -> None:
-        """Worker thread (TLS): a few MB ahead of the reactor, which encrypts and sends."""
-        self._pipe.put_wait(batch, batch.size)
-        self._reactor.callFromThread(self.pump)
+    def _send(self) -> None:
+        """Sending thread (plain TCP): from the pipe straight onto the socket."""
+        while (batch := self._pipe.get_wait()) is not None:
+            self._count(batch)
+            self._channel.send(batch.parts)
 
     def pump(self) -> None:
         """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
@@ -681,6 +678,7 @@ class _SenderProtocol(_Connection):
         self._nonce = protocol.new_nonce()
         self._receiver_nonce: bytes | None = None
         self._accepted = False
+        self._producing = False
         self.paused = False
 
     def connectionMade(self) -> None:
@@ -741,8 +739,13 @@ class _SenderProtocol(_Connection):
         self._transfer._conclude(TransferFailed(
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
 
+    def register_as_producer(self) -> None:
+        """TLS: the reactor sends, pausing the reader's pipe while the transport is full."""
+        self.transport.registerProducer(self, True)
+        self._producing = True
+
     def close(self, error: TransferFailed | None) -> None:
-        if self._transfer._pipe is not None and not self._closed:
+        if self._producing and not self._closed:
             self.transport.unregisterProducer()
         super().close(error)
 
@@ -756,13 +759,13 @@ class _SenderProtocol(_Connection):
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-              threadpool: Any = None) -> Transfer:
+              ) -> Transfer:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
     or None for plain TCP.
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, threadpool)
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)

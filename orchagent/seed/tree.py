@@ -1,6 +1,6 @@
 """Reading a directory tree into the seed stream, and restoring it from the stream.
 
-Both classes do blocking file I/O and run in a worker thread, never in the reactor.
+Both classes do blocking file I/O and run in worker threads, never in the reactor.
 
 :class:`TreeReader` walks the source without following symlinks (directories before their
 contents) and yields batches of frames: small frames are packed together so per-frame overhead
@@ -14,11 +14,16 @@ small files of the benchmark tree).
 
 :class:`TreeWriter` receives into ``<datadir>/.orchagent-seed-<id>/``: inside the datadir, so
 ``du`` of the datadir (orchestrator's progress measure) grows as data arrives, yet hidden, so a
-partial copy never looks like a datadir.  A file is written under ``partial/<n>`` and renamed
-to its place in ``tree/`` only after its checksum matched.  A helper thread creates those empty
-partial files a few dozen ahead: creating a file is the costliest step per small file (ext4
-searches its inode bitmap, for long right after a datadir was deleted), and ahead of time it
-overlaps with decoding, hashing and writing the previous files.  Every file and directory is
+partial copy never looks like a datadir.  The thread that feeds it decodes and verifies the
+stream; a disk thread does the file-system work, chunk by chunk in stream order, so writing one
+chunk overlaps with decoding and hashing the next (the stream arrives in a few reused buffers,
+each back in use once the disk thread wrote it).  A file is written under a hidden partial name
+in its own directory and renamed to its place only after its checksum matched.  In its own
+directory, not all in one: ext4 places a new file's inode near its directory's, and without a
+journal it scans past every inode deleted in the last minutes for each file it creates, so
+thousands of files in one directory right after a datadir was deleted (orchestrator's order,
+and a retried seed's) cost seconds of CPU; spread over the tree's directories, as ``tar -x``
+spreads them, they do not.  Every file and directory is
 made durable by ``syncfs`` of the target filesystem, which covers both: large files start their
 write-back every few MB, and another helper thread runs ``syncfs`` every 64 MB received, so the
 kernel writes the small files out in bulk while data still arrives and the final ``syncfs``,
@@ -55,7 +60,8 @@ READ_AHEAD_FILES = 64  # the sender opens files this far ahead and starts readin
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # of each file opened ahead (sequential read-ahead does the rest)
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
-PRECREATED_FILES = 32  # the receiver creates its partial files this far ahead
+RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 STAGING_PREFIX = ".orchagent-seed-"
 
 
@@ -68,7 +74,8 @@ def staging_path(datadir: str, seed_id: str) -> str:
 class Progress:
     """How far a transfer is.  Byte counts are logical file bytes (holes included).
 
-    Updated by the worker thread (receiver) or the reactor (sender); plain int stores, so the
+    Updated by one thread per transfer (the receiver's disk thread; the sender's sending thread,
+    or its reactor under TLS); plain int stores, so the
     reactor may read them at any time.  ``started``/``finished`` are reactor times.
     """
 
@@ -277,8 +284,11 @@ class TreeWriter:
         self.progress = progress if progress is not None else Progress()
         self._tree = os.path.join(self.staging, "tree")
         self._tree_prefix = os.fsencode(self._tree) + b"/"
-        self._partial = os.path.join(self.staging, "partial")
         self._decoder = protocol.StreamDecoder(self)
+        self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
+        self._disk: _DiskThread | None = None
+        self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._buffer_owners: set[int] = set()  # id() of the buffers' bytearrays
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
         self._as_root = os.geteuid() == 0
         self._ids: dict[tuple[str, bytes, int], int] = {}
@@ -286,7 +296,7 @@ class TreeWriter:
         self._fd = -1
         self._written = self._flushed = self._end = 0  # bytes written, of them flushed; end of the data
         self._temp = ""
-        self._creator: _Precreator | None = None
+        self._partial_serial = 0
         self._ended: tuple[int, int] | None = None
         self._received_files = self._received_bytes = 0
         self._syncer: _BackgroundSync | None = None
@@ -299,12 +309,31 @@ class TreeWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
         os.mkdir(self.staging, 0o700)
         os.mkdir(self._tree, 0o700)
-        os.mkdir(self._partial, 0o700)
-        self._creator = _Precreator(self._partial, PRECREATED_FILES)
         self._syncer = _BackgroundSync(self.staging)
+        self._disk = _DiskThread()
+        for _ in range(RECEIVE_BUFFERS):
+            buffer = bytearray(RECEIVE_BUFFER_BYTES)
+            self._buffer_owners.add(id(buffer))
+            self._buffers.put(memoryview(buffer))
 
-    def feed(self, chunk: bytes) -> None:
-        self._decoder.feed(chunk)
+    def free_buffer(self) -> memoryview:
+        """A buffer to receive the next chunk into; waits while the disk thread holds all of them."""
+        return self._buffers.get()
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Decode and verify ``chunk`` in this thread; the disk thread does its file-system work.
+
+        A chunk that is a view of a :meth:`free_buffer` goes back to the free buffers once the
+        disk thread is done with it; any other chunk must not change afterwards (``bytes``).
+        """
+        try:
+            self._decoder.feed(chunk)
+        finally:
+            owner = chunk.obj if isinstance(chunk, memoryview) else None
+            release = self._buffers.put if id(owner) in self._buffer_owners else None
+            calls, self._calls = self._calls, []
+            self._disk.submit(calls, release and (lambda: release(memoryview(owner))))
+        self._disk.check()
 
     @property
     def ended(self) -> bool:
@@ -316,24 +345,41 @@ class TreeWriter:
         self.progress.files_total, self.progress.bytes_total = files, nbytes
 
     def entry(self, entry: Entry) -> None:
+        """Check the entry against the stream so far here; the disk thread creates it."""
         parent = entry.path.rpartition(b"/")[0]
         if parent not in self._directories:
             raise ProtocolError(f"{os.fsdecode(entry.path)!r} arrived before its directory")
+        if entry.kind == EntryKind.DIR:
+            self._directories[entry.path] = (entry.mode, entry.mtime_ns)
+        self._calls.append((self._write_entry, (entry,)))
+
+    def data(self, offset: int, piece: memoryview) -> None:
+        self._calls.append((self._write_data, (offset, piece)))
+
+    def file_end(self) -> None:
+        """The decoder verified the file's checksum before this; the disk thread gives it its name."""
+        self._calls.append((self._complete_file, ()))
+
+    def end(self, files: int, nbytes: int) -> None:
+        self._ended = (files, nbytes)
+
+    # the disk thread's work, in stream order
+
+    def _write_entry(self, entry: Entry) -> None:
         path = self._place(entry.path)
         if entry.kind == EntryKind.DIR:
             os.mkdir(path, 0o700)
             self._chown(path, entry)
-            self._directories[entry.path] = (entry.mode, entry.mtime_ns)
         elif entry.kind == EntryKind.SYMLINK:
             os.symlink(entry.target, path)
             self._chown(path, entry)
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         else:
-            self._temp, self._fd = self._creator.take()
+            self._temp, self._fd = self._create_partial(entry.path)
             self._file = entry
             self._written = self._flushed = self._end = 0
 
-    def data(self, offset: int, piece: memoryview) -> None:
+    def _write_data(self, offset: int, piece: memoryview) -> None:
         while piece:
             written = os.pwrite(self._fd, piece, offset)
             piece, offset = piece[written:], offset + written
@@ -346,7 +392,7 @@ class TreeWriter:
             os.posix_fadvise(self._fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
             self._flushed = self._written
 
-    def file_end(self) -> None:
+    def _complete_file(self) -> None:
         entry, fd = self._file, self._fd
         self._file, self._fd = None, -1
         try:
@@ -367,9 +413,6 @@ class TreeWriter:
             self._syncer.request()
             self._unsynced = 0
 
-    def end(self, files: int, nbytes: int) -> None:
-        self._ended = (files, nbytes)
-
     # the end
 
     def finish(self, cancelled: Callable[[], bool] = lambda: False) -> None:
@@ -379,10 +422,10 @@ class TreeWriter:
         """
         if self._ended is None:
             raise TransferFailed("the connection ended before the sender finished the tree")
+        self._stop_disk(discard=False)
         if self._ended != (self._received_files, self._received_bytes):
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
-        self._creator.close()
         for relative in sorted(self._directories, reverse=True):  # children before parents
             if relative:
                 mode, mtime_ns = self._directories[relative]
@@ -402,17 +445,16 @@ class TreeWriter:
             os.rename(os.path.join(self._tree, name), os.path.join(self.datadir, name))
         _fsync_directory(self.datadir)
         os.rmdir(self._tree)
-        os.rmdir(self._partial)
         os.rmdir(self.staging)
         _fsync_directory(self.datadir)
 
     def discard(self) -> None:
         """Remove everything this receive wrote (after a failure or an abort)."""
+        if self._disk is not None:
+            self._stop_disk(discard=True)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if self._creator is not None:
-            self._creator.close()
         if self._syncer is not None:
             try:
                 self._syncer.close()
@@ -421,6 +463,31 @@ class TreeWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     # helpers
+
+    def _stop_disk(self, discard: bool) -> None:
+        """End the disk thread and drop the receive buffers at once.
+
+        A finished transfer may live on in reference cycles until the cyclic collector runs,
+        which a few large buffers do not prompt; without this each seed would leave its
+        buffers behind for a while.
+        """
+        try:
+            self._disk.close(discard)
+        finally:
+            self._buffers = queue.SimpleQueue()
+            self._buffer_owners.clear()
+
+    def _create_partial(self, relative: bytes) -> tuple[bytes, int]:
+        """(path, descriptor) of a new empty file, hidden, in the directory ``relative`` goes to."""
+        directory = self._place(relative.rpartition(b"/")[0])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            self._partial_serial += 1
+            path = b"%s/.orchagent-partial-%d" % (directory.rstrip(b"/"), self._partial_serial)
+            try:
+                return path, os.open(path, flags, 0o600)
+            except FileExistsError:
+                continue  # the tree itself has a file of that name
 
     def _place(self, relative: bytes) -> bytes:
         return self._tree_prefix + relative
@@ -463,57 +530,50 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs failed: {os.strerror(err)}")
 
 
-class _Precreator:
-    """Empty partial files, created by a helper thread a few dozen ahead of need.
+class _DiskThread:
+    """Runs the receiver's file-system work in stream order, while the next chunk is decoded.
 
-    Creating a file is the receiver's costliest step per small file (ext4 searches its inode
-    bitmap, for long right after a datadir was deleted, and may wait for the journal).  The
-    partial names are just serial numbers, so they can be created before the entries arrive,
-    while the writer decodes, hashes and writes the previous files.
+    Decoding and hashing a chunk and writing it out take about the same CPU time; in one
+    thread they took turns, and the sender waited.  The work comes as one list of calls per
+    received chunk; after it, ``release`` gives the chunk's buffer back.  After a failure the
+    thread stops working but still releases buffers, so the decoding thread never waits
+    forever for one; :meth:`check` raises the failure there.
     """
 
-    def __init__(self, directory: str, depth: int) -> None:
-        self._directory = directory
-        self._ready: queue.Queue[tuple[str, int] | None] = queue.Queue(depth)
-        self._stopping = False
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="seed-create", daemon=True)
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[tuple[list, Callable[[], None] | None] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._discarding = False
+        self._thread = threading.Thread(target=self._run, name="seed-write", daemon=True)
         self._thread.start()
 
-    def take(self) -> tuple[str, int]:
-        """(path, descriptor) of a new empty file, or what creating it raised."""
-        item = self._ready.get()
-        if item is None:
+    def submit(self, calls: list[tuple[Callable[..., None], tuple]], release: Callable[[], None] | None) -> None:
+        self._work.put((calls, release))
+
+    def check(self) -> None:
+        if self._error is not None:
             raise self._error
-        return item
 
     def _run(self) -> None:
-        serial = 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            while not self._stopping:
-                serial += 1
-                path = os.path.join(self._directory, str(serial))
-                self._ready.put((path, os.open(path, flags, 0o600)))
-        except OSError as e:
-            self._error = e
-            self._ready.put(None)
+        while (item := self._work.get()) is not None:
+            calls, release = item
+            if self._error is None and not self._discarding:
+                try:
+                    for call, args in calls:
+                        call(*args)
+                except BaseException as e:  # noqa: B036 - handed to the decoding thread
+                    self._error = e
+            if release is not None:
+                release()
 
-    def close(self) -> None:
-        """Stop the helper; close and remove the files it created that were not taken."""
-        self._stopping = True
-        while True:
-            try:
-                item = self._ready.get_nowait()
-            except queue.Empty:
-                if not self._thread.is_alive():
-                    return
-                self._thread.join(0.01)  # it may be creating one more
-                continue
-            if item is not None:
-                path, fd = item
-                os.close(fd)
-                os.unlink(path)
+    def close(self, discard: bool = False) -> None:
+        """Finish the work submitted (or skip it when ``discard``), end the thread, raise a failure."""
+        if self._thread.is_alive():
+            self._discarding = discard
+            self._work.put(None)
+            self._thread.join()
+        if not discard:
+            self.check()
 
 
 class _BackgroundSync:

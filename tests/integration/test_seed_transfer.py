@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor, ssl, threads
+from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
@@ -49,6 +51,18 @@ class SeedTransferTests(TestCase):
         with open(ca.cert) as root:
             client_tls = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(root.read()))
         await self._transfer_and_compare(server_tls, client_tls)
+
+    @inline
+    async def test_seeds_do_not_need_the_reactors_thread_pool(self):
+        # A seed runs for hours: it must neither hold the pool's threads (the API's du and file
+        # reads need them) nor wait for one.  Here all pool threads but one are busy all along.
+        pool = reactor.getThreadPool()
+        release = threading.Event()
+        self.addCleanup(release.set)
+        busy = [threads.deferToThread(release.wait) for _ in range(pool.max - 1)]  # one for name lookups
+        await self._transfer_and_compare()
+        release.set()
+        await DeferredList(busy)
 
     async def _transfer_and_compare(self, server_tls=None, client_tls=None):
         source, target = self._dirs()

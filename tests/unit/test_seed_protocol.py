@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+import threading
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -14,7 +16,7 @@ from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError
 from orchagent.seed.transfer import SeedReceiverServer, _ReceiverProtocol
-from orchagent.seed.tree import TreeReader, TreeWriter
+from orchagent.seed.tree import RECEIVE_BUFFERS, TreeReader, TreeWriter
 from tests.support.seed_trees import build_tree, describe_tree
 
 SECRET = b"s3cret"
@@ -189,6 +191,52 @@ class TreeWriterTests(SynchronousTestCase):
         writer = self._write(Entry(EntryKind.DIR, b"d", 0o755, 0))
         self.assertRaisesRegex(protocol.TransferFailed, "ended before the sender finished", writer.finish)
 
+    def test_receive_buffers_are_reused_only_after_their_data_is_written(self):
+        source, target = self.mktemp(), self.mktemp()
+        build_tree(source, big_bytes=3 * 1024 * 1024, small_files=40)
+        os.makedirs(target)
+        stream = tree_stream(source)
+        writer = TreeWriter(target, "9")
+        writer.start()
+        at, seen = 0, set()
+        while at < len(stream):
+            buffer = writer.free_buffer()  # a buffer reused too early would corrupt a file
+            seen.add(id(buffer.obj))
+            count = min(len(buffer), 100_000, len(stream) - at)
+            buffer[:count] = stream[at:at + count]
+            writer.feed(buffer[:count])
+            at += count
+        writer.finish()
+        self.assertEqual(describe_tree(target), describe_tree(source))
+        self.assertEqual(len(seen), RECEIVE_BUFFERS)
+
+    def test_files_named_like_partial_files_arrive_intact(self):
+        # Partial files live next to their final names, so the tree may hold those names itself.
+        source, target = self.mktemp(), self.mktemp()
+        os.makedirs(os.path.join(source, "db"))
+        for name, data in ((".orchagent-partial-2", b"two"), ("b", b"bee"), ("db/.orchagent-partial-4", b"four"),
+                           ("db/x", b"ex")):
+            with open(os.path.join(source, name), "wb") as f:
+                f.write(data)
+        os.makedirs(target)
+        writer = TreeWriter(target, "9")
+        writer.start()
+        writer.feed(tree_stream(source))
+        writer.finish()
+        self.assertEqual(describe_tree(target), describe_tree(source))
+
+    def test_a_disk_failure_surfaces_and_never_blocks_the_receiving_thread(self):
+        # A file arriving at a directory's path fails on the disk thread (the rename).
+        writer = self._write(Entry(EntryKind.DIR, b"d", 0o755, 0))
+        payload = Entry(EntryKind.FILE, b"d", 0o644, 0, size=0).encode()
+        digest = hashlib.sha256(payload).digest()
+        writer.feed(protocol.frame(Kind.ENTRY, payload) + protocol.frame(Kind.FILE_END, digest))
+        with self.assertRaises(IsADirectoryError):
+            for _ in range(10 * RECEIVE_BUFFERS):  # more buffers than exist: they keep coming back
+                buffer = writer.free_buffer()
+                writer.feed(buffer[:0])
+            writer.finish()
+
     def test_discard_removes_the_staging_directory(self):
         writer = self._write(Entry(EntryKind.DIR, b"d", 0o755, 0), Entry(EntryKind.FILE, b"d/f", 0o644, 0, size=5))
         writer.discard()
@@ -206,6 +254,27 @@ class PipeTests(SynchronousTestCase):
         pipe.finish()
         self.assertEqual(pipe.get_wait(), b"b")
         self.assertIsNone(pipe.get_wait())
+
+    def test_a_waiting_consumer_thread_wakes_for_each_item(self):
+        pipe = Pipe(1)  # the producer waits for room after every item
+        received = []
+
+        def consume():
+            while (item := pipe.get_wait()) is not None:
+                received.append(item)
+
+        def produce():
+            for i in range(100):
+                pipe.put_wait(i, 1)
+            pipe.finish()
+
+        threads = [threading.Thread(target=consume, daemon=True), threading.Thread(target=produce, daemon=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        pipe.close()  # frees a stuck thread if the test failed
+        self.assertEqual(received, list(range(100)))
 
     def test_close_wakes_both_sides(self):
         pipe = Pipe(1)
