@@ -152,7 +152,7 @@ class Transfer:
         def run() -> None:
             try:
                 result = work(*args)
-            except BaseException:  # noqa: B036 - reported to the reactor, which concludes with it
+            except BaseException:  # reported to the reactor, which concludes with it
                 result = Failure()
             self._reactor.callFromThread(self._worker_ended, result)
 

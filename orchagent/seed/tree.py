@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import errno
 import hashlib
 import grp
@@ -287,8 +288,8 @@ class TreeWriter:
         self._decoder = protocol.StreamDecoder(self)
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: _DiskThread | None = None
-        self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        self._buffer_owners: set[int] = set()  # id() of the buffers' bytearrays
+        self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
+        self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
         self._as_root = os.geteuid() == 0
         self._ids: dict[tuple[str, bytes, int], int] = {}
@@ -312,9 +313,9 @@ class TreeWriter:
         self._syncer = _BackgroundSync(self.staging)
         self._disk = _DiskThread()
         for _ in range(RECEIVE_BUFFERS):
-            buffer = bytearray(RECEIVE_BUFFER_BYTES)
-            self._buffer_owners.add(id(buffer))
-            self._buffers.put(memoryview(buffer))
+            buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
+            self._ring[id(buffer.obj)] = buffer
+            self._buffers.put(buffer)
 
     def free_buffer(self) -> memoryview:
         """A buffer to receive the next chunk into; waits while the disk thread holds all of them."""
@@ -329,10 +330,9 @@ class TreeWriter:
         try:
             self._decoder.feed(chunk)
         finally:
-            owner = chunk.obj if isinstance(chunk, memoryview) else None
-            release = self._buffers.put if id(owner) in self._buffer_owners else None
+            buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
             calls, self._calls = self._calls, []
-            self._disk.submit(calls, release and (lambda: release(memoryview(owner))))
+            self._disk.submit(calls, None if buffer is None else functools.partial(self._buffers.put, buffer))
         self._disk.check()
 
     @property
@@ -475,7 +475,7 @@ class TreeWriter:
             self._disk.close(discard)
         finally:
             self._buffers = queue.SimpleQueue()
-            self._buffer_owners.clear()
+            self._ring.clear()
 
     def _create_partial(self, relative: bytes) -> tuple[bytes, int]:
         """(path, descriptor) of a new empty file, hidden, in the directory ``relative`` goes to."""
@@ -561,7 +561,7 @@ class _DiskThread:
                 try:
                     for call, args in calls:
                         call(*args)
-                except BaseException as e:  # noqa: B036 - handed to the decoding thread
+                except BaseException as e:  # handed to the decoding thread by check()
                     self._error = e
             if release is not None:
                 release()
