@@ -1,8 +1,8 @@
 """Host-facts benchmark (issue 3): orchestrator's 9-call status poll under load, and the error-log tail.
 
-    python3 bench/poll.py                 # from the repository root: about 100 s, plus about a
-                                          # minute the first time, to build the data
-    python3 bench/poll.py --no-record     # print only, leave bench/RESULTS.md alone
+    ./run-bench poll                 # about 100 s, plus about a minute the first time, to build
+                                     # the data
+    ./run-bench poll --no-record     # print only, leave bench/RESULTS.md alone
 
 Why it matters (contract B.0.3): orchestrator marks an agent as checked only after all 9 GETs of
 B.1.2 have answered, and looks for due agents every second, so a poll slower than 1 s is started
@@ -637,7 +637,7 @@ def main() -> None:
 
     os.makedirs(args.workdir, exist_ok=True)
     facts: dict = {"machine": machine(args.workdir), "seconds": args.seconds, "notes": [],
-                   "command": "python3 bench/poll.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")}
+                   "command": "./run-bench poll" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")}
     print(json.dumps(facts["machine"], indent=1), flush=True)
     if "tmpfs" in facts["machine"]["filesystem"]:
         print("warning: the work directory is on tmpfs, not on a disk; pass --workdir", flush=True)

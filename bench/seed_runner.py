@@ -1,7 +1,7 @@
 """Run one side of a built-in seed transfer in this process, for benchmarks and demos.
 
-    python3 bench/seed_runner.py receive --port 21234 --seed-id 1 --datadir /tmp/target
-    python3 bench/seed_runner.py send --host 127.0.0.1 --port 21234 --seed-id 1 --source /tmp/src
+    .venv/bin/python bench/seed_runner.py receive --port 21234 --seed-id 1 --datadir /tmp/target
+    .venv/bin/python bench/seed_runner.py send --host 127.0.0.1 --port 21234 --seed-id 1 --source /tmp/src
 
 The secret comes from the environment (ORCHAGENT_SEED_SECRET).  The receiver prints
 ``listening`` once it accepts connections.  Each side ends by printing one JSON line: outcome,

@@ -1,6 +1,6 @@
 """Benchmark: the built-in seed transfer against ``tar | socat`` and a local ``cp -r`` + ``sync``.
 
-    sudo python3 bench/seed_transfer.py [--dir /var/tmp/orchagent-bench] [--size-mb 1024] [--repeat 3]
+    sudo ./run-bench seed_transfer [--dir /var/tmp/orchagent-bench] [--size-mb 1024] [--repeat 3]
 
 Builds (or reuses) a datadir-like tree under ``--dir`` on the real disk (a few large files,
 thousands of small ones, incompressible data), then, in the same run on the same data and
@@ -344,6 +344,13 @@ def run(args, pairs: list) -> None:
     median = {m: statistics.median(r["seconds"] for r in results[m]) for m in methods}
     for m in methods:
         print(f"median {m:10s} {median[m]:6.2f} s {nbytes / 1e6 / median[m]:6.0f} MB/s")
+    if "cp" in median and "tar_socat" in median:
+        print(f"cp / tar_socat: {median['tar_socat'] / median['cp']:.2f}x throughput (how far the disk allows "
+              f"anything to beat tar | socat when source and target share it)")
+    for m in ("orchagent", "agents"):
+        if m in median and "tar_socat" in median:
+            rounds = [t["seconds"] / r["seconds"] for r, t in zip(results[m], results["tar_socat"])]
+            print(f"{m} / tar_socat in each round: {' '.join(f'{ratio:.2f}x' for ratio in rounds)}")
     if "orchagent" in median:
         wall = statistics.median(r["wall"] for r in results["orchagent"])
         for other in ("tar_socat", "cp"):

@@ -136,6 +136,7 @@ class Config:
     apply_relaylog_max_bytes: int = _key("ApplyRelaylogMaxBytes", 256 * 1024 * 1024, _uint)
     seed_transfer_port: int = _key("SeedTransferPort", 21234, _uint)
     seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
+    seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
 
     @property
@@ -243,6 +244,13 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
             fail("use_mutual_tls", "UseMutualTLS needs SSLCAFile (the CA that signs client certificates)")
         if not config.ssl_valid_ous:
             fail("use_mutual_tls", "UseMutualTLS needs SSLValidOUs (the client OUs to accept)")
+    if config.seed_transfer_valid_ous:
+        if not config.use_ssl:
+            fail("seed_transfer_valid_ous", "SeedTransferValidOUs needs UseSSL (senders present their "
+                 "certificates over TLS)")
+        if not config.ssl_ca_file:
+            fail("seed_transfer_valid_ous", "SeedTransferValidOUs needs SSLCAFile (the CA that signs the "
+                 "agents' certificates)")
     for field in ("ssl_cert_file", "ssl_private_key_file", "ssl_ca_file"):
         path = getattr(config, field)
         if path and not os.access(path, os.R_OK):

@@ -1,13 +1,16 @@
 """TLS for the API listener, for calls to orchestrator, and for seed transfers (contract A.3.5).
 
-Everything here is pyOpenSSL through ``twisted.internet.ssl``; TLS 1.2 is the minimum.
+Everything here is pyOpenSSL through ``twisted.internet.ssl``; TLS 1.2 is the minimum.  A peer
+certificate's subject is read with ``cryptography`` (what pyOpenSSL itself is built on).
 """
 
 from __future__ import annotations
 
 import re
 
+from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
+from twisted.internet.interfaces import ISSLTransport
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -51,12 +54,26 @@ def check(config: Config) -> None:
 
 
 def server_options(config: Config) -> ssl.CertificateOptions:
-    """The API listener's (and seed receiver's) TLS.
+    """The API listener's TLS.
 
     With ``UseMutualTLS`` a client certificate is verified against ``SSLCAFile`` when given but
     not required at the TLS layer, so the status endpoint stays reachable (V1); the web layer then
     demands a certificate with an OU from ``SSLValidOUs`` on every other route.
     """
+    return _server_options(config, verify_clients=config.use_mutual_tls)
+
+
+def seed_server_options(config: Config) -> ssl.CertificateOptions:
+    """The seed receiver's TLS.
+
+    With ``SeedTransferValidOUs`` a sender's certificate is verified against ``SSLCAFile``; it is
+    not required at the TLS layer, so that a sender without one is refused with a message that
+    says what to configure (the receiver checks the OU once the sender names its seed).
+    """
+    return _server_options(config, verify_clients=bool(config.seed_transfer_valid_ous))
+
+
+def _server_options(config: Config, verify_clients: bool) -> ssl.CertificateOptions:
     identity, chain = _identity(config)
     options = dict(
         privateKey=identity.privateKey.original,
@@ -64,10 +81,21 @@ def server_options(config: Config) -> ssl.CertificateOptions:
         extraCertChain=[c.original for c in chain],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
-    if config.use_mutual_tls:
+    if verify_clients:
         options.update(verify=True, requireCertificate=False,
                        caCerts=[c.original for c in _certificates(config.ssl_ca_file)])
     return ssl.CertificateOptions(**options)
+
+
+def peer_ous(transport: object) -> set[str] | None:
+    """The OUs in the subject of the certificate the peer presented (verified by the TLS layer),
+    or None when it presented none or the connection is not TLS."""
+    tls_transport = ISSLTransport(transport, None)
+    certificate = tls_transport.getPeerCertificate() if tls_transport is not None else None
+    if certificate is None:
+        return None
+    subject = certificate.to_cryptography().subject
+    return {str(attribute.value) for attribute in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
 
 
 def client_creator(config: Config, hostname: str):

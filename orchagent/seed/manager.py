@@ -183,9 +183,10 @@ class SeedManager(Service):
                            f"seed ids are not reused")
 
     def _require_authentication(self) -> None:
-        if not self._config.seed_transfer_secret:
+        if not (self._config.seed_transfer_secret or self._config.seed_transfer_valid_ous):
             raise AgentError("the built-in seed transfer needs SeedTransferSecret (the same on every "
-                             "agent), or configure ReceiveSeedDataCommand/SendSeedDataCommand")
+                             "agent) or, with UseSSL, SeedTransferValidOUs (agents authenticated by "
+                             "their certificates), or configure ReceiveSeedDataCommand/SendSeedDataCommand")
 
     async def _listening_receiver(self) -> SeedReceiverServer:
         """The seed listener runs only while a receive is armed: nothing listens otherwise."""
@@ -194,8 +195,8 @@ class SeedManager(Service):
             config = self._config
             receiver = SeedReceiverServer(
                 self._reactor, secret=config.seed_transfer_secret.encode(),
-                tls=tls.server_options(config) if config.use_ssl else None,
-                stall_timeout=config.seed_stall_timeout_seconds)
+                tls=tls.seed_server_options(config) if config.use_ssl else None,
+                stall_timeout=config.seed_stall_timeout_seconds, sender_ous=config.seed_transfer_valid_ous)
             address = config.http_bind_address
             endpoint_class = TCP6ServerEndpoint if ":" in address else TCP4ServerEndpoint
             try:

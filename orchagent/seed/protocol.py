@@ -5,7 +5,8 @@ construction and the format can be tested in isolation.
 
 Every frame is ``kind (1 byte) | payload length (4 bytes, big endian) | payload``.
 
-Handshake (both proofs are HMAC-SHA256 keyed with ``SeedTransferSecret``)::
+Handshake (both proofs are HMAC-SHA256 keyed with ``SeedTransferSecret``; empty, they prove
+nothing, and only the TLS certificates that ``SeedTransferValidOUs`` demands authenticate)::
 
     receiver -> HELLO   magic, version, 32-byte receiver nonce
     sender   -> AUTH    seed id, 32-byte sender nonce, HMAC("sender", seed id, both nonces)

@@ -2,7 +2,7 @@
 
 Public API (what the seed manager uses)::
 
-    server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300)
+    server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300, sender_ous=())
     port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
     transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
     ...
@@ -20,7 +20,10 @@ after its worker threads have finished (and, on failure, after the staging direc
 Why it is shaped this way:
 
 * The sender proves it knows ``SeedTransferSecret`` (HMAC over the seed id and a nonce the
-  receiver chose), and the receiver proves it back.  A receiver only accepts while a receive
+  receiver chose), and the receiver proves it back.  With ``sender_ous`` (over TLS) the sender
+  must also present a certificate, verified by the TLS layer, whose subject has one of those
+  OUs; the secret may then be empty (its proofs then prove nothing, and the certificates, the
+  receiver's checked by the sender against the host name, do the work).  A receiver only accepts while a receive
   for that seed id is armed, and only one sender per armed receive.  Refusals are logged, sent
   to the sender as a reason (its transfer fails with it), and kept in ``last_refusal`` of the
   armed transfer so a human can see why nothing arrives; they do not fail the armed receive, so
@@ -58,7 +61,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, succeed
@@ -76,6 +79,7 @@ from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.tree import Batch, Progress, TreeReader, TreeWriter
+from orchagent.tls import peer_ous
 
 __all__ = ["SeedReceiverServer", "send_tree", "Transfer", "Progress", "TransferFailed", "TransferAborted"]
 
@@ -487,6 +491,8 @@ class _ReceiverProtocol(_Connection):
         transfer = self._server._armed.get(auth.seed_id)
         if transfer is None:
             self._refuse(f"no receive is armed for seed {auth.seed_id}")
+        elif problem := self._server.certificate_problem(self.transport):
+            self._refuse(f"{problem} (seed {auth.seed_id})", transfer)
         elif not auth.valid(self._server._secret, self._nonce):
             self._refuse(f"authentication failed for seed {auth.seed_id}: "
                          "the agents have different SeedTransferSecret values", transfer)
@@ -551,13 +557,18 @@ class _ReceiverFactory(Factory):
 class SeedReceiverServer:
     """The one seed listener of an agent; receives are armed per seed id."""
 
-    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300) -> None:
-        """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None."""
-        if not secret and tls is None:
-            raise ValueError("the built-in seed transfer needs SeedTransferSecret (or TLS)")
+    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
+                 sender_ous: Collection[str] = ()) -> None:
+        """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None;
+        ``sender_ous``: when given, a sender's certificate (``tls`` must verify it) needs one."""
+        if not secret and not sender_ous:
+            raise ValueError("the built-in seed transfer needs SeedTransferSecret or SeedTransferValidOUs")
+        if sender_ous and tls is None:
+            raise ValueError("checking the sender's certificate (SeedTransferValidOUs) needs TLS")
         self._reactor = reactor
         self._secret = secret
         self._tls = tls
+        self._sender_ous = frozenset(sender_ous)
         self.stall_timeout = stall_timeout
         self._armed: dict[str, _ReceiveTransfer] = {}
         self._port: Any = None
@@ -591,6 +602,20 @@ class SeedReceiverServer:
     def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
         if self._armed.get(seed_id) is transfer:
             del self._armed[seed_id]
+
+    def certificate_problem(self, transport: Any) -> str | None:
+        """Why the sender on ``transport`` may not send, by its certificate (None: it may)."""
+        if not self._sender_ous:
+            return None
+        ous = peer_ous(transport)
+        if ous is None:
+            return ("the sender presented no client certificate; SeedTransferValidOUs requires one "
+                    "(set SSLCertFile and SSLPrivateKeyFile on the source agent)")
+        if not ous & self._sender_ous:
+            shown = ", ".join(sorted(ous)) or "none"
+            return (f"the sender's certificate has no OU from SeedTransferValidOUs "
+                    f"(its OUs: {shown})")
+        return None
 
 
 # --- sending ---------------------------------------------------------------------------------

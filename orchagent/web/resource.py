@@ -15,11 +15,10 @@ from urllib.parse import unquote
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from orchagent import logs
+from orchagent import logs, tls
 from orchagent.errors import AgentError, Conflict, InvalidInput, NotFound
 from orchagent.process import CommandFailed, CommandTimedOut
 from orchagent.token import Token
@@ -197,15 +196,9 @@ def _basic_auth_ok(request, user: str, password: str) -> bool:
 
 def _check_client_ou(request, valid_ous: frozenset[str]) -> None:
     """The TLS layer has verified the chain (if any); here the leaf must carry an allowed OU."""
-    transport = ISSLTransport(request.channel.transport, None)
-    certificate = transport.getPeerCertificate() if transport is not None else None
-    if certificate is None:
+    ous = tls.peer_ous(request.channel.transport)
+    if ous is None:
         raise _HttpError(401, b"No TLS\n", b"text/plain; charset=utf-8")
-    ous = {
-        value.decode("utf-8", "replace")
-        for name, value in certificate.get_subject().get_components()
-        if name == b"OU"
-    }
     if not ous & valid_ous:
         raise _HttpError(401, b"Invalid OU\n", b"text/plain; charset=utf-8")
 

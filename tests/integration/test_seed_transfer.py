@@ -13,8 +13,10 @@ from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
+from orchagent.config import Config
 from orchagent.seed import protocol
 from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 from tests.support.storage import inline
@@ -25,8 +27,9 @@ SECRET = b"correct horse battery staple"
 class SeedTransferTests(TestCase):
     timeout = 60
 
-    async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10, tls=None) -> int:
-        self.server = SeedReceiverServer(reactor, secret=secret, stall_timeout=stall_timeout, tls=tls)
+    async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10, tls=None, sender_ous=()) -> int:
+        self.server = SeedReceiverServer(reactor, secret=secret, stall_timeout=stall_timeout, tls=tls,
+                                         sender_ous=sender_ous)
         port = await self.server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         self.addCleanup(self.server.stopListening)
         return port.getHost().port
@@ -94,20 +97,66 @@ class SeedTransferTests(TestCase):
         await receiving.when_done()
         self.assertEqual(describe_tree(target), describe_tree(source))
 
-    async def _refused(self, sender_secret: bytes, arm: bool) -> str:
+    async def _refused(self, sender_secret: bytes, arm: bool, client_tls=None, **listen) -> str:
+        """Sends a tree that the receiver must refuse; returns the sender's error."""
         source, target = self._dirs()
-        port = await self._listen()
+        port = await self._listen(**listen)
         receiving = self.server.arm("7", target) if arm else None
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=sender_secret)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=sender_secret, tls=client_tls)
         with self.assertRaises(TransferFailed) as caught:
             await sending.when_done()
         self.assertEqual(sending.state, "failed")
         self.assertEqual(os.listdir(target), [])
         if receiving is not None:
             self.assertFalse(receiving.done)  # a stray peer cannot cancel an armed receive
-            self.assertIn("SeedTransferSecret", receiving.last_refusal)
+            self.assertIn("SeedTransferValidOUs" if listen.get("sender_ous") else "SeedTransferSecret",
+                          receiving.last_refusal)
             await receiving.abort()
         return str(caught.exception)
+
+    def _agent_tls(self, sender_ou: str | None) -> tuple[dict, object]:
+        """Receiver listen options and the sender's connection creator, both from agent configs
+        (one CA; the receiver accepts senders whose certificate has the OU "mysql-agents")."""
+        ca = CertificateAuthority(self.mktemp())
+        receiver = ca.issue("receiver", ou="mysql-agents")
+        receiver_config = Config(use_ssl=True, ssl_cert_file=receiver.cert, ssl_private_key_file=receiver.key,
+                                 ssl_ca_file=ca.cert, seed_transfer_valid_ous=("mysql-agents",))
+        sender = ca.issue("sender", ou=sender_ou) if sender_ou is not None else None
+        sender_config = Config(use_ssl=True, ssl_ca_file=ca.cert, ssl_cert_file=sender.cert if sender else "",
+                               ssl_private_key_file=sender.key if sender else "")
+        listen = dict(secret=b"", tls=seed_server_options(receiver_config),
+                      sender_ous=receiver_config.seed_transfer_valid_ous)
+        return listen, client_creator(sender_config, "localhost")
+
+    @inline
+    async def test_sender_authenticated_by_its_certificate_alone(self):
+        listen, client_tls = self._agent_tls(sender_ou="mysql-agents")
+        source, target = self._dirs()
+        port = await self._listen(**listen)
+        receiving = self.server.arm("7", target)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=b"", tls=client_tls)
+        await sending.when_done()
+        await receiving.when_done()
+        self.assertEqual(describe_tree(target), describe_tree(source))
+
+    @inline
+    async def test_sender_without_a_certificate_is_refused(self):
+        listen, client_tls = self._agent_tls(sender_ou=None)
+        message = await self._refused(b"", arm=True, client_tls=client_tls, **listen)
+        self.assertIn("presented no client certificate", message)
+        self.assertIn("SSLCertFile", message)
+
+    @inline
+    async def test_sender_certificate_with_another_ou_is_refused(self):
+        listen, client_tls = self._agent_tls(sender_ou="web-servers")
+        message = await self._refused(b"", arm=True, client_tls=client_tls, **listen)
+        self.assertIn("no OU from SeedTransferValidOUs (its OUs: web-servers)", message)
+
+    def test_a_receiver_needs_a_secret_or_sender_certificates_over_tls(self):
+        with self.assertRaises(ValueError):
+            SeedReceiverServer(reactor, secret=b"", tls=None)
+        with self.assertRaises(ValueError):
+            SeedReceiverServer(reactor, secret=b"", tls=None, sender_ous=("mysql-agents",))
 
     @inline
     async def test_wrong_secret_is_refused_and_nothing_is_written(self):

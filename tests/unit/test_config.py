@@ -113,6 +113,14 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({**base, "UseMutualTLS": True, "SSLCAFile": "/etc/hostname"},
                                "UseMutualTLS", "SSLValidOUs")
 
+    def test_seed_sender_certificates_need_tls_and_a_ca(self):
+        ous = {"SeedTransferValidOUs": ["mysql-agents"]}
+        self.assertConfigError(ous, "SeedTransferValidOUs", "UseSSL")
+        base = {"UseSSL": True, "SSLCertFile": "/etc/hostname", "SSLPrivateKeyFile": "/etc/hostname"}
+        self.assertConfigError({**base, **ous}, "SeedTransferValidOUs", "SSLCAFile")
+        loaded = self.load({**base, **ous, "SSLCAFile": "/etc/hostname"})
+        self.assertEqual(loaded.seed_transfer_valid_ous, ("mysql-agents",))
+
     def test_other_cross_checks(self):
         self.assertConfigError({"AgentsServer": "orch:3000"}, "AgentsServer", "http://")
         self.assertConfigError({"AgentsServerPort": "3001"}, "AgentsServerPort", '":3001"')

@@ -13,11 +13,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import Conflict, NotFound
+from orchagent.errors import AgentError, Conflict, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
+from tests.support.pki import CertificateAuthority
 
 
 class FakeMySQL:
@@ -156,6 +157,24 @@ class SeedManagerTests(SynchronousTestCase):
         self.transfer.finish()
         self.assertEqual((manager.record(7).completed, manager.record(7).succeeded), (True, True))
         self.assertEqual(self.stored(7)["state"], "succeeded")
+
+    def test_built_in_transfer_needs_a_secret_or_sender_certificates(self):
+        manager = self.manager(seed_transfer_secret="")
+        error = self.fail_with(manager.send("db2", 9), AgentError)
+        self.assertIn("needs SeedTransferSecret", str(error))
+        self.assertIn("SeedTransferValidOUs", str(error))
+        self.assertEqual(self.transfers, [])
+        self.assertRaises(NotFound, manager.record, 9)
+
+    def test_agents_with_certificates_need_no_secret(self):
+        ca = CertificateAuthority(self.mktemp())
+        issued = ca.issue("db1", ou="mysql-agents")
+        manager = self.manager(seed_transfer_secret="", seed_transfer_valid_ous=("mysql-agents",), use_ssl=True,
+                               ssl_cert_file=issued.cert, ssl_private_key_file=issued.key, ssl_ca_file=ca.cert)
+        self.settle(manager.send("db2", 9))
+        kwargs = self.transfers[0][4]
+        self.assertEqual(kwargs["secret"], b"")
+        self.assertIsNotNone(kwargs["tls"])  # the agent's certificate goes with it
 
     def test_send_without_snapshot_needs_mysql_stopped(self):
         self.snapshots.mount = Mount(path="/mnt/snap")
