@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import ssl
 import time
 from typing import Any, Callable
 
@@ -269,9 +270,11 @@ class _Failed(Exception):
 class Orchestrator:
     """Makes orchestrator's agent calls; every call is also appended to :attr:`calls`."""
 
-    def __init__(self, timeout: float = AGENT_HTTP_TIMEOUT_SECONDS):
+    def __init__(self, timeout: float = AGENT_HTTP_TIMEOUT_SECONDS, ca_file: str | None = None):
+        """``ca_file``: trusted for HTTPS agents, as a CA in orchestrator's system store would be."""
         self.timeout = timeout
         self.calls: list[Call] = []
+        self._tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     # --- B.1.1: one request -------------------------------------------------------------------
 
@@ -279,8 +282,11 @@ class Orchestrator:
         """GET ``command`` as executeAgentCommand does (B.1.3), recorded and, as by orchestrator, not
         judged; a transport error becomes ``Call.error``."""
         url = command_url(agent, command)
-        connection_class = http.client.HTTPSConnection if agent.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(agent.hostname, agent.port, timeout=self.timeout)
+        if agent.scheme == "https":
+            connection = http.client.HTTPSConnection(agent.hostname, agent.port, timeout=self.timeout,
+                                                     context=self._tls)
+        else:
+            connection = http.client.HTTPConnection(agent.hostname, agent.port, timeout=self.timeout)
         try:
             # Go sends exactly these headers; http.client would add Accept-Encoding: identity.
             connection.putrequest("GET", url[url.index("/api/"):], skip_accept_encoding=True)
