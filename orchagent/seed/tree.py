@@ -23,11 +23,12 @@ directory, not all in one: ext4 places a new file's inode near its directory's, 
 journal it scans past every inode deleted in the last minutes for each file it creates, so
 thousands of files in one directory right after a datadir was deleted (orchestrator's order,
 and a retried seed's) cost seconds of CPU; spread over the tree's directories, as ``tar -x``
-spreads them, they do not.  Every file and directory is
-made durable by ``syncfs`` of the target filesystem, which covers both: large files start their
-write-back every few MB, and another helper thread runs ``syncfs`` every 64 MB received, so the
-kernel writes the small files out in bulk while data still arrives and the final ``syncfs``,
-which the sender waits for, has little left.  Then, unless the receive was aborted meanwhile,
+spreads them, they do not.
+
+Every file and directory is made durable by ``syncfs`` of the target filesystem, which covers
+both: large files start their write-back every few MB, and another helper thread runs
+``syncfs`` every 64 MB received, so the kernel writes the small files out in bulk while data
+still arrives and the final ``syncfs``, which the sender waits for, has little left.  Then, unless the receive was aborted meanwhile,
 the tree is moved into the datadir and the datadir is fsynced.  Nothing is followed on the
 receiving side either: every entry's parent must be a directory this stream created, and files
 are created with ``O_EXCL | O_NOFOLLOW``.
@@ -37,10 +38,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import functools
 import errno
-import hashlib
+import functools
 import grp
+import hashlib
 import os
 import pwd
 import queue
