@@ -23,7 +23,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from orchagent import allocator  # noqa: E402
+from orchagent.config import Config  # noqa: E402
 from orchagent.seed.transfer import SeedReceiverServer, send_tree  # noqa: E402
+from orchagent.tls import client_creator, seed_server_options  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -38,14 +41,19 @@ def cpu_seconds() -> float:
 async def run(reactor, args) -> dict:
     cpu_at_start = cpu_seconds()  # Python, Twisted and the engine are imported by now
     secret = os.environ["ORCHAGENT_SEED_SECRET"].encode()
+    # with --tls-*: TLS set up exactly as an agent with UseSSL sets it up
+    config = Config(use_ssl=True, ssl_cert_file=args.tls_cert, ssl_private_key_file=args.tls_key,
+                    ssl_ca_file=args.tls_ca)
     if args.role == "receive":
-        server = SeedReceiverServer(reactor, secret=secret, stall_timeout=args.stall_timeout)
+        tls = seed_server_options(config) if args.tls_cert else None
+        server = SeedReceiverServer(reactor, secret=secret, stall_timeout=args.stall_timeout, tls=tls)
         transfer = server.arm(args.seed_id, args.datadir)
         await server.listen(TCP4ServerEndpoint(reactor, args.port, interface=args.bind))
         print("listening", flush=True)
     else:
+        tls = client_creator(config, args.tls_host) if args.tls_ca else None
         transfer = send_tree(reactor, args.host, args.port, args.seed_id, args.source, secret=secret,
-                             stall_timeout=args.stall_timeout)
+                             stall_timeout=args.stall_timeout, tls=tls)
     error = None
     try:
         await transfer.when_done()
@@ -77,11 +85,16 @@ def main() -> None:
     parser.add_argument("--datadir")
     parser.add_argument("--source")
     parser.add_argument("--stall-timeout", type=float, default=60)
+    parser.add_argument("--tls-cert", default="", help="receiver: its certificate (PEM), for TLS")
+    parser.add_argument("--tls-key", default="", help="receiver: its private key (PEM)")
+    parser.add_argument("--tls-ca", default="", help="sender: the CA to verify the receiver with, for TLS")
+    parser.add_argument("--tls-host", default="localhost", help="sender: the name the receiver's certificate must carry")
     args = parser.parse_args()
 
     async def body(reactor):
         print(json.dumps(await run(reactor, args)), flush=True)
 
+    allocator.tune_for_large_buffers()  # as the agent does when it starts
     task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
 
 

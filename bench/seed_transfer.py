@@ -20,6 +20,11 @@ interleaved so that background noise hits every method alike:
     Each agent's peak RSS is its VmHWM, reset before every round (``/proc/<pid>/clear_refs``);
     its CPU is utime + stime from ``/proc/<pid>/stat``, before and after.
 
+Two more methods, not run unless ``--methods`` names them: (e) ``orchagent_tls``, (a) over TLS
+set up as an agent with ``UseSSL`` sets it up, and (f) ``tar_socat_tls``, (b) with socat's
+``OPENSSL`` addresses (the receiver's certificate verified by name, as orchagent's sender does);
+both with a throw-away CA made for the run.
+
 Before every run the target is removed, ``sync`` ran and the page cache is dropped when this
 process may write ``/proc/sys/vm/drop_caches`` (the output says whether it could).  Prints the
 median throughput of each method, the ratios, and each side's peak RSS and CPU seconds (in all,
@@ -30,6 +35,7 @@ This is a script, not library code: it runs tools with ``subprocess`` directly.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -50,6 +56,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from tests.support.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
 from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
+from tests.support.pki import CertificateAuthority  # noqa: E402
 
 
 def build_tree(root: str, size_mb: int) -> None:
@@ -123,15 +130,26 @@ def wait_listening(port: int, deadline: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def run_orchagent(source: str, target: str) -> dict:
+def tls_files(directory: str) -> dict[str, str]:
+    """A CA and a receiver certificate for 127.0.0.1, as PEM files: what the TLS methods use."""
+    ca = CertificateAuthority(directory)
+    receiver = ca.issue("receiver")
+    with open(receiver.cert) as cert, open(receiver.key) as key, open(os.path.join(directory, "both.pem"), "w") as both:
+        both.write(cert.read() + key.read())  # socat wants certificate and key in one file
+    return {"ca": ca.cert, "cert": receiver.cert, "key": receiver.key, "both": both.name}
+
+
+def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
     port = free_port()
     env = {**os.environ, "ORCHAGENT_SEED_SECRET": SECRET}
-    receiver = subprocess.Popen([sys.executable, RUNNER, "receive", "--port", str(port), "--datadir", target],
-                                stdout=subprocess.PIPE, text=True, env=env)
+    receive_tls = ["--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
+    send_tls = ["--tls-ca", tls["ca"]] if tls else []
+    receiver = subprocess.Popen([sys.executable, RUNNER, "receive", "--port", str(port), "--datadir", target,
+                                 *receive_tls], stdout=subprocess.PIPE, text=True, env=env)
     if receiver.stdout.readline().strip() != "listening":
         raise RuntimeError("the receiver did not start")
     start = time.monotonic()
-    sender = subprocess.run([sys.executable, RUNNER, "send", "--port", str(port), "--source", source],
+    sender = subprocess.run([sys.executable, RUNNER, "send", "--port", str(port), "--source", source, *send_tls],
                             stdout=subprocess.PIPE, text=True, env=env, check=True)
     received = receiver.communicate()[0]
     wall = time.monotonic() - start
@@ -143,14 +161,16 @@ def run_orchagent(source: str, target: str) -> dict:
     return {"seconds": receive["seconds"], "wall": wall, "send": send, "receive": receive}
 
 
-def run_tar_socat(source: str, target: str) -> dict:
+def run_tar_socat(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
     port = free_port()
-    receiver = subprocess.Popen(
-        ["bash", "-c", 'socat -u TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr - | tar -x -C "$2"', "bench",
-         str(port), target])
+    listen, connect = "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr", "TCP:127.0.0.1:$2"
+    if tls:  # the same TLS checks as orchagent's: the receiver's certificate, verified by name
+        listen = f"OPENSSL-LISTEN:$1,bind=127.0.0.1,reuseaddr,cert={tls['both']},verify=0"
+        connect = f"OPENSSL:127.0.0.1:$2,cafile={tls['ca']},commonname=localhost"
+    receiver = subprocess.Popen(["bash", "-c", f'socat -u "{listen}" - | tar -x -C "$2"', "bench", str(port), target])
     wait_listening(port)
     start = time.monotonic()
-    subprocess.run(["bash", "-c", 'tar -c -C "$1" . | socat -u - TCP:127.0.0.1:"$2"', "bench", source, str(port)],
+    subprocess.run(["bash", "-c", f'tar -c -C "$1" . | socat -u - "{connect}"', "bench", source, str(port)],
                    check=True)
     if receiver.wait() != 0:
         raise RuntimeError("tar | socat receiver failed")
@@ -309,6 +329,11 @@ def run(args, pairs: list) -> None:
     print(f"data: {files} files, {nbytes / 1e6:.0f} MB in {source}")
     runners = {"orchagent": run_orchagent, "tar_socat": run_tar_socat, "cp": run_cp}
     methods = args.methods.split(",")
+    tls_dir = os.path.join(args.dir, f"tls-{os.getpid()}")
+    if any(m.endswith("_tls") for m in methods):
+        tls = tls_files(tls_dir)
+        runners["orchagent_tls"] = functools.partial(run_orchagent, tls=tls)
+        runners["tar_socat_tls"] = functools.partial(run_tar_socat, tls=tls)
     if "agents" in methods:
         os.makedirs(target, exist_ok=True)
         pairs.append(AgentPair(os.path.join(args.dir, f"agents-{os.getpid()}"), source, target))
@@ -323,13 +348,13 @@ def run(args, pairs: list) -> None:
             fresh_target(target)
             dropped = drop_caches() and dropped
             result = runners[method](source, target)
-            if method in ("orchagent", "agents") and round_ == 0 and not identical(source, target):
+            if method in ("orchagent", "orchagent_tls", "agents") and round_ == 0 and not identical(source, target):
                 raise RuntimeError(f"the {method} copy differs from the source")
             if method == "agents" and tree_bytes(target) != (files, nbytes):
                 raise RuntimeError(f"the agents' copy holds {tree_bytes(target)} files and bytes, not {(files, nbytes)}")
             results[method].append(result)
             extra = ""
-            if method == "orchagent":
+            if method in ("orchagent", "orchagent_tls"):
                 extra = f" (wall with process start {result['wall']:.2f} s)  " + "  ".join(
                     f"{side}: rss {result[side]['peak_rss_mb']} MB cpu {result[side]['cpu_seconds']:.2f} s "
                     f"({result[side]['transfer_cpu_seconds']:.2f} s transfer)" for side in ("send", "receive"))
@@ -340,6 +365,7 @@ def run(args, pairs: list) -> None:
             print(f"round {round_ + 1} {method:10s} {result['seconds']:6.2f} s "
                   f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}  load {load}", flush=True)
     shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(tls_dir, ignore_errors=True)
     print(f"page cache dropped before every run: {'yes' if dropped else 'no (not permitted)'}")
     median = {m: statistics.median(r["seconds"] for r in results[m]) for m in methods}
     for m in methods:
@@ -347,22 +373,24 @@ def run(args, pairs: list) -> None:
     if "cp" in median and "tar_socat" in median:
         print(f"cp / tar_socat: {median['tar_socat'] / median['cp']:.2f}x throughput (how far the disk allows "
               f"anything to beat tar | socat when source and target share it)")
-    for m in ("orchagent", "agents"):
-        if m in median and "tar_socat" in median:
-            rounds = [t["seconds"] / r["seconds"] for r, t in zip(results[m], results["tar_socat"])]
-            print(f"{m} / tar_socat in each round: {' '.join(f'{ratio:.2f}x' for ratio in rounds)}")
+    for m, baseline in (("orchagent", "tar_socat"), ("agents", "tar_socat"), ("orchagent_tls", "tar_socat_tls")):
+        if m in median and baseline in median:
+            rounds = [t["seconds"] / r["seconds"] for r, t in zip(results[m], results[baseline])]
+            print(f"{m} / {baseline}: {median[baseline] / median[m]:.2f}x throughput; in each round: "
+                  f"{' '.join(f'{ratio:.2f}x' for ratio in rounds)}")
     if "orchagent" in median:
         wall = statistics.median(r["wall"] for r in results["orchagent"])
-        for other in ("tar_socat", "cp"):
-            if other in median:
-                print(f"orchagent / {other}: {median[other] / median['orchagent']:.2f}x throughput "
-                      f"({median[other] / wall:.2f}x counting the sender's process start)")
+        if "cp" in median:
+            print(f"orchagent / cp: {median['cp'] / median['orchagent']:.2f}x throughput")
+        counting_start = [f"{median[other] / wall:.2f}x {other}" for other in ("tar_socat", "cp") if other in median]
+        if counting_start:
+            print(f"orchagent counting the sender's process start: {', '.join(counting_start)}")
         for side in ("send", "receive"):
             peak = max(r[side]["peak_rss_mb"] for r in results["orchagent"])
             cpu = statistics.median(r[side]["transfer_cpu_seconds"] for r in results["orchagent"])
             print(f"peak RSS {side}: {peak} MB; transfer CPU {cpu / (nbytes / 1e9):.2f} s per GB (median)")
     if "agents" in median:
-        for other in ("tar_socat", "cp", "orchagent"):
+        for other in ("cp", "orchagent"):
             if other in median:
                 print(f"agents / {other}: {median[other] / median['agents']:.2f}x throughput")
         pair = pairs[0]

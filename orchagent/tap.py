@@ -2,7 +2,7 @@
 
 from twisted.python import usage
 
-from orchagent import logs, tls
+from orchagent import allocator, logs, tls
 from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
 
 log = logs.logger(__name__)
@@ -36,5 +36,6 @@ def makeService(options: Options, reactor=None):
         from twisted.internet import reactor
     from orchagent.service import make_service
 
+    allocator.tune_for_large_buffers()
     logs.set_debug(options["debug"])
     return make_service(options["settings"], reactor)

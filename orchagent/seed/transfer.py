@@ -86,6 +86,7 @@ __all__ = ["SeedReceiverServer", "send_tree", "Transfer", "Progress", "TransferF
 log = logs.logger(__name__)
 
 PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reader thread and the socket (or reactor)
+TLS_CHUNK_BYTES = 1024 * 1024  # what the receiver's reactor hands its writer at once (TLS)
 SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport (TLS)
 CONNECT_TIMEOUT_SECONDS = 30
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # parts one sendmsg takes (a batch of empty files has thousands)
@@ -251,6 +252,9 @@ class _ReceiveTransfer(Transfer):
         super().__init__(reactor, seed_id, "receive", stall_timeout)
         self.datadir = datadir
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
+        self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
+        self._incoming_bytes = 0
+        self._hand_over_call: Any = None
 
     def _no_sender(self) -> None:
         """Armed for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
@@ -286,14 +290,36 @@ class _ReceiveTransfer(Transfer):
         self._start_worker(self._write, writer, early, source)
 
     def received(self, data: bytes) -> None:
-        """From the reactor (TLS): stream bytes for the writer."""
+        """From the reactor (TLS): stream bytes for the writer.
+
+        The TLS layer hands them over in pieces of at most 32 KB.  They go to the writer joined
+        into chunks of up to a MB (or what one reactor turn brought), so its thread wakes, decodes
+        and writes once per chunk rather than per piece.
+        """
         if self._concluded or self._pipe is None:
             return  # or bytes after the end of the stream (plain TCP): nothing reads them
-        if self._pipe.put(data, len(data)):
+        self._incoming.append(data)
+        self._incoming_bytes += len(data)
+        if self._incoming_bytes >= TLS_CHUNK_BYTES:
+            self._hand_over()
+        elif self._hand_over_call is None:
+            self._hand_over_call = self._reactor.callLater(0, self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self._hand_over_call is not None:
+            if self._hand_over_call.active():
+                self._hand_over_call.cancel()
+            self._hand_over_call = None
+        if not self._incoming or self._concluded:
+            return
+        chunk, size = b"".join(self._incoming), self._incoming_bytes
+        self._incoming, self._incoming_bytes = [], 0
+        if self._pipe.put(chunk, size):
             self._connection.transport.pauseProducing()
 
     def connection_lost(self) -> None:
         if self._pipe is not None:
+            self._hand_over()
             self._pipe.finish()  # the writer decides: whole tree received, or cut short
         self._disconnected()
 
@@ -673,7 +699,11 @@ class _SendTransfer(Transfer):
             batch = self._pipe.get()
             if batch is None:
                 return
-            connection.transport.writeSequence(batch.parts)
+            if len(batch.parts) == 2:  # a DATA header and one large read: no joining copy of the read
+                for part in batch.parts:
+                    connection.transport.write(part)
+            else:
+                connection.transport.writeSequence(batch.parts)
             connection.resetTimeout()
             self._count(batch)
 
