@@ -326,14 +326,22 @@ class TreeWriter:
         """Decode and verify ``chunk`` in this thread; the disk thread does its file-system work.
 
         A chunk that is a view of a :meth:`free_buffer` goes back to the free buffers once the
-        disk thread is done with it; any other chunk must not change afterwards (``bytes``).
+        disk thread is done with it.  Any other chunk is first copied into free buffers, so the
+        disk thread's backlog never holds more than those, however far behind the disk is.
         """
+        buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
+        if buffer is None:
+            for start in range(0, len(chunk), RECEIVE_BUFFER_BYTES):
+                piece = chunk[start:start + RECEIVE_BUFFER_BYTES]
+                view = self.free_buffer()[:len(piece)]
+                view[:] = piece
+                self.feed(view)
+            return
         try:
             self._decoder.feed(chunk)
         finally:
-            buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
             calls, self._calls = self._calls, []
-            self._disk.submit(calls, None if buffer is None else functools.partial(self._buffers.put, buffer))
+            self._disk.submit(calls, functools.partial(self._buffers.put, buffer))
         self._disk.check()
 
     @property
@@ -542,13 +550,13 @@ class _DiskThread:
     """
 
     def __init__(self) -> None:
-        self._work: queue.SimpleQueue[tuple[list, Callable[[], None] | None] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[list, Callable[[], None]] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._discarding = False
         self._thread = threading.Thread(target=self._run, name="seed-write", daemon=True)
         self._thread.start()
 
-    def submit(self, calls: list[tuple[Callable[..., None], tuple]], release: Callable[[], None] | None) -> None:
+    def submit(self, calls: list[tuple[Callable[..., None], tuple]], release: Callable[[], None]) -> None:
         self._work.put((calls, release))
 
     def check(self) -> None:
@@ -564,8 +572,7 @@ class _DiskThread:
                         call(*args)
                 except BaseException as e:  # handed to the decoding thread by check()
                     self._error = e
-            if release is not None:
-                release()
+            release()
 
     def close(self, discard: bool = False) -> None:
         """Finish the work submitted (or skip it when ``discard``), end the thread, raise a failure."""

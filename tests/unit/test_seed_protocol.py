@@ -210,6 +210,35 @@ class TreeWriterTests(SynchronousTestCase):
         self.assertEqual(describe_tree(target), describe_tree(source))
         self.assertEqual(len(seen), RECEIVE_BUFFERS)
 
+    def test_chunks_fed_as_bytes_wait_for_a_receive_buffer(self):
+        # Under TLS the stream arrives as bytes: copied into the receive buffers, it waits for
+        # a slow disk instead of piling up in the disk thread's queue (memory stays flat).
+        source, target = self.mktemp(), self.mktemp()
+        build_tree(source, big_bytes=8 * 1024 * 1024, small_files=5)
+        os.makedirs(target)
+        stream = tree_stream(source)
+        writer = TreeWriter(target, "9")
+        writer.start()
+        disk_may_go = threading.Event()
+        self.addCleanup(disk_may_go.set)
+        write_data = writer._write_data
+        writer._write_data = lambda offset, piece: (disk_may_go.wait(), write_data(offset, piece))
+        fed = []
+
+        def feed_all():
+            for at in range(0, len(stream), 1024 * 1024):
+                writer.feed(stream[at:at + 1024 * 1024])
+                fed.append(at)
+
+        feeder = threading.Thread(target=feed_all, daemon=True)
+        feeder.start()
+        feeder.join(0.5)
+        self.assertLessEqual(len(fed), RECEIVE_BUFFERS)  # of 9 chunks: the rest waits for the disk
+        disk_may_go.set()
+        feeder.join(10)
+        writer.finish()
+        self.assertEqual(describe_tree(target), describe_tree(source))
+
     def test_files_named_like_partial_files_arrive_intact(self):
         # Partial files live next to their final names, so the tree may hold those names itself.
         source, target = self.mktemp(), self.mktemp()
