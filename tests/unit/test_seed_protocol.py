@@ -191,13 +191,17 @@ class TreeWriterTests(SynchronousTestCase):
         writer = self._write(Entry(EntryKind.DIR, b"d", 0o755, 0))
         self.assertRaisesRegex(protocol.TransferFailed, "ended before the sender finished", writer.finish)
 
-    def test_receive_buffers_are_reused_only_after_their_data_is_written(self):
+    def _started(self, **tree) -> tuple[str, bytes, TreeWriter]:
+        """A source tree (``build_tree`` options), its stream, and a started writer into an empty target."""
         source, target = self.mktemp(), self.mktemp()
-        build_tree(source, big_bytes=3 * 1024 * 1024, small_files=40)
+        build_tree(source, **tree)
         os.makedirs(target)
-        stream = tree_stream(source)
         writer = TreeWriter(target, "9")
         writer.start()
+        return source, tree_stream(source), writer
+
+    def test_receive_buffers_are_reused_only_after_their_data_is_written(self):
+        source, stream, writer = self._started(big_bytes=3 * 1024 * 1024, small_files=40)
         at, seen = 0, set()
         while at < len(stream):
             buffer = writer.free_buffer()  # a buffer reused too early would corrupt a file
@@ -207,18 +211,13 @@ class TreeWriterTests(SynchronousTestCase):
             writer.feed(buffer[:count])
             at += count
         writer.finish()
-        self.assertEqual(describe_tree(target), describe_tree(source))
+        self.assertEqual(describe_tree(writer.datadir), describe_tree(source))
         self.assertEqual(len(seen), RECEIVE_BUFFERS)
 
     def test_chunks_fed_as_bytes_wait_for_a_receive_buffer(self):
         # Under TLS the stream arrives as bytes: copied into the receive buffers, it waits for
         # a slow disk instead of piling up in the disk thread's queue (memory stays flat).
-        source, target = self.mktemp(), self.mktemp()
-        build_tree(source, big_bytes=8 * 1024 * 1024, small_files=5)
-        os.makedirs(target)
-        stream = tree_stream(source)
-        writer = TreeWriter(target, "9")
-        writer.start()
+        source, stream, writer = self._started(big_bytes=8 * 1024 * 1024, small_files=5)
         disk_may_go = threading.Event()
         self.addCleanup(disk_may_go.set)
         write_data = writer._write_data
@@ -237,7 +236,7 @@ class TreeWriterTests(SynchronousTestCase):
         disk_may_go.set()
         feeder.join(10)
         writer.finish()
-        self.assertEqual(describe_tree(target), describe_tree(source))
+        self.assertEqual(describe_tree(writer.datadir), describe_tree(source))
 
     def test_files_named_like_partial_files_arrive_intact(self):
         # Partial files live next to their final names, so the tree may hold those names itself.
