@@ -263,8 +263,9 @@ class _ReceiveTransfer(Transfer):
                                       f"{self._stall_timeout:g} s{refused}"))
 
     def _conclude(self, error: TransferFailed | None) -> None:
-        if self._sender_due.active():
-            self._sender_due.cancel()
+        for call in (self._sender_due, self._hand_over_call):
+            if call is not None and call.active():
+                call.cancel()
         super()._conclude(error)
 
     @property

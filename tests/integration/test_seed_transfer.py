@@ -45,15 +45,19 @@ class SeedTransferTests(TestCase):
     async def test_tree_arrives_identical(self):
         await self._transfer_and_compare()
 
-    @inline
-    async def test_tree_arrives_identical_over_tls(self):
+    def _tls(self) -> tuple[object, object]:
+        """(receiver's server options, sender's connection creator) from a throw-away CA."""
         ca = CertificateAuthority(self.mktemp())
         issued = ca.issue("receiver")
         with open(issued.cert) as cert, open(issued.key) as key:
             server_tls = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
         with open(ca.cert) as root:
             client_tls = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(root.read()))
-        await self._transfer_and_compare(server_tls, client_tls)
+        return server_tls, client_tls
+
+    @inline
+    async def test_tree_arrives_identical_over_tls(self):
+        await self._transfer_and_compare(*self._tls())
 
     @inline
     async def test_seeds_do_not_need_the_reactors_thread_pool(self):
@@ -189,13 +193,20 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_abort_mid_transfer_leaves_nothing(self):
+        await self._abort_mid_transfer()
+
+    @inline
+    async def test_abort_mid_transfer_over_tls_leaves_nothing(self):
+        await self._abort_mid_transfer(*self._tls())
+
+    async def _abort_mid_transfer(self, server_tls=None, client_tls=None):
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         build_tree(source, big_bytes=256 * 1024 * 1024, small_files=5)
         os.makedirs(target)
-        port = await self._listen()
+        port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
         while receiving.progress.bytes_done == 0:
             await deferLater(reactor, 0.001)
         self.assertLess(receiving.progress.bytes_done, receiving.progress.bytes_total)

@@ -1,4 +1,4 @@
-"""The allocator tuning: MB-sized buffers come from the heap instead of fresh mappings."""
+"""The allocator tuning, in a fresh Python process: MB-sized buffers come from the heap, not fresh mappings."""
 
 import os
 import subprocess
