@@ -23,8 +23,8 @@ Why it is shaped this way:
   receiver chose), and the receiver proves it back.  With ``sender_ous`` (over TLS) the sender
   must also present a certificate, verified by the TLS layer, whose subject has one of those
   OUs; the secret may then be empty (its proofs then prove nothing, and the certificates, the
-  receiver's checked by the sender against the host name, do the work).  A receiver only accepts while a receive
-  for that seed id is armed, and only one sender per armed receive.  Refusals are logged, sent
+  receiver's checked by the sender against the host name, do the work).  A receiver only
+  accepts while a receive for that seed id is armed, and only one sender per armed receive.  Refusals are logged, sent
   to the sender as a reason (its transfer fails with it), and kept in ``last_refusal`` of the
   armed transfer so a human can see why nothing arrives; they do not fail the armed receive, so
   a stray peer cannot cancel a seed.  But an armed receive that no sender authenticated for
@@ -294,8 +294,8 @@ class _ReceiveTransfer(Transfer):
         """From the reactor (TLS): stream bytes for the writer.
 
         The TLS layer hands them over in pieces of at most 32 KB.  They go to the writer joined
-        into chunks of up to a MB (or what one reactor turn brought), so its thread wakes, decodes
-        and writes once per chunk rather than per piece.
+        into chunks of about a MB (or what one reactor turn brought), so its thread wakes,
+        decodes and writes once per chunk rather than per piece.
         """
         if self._concluded or self._pipe is None:
             return  # or bytes after the end of the stream (plain TCP): nothing reads them

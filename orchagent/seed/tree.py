@@ -28,8 +28,9 @@ spreads them, they do not.
 Every file and directory is made durable by ``syncfs`` of the target filesystem, which covers
 both: large files start their write-back every few MB, and another helper thread runs
 ``syncfs`` every 64 MB received, so the kernel writes the small files out in bulk while data
-still arrives and the final ``syncfs``, which the sender waits for, has little left.  Then, unless the receive was aborted meanwhile,
-the tree is moved into the datadir and the datadir is fsynced.  Nothing is followed on the
+still arrives and the final ``syncfs``, which the sender waits for, has little left.  Then,
+unless the receive was aborted meanwhile, the tree is moved into the datadir and the datadir
+is fsynced.  Nothing is followed on the
 receiving side either: every entry's parent must be a directory this stream created, and files
 are created with ``O_EXCL | O_NOFOLLOW``.
 """
@@ -332,7 +333,7 @@ class TreeWriter:
         buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
         if buffer is None:
             for start in range(0, len(chunk), RECEIVE_BUFFER_BYTES):
-                piece = chunk[start:start + RECEIVE_BUFFER_BYTES]
+                piece = memoryview(chunk)[start:start + RECEIVE_BUFFER_BYTES]
                 view = self.free_buffer()[:len(piece)]
                 view[:] = piece
                 self.feed(view)
