@@ -164,14 +164,17 @@ def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -
 def run_tar_socat(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
     port = free_port()
     listen, connect = "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr", "TCP:127.0.0.1:$2"
+    listen_args, connect_args = [], []  # "$3" of each side
     if tls:  # the same TLS checks as orchagent's: the receiver's certificate, verified by name
-        listen = f"OPENSSL-LISTEN:$1,bind=127.0.0.1,reuseaddr,cert={tls['both']},verify=0"
-        connect = f"OPENSSL:127.0.0.1:$2,cafile={tls['ca']},commonname=localhost"
-    receiver = subprocess.Popen(["bash", "-c", f'socat -u "{listen}" - | tar -x -C "$2"', "bench", str(port), target])
+        listen, connect = "OPENSSL-LISTEN:$1,bind=127.0.0.1,reuseaddr,cert=$3,verify=0", \
+            "OPENSSL:127.0.0.1:$2,cafile=$3,commonname=localhost"
+        listen_args, connect_args = [tls["both"]], [tls["ca"]]
+    receiver = subprocess.Popen(["bash", "-c", f'socat -u "{listen}" - | tar -x -C "$2"', "bench", str(port), target,
+                                 *listen_args])
     wait_listening(port)
     start = time.monotonic()
-    subprocess.run(["bash", "-c", f'tar -c -C "$1" . | socat -u - "{connect}"', "bench", source, str(port)],
-                   check=True)
+    subprocess.run(["bash", "-c", f'tar -c -C "$1" . | socat -u - "{connect}"', "bench", source, str(port),
+                    *connect_args], check=True)
     if receiver.wait() != 0:
         raise RuntimeError("tar | socat receiver failed")
     subprocess.run(["sync"], check=True)

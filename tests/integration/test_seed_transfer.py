@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from twisted.internet import reactor, ssl, threads
+from twisted.internet import reactor, threads
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -22,6 +22,7 @@ from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 from tests.support.storage import inline
 
 SECRET = b"correct horse battery staple"
+AGENTS_OU = "mysql-agents"
 
 
 class SeedTransferTests(TestCase):
@@ -45,19 +46,9 @@ class SeedTransferTests(TestCase):
     async def test_tree_arrives_identical(self):
         await self._transfer_and_compare()
 
-    def _tls(self) -> tuple[object, object]:
-        """(receiver's server options, sender's connection creator) from a throw-away CA."""
-        ca = CertificateAuthority(self.mktemp())
-        issued = ca.issue("receiver")
-        with open(issued.cert) as cert, open(issued.key) as key:
-            server_tls = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
-        with open(ca.cert) as root:
-            client_tls = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(root.read()))
-        return server_tls, client_tls
-
     @inline
     async def test_tree_arrives_identical_over_tls(self):
-        await self._transfer_and_compare(*self._tls())
+        await self._transfer_and_compare(*self._agent_tls())
 
     @inline
     async def test_seeds_do_not_need_the_reactors_thread_pool(self):
@@ -118,25 +109,30 @@ class SeedTransferTests(TestCase):
             await receiving.abort()
         return str(caught.exception)
 
-    def _agent_tls(self, sender_ou: str | None) -> tuple[dict, object]:
-        """Receiver listen options and the sender's connection creator, both from agent configs
-        (one CA; the receiver accepts senders whose certificate has the OU "mysql-agents")."""
+    def _agent_tls(self, sender_ou: str | None = None, check_senders: bool = False) -> tuple[object, object]:
+        """(receiver's TLS options, sender's connection creator), made from agent configs as an
+        agent with ``UseSSL`` makes them, all certificates from one CA.  The sender presents a
+        certificate with ``sender_ou`` unless that is None; with ``check_senders`` the receiver
+        verifies senders' certificates (``SeedTransferValidOUs``)."""
         ca = CertificateAuthority(self.mktemp())
-        receiver = ca.issue("receiver", ou="mysql-agents")
+        receiver = ca.issue("receiver", ou=AGENTS_OU)
         receiver_config = Config(use_ssl=True, ssl_cert_file=receiver.cert, ssl_private_key_file=receiver.key,
-                                 ssl_ca_file=ca.cert, seed_transfer_valid_ous=("mysql-agents",))
+                                 ssl_ca_file=ca.cert, seed_transfer_valid_ous=(AGENTS_OU,) if check_senders else ())
         sender = ca.issue("sender", ou=sender_ou) if sender_ou is not None else None
         sender_config = Config(use_ssl=True, ssl_ca_file=ca.cert, ssl_cert_file=sender.cert if sender else "",
                                ssl_private_key_file=sender.key if sender else "")
-        listen = dict(secret=b"", tls=seed_server_options(receiver_config),
-                      sender_ous=receiver_config.seed_transfer_valid_ous)
-        return listen, client_creator(sender_config, "localhost")
+        return seed_server_options(receiver_config), client_creator(sender_config, "localhost")
+
+    async def _refused_by_certificate(self, sender_ou: str | None) -> str:
+        server_tls, client_tls = self._agent_tls(sender_ou, check_senders=True)
+        return await self._refused(b"", arm=True, client_tls=client_tls, secret=b"", tls=server_tls,
+                                   sender_ous=(AGENTS_OU,))
 
     @inline
     async def test_sender_authenticated_by_its_certificate_alone(self):
-        listen, client_tls = self._agent_tls(sender_ou="mysql-agents")
+        server_tls, client_tls = self._agent_tls(sender_ou=AGENTS_OU, check_senders=True)
         source, target = self._dirs()
-        port = await self._listen(**listen)
+        port = await self._listen(secret=b"", tls=server_tls, sender_ous=(AGENTS_OU,))
         receiving = self.server.arm("7", target)
         sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=b"", tls=client_tls)
         await sending.when_done()
@@ -145,22 +141,20 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_sender_without_a_certificate_is_refused(self):
-        listen, client_tls = self._agent_tls(sender_ou=None)
-        message = await self._refused(b"", arm=True, client_tls=client_tls, **listen)
+        message = await self._refused_by_certificate(sender_ou=None)
         self.assertIn("presented no client certificate", message)
         self.assertIn("SSLCertFile", message)
 
     @inline
     async def test_sender_certificate_with_another_ou_is_refused(self):
-        listen, client_tls = self._agent_tls(sender_ou="web-servers")
-        message = await self._refused(b"", arm=True, client_tls=client_tls, **listen)
+        message = await self._refused_by_certificate(sender_ou="web-servers")
         self.assertIn("no OU from SeedTransferValidOUs (its OUs: web-servers)", message)
 
     def test_a_receiver_needs_a_secret_or_sender_certificates_over_tls(self):
         with self.assertRaises(ValueError):
             SeedReceiverServer(reactor, secret=b"", tls=None)
         with self.assertRaises(ValueError):
-            SeedReceiverServer(reactor, secret=b"", tls=None, sender_ous=("mysql-agents",))
+            SeedReceiverServer(reactor, secret=b"", tls=None, sender_ous=(AGENTS_OU,))
 
     @inline
     async def test_wrong_secret_is_refused_and_nothing_is_written(self):
@@ -197,7 +191,7 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_abort_mid_transfer_over_tls_leaves_nothing(self):
-        await self._abort_mid_transfer(*self._tls())
+        await self._abort_mid_transfer(*self._agent_tls())
 
     async def _abort_mid_transfer(self, server_tls=None, client_tls=None):
         base = self.mktemp()
