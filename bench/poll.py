@@ -2,7 +2,8 @@
 
     ./run-bench poll                 # about 100 s, plus about a minute the first time, to build
                                      # the data
-    ./run-bench poll --no-record     # print only, leave bench/RESULTS.md alone
+    ./run-bench poll --record        # also write the figures into bench/RESULTS.md
+    ./run-bench poll --keep-data     # keep the built datadir and log for the next run
 
 Why it matters (contract B.0.3): orchestrator marks an agent as checked only after all 9 GETs of
 B.1.2 have answered, and looks for due agents every second, so a poll slower than 1 s is started
@@ -625,12 +626,14 @@ def measure_load(agent: RunningAgent, kinds: dict[str, tuple[str, ...]], levels:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "orchagent-bench-poll"),
-                        help="where the datadir and the log are built and kept between runs")
+                        help="where the datadir and the log are built (removed afterwards unless --keep-data)")
     parser.add_argument("--seconds", type=float, default=10, help="duration of each load level")
     parser.add_argument("--pollers", default="1,10,50", help="concurrent pollers per load level")
     parser.add_argument("--log-gib", type=float, default=2.0)
     parser.add_argument("--tail-calls", type=int, default=50)
-    parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="write the figures into bench/RESULTS.md")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the datadir and the log under --workdir for the next run (about a minute to build)")
     args = parser.parse_args()
     began = time.monotonic()
     levels = [int(n) for n in args.pollers.split(",")]
@@ -697,9 +700,11 @@ def main() -> None:
     facts["total_seconds"] = time.monotonic() - began
     lines = report(facts)
     print("\n" + "\n".join(lines), flush=True)
-    if not args.no_record:
+    if args.record:
         record(lines, os.path.join(REPO, "bench", "RESULTS.md"))
         print("recorded in bench/RESULTS.md", flush=True)
+    if not args.keep_data:
+        shutil.rmtree(args.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Benchmark: the built-in seed transfer against ``tar | socat`` and a local ``cp -r`` + ``sync``.
 
-    sudo ./run-bench seed_transfer [--dir /var/tmp/orchagent-bench] [--size-mb 1024] [--repeat 3]
+    sudo ./run-bench seed_transfer [--dir /var/tmp/orchagent-bench] [--size-mb 1024] [--repeat 3] [--keep-data]
 
-Builds (or reuses) a datadir-like tree under ``--dir`` on the real disk (a few large files,
-thousands of small ones, incompressible data), then, in the same run on the same data and
+Builds (or, with ``--keep-data`` last time, reuses) a datadir-like tree under ``--dir`` on the
+real disk (a few large files, thousands of small ones, incompressible data), then, in the same run on the same data and
 interleaved so that background noise hits every method alike:
 
 (a) orchagent: receiver and sender each in its own process (``bench/seed_runner.py``), over
@@ -35,6 +35,7 @@ This is a script, not library code: it runs tools with ``subprocess`` directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -310,6 +311,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--methods", default="orchagent,agents,tar_socat,cp",
                         help="comma-separated, run in this order each round")
+    parser.add_argument("--keep-data", action="store_true", help="keep the source tree for the next run")
     args = parser.parse_args()
     pairs: list[AgentPair] = []
     try:
@@ -317,6 +319,11 @@ def main() -> None:
     finally:
         for pair in pairs:
             pair.stop()
+        if not args.keep_data:
+            os.chdir("/")
+            shutil.rmtree(os.path.join(args.dir, f"source-{args.size_mb}mb"), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(args.dir)  # only when nothing else is left in it
 
 
 def run(args, pairs: list) -> None:

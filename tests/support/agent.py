@@ -87,6 +87,7 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
                             "--config", config_path, *extra_args],
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
         env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+        start_new_session=True,  # a Ctrl-C in the terminal reaches the driver, which stops it in order
     )
     log.close()
     agent = RunningAgent(process, address, port, "", directory,
