@@ -138,6 +138,8 @@ class Config:
     seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
     seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
+    local_seed_source_hosts: tuple[str, ...] = _key("LocalSeedSourceHosts", (), _string_list)
+    remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

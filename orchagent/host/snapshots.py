@@ -129,10 +129,22 @@ class Snapshots:
             raise NotFound(f"no logical volume {identifier}: use a name or path that lvs (lvs-snapshots) lists")
         return found
 
-    async def snapshot_hosts(self, command: str, name: str) -> list[str]:
-        """The lines a configured ``Available*SnapshotHostsCommand`` prints; ``[]`` when unset."""
+    async def seed_source_hosts(self, *, local: bool) -> list[str]:
+        """Hosts that can seed this one: in this data centre (``local``), or anywhere.
+
+        The V1 command answers when it is configured; otherwise ``LocalSeedSourceHosts`` (and,
+        for anywhere, ``RemoteSeedSourceHosts`` too), so orchestrator's agent page shows its
+        Seed buttons without a script.
+        """
+        config = self._config
+        if local:
+            command, name = config.available_local_snapshot_hosts_command, "AvailableLocalSnapshotHostsCommand"
+            hosts = config.local_seed_source_hosts
+        else:
+            command, name = config.available_snapshot_hosts_command, "AvailableSnapshotHostsCommand"
+            hosts = config.local_seed_source_hosts + config.remote_seed_source_hosts
         if not command:
-            return []
+            return list(dict.fromkeys(hosts))
         result = await self._runner.run_configured(command, (), name=name)
         return [line.strip() for line in result.text().splitlines() if line.strip()]
 

@@ -44,12 +44,10 @@ class StorageAPI:
     # --- the status poll ---
 
     async def available_snapshots_local(self, req):
-        return await self.snapshots.snapshot_hosts(self._config.available_local_snapshot_hosts_command,
-                                                   "AvailableLocalSnapshotHostsCommand")
+        return await self.snapshots.seed_source_hosts(local=True)
 
     async def available_snapshots(self, req):
-        return await self.snapshots.snapshot_hosts(self._config.available_snapshot_hosts_command,
-                                                   "AvailableSnapshotHostsCommand")
+        return await self.snapshots.seed_source_hosts(local=False)
 
     async def lvs_snapshots(self, req):
         return [volume.to_json() for volume in await self.snapshots.snapshot_volumes()]

@@ -56,6 +56,18 @@ class PollTests(StorageApiTestsBase):
         self.assertEqual(client.get("/api/available-snapshots"), (200, ["db1", "db2"]))
         self.assertEqual(client.get("/api/available-snapshots-local"), (200, []))
 
+    def test_configured_seed_sources_answer_without_commands(self):
+        """Orchestrator shows local hosts as green Seed buttons and the rest of "anywhere" as yellow ones."""
+        client = self.start(local_seed_source_hosts=("db1", "db2"), remote_seed_source_hosts=("db9", "db1"))
+        self.assertEqual(client.get("/api/available-snapshots-local"), (200, ["db1", "db2"]))
+        self.assertEqual(client.get("/api/available-snapshots"), (200, ["db1", "db2", "db9"]))
+        self.assertEqual(self.runner.commands, [])
+
+    def test_the_v1_commands_win_over_configured_seed_sources(self):
+        client = self.start(configured={"AvailableSnapshotHostsCommand": (0, "db7\n")},
+                            available_snapshot_hosts_command="list-all", remote_seed_source_hosts=("db9",))
+        self.assertEqual(client.get("/api/available-snapshots"), (200, ["db7"]))
+
     def test_lvs_snapshots_v1_shape_with_float32_percent(self):
         code, body = self.start().get("/api/lvs-snapshots")
         self.assertEqual(code, 200)
