@@ -13,6 +13,7 @@ setup(
         "pyopenssl",
         "service-identity",
         "attrs",
+        "prometheus-client",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
 )

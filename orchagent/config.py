@@ -140,6 +140,8 @@ class Config:
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
     local_seed_source_hosts: tuple[str, ...] = _key("LocalSeedSourceHosts", (), _string_list)
     remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
+    metrics_enabled: bool = _key("MetricsEnabled", True, _bool)
+    audit_log_file: str = _key("AuditLogFile", "", _string)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

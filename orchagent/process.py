@@ -18,6 +18,7 @@ Rules (contract "Our rules" 3 and 4):
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -361,6 +362,7 @@ class ProcessRunner:
         self._environ = os.environ if environ is None else environ
         self._kill_grace = kill_grace
         self._running: set[RunningCommand] = set()
+        self.outcomes: collections.Counter[str] = collections.Counter()  # for metrics
 
     def run(self, argv: Sequence[str], *, name: str | None = None, timeout: float | None | object = ...,
             privileged: bool = False, parsed: bool = False, check: bool = True,
@@ -450,6 +452,7 @@ class ProcessRunner:
                 os.close(fd)
         command._spawned(transport)
         self._running.add(command)
+        command.result.addBoth(self._count_outcome)
         return command
 
     @staticmethod
@@ -469,6 +472,16 @@ class ProcessRunner:
         if parsed:
             child["LC_ALL"] = "C"
         return child
+
+    def _count_outcome(self, outcome):
+        """Tally how commands end; passes the outcome on unchanged."""
+        if not isinstance(outcome, Failure):
+            self.outcomes["succeeded"] += 1
+        elif outcome.check(CommandTimedOut):
+            self.outcomes["timed_out"] += 1
+        elif outcome.check(CommandFailed):
+            self.outcomes["failed"] += 1
+        return outcome
 
     def _forget(self, command: RunningCommand) -> None:
         self._running.discard(command)

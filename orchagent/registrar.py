@@ -8,6 +8,7 @@ ERROR envelope) is logged and retried with exponential backoff and jitter; the l
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from typing import Callable
@@ -42,6 +43,8 @@ class Registrar(Service):
         self._jitter = jitter
         self._loops: list[Deferred] = []
         self._last_talkback: float | None = None
+        self._last_answer: float | None = None  # the start does not count here
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()  # (call, ok|failed), for metrics
 
     def startService(self) -> None:
         super().startService()
@@ -62,6 +65,10 @@ class Registrar(Service):
         if not self._urls or self._last_talkback is None:
             return True
         return self._clock.seconds() - self._last_talkback <= self._bad_after
+
+    def seconds_since_answer(self) -> float | None:
+        """Since an orchestrator node last answered; None before the first answer."""
+        return None if self._last_answer is None else self._clock.seconds() - self._last_answer
 
     async def _keep_in_touch(self, base: str) -> None:
         submit_due: float | None = self._clock.seconds()
@@ -105,15 +112,19 @@ class Registrar(Service):
             if not self.running:
                 raise  # stopService cancelled us
             log.warn("{what} to {base} failed: {error}", what=what, base=base, error=self._redact(e))
+            self.calls[(what, "failed")] += 1
             return False
         if not 200 <= response.code < 300:
             log.warn("{what} to {base} failed: HTTP {code}", what=what, base=base, code=response.code)
+            self.calls[(what, "failed")] += 1
             return False
         error = _orchestrator_error(body)
         if error:
             log.warn("{what} to {base} refused: {error}", what=what, base=base, error=self._redact(error))
+            self.calls[(what, "failed")] += 1
             return False
-        self._last_talkback = self._clock.seconds()
+        self.calls[(what, "ok")] += 1
+        self._last_talkback = self._last_answer = self._clock.seconds()
         (log.info if what == "submit-agent" else log.debug)(
             "{what} to {base} OK", what=what, base=base)
         return True

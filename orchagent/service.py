@@ -12,8 +12,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from orchagent import logs, tls
+from orchagent.web.audit import AuditLog
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
+from orchagent.web.metrics import Metrics
 from orchagent.process import ProcessRunner
 from orchagent.registrar import Registrar
 from orchagent.seed.manager import SeedManager
@@ -45,8 +47,6 @@ def make_service(config: Config, reactor) -> MultiService:
         status_bad_seconds=config.status_bad_seconds,
         timeout=config.http_timeout_seconds or None,
     )
-    core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
-                   custom_commands=config.custom_commands)
     mysql = MySQL(config, runner, reactor)
     in_thread = thread_runner(reactor)
     storage = make_storage(config, runner, reactor, mysql, defer_to_thread=in_thread)
@@ -54,8 +54,13 @@ def make_service(config: Config, reactor) -> MultiService:
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread)
-    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
-    site = QuietSite(ApiResource(routes, _guard(config, token), reactor))
+    metrics = Metrics(commands=runner, registration=registrar, mysql=mysql, disk=storage.disk, seeds=seeds)
+    core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
+                   custom_commands=config.custom_commands, metrics=metrics)
+    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint,
+                         metrics=config.metrics_enabled)
+    observers = [AuditLog(config.audit_log_file)] + ([metrics] if config.metrics_enabled else [])
+    site = QuietSite(ApiResource(routes, _guard(config, token), reactor, observers))
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)

@@ -87,15 +87,26 @@ def _server_options(config: Config, verify_clients: bool) -> ssl.CertificateOpti
     return ssl.CertificateOptions(**options)
 
 
-def peer_ous(transport: object) -> set[str] | None:
-    """The OUs in the subject of the certificate the peer presented (verified by the TLS layer),
-    or None when it presented none or the connection is not TLS."""
+def _peer_subject(transport: object):
+    """The subject (a cryptography ``Name``) of the certificate the peer presented, verified by
+    the TLS layer; None when it presented none or the connection is not TLS."""
     tls_transport = ISSLTransport(transport, None)
     certificate = tls_transport.getPeerCertificate() if tls_transport is not None else None
-    if certificate is None:
+    return None if certificate is None else certificate.to_cryptography().subject
+
+
+def peer_ous(transport: object) -> set[str] | None:
+    """The OUs in the subject of the peer's certificate, or None without one."""
+    subject = _peer_subject(transport)
+    if subject is None:
         return None
-    subject = certificate.to_cryptography().subject
     return {str(attribute.value) for attribute in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
+
+
+def peer_subject(transport: object) -> str | None:
+    """The peer certificate's subject as an RFC 4514 string (for the audit log), or None."""
+    subject = _peer_subject(transport)
+    return None if subject is None else subject.rfc4514_string()
 
 
 def client_creator(config: Config, hostname: str):

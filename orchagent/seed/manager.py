@@ -157,6 +157,16 @@ class SeedManager(Service):
         self._sample(seed_id)
         return record
 
+    def records(self) -> list[SeedRecord]:
+        """Every seed this agent knows, running ones with live progress (for metrics)."""
+        for seed_id in list(self._jobs):
+            self._sample(seed_id)
+        return list(self._records.values())
+
+    def now(self) -> float:
+        """The wall time seed records are kept in."""
+        return self._reactor.seconds()
+
     def check_post_copy(self) -> None:
         """``post-copy`` must not prepare a datadir whose latest seed did not arrive whole."""
         receives = [r for r in self._records.values() if r.role == "receive"]

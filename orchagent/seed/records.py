@@ -41,6 +41,18 @@ class SeedRecord:
     def succeeded(self) -> bool:
         return self.state == SUCCEEDED
 
+    def rate(self, now: float) -> int:
+        """Bytes per second from the first byte to ``now`` (to the end, once the seed ended)."""
+        elapsed = (self.ended_at or now) - (self.data_started_at or self.started_at)
+        return int(self.bytes_done / elapsed) if elapsed > 0 else 0
+
+    def eta(self, now: float) -> int | None:
+        """Seconds left at the current rate; None when unknown or ended."""
+        rate = self.rate(now)
+        if self.completed or not rate or self.bytes_total is None:
+            return None
+        return max(self.bytes_total - self.bytes_done, 0) // rate
+
     def end(self, state: str, error: str = "", now: float | None = None) -> None:
         self.state = state
         self.error = error

@@ -1,16 +1,18 @@
 """Handlers for the agent's identity, health and whitelisted custom commands."""
 
 from orchagent.errors import NotFound
+from orchagent.web.metrics import CONTENT_TYPE
 from orchagent.web.rendering import ok_envelope
 from orchagent.web.resource import Response
 
 
 class CoreAPI:
-    def __init__(self, *, hostname: str, registrar, runner, custom_commands: dict[str, str]):
+    def __init__(self, *, hostname: str, registrar, runner, custom_commands: dict[str, str], metrics=None):
         self._hostname = hostname
         self._registrar = registrar
         self._runner = runner
         self._custom_commands = custom_commands
+        self._metrics = metrics
 
     async def hostname(self, req) -> str:
         """The name this agent registers with orchestrator (V1: the kernel hostname)."""
@@ -19,6 +21,10 @@ class CoreAPI:
     async def status(self, req):
         """V1's health check: ``"OK"``, or 500 ``"BAD"`` when orchestrator has not answered lately."""
         return "OK" if self._registrar.healthy() else Response("BAD", 500)
+
+    async def metrics(self, req) -> Response:
+        """Prometheus' text format; no token, like the status endpoint."""
+        return Response(await self._metrics.render(), content_type=CONTENT_TYPE.encode("ascii"))
 
     async def custom_command(self, req) -> dict:
         name = req.params["cmd"]

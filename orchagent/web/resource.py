@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hmac
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 from urllib.parse import unquote
 
 import attrs
@@ -55,10 +55,32 @@ class ApiRequest:
 
 @attrs.frozen
 class Response:
-    """A handler result that needs a status other than 200 (the status endpoint's ``"BAD"``)."""
+    """A handler result that needs a status other than 200 (the status endpoint's ``"BAD"``), or
+    that is not JSON (``content_type`` set: ``body`` is sent as these bytes)."""
 
     body: Any
     code: int = 200
+    content_type: bytes | None = None
+
+
+@attrs.frozen
+class Answered:
+    """One answered request, as the observers (metrics, audit log) see it."""
+
+    at: float  # wall time of the answer
+    client: str  # the peer's address
+    peer_subject: str | None  # the TLS client certificate's subject, when one was presented
+    method: str
+    route: Route | None  # None when no route matched
+    params: Mapping[str, str]
+    query: Mapping[str, list[str]]  # without the token
+    code: int
+    message: str  # the error's message; "" on success
+    seconds: float
+
+
+class Observer(Protocol):
+    def request_done(self, answered: Answered) -> None: ...
 
 
 @attrs.frozen
@@ -69,6 +91,7 @@ class _HttpError(Exception):
     body: bytes
     content_type: bytes = b"application/json; charset=UTF-8"
     headers: Mapping[bytes, bytes] = attrs.field(factory=dict)
+    message: str = ""  # what the observers (audit log) record as the reason
 
 
 @attrs.frozen
@@ -85,11 +108,12 @@ class Guard:
 class ApiResource(Resource):
     isLeaf = True
 
-    def __init__(self, routes: Iterable[Route], guard: Guard, clock: Any):
+    def __init__(self, routes: Iterable[Route], guard: Guard, clock: Any, observers: Iterable[Observer] = ()):
         super().__init__()
         self._routes = tuple(routes)
         self._guard = guard
         self._clock = clock
+        self._observers = tuple(observers)
 
     def render(self, request):
         started = self._clock.seconds()
@@ -105,34 +129,58 @@ class ApiResource(Resource):
         return NOT_DONE_YET
 
     async def _respond(self, request) -> None:
+        started = self._clock.seconds()
+        route, params, message = None, {}, ""
         try:
-            route, params = self._authorize(request)
+            self._check_basic_auth(request)
+            route, params = self._match(request)
+            self._check_caller(request, route)
             result = await route.handler(_api_request(request, params))
             response = result if isinstance(result, Response) else Response(result)
-            code, body = response.code, render_json(response.body)
-            content_type, headers = b"application/json; charset=UTF-8", {}
+            code, content_type, headers = response.code, response.content_type, {}
+            body = response.body if content_type else render_json(response.body)
+            content_type = content_type or b"application/json; charset=UTF-8"
         except _HttpError as e:
-            code, body, content_type, headers = e.code, e.body, e.content_type, e.headers
+            code, body, content_type, headers, message = e.code, e.body, e.content_type, e.headers, e.message
         except Exception as e:
             code, message = _failure_response(e)
             body, content_type, headers = render_json(error_envelope(message)), b"application/json; charset=UTF-8", {}
-        if request.finished or getattr(request, "_disconnected", False):
-            return
-        _write(request, code, body, content_type, headers)
+        self._tell_observers(request, route, params, code, message, started)  # while the channel is there
+        if not (request.finished or getattr(request, "_disconnected", False)):
+            _write(request, code, body, content_type, headers)
 
-    def _authorize(self, request) -> tuple[Route, dict[str, str]]:
-        """Basic auth, routing, client certificate, token: in that order."""
-        guard = self._guard
-        if guard.basic_auth and not _basic_auth_ok(request, *guard.basic_auth):
+    def _check_basic_auth(self, request) -> None:
+        """Basic auth, when configured, comes before routing (V1)."""
+        if self._guard.basic_auth and not _basic_auth_ok(request, *self._guard.basic_auth):
             raise _HttpError(401, b"Not Authorized\n", b"text/plain; charset=utf-8",
-                             {b"WWW-Authenticate": b'Basic realm="Authorization Required"'})
-        route, params = self._match(request)
+                             {b"WWW-Authenticate": b'Basic realm="Authorization Required"'}, "basic auth failed")
+
+    def _check_caller(self, request, route: Route) -> None:
+        """The client certificate's OU, then the token."""
+        guard = self._guard
         if guard.valid_ous is not None and (route.token or guard.status_ou_verify):
             _check_client_ou(request, guard.valid_ous)
         if route.token and not guard.token.matches(_presented_token(request, guard.token_header)):
-            raise _HttpError(401, render_json(error_envelope(
-                "Invalid token: pass the agent's token as ?token=<token>")))
-        return route, params
+            message = "Invalid token: pass the agent's token as ?token=<token>"
+            raise _HttpError(401, render_json(error_envelope(message)), message=message)
+
+    def _tell_observers(self, request, route: Route | None, params: Mapping[str, str], code: int,
+                        message: str, started: float) -> None:
+        if not self._observers:
+            return
+        now = self._clock.seconds()
+        peer = request.getClientAddress()
+        transport = getattr(request.channel, "transport", None)  # gone once the client went away
+        answered = Answered(
+            at=now, client=getattr(peer, "host", str(peer)), peer_subject=tls.peer_subject(transport),
+            method=request.method.decode("ascii", "replace"), route=route, params=params,
+            query={key: values for key, values in _query(request).items() if key != "token"},
+            code=code, message=message, seconds=now - started)
+        for observer in self._observers:
+            try:
+                observer.request_done(answered)
+            except Exception:
+                log.failure("observing a request failed", None)
 
     def _match(self, request) -> tuple[Route, dict[str, str]]:
         path = unquote(request.path.decode("utf-8", "replace"))
@@ -149,18 +197,23 @@ class ApiResource(Resource):
             allowed.append(route.method)
         if allowed:
             allow = ", ".join(sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set())))
-            raise _HttpError(405, render_json(error_envelope(f"method {method} not allowed; use {allow}")),
-                             headers={b"Allow": allow.encode("ascii")})
-        raise _HttpError(404, render_json(error_envelope(f"no such API path: {path}")))
+            message = f"method {method} not allowed; use {allow}"
+            raise _HttpError(405, render_json(error_envelope(message)), headers={b"Allow": allow.encode("ascii")},
+                             message=message)
+        message = f"no such API path: {path}"
+        raise _HttpError(404, render_json(error_envelope(message)), message=message)
 
 
-def _api_request(request, params: dict[str, str]) -> ApiRequest:
-    query = {
+def _query(request) -> dict[str, list[str]]:
+    return {
         key.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
         for key, values in request.args.items()
     }
+
+
+def _api_request(request, params: dict[str, str]) -> ApiRequest:
     length = request.getHeader(b"content-length")
-    return ApiRequest(params=params, query=query, body=request.content,
+    return ApiRequest(params=params, query=_query(request), body=request.content,
                       content_length=int(length) if length and length.isdigit() else None)
 
 
@@ -198,9 +251,9 @@ def _check_client_ou(request, valid_ous: frozenset[str]) -> None:
     """The TLS layer has verified the chain (if any); here the leaf must carry an allowed OU."""
     ous = tls.peer_ous(request.channel.transport)
     if ous is None:
-        raise _HttpError(401, b"No TLS\n", b"text/plain; charset=utf-8")
+        raise _HttpError(401, b"No TLS\n", b"text/plain; charset=utf-8", message="no client certificate")
     if not ous & valid_ous:
-        raise _HttpError(401, b"Invalid OU\n", b"text/plain; charset=utf-8")
+        raise _HttpError(401, b"Invalid OU\n", b"text/plain; charset=utf-8", message="client certificate OU not allowed")
 
 
 def _write(request, code: int, body: bytes, content_type: bytes, headers: Mapping[bytes, bytes]) -> None:

@@ -18,7 +18,8 @@ class Route:
     method: str
     pattern: str
     handler: Handler
-    token: bool = True  # False only for /api/hostname and the status endpoint
+    token: bool = True  # False only for /api/hostname, the status endpoint and /metrics
+    changes: bool = False  # it changes the host (the audit log records every call)
 
     def match(self, path: str) -> dict[str, str] | None:
         """The path parameters if ``path`` (decoded, trailing slash removed) fits the pattern."""
@@ -39,14 +40,21 @@ class Route:
         return method == self.method or (method == "HEAD" and self.method == "GET")
 
 
-def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Route, ...]:
-    """The handler objects come from orchagent.web.{coreapi,storageapi,mysqlapi,seedapi}."""
-    return (
+METRICS_PATH = "/metrics"
+
+
+def route_table(core, storage, mysql, seeds, status_endpoint: str, metrics: bool = True) -> tuple[Route, ...]:
+    """The handler objects come from orchagent.web.{coreapi,storageapi,mysqlapi,seedapi}.
+
+    ``metrics``: serve ``/metrics`` (``MetricsEnabled``).
+    """
+    optional = (Route("GET", METRICS_PATH, core.metrics, token=False),) if metrics else ()
+    return optional + (
         # identity and health: no token (V1)
         Route("GET", "/api/hostname", core.hostname, token=False),
         Route("GET", status_endpoint.rstrip("/") or "/", core.status, token=False),
-        # whitelisted commands
-        Route("GET", "/api/custom-commands/:cmd", core.custom_command),
+        # whitelisted commands: they may do anything
+        Route("GET", "/api/custom-commands/:cmd", core.custom_command, changes=True),
         # --- storage: snapshots, mounts, disk usage (orchagent.web.storageapi) ---
         Route("GET", "/api/available-snapshots-local", storage.available_snapshots_local),
         Route("GET", "/api/available-snapshots", storage.available_snapshots),
@@ -58,30 +66,30 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Rout
         Route("GET", "/api/lvs/:pattern", storage.lvs_matching),
         Route("GET", "/api/lv", storage.lv),
         Route("GET", "/api/lv/:lv", storage.lv_by_path),
-        Route("GET", "/api/mountlv", storage.mountlv),
-        Route("GET", "/api/umount", storage.umount),
-        Route("GET", "/api/removelv", storage.removelv),
-        Route("GET", "/api/create-snapshot", storage.create_snapshot),
+        Route("GET", "/api/mountlv", storage.mountlv, changes=True),
+        Route("GET", "/api/umount", storage.umount, changes=True),
+        Route("GET", "/api/removelv", storage.removelv, changes=True),
+        Route("GET", "/api/create-snapshot", storage.create_snapshot, changes=True),
         Route("GET", "/api/du", storage.du),
-        Route("GET", "/api/delete-mysql-datadir", storage.delete_mysql_datadir),
+        Route("GET", "/api/delete-mysql-datadir", storage.delete_mysql_datadir, changes=True),
         # --- mysql: service, error log, relay logs and binlogs (orchagent.web.mysqlapi) ---
         Route("GET", "/api/mysql-status", mysql.status),
         Route("GET", "/api/mysql-port", mysql.port),
         Route("GET", "/api/mysql-error-log-tail", mysql.error_log_tail),
-        Route("GET", "/api/mysql-stop", mysql.stop),
-        Route("GET", "/api/mysql-start", mysql.start),
-        Route("GET", "/api/post-copy", seeds.post_copy),  # refused after a failed seed
+        Route("GET", "/api/mysql-stop", mysql.stop, changes=True),
+        Route("GET", "/api/mysql-start", mysql.start, changes=True),
+        Route("GET", "/api/post-copy", seeds.post_copy, changes=True),  # refused after a failed seed
         Route("GET", "/api/mysql-relay-log-index-file", mysql.relay_log_index_file),
         Route("GET", "/api/mysql-relay-log-files", mysql.relay_log_files),
         Route("GET", "/api/mysql-relay-log-end-coordinates", mysql.relay_log_end_coordinates),
         Route("GET", "/api/mysql-binlog-contents", mysql.binlog_contents),
         Route("GET", "/api/mysql-binlog-binary-contents", mysql.binlog_binary_contents),
         Route("GET", "/api/mysql-relaylog-contents-tail/:relaylog/:start", mysql.relaylog_contents_tail),
-        Route("POST", "/api/apply-relaylog-contents", mysql.apply_relaylog_contents),
+        Route("POST", "/api/apply-relaylog-contents", mysql.apply_relaylog_contents, changes=True),
         # --- seeds (orchagent.web.seedapi) ---
-        Route("GET", "/api/receive-mysql-seed-data/:seedId", seeds.receive),
-        Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", seeds.send),
-        Route("GET", "/api/abort-seed/:seedId", seeds.abort),
+        Route("GET", "/api/receive-mysql-seed-data/:seedId", seeds.receive, changes=True),
+        Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", seeds.send, changes=True),
+        Route("GET", "/api/abort-seed/:seedId", seeds.abort, changes=True),
         Route("GET", "/api/seed-command-completed/:seedId", seeds.completed),
         Route("GET", "/api/seed-command-succeeded/:seedId", seeds.succeeded),
         Route("GET", "/api/seed-status/:seedId", seeds.status),

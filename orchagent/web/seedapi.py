@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 
 from orchagent.web import validate
 
@@ -36,11 +35,7 @@ class SeedAPI:
     async def status(self, req) -> dict:
         """The detail orchestrator lacks: state, progress, rate, ETA and the error text."""
         record = self._seeds.record(validate.seed_id(req.params["seedId"]))
-        elapsed = (record.ended_at or time.time()) - (record.data_started_at or record.started_at)
-        rate = int(record.bytes_done / elapsed) if elapsed > 0 else 0
-        eta = None
-        if not record.completed and rate and record.bytes_total is not None:
-            eta = max(record.bytes_total - record.bytes_done, 0) // rate
+        now = self._seeds.now()
         return {
             "SeedId": record.seed_id,
             "Role": record.role,
@@ -54,8 +49,8 @@ class SeedAPI:
             "BytesTotal": record.bytes_total,
             "FilesDone": record.files_done,
             "FilesTotal": record.files_total,
-            "BytesPerSecond": rate,
-            "EtaSeconds": eta,
+            "BytesPerSecond": record.rate(now),
+            "EtaSeconds": record.eta(now),
             "Error": record.error,
             "StartedAt": _timestamp(record.started_at),
             "EndedAt": _timestamp(record.ended_at),

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -42,6 +43,7 @@ APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
 
 CONFFILE = "/etc/orchagent/orchagent.conf.json"
 STATE_DIRECTORY = "/var/lib/orchagent"
+AUDIT_DIRECTORY = "/var/log/orchagent"
 PLUGINS = "/usr/lib/python3/dist-packages/twisted/plugins"
 ENABLED_LINK = "/etc/systemd/system/multi-user.target.wants/orchagent.service"
 #: Unit settings that give the service its own mount namespace.
@@ -167,18 +169,20 @@ class DebianPackageTests(SynchronousTestCase):
         self.assertNotIn(PLUGINS + "/__init__.py", paths)
         self.assertEqual(modes[CONFFILE], "-rw-r-----")
         self.assertIn("/usr/share/doc/orchagent/examples/orchagent.sudoers.example", paths)
+        self.assertIn("/etc/logrotate.d/orchagent", paths)
+        self.assertEqual(modes[AUDIT_DIRECTORY + "/"], "drwxr-x---")
 
         control = os.path.join(self.workdir, "control")
         run(["dpkg-deb", "-e", self.deb, control])
         with open(os.path.join(control, "conffiles")) as f:
-            self.assertEqual(f.read().split(), [CONFFILE])
+            self.assertEqual(sorted(f.read().split()), ["/etc/logrotate.d/orchagent", CONFFILE])
         with open(os.path.join(control, "postinst")) as f:  # no systemd here to watch it happen
             self.assertIn("_dh_action=restart", f.read(), "an upgrade must restart a running service")
         with open(os.path.join(control, "triggers")) as f:
             self.assertIn("activate-noawait twisted-plugins-cache", f.read().splitlines())
         depends = run(["dpkg-deb", "-f", self.deb, "Depends"]).stdout
         for package in ("python3-twisted (>= 22.4)", "python3-treq (>= 22.2)", "python3-openssl",
-                        "python3-service-identity", "python3-attr"):
+                        "python3-service-identity", "python3-attr", "python3-prometheus-client"):
             self.assertIn(package, depends)
 
     def test_install_run_upgrade_and_purge(self) -> None:
@@ -223,6 +227,12 @@ class DebianPackageTests(SynchronousTestCase):
                     raise AssertionError(f"{shlex.join(argv)}: {e}\n{log.read()}") from None
             self.assertEqual(json.loads(body), "orchagent-deb-test")
             self.assertEqual(stat.S_IMODE(os.stat(STATE_DIRECTORY).st_mode), 0o700)
+            with self.assertRaises(urllib.error.HTTPError):  # refused: no token
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/mysql-stop", timeout=10)
+            with open(config["AuditLogFile"]) as f:
+                self.assertEqual([(line["route"], line["status"]) for line in map(json.loads, f)],
+                                 [("/api/mysql-stop", 401)])
+            run(["logrotate", "--debug", "/etc/logrotate.d/orchagent"])
             agent.send_signal(signal.SIGTERM)
             self.assertEqual(agent.wait(30), 0)
             with open(log_path, errors="replace") as log:
@@ -235,9 +245,9 @@ class DebianPackageTests(SynchronousTestCase):
 
             run(APT + ["purge", "orchagent"])
             self.assertEqual(package_status(), "")
-            ours = ("/etc/orchagent", STATE_DIRECTORY, "/usr/share/doc/orchagent",
+            ours = ("/etc/orchagent", STATE_DIRECTORY, AUDIT_DIRECTORY, "/usr/share/doc/orchagent",
                     "/usr/lib/python3/dist-packages/orchagent")  # directories shared with others stay
-            left = [path for path in files + [STATE_DIRECTORY, ENABLED_LINK]
+            left = [path for path in files + [STATE_DIRECTORY, AUDIT_DIRECTORY, ENABLED_LINK]
                     if os.path.lexists(path) and (not os.path.isdir(path) or path.startswith(ours))]
             self.assertEqual(left, [])
             plugin_bytecode = os.path.join(PLUGINS, "__pycache__")

@@ -12,11 +12,14 @@ Shared per class: the btrfs file system and the running source server (about 5 s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tempfile
+import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import free_port, start_agent
@@ -132,11 +135,20 @@ class SeedEndToEndTests(SynchronousTestCase):
         self.assertEqual(call.status, 200, call)
         return call.json()
 
+    def metrics(self, agent: HostAgent) -> dict:
+        """``/metrics`` of a real agent, parsed by prometheus_client's own parser."""
+        with urllib.request.urlopen(f"http://{agent.hostname}:{agent.port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        self.assertNotIn(agent.token, text)
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
     def test_builtin_transfer(self):
         port = free_port(TARGET_ADDRESS)
         transfer = transfer_settings(port, "e2e shared secret")
+        audit_log = os.path.join(self.workdir, "audit.log")
         source, target = self.start_agents({**self.source.settings(), **transfer},
-                                           {**self.target.settings(), **transfer})
+                                           {**self.target.settings(), **transfer, "AuditLogFile": audit_log})
         run = self.seed_and_check(source, target, 11, wait_before_send=0.5)
 
         status = self.seed_status(target, 11)
@@ -153,6 +165,24 @@ class SeedEndToEndTests(SynchronousTestCase):
         self.assertEqual((sent["Role"], sent["State"], sent["Peer"], sent["BytesDone"]),
                          ("send", "succeeded", TARGET_ADDRESS, status["BytesDone"]))
         self.assertFalse([name for name in os.listdir(self.target.sandbox.datadir) if name.startswith(".orchagent")])
+
+        # what an operator's Prometheus and audit log saw of it
+        metrics = self.metrics(target)
+        rounds = len(run.copied)
+        for route, count in (("/api/receive-mysql-seed-data/:seedId", 1), ("/api/seed-command-completed/:seedId", rounds),
+                             ("/api/delete-mysql-datadir", 1), ("/api/mysql-start", 1)):
+            self.assertEqual(metrics[("orchagent_http_requests_total",
+                                      (("code", "200"), ("method", "GET"), ("route", route)))], count, route)
+        self.assertEqual(metrics[("orchagent_seeds", (("role", "receive"), ("state", "succeeded")))], 1)
+        self.assertEqual(metrics[("orchagent_mysql_up", ())], 1)
+        self.assertGreater(metrics[("orchagent_commands_total", (("outcome", "succeeded"),))], 0)
+        self.assertEqual(self.metrics(source)[("orchagent_seeds", (("role", "send"), ("state", "succeeded")))], 1)
+        with open(audit_log) as f:
+            audited = [json.loads(line) for line in f]
+        self.assertEqual([(line["route"], line["status"]) for line in audited], [
+            ("/api/delete-mysql-datadir", 200), ("/api/receive-mysql-seed-data/:seedId", 200),
+            ("/api/post-copy", 200), ("/api/mysql-start", 200)])
+        self.assertEqual((audited[1]["seed_id"], audited[1]["client"]), (11, "127.0.0.1"))
 
     def test_command_mode_with_socat_and_tar(self):
         scripts = tempfile.mkdtemp(dir=self.workdir)
