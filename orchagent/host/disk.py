@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 from orchagent.cache import ShortCache
 from orchagent.errors import AgentError, InvalidInput, NotFound
@@ -75,10 +76,29 @@ class DiskUsage:
     def __init__(self, runner, clock, cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS):
         self._runner = runner
         self._cache = ShortCache(clock, cache_seconds, stale_seconds)
+        self._counters: dict[str, Callable[[], int]] = {}
 
     async def usage(self, path: str) -> int:
-        """Apparent size in bytes of everything under ``path`` (``du -sb``, V1)."""
+        """Apparent size in bytes of everything under ``path`` (``du -sb``, V1), or, while a seed
+        receives into it, the bytes that have arrived (see :meth:`follow`)."""
+        counter = self._counters.get(path)
+        if counter is not None:
+            return counter()
         return await self._cache.get(("du", path), lambda: self._du(path))
+
+    def follow(self, path: str, counter: Callable[[], int]) -> Callable[[], None]:
+        """Answer ``path``'s usage from ``counter`` until the returned function is called.
+
+        A receive knows exactly how much has arrived, at no cost; orchestrator's progress (the
+        target's ``mysql-du``) then tracks the copy instead of a walk cached from before it.
+        """
+        self._counters[path] = counter
+
+        def unfollow() -> None:
+            if self._counters.get(path) is counter:
+                del self._counters[path]
+            self.invalidate()
+        return unfollow
 
     async def available(self, path: str) -> int:
         """Bytes available to unprivileged users on ``path``'s file system (df's Available, V1)."""

@@ -45,6 +45,7 @@ class _Job:
     watch_growth_of: str | None = None  # command-mode receive: the datadir whose growth shows progress
     last_growth: float = 0.0
     last_size: int = -1
+    unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
 
 
 class SeedManager(Service):
@@ -116,6 +117,7 @@ class SeedManager(Service):
         else:
             transfer = receiver.arm(str(seed_id), datadir)
             job = _transfer_job(transfer)
+            job.unfollow = self._disk.follow(datadir, lambda: transfer.progress.bytes_done)
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
 
@@ -266,6 +268,7 @@ class SeedManager(Service):
         record = self._records[seed_id]
         self._sample(seed_id)
         job = self._jobs.pop(seed_id)
+        job.unfollow()
         if not job.done.called:
             await job.stop()
         if state != SUCCEEDED and record.role == "receive":

@@ -37,8 +37,8 @@ MB = 1024 * 1024
 BALLAST_BYTES = 96 * MB
 LINK_RATE = 16 * MB
 TARGET_STALL_SECONDS = 3
-# orchestrator sleeps 30 s between copy rounds; with 1 s and the agent's 5 s mysql-du cache, its
-# 10-rounds-without-progress rule still leaves a seed about 10 s to fail for the reason under test.
+# orchestrator sleeps 30 s between copy rounds; with 1 s, its 10-rounds-without-progress rule still
+# leaves a seed about 10 s to fail for the reason under test.
 POLL_SECONDS = 1
 
 
@@ -208,7 +208,11 @@ class SeedFailureTests(SynchronousTestCase):
 
     def test_abort_mid_transfer(self):
         seeding = BackgroundSeed(self.orchestrator, self.target_agent, self.source_agent, self.seed_id)
-        self.wait_until_in_flight(self.target_agent)
+        arrived = self.wait_until_in_flight(self.target_agent)["BytesDone"]
+        time.sleep(0.5)
+        # orchestrator's progress, the target's mysql-du, is the receive's own count: live, not a
+        # walk cached from before the copy began
+        self.assertGreater(self.orchestrator.get_agent(self.target_agent).MySQLDiskUsage, arrived)
         self.orchestrator.abort_seed(self.seed_id, self.target_agent, self.source_agent)  # agent-abort-seed
         run = seeding.join()
 

@@ -52,9 +52,14 @@ class FakeEraser:
 class FakeDisk:
     def __init__(self):
         self.size = 0
+        self.followed = {}
 
     async def usage(self, path):
         return self.size
+
+    def follow(self, path, counter):
+        self.followed[path] = counter
+        return lambda: self.followed.pop(path)
 
     def invalidate(self):
         pass

@@ -35,6 +35,22 @@ class DiskUsageTests(SynchronousTestCase):
     def usage(self, path="/data"):
         return ensureDeferred(self.disk.usage(path))
 
+    def test_a_followed_path_answers_from_its_counter_without_walking(self):
+        """While a seed receives into the datadir, mysql-du is the transfer's own exact count."""
+        cached = self.usage()
+        self.runner.pending[0][1].callback(result(b"4096\t/data\n"))
+        self.assertEqual(self.successResultOf(cached), 4096)
+        arrived = [0]
+        unfollow = self.disk.follow("/data", lambda: arrived[0])
+        arrived[0] = 90 * 1024 * 1024
+        self.assertEqual(self.successResultOf(self.usage()), 90 * 1024 * 1024)
+        self.assertEqual(len(self.runner.pending), 1)  # no walk while followed
+        unfollow()  # the receive ended: walk again, not the value cached before it
+        after = self.usage()
+        self.assertEqual(len(self.runner.pending), 2)
+        self.runner.pending[1][1].callback(result(b"94371840\t/data\n"))
+        self.assertEqual(self.successResultOf(after), 94371840)
+
     def test_concurrent_callers_share_one_walk(self):
         calls = [self.usage() for _ in range(5)]
         self.assertEqual(len(self.runner.pending), 1)
