@@ -25,6 +25,7 @@ from orchagent.token import Token
 from orchagent.web.coreapi import CoreAPI
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.mysqlapi import make_mysql_api
+from orchagent.web.openapi import with_openapi
 from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
 from orchagent.web.storageapi import make_storage
@@ -57,8 +58,8 @@ def make_service(config: Config, reactor) -> MultiService:
     metrics = Metrics(commands=runner, registration=registrar, mysql=mysql, disk=storage.disk, seeds=seeds)
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands, metrics=metrics)
-    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint,
-                         metrics=config.metrics_enabled)
+    routes = with_openapi(route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy),
+                                      config.status_endpoint, metrics=config.metrics_enabled))
     observers = [AuditLog(config.audit_log_file)] + ([metrics] if config.metrics_enabled else [])
     site = QuietSite(ApiResource(routes, _guard(config, token), reactor, observers))
 
