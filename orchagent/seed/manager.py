@@ -14,7 +14,6 @@ target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import attrs
@@ -76,7 +75,7 @@ class SeedManager(Service):
         self._records = self._store.load_all()
         for record in self._records.values():
             if record.state == RUNNING:
-                record.end(FAILED, "the agent stopped while this seed was running")
+                record.end(FAILED, "the agent stopped while this seed was running", self.now())
                 self._store.save(record)
                 log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
                 if record.role == "receive":
@@ -119,7 +118,7 @@ class SeedManager(Service):
             job = _transfer_job(transfer)
             job.unfollow = self._disk.follow(datadir, lambda: transfer.progress.bytes_done)
             mode = "built-in"
-        await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
+        await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, self.now()), job)
 
     async def send(self, target_host: str, seed_id: int) -> None:
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
@@ -142,7 +141,7 @@ class SeedManager(Service):
                 stall_timeout=self._config.seed_stall_timeout_seconds)
             job = _transfer_job(transfer)
             mode = "built-in"
-        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, time.time()), job)
+        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now()), job)
 
     async def abort(self, seed_id: int) -> None:
         """Kill whatever runs for the seed and wait for it; afterwards it reads completed, failed."""
@@ -150,7 +149,7 @@ class SeedManager(Service):
         if seed_id in self._jobs:
             await self._end(seed_id, ABORTED, "aborted on request")
         elif record.state == SUCCEEDED:
-            record.end(ABORTED, "aborted on request after it had completed")
+            record.end(ABORTED, "aborted on request after it had completed", self.now())
             await self._save(record)
 
     def record(self, seed_id: int) -> SeedRecord:
@@ -274,7 +273,7 @@ class SeedManager(Service):
         if state != SUCCEEDED and record.role == "receive":
             await self._clear_partial_copy(record)
         self._disk.invalidate()
-        record.end(state, error)
+        record.end(state, error, self.now())
         await self._save(record)
         await self._release_receiver()
         (log.info if state == SUCCEEDED else log.warn)(
@@ -320,11 +319,10 @@ class SeedManager(Service):
         if job is not None:
             self._sample_job(self._records[seed_id], job)
 
-    @staticmethod
-    def _sample_job(record: SeedRecord, job: _Job) -> None:
+    def _sample_job(self, record: SeedRecord, job: _Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
         if record.bytes_done and record.data_started_at is None:
-            record.data_started_at = time.time()  # rate and ETA count from the first byte
+            record.data_started_at = self.now()  # rate and ETA count from the first byte
 
     def _save(self, record: SeedRecord) -> Deferred:
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import attrs
 
@@ -53,10 +52,10 @@ class SeedRecord:
             return None
         return max(self.bytes_total - self.bytes_done, 0) // rate
 
-    def end(self, state: str, error: str = "", now: float | None = None) -> None:
+    def end(self, state: str, error: str, now: float) -> None:
         self.state = state
         self.error = error
-        self.ended_at = time.time() if now is None else now
+        self.ended_at = now
 
 
 class SeedStore:

@@ -191,6 +191,17 @@ class SeedManagerTests(SynchronousTestCase):
         self.settle(manager.send("db2", 8))
         self.assertEqual(self.transfers[0][3], self.datadir)
 
+    def test_record_times_come_from_the_reactor_clock(self):
+        """One clock: started, first byte and end are the injected reactor's times."""
+        self.clock.advance(1000)
+        manager = self.manager()
+        self.settle(manager.send("db2", 6))
+        self.clock.advance(5)
+        self.transfer.finish()
+        record = manager.record(6)
+        self.assertEqual((record.started_at, record.data_started_at, record.ended_at), (1000, 1000, 1005))
+        self.assertEqual(record.rate(manager.now()), 2)  # 10 bytes in 5 s
+
     def test_receive_refused_while_mysql_runs(self):
         self.mysql.running = True
         error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
@@ -261,7 +272,7 @@ class SeedManagerTests(SynchronousTestCase):
         os.makedirs(store.directory)
         store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))
         finished = SeedRecord(2, "send", "built-in", "db2", "/src", 100.0)
-        finished.end("succeeded", now=200.0)
+        finished.end("succeeded", "", now=200.0)
         store.save(finished)
         manager = self.manager()
         interrupted = manager.record(1)
