@@ -196,6 +196,7 @@ class SeedManagerTests(SynchronousTestCase):
         self.clock.advance(1000)
         manager = self.manager()
         self.settle(manager.send("db2", 6))
+        manager.record(6)  # a poll sees the first bytes
         self.clock.advance(5)
         self.transfer.finish()
         record = manager.record(6)
