@@ -66,10 +66,13 @@ class RunningAgent:
 
 
 def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | None = None,
-                extra_args=(), env=None, timeout: float = 30) -> RunningAgent:
-    """Write a config (loopback, free port, token hint file) and wait until the API answers."""
+                extra_args=(), env=None, timeout: float = 30, namespace=None) -> RunningAgent:
+    """Write a config (loopback, free port, token hint file) and wait until the API answers.
+
+    ``namespace``: a :class:`tests.support.netns.NetworkNamespace` to run the agent in.
+    """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")
-    port = settings.get("HTTPPort") or free_port(address)
+    port = settings.get("HTTPPort") or (namespace.call(free_port, address) if namespace else free_port(address))
     config = {
         "HTTPBindAddress": address,
         "HTTPPort": port,
@@ -82,9 +85,10 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
     with open(config_path, "w") as f:
         json.dump(config, f)
     log = open(os.path.join(directory, "agent.log"), "wb")
+    argv = twistd_command() + ["--nodaemon", "--pidfile=", "--logfile=-", "orchagent", "--config", config_path,
+                               *extra_args]
     process = subprocess.Popen(
-        twistd_command() + ["--nodaemon", "--pidfile=", "--logfile=-", "orchagent",
-                            "--config", config_path, *extra_args],
+        namespace.argv(argv) if namespace else argv,
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
         env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
         start_new_session=True,  # a Ctrl-C in the terminal reaches the driver, which stops it in order
