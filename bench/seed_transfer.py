@@ -39,7 +39,6 @@ import contextlib
 import functools
 import json
 import os
-import random
 import shutil
 import socket
 import statistics
@@ -55,64 +54,11 @@ SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench.datasets import build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
+from bench.machine import cpu_seconds, machine, peak_rss_mb, reset_peak_rss  # noqa: E402
 from tests.support.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
 from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
 from tests.support.pki import CertificateAuthority  # noqa: E402
-
-
-def build_tree(root: str, size_mb: int) -> None:
-    """80% of the bytes in four large files, the rest in small files spread over 50 schemas."""
-    marker = os.path.join(root, ".complete")
-    if os.path.exists(marker):
-        return
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
-    rng = random.Random(42)
-    block = os.urandom(1 << 20)
-    large_mb = size_mb * 8 // 10 // 4
-    for name in ("ibdata1", "ib_logfile0", "ib_logfile1", "undo001"):
-        with open(os.path.join(root, name), "wb") as f:
-            for j in range(large_mb):
-                cut = rng.randrange(len(block))
-                f.write(block[cut:] + block[:cut])
-    small_budget = (size_mb - 4 * large_mb) << 20
-    n = 0
-    while small_budget > 0:
-        schema = os.path.join(root, f"schema{n % 50}")
-        os.makedirs(schema, exist_ok=True)
-        size = min(small_budget, rng.randint(1000, 80000))
-        cut = rng.randrange(len(block) - size)
-        with open(os.path.join(schema, f"table{n}.ibd"), "wb") as f:
-            f.write(block[cut:cut + size])
-        small_budget -= size
-        n += 1
-    os.makedirs(os.path.join(root, "empty_schema"))
-    subprocess.run(["sync"], check=True)
-    open(marker, "w").close()
-
-
-def tree_bytes(root: str) -> tuple[int, int]:
-    files = nbytes = 0
-    for directory, _, names in os.walk(root):
-        for name in names:
-            files += 1
-            nbytes += os.lstat(os.path.join(directory, name)).st_size
-    return files, nbytes
-
-
-def drop_caches() -> bool:
-    subprocess.run(["sync"], check=True)
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def fresh_target(target: str) -> None:
-    shutil.rmtree(target, ignore_errors=True)
-    os.makedirs(target)
 
 
 def free_port() -> int:
@@ -200,29 +146,6 @@ def agent_settings(agent_dir: str, datadir: str, seed_port: int) -> dict:
             "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
 
 
-def reset_peak_rss(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0, root), so each round's peak is its own."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5\n")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return round(kb / 1024, 1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process itself (its configured commands are not counted)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class AgentPair:
     """A source and a target agent, started once for the whole run; :meth:`seed` is one round."""
 
@@ -292,16 +215,6 @@ class AgentPair:
 
 def identical(a: str, b: str) -> bool:
     return subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True).returncode == 0
-
-
-def machine() -> dict:
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    with open("/proc/meminfo") as f:
-        mem_kb = int(f.readline().split()[1])
-    df = subprocess.run(["df", "-h", "--output=source,fstype,size", "."], capture_output=True, text=True).stdout
-    return {"nproc": os.cpu_count(), "cpu": model, "memory_gb": round(mem_kb / 1024 / 1024, 1),
-            "filesystem": " ".join(df.splitlines()[-1].split()), "loadavg": open("/proc/loadavg").read().split()[:3]}
 
 
 def main() -> None:
