@@ -9,12 +9,17 @@ import statistics
 import time
 
 from twisted.internet import reactor, threads
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol, wrapClientTLS)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
+from orchagent.config import Config
 from orchagent.seed import protocol
 from orchagent.seed.protocol import HEADER, Kind
 from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.tls import client_creator, seed_server_options
+from tests.support.pki import CertificateAuthority
 from tests.support.seed_mitm import RewritingRelay
 from tests.support.seed_trees import build_tree
 from tests.support.storage import inline
@@ -25,8 +30,8 @@ FORGED = b"the row as an attacker wants it."
 
 
 class _Receiving:
-    async def _listen(self, stall_timeout: float = 10) -> int:
-        self.server = SeedReceiverServer(reactor, secret=SECRET, stall_timeout=stall_timeout)
+    async def _listen(self, stall_timeout: float = 10, tls=None) -> int:
+        self.server = SeedReceiverServer(reactor, secret=SECRET, stall_timeout=stall_timeout, tls=tls)
         port = await self.server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         self.addCleanup(self.server.stopListening)
         return port.getHost().port
@@ -59,6 +64,79 @@ class ManInTheMiddleTests(_Receiving, TestCase):
         with self.assertRaises(TransferFailed):
             await sending.when_done()
         self.assertEqual(os.listdir(target), [])
+
+
+class TlsRelayTests(_Receiving, TestCase):
+    """A relay holding a trusted certificate, relaying the handshake between two TLS sessions, is refused."""
+
+    timeout = 60
+
+    @inline
+    async def test_a_relay_that_terminates_tls_cannot_pass_the_handshake_on(self):
+        # The relay has a certificate the sender trusts (a stolen host key, or a sender with
+        # SSLSkipVerify) but not the secret: the proofs are bound to each end's TLS session.
+        ca = CertificateAuthority(self.mktemp())
+        receiver, relay = ca.issue("receiver"), ca.issue("relay")
+        trusting = Config(use_ssl=True, ssl_ca_file=ca.cert)
+        port = await self._listen(tls=seed_server_options(
+            Config(use_ssl=True, ssl_cert_file=receiver.cert, ssl_private_key_file=receiver.key, ssl_ca_file=ca.cert)))
+        upstream = wrapClientTLS(client_creator(trusting, "localhost"), TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        relay_options = seed_server_options(
+            Config(use_ssl=True, ssl_cert_file=relay.cert, ssl_private_key_file=relay.key, ssl_ca_file=ca.cert))
+        listening = await SSL4ServerEndpoint(reactor, 0, relay_options, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: _PlaintextRelay(upstream)))
+        self.addCleanup(listening.stopListening)
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        build_tree(source, big_bytes=1024, small_files=5)
+        os.makedirs(target)
+        receiving = self.server.arm("7", target)
+        self.addCleanup(receiving.abort)
+        sending = send_tree(reactor, "127.0.0.1", listening.getHost().port, "7", source, secret=SECRET,
+                            tls=client_creator(trusting, "localhost"))
+        with self.assertRaises(TransferFailed) as caught:
+            await sending.when_done()
+        self.assertIn(protocol.NOT_AUTHENTICATED, str(caught.exception))
+        self.assertIn("relays the TLS connection", receiving.last_refusal)
+        self.assertFalse(receiving.done)
+        self.assertEqual(os.listdir(target), [])
+
+
+class _PlaintextRelay(Protocol):
+    """Ends the sender's TLS, opens its own to the receiver, and passes every byte on unchanged."""
+
+    def __init__(self, upstream) -> None:
+        self._upstream = upstream
+        self._peer: Protocol | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        connectProtocol(self._upstream, _Upstream(self)).addErrback(lambda _: self.transport.loseConnection())
+
+    def upstream_connected(self, peer: Protocol) -> None:
+        self._peer = peer
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._peer.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        if self._peer is not None:
+            self._peer.transport.loseConnection()
+
+
+class _Upstream(Protocol):
+    def __init__(self, downstream: _PlaintextRelay) -> None:
+        self._downstream = downstream
+
+    def connectionMade(self) -> None:
+        self._downstream.upstream_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._downstream.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        self._downstream.transport.loseConnection()
 
 
 def _stray_attempt(port: int, seed_id: str) -> tuple[bytes, float]:
