@@ -61,8 +61,7 @@ TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
 TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v2"  # RFC 5705: unregistered labels start so
 TLS_EXPORTER_BYTES = 32
 NOT_AUTHENTICATED = ("the sender was not authenticated: the agents' SeedTransferSecret values differ, or "
-                     "its certificate does not pass SeedTransferValidOUs; the target agent's log (and "
-                     "its seed status, while a receive is armed) says which")
+                     "its certificate does not pass SeedTransferValidOUs; the target agent's log says which")
 MAX_SEED_ID_BYTES = 64
 MAX_META_PAYLOAD = 64 * 1024  # every frame but DATA is small; a bigger one is garbage
 MAX_DATA_PAYLOAD = 64 * 1024 * 1024
