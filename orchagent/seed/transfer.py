@@ -11,7 +11,7 @@ Public API (what the seed manager uses)::
 A :class:`Transfer` (either side) has ``progress`` (:class:`Progress`: bytes/files done and
 total, start and end times), ``state`` (``waiting``, ``running``, ``finishing``, ``succeeded``,
 ``failed``, ``aborted``), ``error`` (a :class:`TransferFailed` whose message says what failed),
-``when_done()`` (a new Deferred each call: fires with None on verified success, fails with the
+``when_done()`` (a new Deferred each call: fires with None on authenticated success, fails with the
 error) and ``abort()``.  ``abort()`` drops the connection, stops the worker threads, removes the
 receiver's staging directory and returns a Deferred that fires once no worker thread is left.
 A transfer always ends in exactly one of succeeded/failed/aborted, and ``when_done`` fires only
@@ -32,13 +32,14 @@ Why it is shaped this way:
   nothing about which seed is armed.  Refusals are logged with their detail, kept in
   ``last_refusal`` of the armed transfer so a human can see why nothing arrives, and sent to
   the sender (the detail only once it proved itself; its transfer fails with it); they do not
-  fail the armed receive, so a stray peer cannot cancel a seed.  But an armed receive that no sender authenticated for
-  within ``stall_timeout`` seconds fails, naming the last refusal, so a wrong secret on the
-  source does not leave the target waiting forever.  TLS is optional and layered underneath:
-  a server context factory for the receiver, a client connection creator for the sender.
+  fail the armed receive, so a stray peer cannot cancel a seed.  But an armed receive that no
+  sender authenticated for within ``stall_timeout`` seconds fails, naming the last refusal, so
+  a wrong secret on the source does not leave the target waiting forever.  TLS is optional and
+  layered underneath: a server context factory for the receiver, a client connection creator
+  for the sender.
 * Disk work happens in worker threads; the reactor never blocks.  The sender's reader thread
-  walks, reads and hashes the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
-  receiver's worker decodes and verifies the stream and hands the file-system work to the
+  walks, reads and MACs the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
+  receiver's worker decodes and authenticates the stream and hands the file-system work to the
   writer's disk thread (it has two more helpers, see :mod:`orchagent.seed.tree`).  On a plain
   TCP connection the workers also do the socket I/O of the data stream, through a
   :class:`_SocketChannel` (a duplicate of the connection's socket): a sending thread takes
@@ -568,14 +569,15 @@ class _ReceiverProtocol(_Connection):
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
 
-    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, authenticated: bool = False) -> None:
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False) -> None:
         """Log ``reason`` and close; a peer that did not prove itself is only told
         :data:`~orchagent.seed.protocol.NOT_AUTHENTICATED`, whatever the reason."""
         log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
         if transfer is not None:
             transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
         self._closed = True
-        self.transport.write(protocol.reason_frame(Kind.REFUSE, reason if authenticated else protocol.NOT_AUTHENTICATED))
+        told = reason if authenticated else protocol.NOT_AUTHENTICATED
+        self.transport.write(protocol.reason_frame(Kind.REFUSE, told))
         self.transport.loseConnection()
 
     def _send_progress(self) -> None:

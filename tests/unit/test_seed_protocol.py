@@ -230,7 +230,8 @@ class StreamTests(SynchronousTestCase):
         # offsets and data alone (as v1's checksum was) sees the same bytes; this one covers headers.
         frames = split_frames(self.stream)
         first = [i for i, f in enumerate(frames) if f[0] == Kind.DATA and frames[i + 1][0] == Kind.DATA][0]
-        joined = protocol.frame(Kind.DATA, frames[first][protocol.HEADER.size:] + frames[first + 1][protocol.HEADER.size:])
+        payloads = [frame[protocol.HEADER.size:] for frame in frames[first:first + 2]]
+        joined = protocol.frame(Kind.DATA, b"".join(payloads))
         stream = b"".join(frames[:first]) + joined + b"".join(frames[first + 2:])
         self.assertRaisesRegex(ChecksumMismatch, "'ibdata1' is not authentic", decoder(Recorder()).feed, stream)
 
