@@ -506,7 +506,7 @@ class _ReceiverProtocol(_Connection):
         self._server = server
         self._nonce = protocol.new_nonce()
         self._transfer: _ReceiveTransfer | None = None
-        self._mac: protocol.StreamMac | None = None
+        self._session: protocol.Session | None = None  # once the sender is accepted
         self._keepalive: LoopingCall | None = None
 
     def connectionMade(self) -> None:
@@ -533,7 +533,7 @@ class _ReceiverProtocol(_Connection):
             self._refuse(str(e))
             return
         if self._transfer is not None:
-            self._transfer.attach(self, self._frames.leftover(), self._mac)
+            self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
 
     def _authenticate(self, auth: protocol.Auth) -> None:
         """Accept the sender, or refuse it.
@@ -563,8 +563,7 @@ class _ReceiverProtocol(_Connection):
             log.info("seed {seed_id}: receiving into {datadir} from {peer}",
                      seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
             self.transport.write(protocol.accept(session))
-            self._transfer = transfer
-            self._mac = session.stream_mac()
+            self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
@@ -600,7 +599,7 @@ class _ReceiverProtocol(_Connection):
 
     def close(self, error: TransferFailed | None) -> None:
         if not self._closed and error is None:
-            self.transport.write(protocol.frame(Kind.DONE))
+            self.transport.write(protocol.done(self._session))
         super().close(error)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -798,7 +797,7 @@ class _SenderProtocol(_Connection):
                                                     self._nonce, _tls_material(self.transport))
             self.transport.write(protocol.auth(self._session))
         elif kind == Kind.ACCEPT and self._session is not None and not self._accepted:
-            if not protocol.accept_valid(payload, self._session):
+            if not self._session.proves(b"receiver", payload):
                 raise ProtocolError("the receiver's proof is wrong: the agents have different SeedTransferSecret "
                                     "values, or something between them relays the connection")
             self._accepted = True
@@ -813,6 +812,9 @@ class _SenderProtocol(_Connection):
         elif kind == Kind.PROGRESS and self._accepted:
             pass  # a keepalive; resetTimeout above is its purpose
         elif kind == Kind.DONE and transfer.state == "finishing":
+            if not self._session.proves(b"done", payload):
+                raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
+                                    "altered the connection")
             transfer._conclude(None)
         else:
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")

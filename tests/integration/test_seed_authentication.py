@@ -61,8 +61,9 @@ class ManInTheMiddleTests(_Receiving, TestCase):
         self.assertEqual(receiving.state, "failed")  # completed, not succeeded
         self.assertIn("marked.ibd", str(caught.exception))
         self.assertIn("not authentic", str(caught.exception))
-        with self.assertRaises(TransferFailed):
+        with self.assertRaises(TransferFailed) as sender_side:  # the relay turned the receiver's FAIL into DONE
             await sending.when_done()
+        self.assertRegex(str(sender_side.exception), "confirmation is not authentic|unexpected DONE")
         self.assertEqual(os.listdir(target), [])
 
 

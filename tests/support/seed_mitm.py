@@ -5,8 +5,10 @@
 authenticate each other as usual.  In the data stream it replaces ``old`` with ``new`` (same
 length) in the data of every file, and for each file it changed it recomputes the checksum as
 seed protocol version 1 did (plain SHA-256 of the ENTRY payload, then of every DATA frame's
-offset and bytes) and puts that into the file's FILE_END frame.  Against version 1 the
-receiver accepted the altered file; the protocol must make that impossible.
+offset and bytes) and puts that into the file's FILE_END frame.  Towards the sender it turns
+the receiver's FAIL into a DONE, as version 1 wrote it (no payload).  Against version 1 the
+receiver accepted the altered file (and a sender could be told of a success that was not);
+the protocol must make both impossible.
 
 Threads and blocking sockets, not a reactor, so it works under any test.  Frame layout is read
 from :mod:`orchagent.seed.protocol` (``kind | length | payload``), the only thing it shares.
@@ -57,13 +59,16 @@ class RewritingRelay:
             thread.start()
 
     def _copy(self, reader: socket.socket, writer: socket.socket) -> None:
-        """Receiver to sender: HELLO, ACCEPT and keepalives, untouched."""
+        """Receiver to sender: HELLO, ACCEPT and keepalives untouched, a failure turned into DONE."""
         try:
-            while data := reader.recv(65536):
-                writer.sendall(data)
+            while (frame := _read_frame(reader)) is not None:
+                kind, payload = frame
+                if kind == Kind.FAIL:
+                    kind, payload = Kind.DONE, b""
+                writer.sendall(HEADER.pack(kind, len(payload)) + payload)
             writer.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
+            _close(writer)
 
     def _rewrite(self, reader: socket.socket, writer: socket.socket) -> None:
         """Sender to receiver: AUTH untouched, then every frame parsed and maybe rewritten."""

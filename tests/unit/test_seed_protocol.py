@@ -129,10 +129,13 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_receiver_proves_itself_back(self):
         _, payload = next(self._frames(protocol.accept(self._session())))
-        self.assertTrue(protocol.accept_valid(payload, self._session()))
-        self.assertFalse(protocol.accept_valid(payload, self._session(seed_id="43")))
-        self.assertFalse(protocol.accept_valid(payload, self._session(b"other")))
-        self.assertNotEqual(payload, self._session().proof(b"sender"))  # a sender proof is no receiver proof
+        self.assertTrue(self._session().proves(b"receiver", payload))
+        self.assertFalse(self._session(seed_id="43").proves(b"receiver", payload))
+        self.assertFalse(self._session(b"other").proves(b"receiver", payload))
+        self.assertFalse(self._session().proves(b"sender", payload))  # one role's proof is not another's
+        _, done = next(self._frames(protocol.done(self._session())))
+        self.assertTrue(self._session().proves(b"done", done))
+        self.assertFalse(self._session().proves(b"receiver", done))
 
     def test_the_tls_session_is_part_of_the_key(self):
         # Certificates alone (empty secret): the TLS session's material makes the key secret,
