@@ -38,8 +38,9 @@ file whose data, offsets, holes, size, name, mode, owner or times were altered f
 takes its name; END carries the MAC of the whole stream, so directories, symlinks and dropped,
 replayed or reordered frames are caught before anything moves into the datadir.  A man in the
 middle without ``K`` can make a seed fail, never succeed with other data, nor make the sender
-believe the receiver finished (DONE carries a proof too).  HMAC-SHA256 costs
-what plain SHA-256 cost (on SHA-NI CPUs twice as fast as keyed BLAKE2b; ``bench/digest.py``),
+believe the receiver finished (DONE carries a proof too); PROGRESS and FAIL are not
+authenticated, as they can only keep a connection alive or end it.  HMAC-SHA256 costs what
+plain SHA-256 cost (with SHA-NI it is twice as fast as keyed BLAKE2b; ``bench/digest.py``),
 and about a microsecond more per file.  Either side may send FAIL with a reason at any frame
 boundary.
 """
