@@ -11,7 +11,7 @@ Public API (what the seed manager uses)::
 A :class:`Transfer` (either side) has ``progress`` (:class:`Progress`: bytes/files done and
 total, start and end times), ``state`` (``waiting``, ``running``, ``finishing``, ``succeeded``,
 ``failed``, ``aborted``), ``error`` (a :class:`TransferFailed` whose message says what failed),
-``when_done()`` (a new Deferred each call: fires with None on verified success, fails with the
+``when_done()`` (a new Deferred each call: fires with None on authenticated success, fails with the
 error) and ``abort()``.  ``abort()`` drops the connection, stops the worker threads, removes the
 receiver's staging directory and returns a Deferred that fires once no worker thread is left.
 A transfer always ends in exactly one of succeeded/failed/aborted, and ``when_done`` fires only
@@ -19,21 +19,27 @@ after its worker threads have finished (and, on failure, after the staging direc
 
 Why it is shaped this way:
 
-* The sender proves it knows ``SeedTransferSecret`` (HMAC over the seed id and a nonce the
-  receiver chose), and the receiver proves it back.  With ``sender_ous`` (over TLS) the sender
-  must also present a certificate, verified by the TLS layer, whose subject has one of those
-  OUs; the secret may then be empty (its proofs then prove nothing, and the certificates, the
-  receiver's checked by the sender against the host name, do the work).  A receiver only
-  accepts while a receive for that seed id is armed, and only one sender per armed receive.  Refusals are logged, sent
-  to the sender as a reason (its transfer fails with it), and kept in ``last_refusal`` of the
-  armed transfer so a human can see why nothing arrives; they do not fail the armed receive, so
-  a stray peer cannot cancel a seed.  But an armed receive that no sender authenticated for
-  within ``stall_timeout`` seconds fails, naming the last refusal, so a wrong secret on the
-  source does not leave the target waiting forever.  TLS is optional and layered underneath:
-  a server context factory for the receiver, a client connection creator for the sender.
+* Both sides derive a session key from ``SeedTransferSecret``, the seed id, a nonce from each
+  side and, over TLS, keying material exported from the TLS session; the sender proves it
+  holds that key, the receiver proves it back, and the whole data stream is MACed with it, so
+  what arrives is authenticated end to end (see :mod:`orchagent.seed.protocol`).  With
+  ``sender_ous`` (over TLS) the sender must also present a certificate, verified by the TLS
+  layer, whose subject has one of those OUs; the secret may then be empty (the certificates,
+  the receiver's checked by the sender against the host name, then authenticate, and the TLS
+  session keeps the key secret).  A receiver only accepts while a receive for that seed id is
+  armed, and only one sender per armed receive.  Whether a seed id is armed is looked at only
+  after the sender proved itself: until then every refusal is the same, so a stray peer learns
+  nothing about which seed is armed.  Refusals are logged with their detail, kept in
+  ``last_refusal`` of the armed transfer so a human can see why nothing arrives, and sent to
+  the sender (the detail only once it proved itself; its transfer fails with it); they do not
+  fail the armed receive, so a stray peer cannot cancel a seed.  But an armed receive that no
+  sender authenticated for within ``stall_timeout`` seconds fails, naming the last refusal, so
+  a wrong secret on the source does not leave the target waiting forever.  TLS is optional and
+  layered underneath: a server context factory for the receiver, a client connection creator
+  for the sender.
 * Disk work happens in worker threads; the reactor never blocks.  The sender's reader thread
-  walks, reads and hashes the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
-  receiver's worker decodes and verifies the stream and hands the file-system work to the
+  walks, reads and MACs the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
+  receiver's worker decodes and authenticates the stream and hands the file-system work to the
   writer's disk thread (it has two more helpers, see :mod:`orchagent.seed.tree`).  On a plain
   TCP connection the workers also do the socket I/O of the data stream, through a
   :class:`_SocketChannel` (a duplicate of the connection's socket): a sending thread takes
@@ -272,7 +278,7 @@ class _ReceiveTransfer(Transfer):
     def connected(self) -> bool:
         return self._connection is not None
 
-    def attach(self, connection: _ReceiverProtocol, early: bytes) -> None:
+    def attach(self, connection: _ReceiverProtocol, early: bytes, mac: protocol.StreamMac) -> None:
         """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
         self._sender_due.cancel()
         self._connected(connection)
@@ -280,7 +286,7 @@ class _ReceiveTransfer(Transfer):
         self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
                                             f"seed {self.seed_id} stalled: the sender did not send data "
                                             f"for {self._stall_timeout:g} seconds")
-        writer = TreeWriter(self.datadir, self.seed_id, self.progress)
+        writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac)
         if self._channel is None:
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
             source = self._pipe.get_wait
@@ -394,6 +400,18 @@ class _Connection(Protocol, TimeoutMixin):
         return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
 
 
+def _tls_material(transport: Any) -> bytes:
+    """Keying material exported from the connection's TLS session (RFC 5705), b"" on plain TCP.
+
+    Both ends of one TLS session get the same bytes, and nobody else can compute them, not
+    even a relay that terminates TLS towards each end: mixed into the session key, they make
+    it secret without ``SeedTransferSecret`` and bind the handshake to this TLS session.
+    """
+    if not interfaces.ISSLTransport.providedBy(transport):
+        return b""
+    return transport.getHandle().export_keying_material(protocol.TLS_EXPORTER_LABEL, protocol.TLS_EXPORTER_BYTES)
+
+
 def _widen_buffers(transport: Any) -> None:
     """Read and buffer up to a MB per socket call instead of 64 KiB (the data moves in 1 MB frames).
 
@@ -488,6 +506,7 @@ class _ReceiverProtocol(_Connection):
         self._server = server
         self._nonce = protocol.new_nonce()
         self._transfer: _ReceiveTransfer | None = None
+        self._session: protocol.Session | None = None  # once the sender is accepted
         self._keepalive: LoopingCall | None = None
 
     def connectionMade(self) -> None:
@@ -504,6 +523,8 @@ class _ReceiverProtocol(_Connection):
         self._frames.feed(data)
         try:
             for kind, payload in self._frames.frames():
+                if kind == Kind.FAIL:  # e.g. a sender of another protocol version
+                    raise ProtocolError(f"the sender gave up: {payload.decode('utf-8', 'replace')}")
                 if kind != Kind.AUTH:
                     raise ProtocolError(f"expected authentication, got {kind.name}")
                 self._authenticate(protocol.parse_auth(payload))
@@ -512,34 +533,50 @@ class _ReceiverProtocol(_Connection):
             self._refuse(str(e))
             return
         if self._transfer is not None:
-            self._transfer.attach(self, self._frames.leftover())
+            self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
 
     def _authenticate(self, auth: protocol.Auth) -> None:
+        """Accept the sender, or refuse it.
+
+        Whether the seed id is armed is looked at only once the sender has proved itself, and
+        the same work is done for any seed id before that: a peer without the secret gets the
+        same refusal, as fast, for an armed seed as for any other.
+        """
+        tls_material = _tls_material(self.transport)
+        session = protocol.Session.derive(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce,
+                                          tls_material)
         transfer = self._server._armed.get(auth.seed_id)
-        if transfer is None:
-            self._refuse(f"no receive is armed for seed {auth.seed_id}")
-        elif problem := self._server.certificate_problem(self.transport):
-            self._refuse(f"{problem} (seed {auth.seed_id})", transfer)
-        elif not auth.valid(self._server._secret, self._nonce):
-            self._refuse(f"authentication failed for seed {auth.seed_id}: "
-                         "the agents have different SeedTransferSecret values", transfer)
+        problem = self._server.certificate_problem(self.transport)
+        if problem is None and not auth.valid(session):
+            problem = "the sender's proof is wrong: the agents have different SeedTransferSecret values"
+            if tls_material:
+                problem += " (or something between them terminates and relays the TLS connection)"
+        if problem is not None:
+            armed = "" if transfer is not None else ", which is not armed here"
+            self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
+        elif transfer is None:
+            self._refuse(f"no receive is armed for seed {auth.seed_id}", authenticated=True)
         elif transfer.connected:
-            self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer)
+            self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer,
+                         authenticated=True)
         else:
             log.info("seed {seed_id}: receiving into {datadir} from {peer}",
                      seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
-            self.transport.write(protocol.accept(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce))
-            self._transfer = transfer
+            self.transport.write(protocol.accept(session))
+            self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
 
-    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None) -> None:
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False) -> None:
+        """Log ``reason`` and close; a peer that did not prove itself is only told
+        :data:`~orchagent.seed.protocol.NOT_AUTHENTICATED`, whatever the reason."""
         log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
         if transfer is not None:
             transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
         self._closed = True
-        self.transport.write(protocol.reason_frame(Kind.REFUSE, reason))
+        told = reason if authenticated else protocol.NOT_AUTHENTICATED
+        self.transport.write(protocol.reason_frame(Kind.REFUSE, told))
         self.transport.loseConnection()
 
     def _send_progress(self) -> None:
@@ -562,7 +599,7 @@ class _ReceiverProtocol(_Connection):
 
     def close(self, error: TransferFailed | None) -> None:
         if not self._closed and error is None:
-            self.transport.write(protocol.frame(Kind.DONE))
+            self.transport.write(protocol.done(self._session))
         super().close(error)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -665,7 +702,7 @@ class _SendTransfer(Transfer):
 
         self._connecting.addCallbacks(lambda _: None, failed)
 
-    def authenticated(self, connection: _SenderProtocol) -> None:
+    def authenticated(self, connection: _SenderProtocol, mac: protocol.StreamMac) -> None:
         self._begin()
         self._pipe = Pipe(PIPE_BYTES)
         self._channel = _SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
@@ -673,15 +710,15 @@ class _SendTransfer(Transfer):
                                             f"for {self._stall_timeout:g} seconds")
         if self._channel is None:
             connection.register_as_producer()
-            self._start_worker(self._read, lambda: self._reactor.callFromThread(self.pump))
+            self._start_worker(self._read, mac, lambda: self._reactor.callFromThread(self.pump))
         else:
-            self._start_worker(self._read, lambda: None)
+            self._start_worker(self._read, mac, lambda: None)
             self._start_worker(self._send)
 
-    def _read(self, queued: Callable[[], None]) -> None:
-        """Reader thread: walk, read and hash the source into the pipe, a few MB ahead of the socket."""
+    def _read(self, mac: protocol.StreamMac, queued: Callable[[], None]) -> None:
+        """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         try:
-            for batch in TreeReader(self.source_dir).batches():
+            for batch in TreeReader(self.source_dir, mac).batches():
                 self._pipe.put_wait(batch, batch.size)
                 queued()
         finally:
@@ -732,7 +769,7 @@ class _SenderProtocol(_Connection):
         super().__init__(transfer._reactor, transfer._stall_timeout)
         self._transfer = transfer
         self._nonce = protocol.new_nonce()
-        self._receiver_nonce: bytes | None = None
+        self._session: protocol.Session | None = None
         self._accepted = False
         self._producing = False
         self.paused = False
@@ -755,16 +792,18 @@ class _SenderProtocol(_Connection):
 
     def _frame(self, kind: Kind, payload: bytes) -> None:
         transfer = self._transfer
-        if kind == Kind.HELLO and self._receiver_nonce is None:
-            self._receiver_nonce = protocol.parse_hello(payload)
-            self.transport.write(protocol.auth(transfer._secret, transfer.seed_id, self._receiver_nonce, self._nonce))
-        elif kind == Kind.ACCEPT and self._receiver_nonce is not None and not self._accepted:
-            if not protocol.accept_valid(payload, transfer._secret, transfer.seed_id, self._receiver_nonce, self._nonce):
-                raise ProtocolError("the receiver could not prove it knows SeedTransferSecret")
+        if kind == Kind.HELLO and self._session is None:
+            self._session = protocol.Session.derive(transfer._secret, transfer.seed_id, protocol.parse_hello(payload),
+                                                    self._nonce, _tls_material(self.transport))
+            self.transport.write(protocol.auth(self._session))
+        elif kind == Kind.ACCEPT and self._session is not None and not self._accepted:
+            if not self._session.proves(b"receiver", payload):
+                raise ProtocolError("the receiver's proof is wrong: the agents have different SeedTransferSecret "
+                                    "values, or something between them relays the connection")
             self._accepted = True
             log.info("seed {seed_id}: sending {source} to {peer}", seed_id=transfer.seed_id,
                      source=transfer.source_dir, peer=self._peer())
-            transfer.authenticated(self)
+            transfer.authenticated(self, self._session.stream_mac())
         elif kind == Kind.REFUSE:
             transfer._conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
                                               f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
@@ -773,6 +812,9 @@ class _SenderProtocol(_Connection):
         elif kind == Kind.PROGRESS and self._accepted:
             pass  # a keepalive; resetTimeout above is its purpose
         elif kind == Kind.DONE and transfer.state == "finishing":
+            if not self._session.proves(b"done", payload):
+                raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
+                                    "altered the connection")
             transfer._conclude(None)
         else:
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")

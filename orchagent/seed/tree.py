@@ -18,11 +18,11 @@ and the kernel only drops a folio that the range covers whole.
 
 :class:`TreeWriter` receives into ``<datadir>/.orchagent-seed-<id>/``: inside the datadir, so
 ``du`` of the datadir (orchestrator's progress measure) grows as data arrives, yet hidden, so a
-partial copy never looks like a datadir.  The thread that feeds it decodes and verifies the
+partial copy never looks like a datadir.  The thread that feeds it decodes and authenticates the
 stream; a disk thread does the file-system work, chunk by chunk in stream order, so writing one
 chunk overlaps with decoding and hashing the next (the stream arrives in a few reused buffers,
 each back in use once the disk thread wrote it).  A file is written under a hidden partial name
-in its own directory and renamed to its place only after its checksum matched.  In its own
+in its own directory and renamed to its place only after its MAC matched.  In its own
 directory, not all in one: ext4 places a new file's inode near its directory's, and without a
 journal it scans past every inode deleted in the last minutes for each file it creates, so
 thousands of files in one directory right after a datadir was deleted (orchestrator's order,
@@ -46,7 +46,6 @@ import ctypes
 import errno
 import functools
 import grp
-import hashlib
 import os
 import pwd
 import queue
@@ -170,8 +169,10 @@ def count_tree(root: str) -> tuple[int, int]:
 class TreeReader:
     """Yields the whole stream for one source directory as :class:`Batch` es."""
 
-    def __init__(self, root: str, chunk_bytes: int = CHUNK_BYTES, batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(self, root: str, mac: protocol.StreamMac, chunk_bytes: int = CHUNK_BYTES,
+                 batch_bytes: int = BATCH_BYTES) -> None:
         self._root = os.fsencode(root)
+        self._mac = mac  # every frame goes through it (protocol module docstring)
         self._chunk = chunk_bytes
         self._batch = batch_bytes
         self._names: dict[tuple[str, int], bytes] = {}
@@ -182,7 +183,7 @@ class TreeReader:
         if not os.path.isdir(self._root):
             raise TransferFailed(f"seed source {os.fsdecode(self._root)!r} is not a directory")
         totals = count_tree(os.fsdecode(self._root))
-        yield Batch([protocol.counts_frame(Kind.TOTALS, *totals)], 0, 0, totals=totals)
+        yield Batch([self._authenticated(protocol.counts_frame(Kind.TOTALS, *totals))], 0, 0, totals=totals)
         entries = _opened_ahead(_walk(self._root), READ_AHEAD_FILES)
         try:
             yield from self._entries(entries)
@@ -193,10 +194,10 @@ class TreeReader:
         files = nbytes = 0
         for relative, path, st, fd in entries:
             if stat.S_ISDIR(st.st_mode):
-                self._add(protocol.frame(Kind.ENTRY, self._entry(EntryKind.DIR, relative, st).encode()))
+                self._add(self._entry_frame(self._entry(EntryKind.DIR, relative, st)))
             elif stat.S_ISLNK(st.st_mode):
                 entry = self._entry(EntryKind.SYMLINK, relative, st, target=os.readlink(path))
-                self._add(protocol.frame(Kind.ENTRY, entry.encode()))
+                self._add(self._entry_frame(entry))
             elif stat.S_ISREG(st.st_mode):
                 size = yield from self._file(relative, path, fd)
                 files += 1
@@ -204,14 +205,12 @@ class TreeReader:
             if self._pending_size >= self._batch:
                 yield from self._flush()
         yield from self._flush()
-        yield Batch([protocol.counts_frame(Kind.END, files, nbytes)], 0, 0, final=True)
+        yield Batch([self._mac.end(files, nbytes)], 0, 0, final=True)
 
     def _file(self, relative: bytes, path: bytes, fd: int) -> Iterator[Batch]:
         try:
             st = os.fstat(fd)
-            payload = self._entry(EntryKind.FILE, relative, st).encode()
-            digest = hashlib.sha256(payload)
-            self._add(protocol.frame(Kind.ENTRY, payload))
+            self._add(self._entry_frame(self._entry(EntryKind.FILE, relative, st)))
             sent = 0
             for start, end in _extents(fd, st):
                 for offset in range(start, end, self._chunk):
@@ -220,9 +219,8 @@ class TreeReader:
                         raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
                     if offset + len(data) < st.st_size:  # drop what was read (module docstring)
                         os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
-                    header = protocol.data_header(offset, len(data))
-                    digest.update(header[protocol.HEADER.size:])
-                    digest.update(data)
+                    header = self._authenticated(protocol.data_header(offset, len(data)))
+                    self._mac.update(data)
                     sent += len(data)
                     if len(data) >= self._batch // 4:
                         yield from self._flush()
@@ -230,10 +228,17 @@ class TreeReader:
                     else:
                         self._add(header + data, len(data))
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            self._add(protocol.frame(Kind.FILE_END, digest.digest()), st.st_size - sent, 1)
+            self._add(self._mac.file_end(), st.st_size - sent, 1)
             return st.st_size
         finally:
             os.close(fd)
+
+    def _authenticated(self, part: bytes) -> bytes:
+        self._mac.update(part)
+        return part
+
+    def _entry_frame(self, entry: Entry) -> bytes:
+        return self._authenticated(protocol.frame(Kind.ENTRY, entry.encode()))
 
     def _entry(self, kind: EntryKind, relative: bytes, st: os.stat_result, target: bytes = b"") -> Entry:
         return Entry(kind, relative, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
@@ -288,13 +293,14 @@ def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:
 class TreeWriter:
     """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
 
-    def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None) -> None:
+    def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
+                 mac: protocol.StreamMac) -> None:
         self.datadir = os.path.abspath(datadir)
         self.staging = staging_path(self.datadir, seed_id)
         self.progress = progress if progress is not None else Progress()
         self._tree = os.path.join(self.staging, "tree")
         self._tree_prefix = os.fsencode(self._tree) + b"/"
-        self._decoder = protocol.StreamDecoder(self)
+        self._decoder = protocol.StreamDecoder(self, mac)
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: _DiskThread | None = None
         self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
@@ -374,7 +380,7 @@ class TreeWriter:
         self._calls.append((self._write_data, (offset, piece)))
 
     def file_end(self) -> None:
-        """The decoder verified the file's checksum before this; the disk thread gives it its name."""
+        """The decoder authenticated the file before this; the disk thread gives it its name."""
         self._calls.append((self._complete_file, ()))
 
     def end(self, files: int, nbytes: int) -> None:

@@ -93,7 +93,8 @@ class SeedTransferTests(TestCase):
         self.assertEqual(describe_tree(target), describe_tree(source))
 
     async def _refused(self, sender_secret: bytes, arm: bool, client_tls=None, **listen) -> str:
-        """Sends a tree that the receiver must refuse; returns the sender's error."""
+        """Sends a tree that the receiver must refuse; returns the sender's error, or the
+        receiver's detail (``last_refusal``) when a receive is armed."""
         source, target = self._dirs()
         port = await self._listen(**listen)
         receiving = self.server.arm("7", target) if arm else None
@@ -107,6 +108,8 @@ class SeedTransferTests(TestCase):
             self.assertIn("SeedTransferValidOUs" if listen.get("sender_ous") else "SeedTransferSecret",
                           receiving.last_refusal)
             await receiving.abort()
+            self.assertIn(protocol.NOT_AUTHENTICATED, str(caught.exception))  # the sender is not told which
+            return receiving.last_refusal
         return str(caught.exception)
 
     def _agent_tls(self, sender_ou: str | None = None, check_senders: bool = False) -> tuple[object, object]:
@@ -159,13 +162,12 @@ class SeedTransferTests(TestCase):
     @inline
     async def test_wrong_secret_is_refused_and_nothing_is_written(self):
         message = await self._refused(b"not the secret", arm=True)
-        self.assertIn("refused seed 7", message)
         self.assertIn("different SeedTransferSecret", message)
 
     @inline
     async def test_unarmed_seed_is_refused(self):
         message = await self._refused(SECRET, arm=False)
-        self.assertIn("no receive is armed for seed 7", message)
+        self.assertIn("refused seed 7: no receive is armed for seed 7", message)
 
     @inline
     async def test_armed_receive_fails_when_no_sender_authenticates(self):
@@ -239,10 +241,10 @@ class SeedTransferTests(TestCase):
         sending = send_tree(reactor, "127.0.0.1", proxy.getHost().port, "7", source, secret=SECRET)
         with self.assertRaises(TransferFailed) as caught:
             await receiving.when_done()
-        self.assertIn("checksum mismatch on 'marked'", str(caught.exception))
+        self.assertIn("'marked' is not authentic", str(caught.exception))
         with self.assertRaises(TransferFailed) as sender_side:
             await sending.when_done()
-        self.assertIn("checksum mismatch", str(sender_side.exception))
+        self.assertIn("'marked' is not authentic", str(sender_side.exception))
         self.assertEqual(os.listdir(target), [])
 
 
@@ -261,7 +263,8 @@ class SilentSender(Protocol):
         for kind, payload in self._frames.frames():
             if kind == protocol.Kind.HELLO:
                 nonce = protocol.parse_hello(payload)
-                self.transport.write(protocol.auth(SECRET, self._seed_id, nonce, protocol.new_nonce()))
+                session = protocol.Session.derive(SECRET, self._seed_id, nonce, protocol.new_nonce())
+                self.transport.write(protocol.auth(session))
 
 
 class CorruptingProxy(ServerFactory):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,10 +19,30 @@ from orchagent.seed.tree import RECEIVE_BUFFERS, TreeReader, TreeWriter
 from tests.support.seed_trees import build_tree, describe_tree
 
 SECRET = b"s3cret"
+SESSION = protocol.Session.derive(SECRET, "9", protocol.new_nonce(), protocol.new_nonce())
 
 
-def tree_stream(root: str) -> bytes:
-    return b"".join(part for batch in TreeReader(root, chunk_bytes=64 * 1024).batches() for part in batch.parts)
+def tree_stream(root: str, session: protocol.Session = SESSION) -> bytes:
+    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024).batches()
+    return b"".join(part for batch in batches for part in batch.parts)
+
+
+def decoder(handler) -> protocol.StreamDecoder:
+    return protocol.StreamDecoder(handler, SESSION.stream_mac())
+
+
+def writer_into(target: str) -> TreeWriter:
+    return TreeWriter(target, "9", mac=SESSION.stream_mac())
+
+
+def split_frames(stream: bytes) -> list[bytes]:
+    """The stream cut into whole frames (header and payload each)."""
+    frames, at = [], 0
+    while at < len(stream):
+        _, length = protocol.HEADER.unpack_from(stream, at)
+        frames.append(stream[at:at + protocol.HEADER.size + length])
+        at += protocol.HEADER.size + length
+    return frames
 
 
 class Recorder:
@@ -80,11 +99,18 @@ class FramingTests(SynchronousTestCase):
 
 
 class HandshakeTests(SynchronousTestCase):
+    """Both proofs need the secret, both nonces, the seed id and (over TLS) the TLS session."""
+
     def setUp(self):
         self.receiver_nonce, self.sender_nonce = protocol.new_nonce(), protocol.new_nonce()
 
-    def _auth(self, secret: bytes, seed_id: str = "42") -> protocol.Auth:
-        kind, payload = next(self._frames(protocol.auth(secret, seed_id, self.receiver_nonce, self.sender_nonce)))
+    def _session(self, secret: bytes = SECRET, seed_id: str = "42", receiver_nonce: bytes | None = None,
+                 tls_material: bytes = b"") -> protocol.Session:
+        return protocol.Session.derive(secret, seed_id, receiver_nonce or self.receiver_nonce, self.sender_nonce,
+                                       tls_material)
+
+    def _auth(self, session: protocol.Session) -> protocol.Auth:
+        kind, payload = next(self._frames(protocol.auth(session)))
         self.assertEqual(kind, Kind.AUTH)
         return protocol.parse_auth(payload)
 
@@ -94,26 +120,49 @@ class HandshakeTests(SynchronousTestCase):
         return frames.frames()
 
     def test_sender_proof_needs_the_secret_and_the_receivers_nonce(self):
-        self.assertTrue(self._auth(SECRET).valid(SECRET, self.receiver_nonce))
-        self.assertEqual(self._auth(SECRET).seed_id, "42")
-        self.assertFalse(self._auth(b"other").valid(SECRET, self.receiver_nonce))
-        self.assertFalse(self._auth(SECRET).valid(SECRET, protocol.new_nonce()))  # no replay
+        auth = self._auth(self._session())
+        self.assertEqual((auth.seed_id, auth.sender_nonce), ("42", self.sender_nonce))
+        self.assertTrue(auth.valid(self._session()))
+        self.assertFalse(self._auth(self._session(b"other")).valid(self._session()))
+        self.assertFalse(auth.valid(self._session(receiver_nonce=protocol.new_nonce())))  # no replay
+        self.assertFalse(auth.valid(self._session(seed_id="43")))
 
     def test_receiver_proves_itself_back(self):
-        _, payload = next(self._frames(protocol.accept(SECRET, "42", self.receiver_nonce, self.sender_nonce)))
-        self.assertTrue(protocol.accept_valid(payload, SECRET, "42", self.receiver_nonce, self.sender_nonce))
-        self.assertFalse(protocol.accept_valid(payload, SECRET, "43", self.receiver_nonce, self.sender_nonce))
-        self.assertFalse(protocol.accept_valid(payload, b"other", "42", self.receiver_nonce, self.sender_nonce))
+        _, payload = next(self._frames(protocol.accept(self._session())))
+        self.assertTrue(self._session().proves(b"receiver", payload))
+        self.assertFalse(self._session(seed_id="43").proves(b"receiver", payload))
+        self.assertFalse(self._session(b"other").proves(b"receiver", payload))
+        self.assertFalse(self._session().proves(b"sender", payload))  # one role's proof is not another's
+        _, done = next(self._frames(protocol.done(self._session())))
+        self.assertTrue(self._session().proves(b"done", done))
+        self.assertFalse(self._session().proves(b"receiver", done))
+
+    def test_the_tls_session_is_part_of_the_key(self):
+        # Certificates alone (empty secret): the TLS session's material makes the key secret,
+        # and proofs made in one TLS session do not pass in another.
+        one, other = os.urandom(32), os.urandom(32)
+        self.assertNotEqual(self._session(b"", tls_material=one).key, self._session(b"", tls_material=other).key)
+        self.assertNotEqual(self._session(b"", tls_material=one).key, self._session(b"").key)
+        auth = self._auth(self._session(tls_material=one))
+        self.assertTrue(auth.valid(self._session(tls_material=one)))
+        self.assertFalse(auth.valid(self._session(tls_material=other)))
 
     def test_hello_checks_magic_and_version(self):
         _, payload = next(self._frames(protocol.hello(self.receiver_nonce)))
         self.assertEqual(protocol.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, protocol.parse_hello, b"HTTP/1.1" + payload[8:])
-        bumped = payload[:8] + (protocol.VERSION + 1).to_bytes(2, "big") + payload[10:]
-        self.assertRaisesRegex(ProtocolError, "version", protocol.parse_hello, bumped)
+        older = payload[:8] + (1).to_bytes(2, "big") + payload[10:]  # protocol v1 did not authenticate data
+        self.assertRaisesRegex(ProtocolError, "version 1, this agent 2: upgrade both agents", protocol.parse_hello,
+                               older)
+
+    def test_oversized_seed_ids_are_malformed(self):
+        payload = bytes([65]) + b"9" * 65 + self.sender_nonce + bytes(protocol.TAG_BYTES)
+        self.assertRaisesRegex(ProtocolError, "malformed", protocol.parse_auth, payload)
 
 
 class StreamTests(SynchronousTestCase):
+    """The stream describes the tree, decodes under any chunking, and is authenticated as a whole."""
+
     @classmethod
     def setUpClass(cls):
         cls.base = tempfile.mkdtemp()
@@ -121,7 +170,7 @@ class StreamTests(SynchronousTestCase):
         build_tree(cls.root, big_bytes=200 * 1024, small_files=5)
         cls.stream = tree_stream(cls.root)
         cls.expected = Recorder()
-        protocol.StreamDecoder(cls.expected).feed(cls.stream)
+        decoder(cls.expected).feed(cls.stream)
 
     @classmethod
     def tearDownClass(cls):
@@ -140,10 +189,10 @@ class StreamTests(SynchronousTestCase):
     @given(st.lists(st.integers(min_value=1, max_value=70000), min_size=1, max_size=40))
     def test_decoding_does_not_depend_on_chunking(self, sizes):
         recorder = Recorder()
-        decoder = protocol.StreamDecoder(recorder)
+        decoding = decoder(recorder)
         at, i = 0, 0
         while at < len(self.stream):
-            decoder.feed(self.stream[at:at + sizes[i % len(sizes)]])
+            decoding.feed(self.stream[at:at + sizes[i % len(sizes)]])
             at += sizes[i % len(sizes)]
             i += 1
         self.assertEqual(recorder.calls, self.expected.calls)
@@ -151,12 +200,47 @@ class StreamTests(SynchronousTestCase):
     def test_any_flipped_data_byte_fails_that_file(self):
         at = self.stream.index(b"middle")  # inside the sparse file's data
         corrupted = self.stream[:at] + b"M" + self.stream[at + 1:]
-        with self.assertRaisesRegex(ChecksumMismatch, "sparse.ibd"):
-            protocol.StreamDecoder(Recorder()).feed(corrupted)
+        with self.assertRaisesRegex(ChecksumMismatch, "'sparse.ibd' is not authentic"):
+            decoder(Recorder()).feed(corrupted)
+
+    def test_a_stream_made_with_another_session_key_fails_its_first_file(self):
+        other = protocol.Session.derive(b"not the secret", "9", protocol.new_nonce(), protocol.new_nonce())
+        recorder = Recorder()
+        with self.assertRaisesRegex(ChecksumMismatch, "is not authentic"):
+            decoder(recorder).feed(tree_stream(self.root, other))
+        self.assertNotIn(("file_end",), recorder.calls)
+
+    def test_any_frame_altered_dropped_or_repeated_fails_the_stream(self):
+        # Directories, symlinks, holes, counts: whatever a man in the middle changes, the stream
+        # never ends as a success (per-file tags, and END's tag over the whole stream).
+        frames = split_frames(self.stream)
+        self.assertGreater(len(frames), 20)
+        for i, frame in enumerate(frames):
+            flipped = frame[:-1] + bytes([frame[-1] ^ 1])
+            for variant in ([], [flipped], [frame, frame]):
+                stream = b"".join(frames[:i] + variant + frames[i + 1:])
+                with self.subTest(frame=i, variant=len(variant)):
+                    decoding = decoder(Recorder())
+                    try:
+                        decoding.feed(stream)
+                    except protocol.TransferFailed:
+                        continue
+                    self.assertEqual((i, variant), (len(frames) - 1, []))  # only a stream cut before END
+                    self.assertFalse(decoding.ended)  # is not an error yet: the writer's finish() says so
+
+    def test_data_frames_cannot_be_joined(self):
+        # Two DATA frames joined into one, the second one's offset becoming file data: a MAC over
+        # offsets and data alone (as v1's checksum was) sees the same bytes; this one covers headers.
+        frames = split_frames(self.stream)
+        first = [i for i, f in enumerate(frames) if f[0] == Kind.DATA and frames[i + 1][0] == Kind.DATA][0]
+        payloads = [frame[protocol.HEADER.size:] for frame in frames[first:first + 2]]
+        joined = protocol.frame(Kind.DATA, b"".join(payloads))
+        stream = b"".join(frames[:first]) + joined + b"".join(frames[first + 2:])
+        self.assertRaisesRegex(ChecksumMismatch, "'ibdata1' is not authentic", decoder(Recorder()).feed, stream)
 
     def test_sender_failure_is_reported(self):
         with self.assertRaisesRegex(protocol.TransferFailed, "the sender failed: disk on fire"):
-            protocol.StreamDecoder(Recorder()).feed(protocol.reason_frame(Kind.FAIL, "disk on fire"))
+            decoder(Recorder()).feed(protocol.reason_frame(Kind.FAIL, "disk on fire"))
 
 
 class TreeWriterTests(SynchronousTestCase):
@@ -164,7 +248,7 @@ class TreeWriterTests(SynchronousTestCase):
         source, target = self.mktemp(), self.mktemp()
         build_tree(source, big_bytes=100 * 1024, small_files=5)
         os.makedirs(target)
-        writer = TreeWriter(target, "9")
+        writer = writer_into(target)
         writer.start()
         self.assertEqual(os.listdir(target), [".orchagent-seed-9"])
         writer.feed(tree_stream(source))
@@ -174,11 +258,12 @@ class TreeWriterTests(SynchronousTestCase):
     def _write(self, *entries: Entry) -> TreeWriter:
         target = self.mktemp()
         os.makedirs(target)
-        writer = TreeWriter(target, "9")
+        writer = writer_into(target)
         writer.start()
         self.addCleanup(writer.discard)
-        for entry in entries:
-            writer.feed(protocol.frame(Kind.ENTRY, entry.encode()))
+        self.fed = [protocol.frame(Kind.ENTRY, entry.encode()) for entry in entries]
+        for frame in self.fed:
+            writer.feed(frame)
         return writer
 
     def test_never_writes_through_a_symlink(self):
@@ -196,7 +281,7 @@ class TreeWriterTests(SynchronousTestCase):
         source, target = self.mktemp(), self.mktemp()
         build_tree(source, **tree)
         os.makedirs(target)
-        writer = TreeWriter(target, "9")
+        writer = writer_into(target)
         writer.start()
         return source, tree_stream(source), writer
 
@@ -247,7 +332,7 @@ class TreeWriterTests(SynchronousTestCase):
             with open(os.path.join(source, name), "wb") as f:
                 f.write(data)
         os.makedirs(target)
-        writer = TreeWriter(target, "9")
+        writer = writer_into(target)
         writer.start()
         writer.feed(tree_stream(source))
         writer.finish()
@@ -256,9 +341,11 @@ class TreeWriterTests(SynchronousTestCase):
     def test_a_disk_failure_surfaces_and_never_blocks_the_receiving_thread(self):
         # A file arriving at a directory's path fails on the disk thread (the rename).
         writer = self._write(Entry(EntryKind.DIR, b"d", 0o755, 0))
-        payload = Entry(EntryKind.FILE, b"d", 0o644, 0, size=0).encode()
-        digest = hashlib.sha256(payload).digest()
-        writer.feed(protocol.frame(Kind.ENTRY, payload) + protocol.frame(Kind.FILE_END, digest))
+        entry = protocol.frame(Kind.ENTRY, Entry(EntryKind.FILE, b"d", 0o644, 0, size=0).encode())
+        sender = SESSION.stream_mac()
+        for frame in self.fed + [entry]:  # what _write sent, then the file
+            sender.update(frame)
+        writer.feed(entry + sender.file_end())
         with self.assertRaises(IsADirectoryError):
             for _ in range(10 * RECEIVE_BUFFERS):  # more buffers than exist: they keep coming back
                 buffer = writer.free_buffer()
@@ -335,24 +422,48 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         (answer,) = frames.frames()
         return answer
 
-    def test_unarmed_seed_is_refused(self):
-        self.connection.dataReceived(protocol.auth(SECRET, "5", self.nonce, protocol.new_nonce()))
+    def _auth(self, secret: bytes, seed_id: str = "5") -> bytes:
+        return protocol.auth(protocol.Session.derive(secret, seed_id, self.nonce, protocol.new_nonce()))
+
+    def _refusal_to_a_new_connection(self, attempt: bytes) -> bytes:
+        connection = _ReceiverProtocol(self.server)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        hello = transport.value()
+        transport.clear()
+        nonce = protocol.parse_hello(hello[protocol.HEADER.size:])
+        connection.dataReceived(attempt(nonce))
+        self.assertTrue(transport.disconnecting)
+        return transport.value()
+
+    def test_an_authenticated_sender_hears_that_the_seed_is_not_armed(self):
+        self.connection.dataReceived(self._auth(SECRET))
         self.assertEqual(self._answer(), (Kind.REFUSE, b"no receive is armed for seed 5"))
         self.assertTrue(self.transport.disconnecting)
 
     def test_wrong_secret_is_refused_and_noted(self):
         transfer = self.server.arm("5", "/nonexistent")
-        self.connection.dataReceived(protocol.auth(b"wrong", "5", self.nonce, protocol.new_nonce()))
-        kind, reason = self._answer()
-        self.assertEqual(kind, Kind.REFUSE)
-        self.assertIn(b"different SeedTransferSecret", reason)
+        self.connection.dataReceived(self._auth(b"wrong"))
+        self.assertEqual(self._answer(), (Kind.REFUSE, protocol.NOT_AUTHENTICATED.encode()))
         self.assertTrue(self.transport.disconnecting)
-        self.assertIn("different SeedTransferSecret", transfer.last_refusal)
+        self.assertIn("different SeedTransferSecret", transfer.last_refusal)  # the detail stays here
         self.assertFalse(transfer.done)
+
+    def test_refusals_before_authentication_do_not_tell_which_seed_is_armed(self):
+        self.server.arm("5", "/nonexistent")
+
+        def wrong_secret(seed_id):
+            return lambda nonce: protocol.auth(protocol.Session.derive(b"wrong", seed_id, nonce, protocol.new_nonce()))
+
+        refusals = {self._refusal_to_a_new_connection(attempt) for attempt in (
+            wrong_secret("5"), wrong_secret("6"),
+            lambda nonce: protocol.reason_frame(Kind.FAIL, "seed protocol version 1"),
+            lambda nonce: b"GET / HTTP/1.1\r\n\r\n")}
+        self.assertEqual(refusals, {protocol.reason_frame(Kind.REFUSE, protocol.NOT_AUTHENTICATED)})
 
     def test_an_armed_receive_fails_when_no_sender_authenticates_in_time(self):
         transfer = self.server.arm("5", "/nonexistent")
-        self.connection.dataReceived(protocol.auth(b"wrong", "5", self.nonce, protocol.new_nonce()))
+        self.connection.dataReceived(self._auth(b"wrong"))
         self.clock.advance(29)
         self.assertFalse(transfer.done)  # a refusal alone does not end it
         self.clock.advance(1)
@@ -363,16 +474,11 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.assertIn("different SeedTransferSecret", message)
         self.server.arm("5", "/nonexistent")  # disarmed, so it can be armed again
 
-    def test_garbage_is_refused(self):
-        self.connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
-        kind, _ = self._answer()
-        self.assertEqual(kind, Kind.REFUSE)
-
     def test_silence_before_authentication_times_out(self):
         self.clock.advance(29)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
-        self.assertEqual(self._answer(), (Kind.REFUSE, b"the sender did not authenticate for 30 seconds"))
+        self.assertEqual(self._answer(), (Kind.REFUSE, protocol.NOT_AUTHENTICATED.encode()))
         self.assertTrue(self.transport.disconnecting)
 
     def test_a_second_armed_receive_for_one_seed_conflicts(self):
