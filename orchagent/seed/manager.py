@@ -105,6 +105,7 @@ class SeedManager(Service):
         datadir = await self._mysql.datadir()
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
+        before = 0 if receiver is None else await self._usage_or_zero(datadir)
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
         if receiver is None:
             running = self._runner.start_configured(
@@ -116,7 +117,8 @@ class SeedManager(Service):
         else:
             transfer = receiver.arm(str(seed_id), datadir)
             job = _transfer_job(transfer)
-            job.unfollow = self._disk.follow(datadir, lambda: transfer.progress.bytes_done)
+            # mysql-du counts on from what du saw, so it never drops when the walk takes over again
+            job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, self.now()), job)
 
@@ -217,6 +219,13 @@ class SeedManager(Service):
                                  f"(SeedTransferPort): {e}") from None
             self._receiver = receiver
         return self._receiver
+
+    async def _usage_or_zero(self, path: str) -> int:
+        try:
+            return await self._disk.usage(path)
+        except Exception as e:
+            log.warn("cannot measure {path} before the receive: {error}", path=path, error=e)
+            return 0
 
     async def _release_receiver(self) -> None:
         if self._receiver is not None and not any(
