@@ -120,8 +120,10 @@ def decide(verdict: Verdict | None, findings: Findings) -> Liveness:
     if verdict is not None and verdict.state == RUNNING:
         return Liveness(RUNNING, (verdict.text,))
     if findings.found:
-        said = (f"{verdict.text}, but",) if verdict is not None else ()
-        return Liveness(RUNNING, said + findings.found)
+        if verdict is None:
+            return Liveness(RUNNING, findings.found)
+        first, *more = findings.found
+        return Liveness(RUNNING, (f"{verdict.text}, but {first}", *more))
     if verdict is not None:
         return Liveness(verdict.state, (verdict.text,))
     if findings.unchecked:
@@ -207,7 +209,7 @@ def _check_processes(datadir: str, proc: str, own_pid: int, found: list, uncheck
     if 1 not in pids:
         unchecked.append(f"cannot see every process in {proc} (mounted with hidepid?)")
     inside = datadir.rstrip("/") + "/"
-    denied: list[int] = []
+    denied: list[tuple[int, str]] = []
     for pid in pids:
         if pid == own_pid:
             continue
@@ -228,11 +230,11 @@ def _check_processes(datadir: str, proc: str, own_pid: int, found: list, uncheck
                     break
         except OSError as e:
             if e.errno not in _GONE:
-                denied.append(pid)
+                denied.append((pid, e.strerror))
     if denied:
+        pid, reason = denied[0]
         unchecked.append(f"cannot read the working directory or open files of {len(denied)} "
-                         f"process(es) in {proc} (e.g. pid {denied[0]}): permission denied, "
-                         f"the agent sees them all only as root")
+                         f"process(es) in {proc} (pid {pid}: {reason})")
 
 
 def _exe(base: str) -> str:
