@@ -185,12 +185,13 @@ def _server_process(proc: str, pid: int, datadir: str) -> str:
         argv0 = f.read(4096).split(b"\0")[0].decode("utf-8", "replace")
     if not argv0:
         return ""  # a zombie or a kernel thread
+    if os.path.basename(argv0) in SERVER_NAMES:  # readable by anyone, unlike exe and cwd
+        return f"a running {os.path.basename(argv0)} ({argv0})"
     exe = _link(f"{base}/exe")
-    names = {os.path.basename(argv0), os.path.basename(exe)}
-    if names & SERVER_NAMES:
-        return f"a running {' / '.join(sorted(names & SERVER_NAMES))} ({exe or argv0})"
+    if os.path.basename(exe) in SERVER_NAMES:
+        return f"a running {os.path.basename(exe)} ({exe})"
     if _link(f"{base}/cwd") == datadir:
-        return f"({exe or argv0}) working in the datadir"
+        return f"({exe}) working in the datadir"
     return ""
 
 

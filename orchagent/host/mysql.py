@@ -155,7 +155,9 @@ class MySQL:
         except Exception as e:  # a bug here must not read as "stopped"
             log.failure("checking whether MySQL runs failed")
             found = Liveness(UNKNOWN, (f"the check failed: {e}",))
-        emit = log.debug if found.state == STOPPED or (verdict and verdict.state == RUNNING) else log.warn
+        # Warn when the agent cannot tell, or when the status command contradicts the host.
+        contradicted = verdict is not None and verdict.state != found.state
+        emit = log.warn if found.state == UNKNOWN or contradicted else log.debug
         emit("MySQL is {state}: {evidence}", state=found.state, evidence=found.explain())
         return found
 

@@ -129,6 +129,11 @@ class ProbeTests(SynchronousTestCase):
         self.write_pid_file(43)
         self.assertIn("names pid 43, a running mysqld", self.look().found[0])
 
+    def test_pid_file_naming_a_process_working_in_the_datadir(self):
+        self.process(45, "/opt/mysql/bin/server", cwd=self.datadir)
+        self.write_pid_file(45)
+        self.assertIn("names pid 45, (/opt/mysql/bin/server) working in the datadir", self.look().found[0])
+
     def test_stale_pid_files_find_nothing(self):
         self.write_pid_file(4242)  # no such process
         self.assertEqual(self.look(), Findings())
