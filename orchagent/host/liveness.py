@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import socket
+import stat
 from typing import Iterable
 
 import attrs
@@ -37,6 +38,7 @@ SERVER_NAMES = frozenset(("mysqld", "mariadbd", "mysqld-debug", "mariadbd-debug"
 _SERVER_FILE = re.compile(r"ibdata[0-9]*|ib_logfile[0-9]+|ibtmp[0-9]*|undo[0-9]+|aria_log_control"
                           r"|aria_log\.[0-9]+|.+\.ibd")
 _LOCKED_FILES = ("ibdata1", "aria_log_control")  # InnoDB and Aria lock these for the server's lifetime
+_OPEN_PID_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _GONE = (errno.ENOENT, errno.ESRCH)  # the process ended while we looked
 CONNECT_TIMEOUT = 0.5  # seconds; loopback answers at once, a full backlog may not
 
@@ -157,13 +159,20 @@ def probe(places: ServerPlaces, *, proc: str = "/proc", own_pid: int | None = No
 
 def _check_pid_file(pid_file: str, datadir: str, proc: str, found: list, unchecked: list) -> None:
     try:
-        with open(pid_file, "rb") as f:
-            text = f.read(64).strip()
+        # The mysql user may put a FIFO or a symlink there: neither may hang or redirect us.
+        fd = os.open(pid_file, _OPEN_PID_FILE)
     except FileNotFoundError:
         return
     except OSError as e:
         unchecked.append(f"cannot read the pid file {pid_file}: {e.strerror}")
         return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            unchecked.append(f"the pid file {pid_file} is not a regular file")
+            return
+        text = os.read(fd, 64).strip()
+    finally:
+        os.close(fd)
     if not text.isdigit():
         return  # not a pid: nothing can be running under it
     pid = int(text)

@@ -144,6 +144,13 @@ class ProbeTests(SynchronousTestCase):
             f.write("not a pid")
         self.assertEqual(self.look(), Findings())
 
+    def test_pid_file_that_is_no_file_is_noted_not_followed(self):
+        os.mkfifo(self.pid_file)  # opening it for reading would block
+        self.assertEqual(self.look().unchecked, (f"the pid file {self.pid_file} is not a regular file",))
+        os.unlink(self.pid_file)
+        os.symlink("/proc/self/stat", self.pid_file)
+        self.assertIn("cannot read the pid file", self.look().unchecked[0])
+
     def test_a_process_with_server_files_open(self):
         self.process(50, "/usr/bin/cat", fds=["/dev/null", self.datadir + "/db/t.frm", "/other/ibdata1"])
         self.assertEqual(self.look(), Findings())
