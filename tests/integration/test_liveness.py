@@ -21,6 +21,7 @@ import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from orchagent.host.liveness import UNKNOWN, Findings, decide
 from tests.support.agent import REPO, free_port, start_agent
 from tests.support.mariadb import MariaDBSandbox
 
@@ -215,6 +216,30 @@ class DetectionTests(AgentTestCase):
         self.assertTrue(tree(self.sandbox.datadir))
         self.assertEqual(get(self._agent, "delete-mysql-datadir"), (200, True))
         self.assertEqual(tree(self.sandbox.datadir), {})
+
+
+class UnprivilegedProbeTests(SynchronousTestCase):
+    """A probe that cannot read other users' processes cannot show a server stopped: unknown, never stopped."""
+
+    PROBE = ("import json, sys\n"
+             "from orchagent.host.liveness import ServerPlaces, probe\n"
+             "findings = probe(ServerPlaces(datadir=sys.argv[1], pid_file=sys.argv[1] + '/x.pid', socket='',\n"
+             "                              port=int(sys.argv[2])))\n"
+             "print(json.dumps([findings.found, findings.unchecked]))\n")
+
+    def test_as_nobody(self):
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to run the probe as another user")
+        datadir = tempfile.mkdtemp(prefix="orchagent-liveness-")
+        self.addCleanup(os.rmdir, datadir)
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                               "-c", self.PROBE, datadir, str(free_port())],
+                              env={"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                              check=True)
+        found, unchecked = json.loads(done.stdout)
+        self.assertEqual(found, [])
+        self.assertIn("Permission denied", unchecked[0])
+        self.assertEqual(decide(None, Findings(tuple(found), tuple(unchecked))).state, UNKNOWN)
 
 
 class DevConfigTests(AgentTestCase):
