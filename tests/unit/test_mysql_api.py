@@ -61,6 +61,10 @@ class MySQLRoutesTests(SynchronousTestCase):
         client = self.make(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 1}))
         self.assertEqual(self.call("/api/mysql-status", client=client), (200, b"false"))
 
+    def test_status_is_true_when_it_cannot_tell(self):
+        client = self.make(FakeRunner(timeouts=("MySQLServiceStatusCommand",)))
+        self.assertEqual(self.call("/api/mysql-status", client=client), (200, b"true"))
+
     def test_commands_answer_true(self):
         for path in ("/api/mysql-stop", "/api/mysql-start", "/api/post-copy/?sourceHost=10.0.0.2"):
             self.assertEqual(self.call(path), (200, b"true"))
