@@ -126,8 +126,7 @@ class DatadirEraser:
         return skipped
 
     async def _guarded_datadir(self) -> str:
-        if await self._mysql.is_running():
-            raise Conflict("MySQL is running: stop it (mysql-stop) before deleting its datadir")
+        await self._mysql.require_stopped("empty the datadir")
         datadir = await self._mysql.datadir()
         checked_datadir(datadir)
         if not os.path.isdir(datadir):

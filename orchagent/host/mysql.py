@@ -3,10 +3,12 @@
 Each fact comes from the administrator's configured command when one is set (V1's keys), and
 otherwise from the server's own option files, read as the server reads them
 (:mod:`orchagent.host.optionfiles`).  Service control only ever runs the configured commands.
+Whether the server runs is decided by :mod:`orchagent.host.liveness`: unknown counts as running.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -16,9 +18,12 @@ from typing import Callable, Sequence
 from orchagent import logs
 from orchagent.cache import ShortCache
 from orchagent.config import Config
-from orchagent.errors import AgentError
+from orchagent.errors import AgentError, Conflict
 from orchagent.host import errorlog
+from orchagent.host.liveness import (
+    RUNNING, STOPPED, UNKNOWN, Findings, Liveness, ServerPlaces, Verdict, command_verdict, decide, probe)
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
+from orchagent.process import CommandFailed
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
@@ -26,6 +31,7 @@ log = logs.logger(__name__)
 #: Where Debian's and upstream's packages compile the datadir in when my.cnf does not say.
 COMPILED_DATADIR = "/var/lib/mysql"
 DEFAULT_PORT = 3306
+DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"  # Debian's compiled-in socket
 FACTS_FRESH_SECONDS = 5.0  # datadir and port: re-read after this...
 FACTS_STALE_SECONDS = 60.0  # ...answering the old value meanwhile, up to this age
 
@@ -40,6 +46,7 @@ class MySQL:
         hostname: Callable[[], str] = socket.gethostname,
         default_option_files: Sequence[str] = DEFAULT_OPTION_FILES,
         compiled_datadir: str = COMPILED_DATADIR,
+        probe_host: Callable[[ServerPlaces], Findings] = probe,
     ):
         self._config = config
         self._runner = runner
@@ -51,6 +58,7 @@ class MySQL:
         self._option_files = (config.mysql_config_file,) if config.mysql_config_file else tuple(default_option_files)
         self._option_files_must_exist = bool(config.mysql_config_file)
         self._compiled_datadir = compiled_datadir
+        self._probe = probe_host
 
     def in_thread(self, function, *args):
         """Run blocking file work off the reactor thread; a Deferred of its result."""
@@ -115,24 +123,74 @@ class MySQL:
         path = await self.error_log_path()
         return await self.in_thread(errorlog.tail_lines, path, lines)
 
-    async def is_running(self) -> bool:
-        """``MySQLServiceStatusCommand`` exits 0.  Never raises: any failure means "not running".
+    async def liveness(self) -> Liveness:
+        """Whether a server uses the datadir, by :func:`orchagent.host.liveness.decide`.  Never raises.
 
         Never cached (guards need the truth now), but concurrent callers share one check.
         """
-        return await self._status.get("running", self._check_running)
+        return await self._status.get("liveness", self._check_liveness)
 
-    async def _check_running(self) -> bool:
+    async def is_running(self) -> bool:
+        """``mysql-status``: True unless it is shown that no server uses the datadir."""
+        return (await self.liveness()).may_be_running
+
+    async def require_stopped(self, action: str) -> None:
+        """Conflict, saying what was found and what to configure, unless no server uses the datadir."""
+        found = await self.liveness()
+        if found.state == RUNNING:
+            raise Conflict(f"refusing to {action}: MySQL is running ({found.explain()}); "
+                           f"stop it first (mysql-stop)")
+        if found.state != STOPPED:
+            raise Conflict(f"refusing to {action}: cannot tell whether MySQL is running "
+                           f"({found.explain()}); set MySQLServiceStatusCommand to a command that exits 0 "
+                           f"while MySQL runs and non-zero once it has stopped (and MySQLConfigFile when "
+                           f"the server does not read {' or '.join(DEFAULT_OPTION_FILES)})")
+
+    async def _check_liveness(self) -> Liveness:
+        verdict = None
+        try:
+            verdict = await self._status_verdict()
+            findings = Findings() if verdict is not None and verdict.state == RUNNING else await self._probe_host()
+            found = decide(verdict, findings)
+        except Exception as e:  # a bug here must not read as "stopped"
+            log.failure("checking whether MySQL runs failed")
+            found = Liveness(UNKNOWN, (f"the check failed: {e}",))
+        # Warn when the agent cannot tell, or when the status command contradicts the host.
+        contradicted = verdict is not None and verdict.state != found.state
+        emit = log.warn if found.state == UNKNOWN or contradicted else log.debug
+        emit("MySQL is {state}: {evidence}", state=found.state, evidence=found.explain())
+        return found
+
+    async def _status_verdict(self) -> Verdict | None:
         command = self._config.mysql_service_status_command
         if not command:
-            log.debug("MySQLServiceStatusCommand is not set; reporting MySQL as not running")
-            return False
+            return None
         try:
             result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand", check=False)
+        except CommandFailed as e:  # timed out, or outlived SIGKILL
+            result = e.result
         except Exception as e:
-            log.warn("MySQLServiceStatusCommand could not run: {error}", error=e)
-            return False
-        return result.ok
+            return Verdict(UNKNOWN, f"MySQLServiceStatusCommand could not run: {e}")
+        return command_verdict(result)
+
+    async def _probe_host(self) -> Findings:
+        try:
+            places = await self._server_places()
+        except AgentError as e:
+            return Findings(unchecked=(f"cannot tell where a server would show itself: {e}",))
+        return await self.in_thread(self._probe, places)
+
+    async def _server_places(self) -> ServerPlaces:
+        """The datadir, pid file, socket, port and listening addresses, as the server would use them."""
+        datadir = await self.datadir()
+        options = await self.server_options()
+        port = await self.port()
+        # mysqld's default pid file: <log_basename, or the hostname up to its first dot>.pid
+        pid_file = options.get("pid_file") or (options.get("log_basename") or self._hostname().split(".")[0]) + ".pid"
+        socket_path = options.get("socket") or DEFAULT_SOCKET
+        return ServerPlaces(datadir=datadir, pid_file=os.path.join(datadir, pid_file),
+                            socket=os.path.join(datadir, socket_path), port=port,
+                            addresses=_connect_addresses(options.get("bind_address")))
 
     async def start(self) -> None:
         self._facts.invalidate()
@@ -172,6 +230,20 @@ def _absolute_path(value: str, origin: str) -> str:
     if not os.path.isabs(value):
         raise AgentError(f"{origin} must be an absolute path, got {value!r}")
     return "/" + os.path.normpath(value).lstrip("/")  # normpath keeps a leading "//"
+
+
+def _connect_addresses(bind_address: str | None) -> tuple[str, ...]:
+    """Where to try the port: each IP address of ``bind-address``; loopback for a wildcard or a name."""
+    addresses = []
+    for value in (bind_address or "").split(","):
+        value = value.strip()
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            continue  # empty, "*" or a host name
+        if not address.is_unspecified:
+            addresses.append(str(address))
+    return tuple(addresses) or ("127.0.0.1",)
 
 
 def _port(value: str, origin: str) -> int:

@@ -100,8 +100,7 @@ class SeedManager(Service):
     async def receive(self, seed_id: int) -> None:
         """Arm a receive into the datadir (emptied beforehand by orchestrator)."""
         self._refuse_reuse(seed_id)
-        if await self._mysql.is_running():
-            raise Conflict("MySQL is running on this host: stop it before receiving a seed into its datadir")
+        await self._mysql.require_stopped("receive a seed into the datadir")
         datadir = await self._mysql.datadir()
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
@@ -242,9 +241,8 @@ class SeedManager(Service):
             if not mount.mysql_data_path:
                 raise Conflict(f"a snapshot is mounted at {mount.path} but no MySQL datadir was found in it")
             return mount.mysql_data_path
-        if await self._mysql.is_running():
-            raise Conflict("nothing consistent to send: no snapshot is mounted at SnapshotMountPoint and "
-                           "MySQL is running (mount a snapshot with mountlv, or stop MySQL)")
+        await self._mysql.require_stopped("send the datadir itself (no snapshot is mounted at "
+                                          "SnapshotMountPoint; mount one with mountlv, or stop MySQL)")
         return await self._mysql.datadir()
 
     def _begin(self, record: SeedRecord, job: _Job) -> Deferred:

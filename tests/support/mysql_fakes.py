@@ -10,7 +10,8 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from orchagent.process import CommandFailed, CommandResult
+from orchagent.host.liveness import Findings
+from orchagent.process import CommandFailed, CommandResult, CommandTimedOut
 from orchagent.web.routes import route_table
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -53,14 +54,18 @@ class Call:
 
 
 class FakeRunner:
-    """Records every command; answers with ``stdout[name]`` and ``exit_codes[name]`` (default 0).
+    """Records every command; answers with ``stdout[name]``, ``stderr[name]`` and ``exit_codes[name]``
+    (default 0); the commands named in ``timeouts`` time out.
 
     ``stdin_seen[name]`` keeps what a ``stdin_path`` held when the command "ran".
     """
 
-    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None):
+    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None,
+                 stderr: dict[str, bytes] | None = None, timeouts: tuple[str, ...] = ()):
         self.stdout = stdout or {}
         self.exit_codes = exit_codes or {}
+        self.stderr = stderr or {}
+        self.timeouts = timeouts
         self.calls: list[Call] = []
         self.stdin_seen: dict[str, bytes] = {}
 
@@ -83,11 +88,27 @@ class FakeRunner:
             with open(options["stdout_path"], "wb") as f:
                 f.write(stdout)
             stdout = b""
-        result = CommandResult(name=name, argv=argv, exit_code=self.exit_codes.get(name, 0), signal=None,
-                               stdout=stdout, stderr=b"", stdout_truncated=False, timed_out=False)
+        timed_out = name in self.timeouts
+        result = CommandResult(name=name, argv=argv, exit_code=None if timed_out else self.exit_codes.get(name, 0),
+                               signal=15 if timed_out else None, stdout=stdout, stderr=self.stderr.get(name, b""),
+                               stdout_truncated=False, timed_out=timed_out, timeout=5.0)
+        if timed_out:
+            return fail(CommandTimedOut(result))
         if not result.ok and options.get("check", True):
             return fail(CommandFailed(result))
         return succeed(result)
+
+
+class FakeProbe:
+    """Stands in for :func:`orchagent.host.liveness.probe`: answers ``findings``, keeps where it looked."""
+
+    def __init__(self, findings: Findings = Findings()):
+        self.findings = findings
+        self.places: list = []
+
+    def __call__(self, places):
+        self.places.append(places)
+        return self.findings
 
 
 class _OtherSections:

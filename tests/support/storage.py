@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from orchagent.errors import AgentError
+from orchagent.errors import AgentError, Conflict
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import route_table
@@ -20,7 +20,7 @@ TOKEN = "cd" * 32
 
 
 class StubMySQL:
-    """The two things storage asks of ``orchagent.host.mysql.MySQL``."""
+    """What storage and seeds ask of ``orchagent.host.mysql.MySQL``: the datadir and whether it runs."""
 
     def __init__(self, datadir: str | None, running: bool = False):
         self.data_directory = datadir
@@ -33,6 +33,10 @@ class StubMySQL:
 
     async def is_running(self) -> bool:
         return self.running
+
+    async def require_stopped(self, action: str) -> None:
+        if self.running:
+            raise Conflict(f"refusing to {action}: MySQL is running (stand-in)")
 
 
 def inline(coroutine_function):

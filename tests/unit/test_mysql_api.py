@@ -15,7 +15,7 @@ from orchagent.host.mysql import MySQL
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
-from tests.support.mysql_fakes import FIXTURES, HEADER, FakeRunner, InlineThreadsReactor, binlog, mysql_routes
+from tests.support.mysql_fakes import FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes
 
 TOKEN = "12" * 32
 
@@ -40,7 +40,7 @@ class MySQLRoutesTests(SynchronousTestCase):
                         mysql_service_start_command="start", mysql_service_stop_command="stop",
                         post_copy_command="post-copy", error_log_tail_lines=3, **keys)
         self.runner = runner or FakeRunner()
-        mysql = MySQL(config, self.runner, InlineThreadsReactor())
+        mysql = MySQL(config, self.runner, InlineThreadsReactor(), probe_host=FakeProbe())
         resource = ApiResource(mysql_routes(make_mysql_api(config, self.runner, mysql)),
                                Guard(token=Token(TOKEN)), Clock())
         return StubTreq(resource)
@@ -60,6 +60,10 @@ class MySQLRoutesTests(SynchronousTestCase):
     def test_status_is_false_not_an_error(self):
         client = self.make(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 1}))
         self.assertEqual(self.call("/api/mysql-status", client=client), (200, b"false"))
+
+    def test_status_is_true_when_it_cannot_tell(self):
+        client = self.make(FakeRunner(timeouts=("MySQLServiceStatusCommand",)))
+        self.assertEqual(self.call("/api/mysql-status", client=client), (200, b"true"))
 
     def test_commands_answer_true(self):
         for path in ("/api/mysql-stop", "/api/mysql-start", "/api/post-copy/?sourceHost=10.0.0.2"):

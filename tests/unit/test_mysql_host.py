@@ -6,19 +6,23 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import AgentError, NotFound
+from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.host.liveness import STOPPED, Findings, ServerPlaces
 from orchagent.host.mysql import MySQL
 from orchagent.process import CommandFailed
-from tests.support.mysql_fakes import FakeRunner, InlineThreadsReactor
+from tests.support.mysql_fakes import FakeProbe, FakeRunner, InlineThreadsReactor
 
 
 class MySQLTestCase(SynchronousTestCase):
-    def mysql(self, runner=None, *, my_cnf=None, compiled_datadir="/nonexistent", hostname="db1.example.com", **keys):
+    def mysql(self, runner=None, *, my_cnf=None, compiled_datadir="/nonexistent", hostname="db1.example.com",
+              probe=None, **keys):
         self.runner = runner or FakeRunner()
+        self.probe = probe or FakeProbe()
         if my_cnf is not None:
             keys["mysql_config_file"] = self.write(my_cnf)
         return MySQL(Config(**keys), self.runner, InlineThreadsReactor(), hostname=lambda: hostname,
-                     default_option_files=(self.mktemp(),), compiled_datadir=compiled_datadir)
+                     default_option_files=(self.mktemp(),), compiled_datadir=compiled_datadir,
+                     probe_host=self.probe)
 
     def write(self, text: str) -> str:
         path = os.path.abspath(self.mktemp()) + ".txt"
@@ -130,22 +134,97 @@ class ErrorLogTests(MySQLTestCase):
 
 
 class ServiceTests(MySQLTestCase):
-    def test_status_is_the_exit_code(self):
-        self.assertTrue(self.result(self.mysql(mysql_service_status_command="st").is_running()))
+    """mysql-status and the guards: the status command and the host probe, unknown counting as running."""
+
+    MY_CNF = "[mysqld]\ndatadir=/srv/db\n"
+    FOUND = Findings(found=("pid 7 (/usr/sbin/mariadbd) has /srv/db/ibdata1 open",))
+    BLIND = Findings(unchecked=("cannot read the open files of 3 process(es)",))
+
+    def state(self, mysql):
+        return self.result(mysql.liveness())
+
+    def refusal(self, mysql) -> str:
+        return self.error(mysql.require_stopped("empty the datadir"), Conflict)
+
+    def test_command_exiting_0_is_running_without_probing(self):
+        mysql = self.mysql(mysql_service_status_command="st", my_cnf=self.MY_CNF)
+        self.assertTrue(self.result(mysql.is_running()))
         self.assertEqual(self.runner.calls[0].argv[:3], ("bash", "-c", "st"))
         self.assertEqual(self.runner.calls[0].options, {"check": False})
-        mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 3}), mysql_service_status_command="st")
+        self.assertEqual(self.probe.places, [])
+        self.assertIn("MySQLServiceStatusCommand exited 0", self.refusal(mysql))
+
+    def test_command_saying_stopped_and_nothing_found_is_stopped(self):
+        mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 3}), my_cnf=self.MY_CNF,
+                           probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
         self.assertFalse(self.result(mysql.is_running()))
+        self.result(mysql.require_stopped("empty the datadir"))
+        self.assertEqual(self.state(mysql).state, STOPPED)
+
+    def test_evidence_beats_a_command_saying_stopped(self):
+        mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 1}), my_cnf=self.MY_CNF,
+                           probe=FakeProbe(self.FOUND), mysql_service_status_command="false")
+        self.assertTrue(self.result(mysql.is_running()))
+        message = self.refusal(mysql)
+        self.assertIn("MySQL is running", message)
+        self.assertIn("MySQLServiceStatusCommand exited 1, but", message)
+        self.assertIn("/srv/db/ibdata1 open", message)
+
+    def test_unknown_commands_count_as_running(self):
+        cases = {
+            "timed out after 5 s": FakeRunner(timeouts=("MySQLServiceStatusCommand",)),
+            "exit status 127": FakeRunner(exit_codes={"MySQLServiceStatusCommand": 127},
+                                          stderr={"MySQLServiceStatusCommand": b"bash: systemctl: command not found"}),
+            "cannot reach its service manager": FakeRunner(
+                exit_codes={"MySQLServiceStatusCommand": 1},
+                stderr={"MySQLServiceStatusCommand": b"System has not been booted with systemd as init system "
+                                                     b"(PID 1). Can't operate.\nFailed to connect to bus"}),
+        }
+        for expected, runner in cases.items():
+            mysql = self.mysql(runner, my_cnf=self.MY_CNF, mysql_service_status_command="st")
+            self.assertTrue(self.result(mysql.is_running()), expected)
+            message = self.refusal(mysql)
+            self.assertIn("cannot tell whether MySQL is running", message)
+            self.assertIn(expected, message)
+            self.assertIn("set MySQLServiceStatusCommand", message)
+
+    def test_without_a_command_the_probe_decides_only_when_it_saw_everything(self):
+        mysql = self.mysql(my_cnf=self.MY_CNF)
+        self.assertFalse(self.result(mysql.is_running()))
+        self.assertEqual(self.runner.calls, [])
+        mysql = self.mysql(my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND))
+        self.assertTrue(self.result(mysql.is_running()))
+        self.assertIn("MySQLServiceStatusCommand is not set; cannot read the open files", self.refusal(mysql))
+        mysql = self.mysql(my_cnf=self.MY_CNF, probe=FakeProbe(self.FOUND))
+        self.assertIn("MySQL is running (pid 7", self.refusal(mysql))
 
     def test_status_never_fails(self):
-        self.assertFalse(self.result(self.mysql().is_running()))  # not configured
-        self.assertEqual(self.runner.calls, [])
+        self.assertTrue(self.result(self.mysql().is_running()))  # no datadir known: cannot tell
+        self.assertEqual(self.probe.places, [])
 
         class Broken(FakeRunner):
             def run_configured(self, *args, **kwargs):
                 return fail(AgentError("cannot start"))
 
-        self.assertFalse(self.result(self.mysql(Broken(), mysql_service_status_command="st").is_running()))
+        mysql = self.mysql(Broken(), my_cnf=self.MY_CNF, mysql_service_status_command="st")
+        self.assertTrue(self.result(mysql.is_running()))
+        self.assertIn("could not run: cannot start", self.refusal(mysql))
+
+    def test_where_the_probe_looks(self):
+        self.result(self.mysql(my_cnf=self.MY_CNF).liveness())
+        self.assertEqual(self.probe.places, [ServerPlaces(
+            datadir="/srv/db", pid_file="/srv/db/db1.pid", socket="/run/mysqld/mysqld.sock", port=3306,
+            addresses=("127.0.0.1",))])
+        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=/run/m.pid\nsocket=/run/m.sock\n"
+                                      "port=3307\nbind-address=10.1.2.3\n").liveness())
+        self.assertEqual(self.probe.places, [ServerPlaces(
+            datadir="/srv/db", pid_file="/run/m.pid", socket="/run/m.sock", port=3307, addresses=("10.1.2.3",))])
+        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=x.pid\nbind-address=::\n"
+                                      "log-basename=base\n").liveness())
+        self.assertEqual(self.probe.places[0].pid_file, "/srv/db/x.pid")
+        self.assertEqual(self.probe.places[0].addresses, ("127.0.0.1",))
+        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\nlog-basename=base\n").liveness())
+        self.assertEqual(self.probe.places[0].pid_file, "/srv/db/base.pid")
 
     def test_start_and_stop_run_their_commands(self):
         mysql = self.mysql(mysql_service_start_command="start it", mysql_service_stop_command="stop it")

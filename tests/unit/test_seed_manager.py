@@ -19,17 +19,7 @@ from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
 from tests.support.pki import CertificateAuthority
-
-
-class FakeMySQL:
-    def __init__(self, datadir, running=False):
-        self._datadir, self.running = datadir, running
-
-    async def is_running(self):
-        return self.running
-
-    async def datadir(self):
-        return self._datadir
+from tests.support.storage import StubMySQL
 
 
 class FakeSnapshots:
@@ -121,7 +111,7 @@ class SeedManagerTests(SynchronousTestCase):
         self.runner = FakeRunner()
         self.eraser = FakeEraser()
         self.disk = FakeDisk()
-        self.mysql = FakeMySQL(self.datadir)
+        self.mysql = StubMySQL(self.datadir)
         self.snapshots = FakeSnapshots(Mount(path="/mnt/snap", is_mounted=True, mysql_data_path="/mnt/snap/mysql"))
         self.transfers = []
 
