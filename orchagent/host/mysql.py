@@ -71,7 +71,7 @@ class MySQL:
     async def _look_up_datadir(self) -> str:
         command = self._config.mysql_datadir_command
         if command:
-            result = await self._runner.run_configured(command, name="MySQLDatadirCommand")
+            result = await self._runner.run_configured(command, name="MySQLDatadirCommand", essential=True)
             return _absolute_path(result.text().strip(), "the output of MySQLDatadirCommand")
         options = await self.server_options()
         value = options.get("datadir")
@@ -88,7 +88,7 @@ class MySQL:
     async def _look_up_port(self) -> int:
         command = self._config.mysql_port_command
         if command:
-            result = await self._runner.run_configured(command, name="MySQLPortCommand")
+            result = await self._runner.run_configured(command, name="MySQLPortCommand", essential=True)
             return _port(result.text().strip(), "MySQLPortCommand printed")
         value = (await self.server_options()).get("port")
         return _port(value, f"port in {self._files_text()} is") if value else DEFAULT_PORT
@@ -128,7 +128,8 @@ class MySQL:
             log.debug("MySQLServiceStatusCommand is not set; reporting MySQL as not running")
             return False
         try:
-            result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand", check=False)
+            result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand",
+                                                      essential=True, check=False)
         except Exception as e:
             log.warn("MySQLServiceStatusCommand could not run: {error}", error=e)
             return False

@@ -133,7 +133,7 @@ class Snapshots:
         """The lines a configured ``Available*SnapshotHostsCommand`` prints; ``[]`` when unset."""
         if not command:
             return []
-        result = await self._runner.run_configured(command, (), name=name)
+        result = await self._runner.run_configured(command, (), name=name, essential=True)
         return [line.strip() for line in result.text().splitlines() if line.strip()]
 
     # --- the mount point ---

@@ -133,7 +133,7 @@ class ServiceTests(MySQLTestCase):
     def test_status_is_the_exit_code(self):
         self.assertTrue(self.result(self.mysql(mysql_service_status_command="st").is_running()))
         self.assertEqual(self.runner.calls[0].argv[:3], ("bash", "-c", "st"))
-        self.assertEqual(self.runner.calls[0].options, {"check": False})
+        self.assertEqual(self.runner.calls[0].options, {"essential": True, "check": False})
         mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 3}), mysql_service_status_command="st")
         self.assertFalse(self.result(mysql.is_running()))
 
