@@ -234,9 +234,10 @@ class RunningCommand:
                   signal=signal_number, elapsed=self._reactor.seconds() - self._started_at)
         if not self._terminating:
             # Ended on its own: leave anything it started in its group alone (a service start
-            # command may have launched a daemon there).
-            self._deliver()
+            # command may have launched a daemon there).  Its slot is free before its caller
+            # resumes, so a caller's next command may take it.
             self._runner._forget(self)
+            self._deliver()
 
     def _cancel_timeout(self) -> None:
         if self._timeout_call is not None and self._timeout_call.active():
@@ -337,8 +338,8 @@ class RunningCommand:
                 f"{self.name} (pid {self.pid}) did not end even after SIGKILL to its process "
                 f"group; it is probably stuck in the kernel (D state): check `pgrep -a -g {self.pid}`"))
         self._cancel_timeout()
-        self._deliver()
         self._runner._forget(self)
+        self._deliver()
         waiters, self._terminate_waiters = self._terminate_waiters, []
         for waiter in waiters:
             if self._survivor is None:

@@ -66,8 +66,11 @@ class RunningAgent:
 
 
 def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | None = None,
-                extra_args=(), env=None, timeout: float = 30) -> RunningAgent:
-    """Write a config (loopback, free port, token hint file) and wait until the API answers."""
+                extra_args=(), env=None, timeout: float = 30, wrapper=()) -> RunningAgent:
+    """Write a config (loopback, free port, token hint file) and wait until the API answers.
+
+    ``wrapper`` goes in front of twistd (e.g. ``unshare`` for a host name of the test's own).
+    """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")
     port = settings.get("HTTPPort") or free_port(address)
     config = {
@@ -83,8 +86,8 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
         json.dump(config, f)
     log = open(os.path.join(directory, "agent.log"), "wb")
     process = subprocess.Popen(
-        twistd_command() + ["--nodaemon", "--pidfile=", "--logfile=-", "orchagent",
-                            "--config", config_path, *extra_args],
+        [*wrapper, *twistd_command(), "--nodaemon", "--pidfile=", "--logfile=-", "orchagent",
+         "--config", config_path, *extra_args],
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
         env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
     )
