@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from orchagent import logs
 from orchagent.cache import ShortCache
 from orchagent.config import Config
-from orchagent.errors import AgentError
+from orchagent.errors import AgentError, Busy
 from orchagent.host import errorlog
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
 from orchagent.threads import thread_runner
@@ -116,7 +116,7 @@ class MySQL:
         return await self.in_thread(errorlog.tail_lines, path, lines)
 
     async def is_running(self) -> bool:
-        """``MySQLServiceStatusCommand`` exits 0.  Never raises: any failure means "not running".
+        """``MySQLServiceStatusCommand`` exits 0.  Any failure means "not running", except Busy.
 
         Never cached (guards need the truth now), but concurrent callers share one check.
         """
@@ -130,6 +130,8 @@ class MySQL:
         try:
             result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand",
                                                       essential=True, check=False)
+        except Busy:
+            raise  # a check refused for want of a slot must not let a guard read "not running"
         except Exception as e:
             log.warn("MySQLServiceStatusCommand could not run: {error}", error=e)
             return False

@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import AgentError, NotFound
+from orchagent.errors import AgentError, Busy, NotFound
 from orchagent.host.mysql import MySQL
 from orchagent.process import CommandFailed
 from tests.support.mysql_fakes import FakeRunner, InlineThreadsReactor
@@ -146,6 +146,14 @@ class ServiceTests(MySQLTestCase):
                 return fail(AgentError("cannot start"))
 
         self.assertFalse(self.result(self.mysql(Broken(), mysql_service_status_command="st").is_running()))
+
+    def test_status_check_refused_for_want_of_a_slot_is_busy_not_stopped(self):
+        class Full(FakeRunner):
+            def run_configured(self, *args, **kwargs):
+                return fail(Busy("no slot", 5))
+
+        mysql = self.mysql(Full(), mysql_service_status_command="st")
+        self.failureResultOf(Deferred.fromCoroutine(mysql.is_running()), Busy)
 
     def test_start_and_stop_run_their_commands(self):
         mysql = self.mysql(mysql_service_start_command="start it", mysql_service_stop_command="stop it")
