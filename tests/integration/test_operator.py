@@ -80,7 +80,8 @@ class SeedLimitTests(AgentTestCase):
     async def test_one_seed_more_than_the_cap_is_refused(self):
         datadir = self.mktemp_dir()
         agent = await self.start({
-            "MaxConcurrentSeeds": 1, "SendSeedDataCommand": "sleep 60; true", "ReceiveSeedDataCommand": "sleep 60; true",
+            "MaxConcurrentSeeds": 1,
+            "SendSeedDataCommand": "sleep 60; true", "ReceiveSeedDataCommand": "sleep 60; true",
             "MySQLServiceStatusCommand": "false", "MySQLDatadirCommand": f"echo {datadir}",
         })
         client = plain_http()

@@ -94,7 +94,8 @@ class RedactionTests(SynchronousTestCase):
             self.assertEqual(redact(text), text)
 
     def test_command_failure_message_redacts_secrets_from_stderr(self):
-        stderr = b"mysql -pfromstderr failed\nauth with SeedSecretValue refused\n" + b"x" * 600 + b"\nlast SeedSecretValue"
+        stderr = (b"mysql -pfromstderr failed\nauth with SeedSecretValue refused\n" + b"x" * 600
+                  + b"\nlast SeedSecretValue")
         message = str(CommandFailed(_result(stderr), ("SeedSecretValue",)))
         self.assertNotIn("SeedSecretValue", message)
         self.assertTrue(message.endswith("last <redacted>"), message)
