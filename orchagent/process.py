@@ -437,7 +437,7 @@ class ProcessRunner:
         if not argv:
             raise ValueError("an empty argv")
         name = name or os.path.basename(argv[0])
-        self._take_slot(name, essential)
+        self._refuse_when_full(name, essential)
         timeout = self._default_timeout if timeout is ... else timeout
         child_env = self._child_environment(env, parsed)
         setsid = shutil.which("setsid", path=child_env["PATH"])
@@ -489,7 +489,7 @@ class ProcessRunner:
             child["LC_ALL"] = "C"
         return child
 
-    def _take_slot(self, name: str, essential: bool) -> None:
+    def _refuse_when_full(self, name: str, essential: bool) -> None:
         """Refuse (Busy) when the commands still running, dying ones included, fill the cap."""
         if self._max_running is None:
             return
