@@ -1,8 +1,13 @@
+import re
+
 from setuptools import find_packages, setup
+
+with open("orchagent/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.MULTILINE).group(1)
 
 setup(
     name="orchagent",
-    version="0.1.0",
+    version=VERSION,
     description="Host agent for MySQL/MariaDB fleets, driven by orchestrator (drop-in for orchestrator-agent)",
     license="Apache-2.0",
     python_requires=">=3.11",

@@ -2,13 +2,14 @@
 
 The file format is orchestrator-agent's JSON so an existing
 ``/etc/orchestrator-agent.conf.json`` works unchanged.  Keys match case-insensitively (as Go's
-encoding/json did).  Every problem is reported as one :class:`ConfigError` naming the file and
-the key, so an administrator knows exactly what to fix.
+encoding/json did).  Every problem is found in one pass and reported in one :class:`ConfigError`,
+one line per problem naming the file and the key, so an administrator fixes them all at once.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import socket
@@ -27,7 +28,11 @@ DEFAULT_CONFIG_FILES = (
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message says where and why."""
+    """The configuration cannot be used; ``problems`` are one line each, saying where and why."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 # --- value kinds: each turns a JSON value into a Python value or raises ValueError -------------
@@ -142,6 +147,8 @@ class Config:
     remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
     metrics_enabled: bool = _key("MetricsEnabled", True, _bool)
     audit_log_file: str = _key("AuditLogFile", "", _string)
+    max_concurrent_commands: int = _key("MaxConcurrentCommands", 16, _uint)
+    max_concurrent_seeds: int = _key("MaxConcurrentSeeds", 4, _uint)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:
@@ -159,41 +166,77 @@ def load_config(
     *,
     warn: Callable[[str], None] = lambda message: None,
     hostname: Callable[[], str] = socket.getfqdn,
+    kernel_hostname: Callable[[], str] = socket.gethostname,
 ) -> Config:
     """Read the configuration.
 
     ``paths=None`` means V1's lookup: every existing file of :data:`DEFAULT_CONFIG_FILES`,
     layered.  An explicit list (from ``--config``) must exist.  ``warn`` receives one message per
-    unknown key.
+    unknown key.  Without ``AgentHostname`` the name is ``hostname()`` (the FQDN), else
+    ``kernel_hostname()``, whichever is not a loopback name.
     """
     explicit = paths is not None
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    problems: list[str] = []
     for path in DEFAULT_CONFIG_FILES if paths is None else paths:
         if not explicit and not os.path.exists(path):
             continue
-        for name, (value, origin) in _read_file(path, warn).items():
+        for name, (value, origin) in _read_file(path, warn, problems).items():
             if isinstance(value, dict) and isinstance(values.get(name), dict):
                 value = {**values[name], **value}  # V1 merged maps such as CustomCommands
             values[name], origins[name] = value, origin
-    if not values.get("agent_hostname"):
-        values["agent_hostname"] = hostname()
+    if values.get("agent_hostname"):
+        if is_loopback_name(values["agent_hostname"]):
+            warn(f"{origins['agent_hostname']}: {values['agent_hostname']!r} is a loopback name; "
+                 "orchestrator on another host cannot reach the agent by it")
+    else:
+        values["agent_hostname"] = _host_name((hostname, kernel_hostname), problems)
     config = Config(**values)
-    _validate(config, lambda name: origins.get(name, "built-in default"))
+    _validate(config, lambda name: origins.get(name, "built-in default"), problems)
+    if problems:
+        raise ConfigError(problems)
     return config
 
 
-def _read_file(path: str, warn: Callable[[str], None]) -> dict[str, tuple[Any, str]]:
-    """Parse one file into ``{field name: (python value, "file: Key")}``."""
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` and its variants or a loopback address: names every host has for itself."""
+    name = name.strip().rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    return (name.split(".")[0] in ("localhost", "localhost4", "localhost6", "ip6-localhost", "ip6-loopback")
+            or name.endswith(".localhost"))
+
+
+def _host_name(sources: tuple[Callable[[], str], ...], problems: list[str]) -> str:
+    """The first name from ``sources`` that another host could use to tell this one apart."""
+    seen = []
+    for source in sources:
+        name = source().strip()
+        if name and not is_loopback_name(name):
+            return name
+        seen.append(repr(name))
+    problems.append(f"AgentHostname: not set, and this host's names ({' and '.join(seen)}) are loopback "
+                    "names that every host has; set AgentHostname to the name orchestrator reaches this host by")
+    return ""
+
+
+def _read_file(path: str, warn: Callable[[str], None], problems: list[str]) -> dict[str, tuple[Any, str]]:
+    """Parse one file into ``{field name: (python value, "file: Key")}``; bad keys go to ``problems``."""
     try:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read configuration file: {e.strerror}") from None
+        problems.append(f"{path}: cannot read configuration file: {e.strerror}")
+        return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+        problems.append(f"{path}: not valid JSON: {e}")
+        return {}
     if not isinstance(document, dict):
-        raise ConfigError(f"{path}: the configuration must be a JSON object of keys and values")
+        problems.append(f"{path}: the configuration must be a JSON object of keys and values")
+        return {}
     keys = config_keys()
     by_lower = {name.lower(): name for name in keys}
     parsed = {}
@@ -208,22 +251,25 @@ def _read_file(path: str, warn: Callable[[str], None]) -> dict[str, tuple[Any, s
         try:
             parsed[field.name] = (field.metadata["kind"](raw_value), f"{path}: {name}")
         except ValueError as e:
-            raise ConfigError(f"{path}: {name}: {e}") from None
+            problems.append(f"{path}: {name}: {e}")
     return parsed
 
 
-def _validate(config: Config, origin: Callable[[str], str]) -> None:
-    """Checks that need more than one key, or the file system."""
+def _validate(config: Config, origin: Callable[[str], str], problems: list[str]) -> None:
+    """Checks of ranges, of keys that need other keys, and of the file system."""
 
     def fail(field: str, problem: str) -> None:
         where = origin(field)
         if where == "built-in default":
             where = config_field_key(field)
-        raise ConfigError(f"{where}: {problem}")
+        problems.append(f"{where}: {problem}")
 
     for field in ("http_port", "seed_transfer_port"):
         if not 1 <= getattr(config, field) <= 65535:
             fail(field, f"port must be from 1 to 65535, got {getattr(config, field)}")
+    for field in ("max_concurrent_commands", "max_concurrent_seeds"):
+        if getattr(config, field) < 1:
+            fail(field, "must be at least 1")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
     if config.snapshot_backend not in ("lvm", "btrfs"):

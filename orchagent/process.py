@@ -14,6 +14,10 @@ Rules (contract "Our rules" 3 and 4):
   and says so.  This happens on timeout, on cancel/terminate and on shutdown (`stop_all`).
 * stdout and stderr are captured separately and bounded, and the pipes are always drained, so
   a child never blocks on a full pipe and our memory stays flat whatever it prints.
+* At most ``max_running`` commands run at once; beyond that `Busy` (503) is raised, never a
+  queue.  ``essential`` commands (the facts orchestrator's status poll and the safety checks
+  read) may also use a small reserve, so a flood of custom commands cannot starve them.
+* A failure message quotes stderr's tail with secrets redacted (`errors.redact`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.errors import AgentError
+from orchagent.errors import AgentError, Busy, redact
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
@@ -42,6 +46,8 @@ FAILURE_TAIL_CHARS = 500  # how much of that tail goes into a message
 SYSTEM_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")  # where the admin tools live
 KILL_BACKUP_SECONDS = 10.0  # after SIGKILL, how long to wait before giving up on a group
 GROUP_POLL_SECONDS = 0.05  # how often a dying group is checked for survivors
+ESSENTIAL_RESERVE = 4  # slots beyond max_running that only essential commands may use
+BUSY_RETRY_SECONDS = 5  # Retry-After of a command refused for want of a slot
 
 
 @attrs.frozen
@@ -71,10 +77,14 @@ class CommandResult:
 
 
 class CommandFailed(AgentError):
-    """A command exited non-zero or by a signal; the message names it and quotes stderr's tail."""
+    """A command exited non-zero or by a signal; the message names it and quotes stderr's tail.
 
-    def __init__(self, result: CommandResult):
-        super().__init__(_describe_failure(result))
+    ``secrets`` (the runner's: token, passwords) are redacted from the quoted stderr, as is
+    anything that looks like a password.
+    """
+
+    def __init__(self, result: CommandResult, secrets: tuple[str, ...] = ()):
+        super().__init__(_describe_failure(result, secrets))
         self.result = result
 
 
@@ -82,9 +92,10 @@ class CommandTimedOut(CommandFailed):
     """A command ran past its timeout and was killed with its whole process group."""
 
 
-def _stderr_tail(stderr: bytes) -> str:
-    """The last lines of stderr, at most about FAILURE_TAIL_CHARS characters."""
-    text = stderr.decode("utf-8", "replace").strip()
+def _stderr_tail(stderr: bytes, secrets: tuple[str, ...]) -> str:
+    """The last lines of stderr, redacted, at most about FAILURE_TAIL_CHARS characters."""
+    # redacted before the cut, so a secret split by the cut cannot show its tail
+    text = redact(stderr.decode("utf-8", "replace"), secrets).strip()
     if len(text) <= FAILURE_TAIL_CHARS:
         return text
     text = text[-FAILURE_TAIL_CHARS:]
@@ -94,8 +105,8 @@ def _stderr_tail(stderr: bytes) -> str:
     return "..." + text.strip()
 
 
-def _describe_failure(result: CommandResult) -> str:
-    tail = _stderr_tail(result.stderr)
+def _describe_failure(result: CommandResult, secrets: tuple[str, ...]) -> str:
+    tail = _stderr_tail(result.stderr, secrets)
     if result.abandoned:
         what = "timed out and " if result.timed_out else ""
         message = f"{result.name} {what}did not end even after SIGKILL to its process group"
@@ -224,9 +235,10 @@ class RunningCommand:
                   signal=signal_number, elapsed=self._reactor.seconds() - self._started_at)
         if not self._terminating:
             # Ended on its own: leave anything it started in its group alone (a service start
-            # command may have launched a daemon there).
-            self._deliver()
+            # command may have launched a daemon there).  Its slot is free before its caller
+            # resumes, so a caller's next command may take it.
             self._runner._forget(self)
+            self._deliver()
 
     def _cancel_timeout(self) -> None:
         if self._timeout_call is not None and self._timeout_call.active():
@@ -247,9 +259,9 @@ class RunningCommand:
             stdout_truncated=self._output.stdout_truncated, timed_out=self._timed_out,
             timeout=self._timeout)
         if result.timed_out:
-            self.result.errback(CommandTimedOut(result))
+            self.result.errback(CommandTimedOut(result, self._runner._secrets))
         elif (self._check and not result.ok) or result.abandoned:
-            self.result.errback(CommandFailed(result))
+            self.result.errback(CommandFailed(result, self._runner._secrets))
         else:
             self.result.callback(result)
 
@@ -327,8 +339,8 @@ class RunningCommand:
                 f"{self.name} (pid {self.pid}) did not end even after SIGKILL to its process "
                 f"group; it is probably stuck in the kernel (D state): check `pgrep -a -g {self.pid}`"))
         self._cancel_timeout()
-        self._deliver()
         self._runner._forget(self)
+        self._deliver()
         waiters, self._terminate_waiters = self._terminate_waiters, []
         for waiter in waiters:
             if self._survivor is None:
@@ -348,12 +360,14 @@ class ProcessRunner:
     ``environ`` (default ``os.environ``) is the base of every child environment; PATH gets
     any of /usr/sbin:/usr/bin:/sbin:/bin it lacks (as V1 did), so admin tools are found even
     when the agent was started with a minimal PATH.  ``kill_grace`` is how long a group gets
-    between SIGTERM and SIGKILL.
+    between SIGTERM and SIGKILL.  ``max_running`` (None: no limit) caps the commands running at
+    once, ``reserve`` more for essential ones.  ``secrets`` are redacted from failure messages.
     """
 
     def __init__(self, reactor, *, default_timeout: float, exec_with_sudo: bool = False,
                  max_output: int = 1 << 20, environ: Mapping[str, str] | None = None,
-                 kill_grace: float = 5.0):
+                 kill_grace: float = 5.0, max_running: int | None = None,
+                 reserve: int = ESSENTIAL_RESERVE, secrets: Sequence[str] = ()):
         self._reactor = reactor
         self._in_thread = thread_runner(reactor)
         self._default_timeout = default_timeout
@@ -361,25 +375,29 @@ class ProcessRunner:
         self._max_output = max_output
         self._environ = os.environ if environ is None else environ
         self._kill_grace = kill_grace
+        self._max_running = max_running
+        self._reserve = reserve
+        self._secrets = tuple(secret for secret in secrets if secret)
         self._running: set[RunningCommand] = set()
         self.outcomes: collections.Counter[str] = collections.Counter()  # for metrics
 
     def run(self, argv: Sequence[str], *, name: str | None = None, timeout: float | None | object = ...,
-            privileged: bool = False, parsed: bool = False, check: bool = True,
-            stdin_path: str | None = None, stdout_path: str | None = None,
+            privileged: bool = False, essential: bool = False, parsed: bool = False,
+            check: bool = True, stdin_path: str | None = None, stdout_path: str | None = None,
             cwd: str | None = None, env: Mapping[str, str] | None = None) -> Deferred:
         """Run argv to completion; Deferred[CommandResult].
 
         ``timeout``: seconds of wall-clock time (default: the runner's), ``None`` for no limit
         (only for work that supervises itself).  ``privileged`` adds ``sudo -n`` when the
-        runner was built with ``exec_with_sudo``.  ``parsed`` sets LC_ALL=C for tools whose
-        output we parse.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` sends
+        runner was built with ``exec_with_sudo``.  ``essential`` lets it use the reserve slots.
+        ``parsed`` sets LC_ALL=C for tools whose output we parse.  When every slot is taken it
+        fails with Busy.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` sends
         stdout to that file (created, mode 0600) instead of capturing it.  With ``check``, a
         non-zero exit or a death by signal fails with CommandFailed; a timeout always fails
         with CommandTimedOut.  Cancelling the Deferred kills the process group.
         """
         return _result_of(self.start, argv, name=name, timeout=timeout, privileged=privileged,
-                          parsed=parsed, check=check, stdin_path=stdin_path,
+                          essential=essential, parsed=parsed, check=check, stdin_path=stdin_path,
                           stdout_path=stdout_path, cwd=cwd, env=env)
 
     def run_configured(self, command: str, args: Sequence[str] = (), *, name: str, **options) -> Deferred:
@@ -393,7 +411,7 @@ class ProcessRunner:
     def start(self, argv: Sequence[str], *, name: str | None = None, **options) -> RunningCommand:
         """Like `run`, for long-running work: the caller gets ``pid`` and ``terminate()``.
 
-        Raises AgentError if the command cannot be spawned at all.
+        Raises AgentError if the command cannot be spawned at all, Busy if no slot is free.
         """
         return self._start(argv, name=name, shown_args=None, **options)
 
@@ -415,12 +433,13 @@ class ProcessRunner:
 
     def _start(self, argv: Sequence[str], *, name: str | None, shown_args: tuple[str, ...] | None,
                timeout: float | None | object = ..., privileged: bool = False,
-               parsed: bool = False, check: bool = True, stdin_path: str | None = None,
-               stdout_path: str | None = None, cwd: str | None = None,
-               env: Mapping[str, str] | None = None) -> RunningCommand:
+               essential: bool = False, parsed: bool = False, check: bool = True,
+               stdin_path: str | None = None, stdout_path: str | None = None,
+               cwd: str | None = None, env: Mapping[str, str] | None = None) -> RunningCommand:
         if not argv:
             raise ValueError("an empty argv")
         name = name or os.path.basename(argv[0])
+        self._refuse_when_full(name, essential)
         timeout = self._default_timeout if timeout is ... else timeout
         child_env = self._child_environment(env, parsed)
         setsid = shutil.which("setsid", path=child_env["PATH"])
@@ -482,6 +501,14 @@ class ProcessRunner:
         elif outcome.check(CommandFailed):
             self.outcomes["failed"] += 1
         return outcome
+    def _refuse_when_full(self, name: str, essential: bool) -> None:
+        """Refuse (Busy) when the commands still running, dying ones included, fill the cap."""
+        if self._max_running is None:
+            return
+        limit = self._max_running + (self._reserve if essential else 0)
+        if len(self._running) >= limit:
+            raise Busy(f"{name} not started: the agent is running {len(self._running)} commands, as many as "
+                       f"MaxConcurrentCommands allows; retry later", BUSY_RETRY_SECONDS)
 
     def _forget(self, command: RunningCommand) -> None:
         self._running.discard(command)

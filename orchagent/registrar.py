@@ -17,13 +17,25 @@ from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from orchagent import logs
+from orchagent.errors import redact
 
 log = logs.logger(__name__)
 
 #: Backoff after the n-th consecutive failure: 2, 4, 8... seconds, capped by the poll interval.
 _MAX_BACKOFF_SECONDS = 60
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" / "Stopping factory" INFO pair per heartbeat
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """The pool for calls to orchestrator, without Twisted's two log lines per connection."""
+
+    _factory = _QuietClientFactory  # documented as the pool's factory in Twisted 22.4 and later
 
 
 class Registrar(Service):
@@ -45,6 +57,7 @@ class Registrar(Service):
         self._last_talkback: float | None = None
         self._last_answer: float | None = None  # the start does not count here
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()  # (call, ok|failed), for metrics
+        self._registered_with: set[str] = set()
 
     def startService(self) -> None:
         super().startService()
@@ -125,13 +138,17 @@ class Registrar(Service):
             return False
         self.calls[(what, "ok")] += 1
         self._last_talkback = self._last_answer = self._clock.seconds()
-        (log.info if what == "submit-agent" else log.debug)(
-            "{what} to {base} OK", what=what, base=base)
+        if what == "submit-agent" and base not in self._registered_with:
+            self._registered_with.add(base)
+            log.info("registered with orchestrator {base} as {hostname} port {port}", base=base,
+                     hostname=self._hostname, port=self._http_port)
+        else:
+            log.debug("{what} to {base} OK", what=what, base=base)
         return True
 
     def _redact(self, error: object) -> str:
         """Error texts may quote the submit URL, which carries the token."""
-        return str(error).replace(self._token, "<token>") or type(error).__name__
+        return redact(str(error), (self._token,)) or type(error).__name__
 
 
 def _orchestrator_error(body: bytes) -> str | None:

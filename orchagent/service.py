@@ -8,7 +8,7 @@ import signal
 from treq.client import HTTPClient
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from orchagent import logs, tls
@@ -17,7 +17,7 @@ from orchagent.config import Config
 from orchagent.host.mysql import MySQL
 from orchagent.web.metrics import Metrics
 from orchagent.process import ProcessRunner
-from orchagent.registrar import Registrar
+from orchagent.registrar import QuietConnectionPool, Registrar
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedStore
 from orchagent.threads import thread_runner
@@ -36,10 +36,11 @@ log = logs.logger(__name__)
 def make_service(config: Config, reactor) -> MultiService:
     token = Token()
     runner = ProcessRunner(reactor, default_timeout=config.command_timeout_seconds,
-                           exec_with_sudo=config.exec_with_sudo)
+                           exec_with_sudo=config.exec_with_sudo, max_running=config.max_concurrent_commands,
+                           secrets=(token.value, config.http_auth_password, config.seed_transfer_secret))
     registrar = Registrar(
         client=HTTPClient(Agent(reactor, contextFactory=tls.ClientPolicy(config),
-                                pool=HTTPConnectionPool(reactor),
+                                pool=QuietConnectionPool(reactor),
                                 connectTimeout=config.http_timeout_seconds or None)),
         clock=reactor, urls=config.agents_urls, hostname=config.agent_hostname,
         http_port=config.http_port, token=token.value,
@@ -108,7 +109,11 @@ class ApiListener(Service):
         failures = []
         self._endpoint().listen(self._site).addCallbacks(self._listening, failures.append)
         if failures:
-            failures[0].raiseException()
+            # One line and exit status 1 instead of twistd's traceback: a busy port is not a bug.
+            error = failures[0].value
+            raise SystemExit(f"orchagent: cannot listen on {config.http_bind_address or '0.0.0.0'}:"
+                             f"{config.http_port} (HTTPBindAddress, HTTPPort): "
+                             f"{getattr(error, 'socketError', None) or error}")
 
     def _endpoint(self):
         config, address = self._config, self._config.http_bind_address

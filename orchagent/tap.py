@@ -1,15 +1,17 @@
 """``twistd orchagent``: command-line options and the service maker."""
 
+import sys
+
 from twisted.python import usage
 
-from orchagent import allocator, logs, tls
+from orchagent import __version__, allocator, logs, tls
 from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
 
 log = logs.logger(__name__)
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--debug]"
+    synopsis = "[--config FILE] [--debug] [--version]"
     longdesc = (
         "Run the orchagent host agent: an HTTP(S) JSON API for orchestrator on every MySQL/MariaDB "
         "host. Without --config, these files are read in order, later ones overriding earlier "
@@ -22,13 +24,20 @@ class Options(usage.Options):
         ["debug", "d", "Log debug messages too (every request and every command run)."],
     ]
 
+    def opt_version(self) -> None:
+        """Print orchagent's version and exit."""
+        sys.stdout.write(f"orchagent {__version__}\n")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         paths = None if self["config"] is None else [self["config"]]
         try:
             self["settings"] = load_config(paths, warn=lambda message: log.warn("{message}", message=message))
             tls.check(self["settings"])
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            # Not a UsageError: twistd would print its usage text first (and exit 0 on Twisted
+            # 22.4).  SystemExit prints the problems, one line each, and exits 1.
+            raise SystemExit(str(e)) from None
 
 
 def makeService(options: Options, reactor=None):

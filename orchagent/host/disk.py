@@ -111,14 +111,15 @@ class DiskUsage:
     async def _du(self, path: str) -> int:
         # du exits 1 when a file vanished during the walk (a running server's temp files) but
         # still prints the total; only a missing total is a failure.
-        result = await self._runner.run(("du", "-sb", path), privileged=True, parsed=True, check=False)
+        result = await self._runner.run(("du", "-sb", path), privileged=True, essential=True, parsed=True,
+                                       check=False)
         size = parse_du(result.text())
         if size is None:
             raise CommandFailed(result)
         return size
 
     async def _df(self, path: str) -> int:
-        result = await self._runner.run(("df", "-PT", "-B", "1", path), parsed=True)
+        result = await self._runner.run(("df", "-PT", "-B", "1", path), essential=True, parsed=True)
         available = parse_df(result.text())
         if available is None:
             raise AgentError(f"df printed no usable row for {path}")

@@ -102,7 +102,7 @@ class LvmBackend:
         self._runner = runner
 
     async def list_volumes(self) -> list[LogicalVolume]:
-        result = await self._runner.run(LVS_ARGV, privileged=True, parsed=True)
+        result = await self._runner.run(LVS_ARGV, privileged=True, essential=True, parsed=True)
         return parse_lvs(result.text())
 
     async def volume_at(self, entry: MountEntry, volumes: list[LogicalVolume]) -> LogicalVolume | None:

@@ -79,7 +79,7 @@ class MySQL:
     async def _look_up_datadir(self) -> str:
         command = self._config.mysql_datadir_command
         if command:
-            result = await self._runner.run_configured(command, name="MySQLDatadirCommand")
+            result = await self._runner.run_configured(command, name="MySQLDatadirCommand", essential=True)
             return _absolute_path(result.text().strip(), "the output of MySQLDatadirCommand")
         options = await self.server_options()
         value = options.get("datadir")
@@ -96,7 +96,7 @@ class MySQL:
     async def _look_up_port(self) -> int:
         command = self._config.mysql_port_command
         if command:
-            result = await self._runner.run_configured(command, name="MySQLPortCommand")
+            result = await self._runner.run_configured(command, name="MySQLPortCommand", essential=True)
             return _port(result.text().strip(), "MySQLPortCommand printed")
         value = (await self.server_options()).get("port")
         return _port(value, f"port in {self._files_text()} is") if value else DEFAULT_PORT
@@ -166,7 +166,8 @@ class MySQL:
         if not command:
             return None
         try:
-            result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand", check=False)
+            result = await self._runner.run_configured(command, name="MySQLServiceStatusCommand",
+                                                      essential=True, check=False)
         except CommandFailed as e:  # timed out, or outlived SIGKILL
             result = e.result
         except Exception as e:

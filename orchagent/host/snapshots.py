@@ -145,7 +145,7 @@ class Snapshots:
             hosts = config.local_seed_source_hosts + config.remote_seed_source_hosts
         if not command:
             return list(dict.fromkeys(hosts))
-        result = await self._runner.run_configured(command, (), name=name)
+        result = await self._runner.run_configured(command, (), name=name, essential=True)
         return [line.strip() for line in result.text().splitlines() if line.strip()]
 
     # --- the mount point ---

@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 
 from orchagent import logs, tls
 from orchagent.config import Config
-from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.seed.records import ABORTED, FAILED, RUNNING, SUCCEEDED, SeedRecord, SeedStore
 from orchagent.seed.transfer import SeedReceiverServer, send_tree
 
@@ -32,6 +32,7 @@ log = logs.logger(__name__)
 
 TICK_SECONDS = 2  # how often progress is sampled and stalls are checked
 SAVE_EVERY_TICKS = 5  # progress reaches the disk every 10 s (state changes at once)
+BUSY_RETRY_SECONDS = 60  # Retry-After of a seed refused because MaxConcurrentSeeds run
 
 
 @attrs.define
@@ -100,12 +101,14 @@ class SeedManager(Service):
     async def receive(self, seed_id: int) -> None:
         """Arm a receive into the datadir (emptied beforehand by orchestrator)."""
         self._refuse_reuse(seed_id)
+        self._refuse_when_full(seed_id)
         await self._mysql.require_stopped("receive a seed into the datadir")
         datadir = await self._mysql.datadir()
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
         before = 0 if receiver is None else await self._usage_or_zero(datadir)
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
+        self._refuse_when_full(seed_id)
         if receiver is None:
             running = self._runner.start_configured(
                 self._config.receive_seed_data_command, (datadir, str(port)),
@@ -124,8 +127,10 @@ class SeedManager(Service):
     async def send(self, target_host: str, seed_id: int) -> None:
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
         self._refuse_reuse(seed_id)
+        self._refuse_when_full(seed_id)
         source = await self._source_directory()
         self._refuse_reuse(seed_id)  # again after the last await, as in receive
+        self._refuse_when_full(seed_id)
         port = self._config.seed_transfer_port
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
@@ -193,6 +198,12 @@ class SeedManager(Service):
         if record is not None:
             raise Conflict(f"seed {seed_id} already exists here ({record.role}, {record.state}); "
                            f"seed ids are not reused")
+
+    def _refuse_when_full(self, seed_id: int) -> None:
+        """Each seed costs threads, buffers and sockets: beyond MaxConcurrentSeeds, 503."""
+        if len(self._jobs) >= self._config.max_concurrent_seeds:
+            raise Busy(f"seed {seed_id} not started: {len(self._jobs)} seeds are running, as many as "
+                       f"MaxConcurrentSeeds allows; retry when one has ended", BUSY_RETRY_SECONDS)
 
     def _require_authentication(self) -> None:
         if not (self._config.seed_transfer_secret or self._config.seed_transfer_valid_ous):

@@ -69,7 +69,7 @@ class AuditLog:
         if not audited(answered):
             return
         line = audit_line(answered)
-        (log.info if answered.code < 400 else log.warn)("audit {audit}", audit=line)
+        log.info("audit {audit}", audit=line)  # refusals are also warned about, in words, by the resource
         if self._path:
             self._append(line + "\n")
 

@@ -31,7 +31,7 @@ class MySQLAPI:
         self._error_log_tail_lines = error_log_tail_lines
 
     async def status(self, req) -> bool:
-        """A bare boolean, never an error: orchestrator decodes it into ``MySQLRunning``."""
+        """A bare boolean (503 only when no command slot is free): orchestrator decodes it into ``MySQLRunning``."""
         return await self._mysql.is_running()
 
     async def port(self, req) -> int:

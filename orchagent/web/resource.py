@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from orchagent import logs, tls
-from orchagent.errors import AgentError, Conflict, InvalidInput, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, InvalidInput, NotFound
 from orchagent.process import CommandFailed, CommandTimedOut
 from orchagent.token import Token
 from orchagent.web.rendering import error_envelope, render_json
@@ -27,11 +27,15 @@ from orchagent.web.routes import Route
 
 log = logs.logger(__name__)
 
+#: Refusals worth a warning (with the client's address; 404/405/400 are a client's own business).
+_REFUSED = frozenset((401, 403, 413, 429, 503))
+
 #: Most specific first: the first class an exception is an instance of decides the status.
 _STATUS_BY_ERROR = (
     (InvalidInput, 400),
     (NotFound, 404),
     (Conflict, 409),
+    (Busy, 503),
     (CommandTimedOut, 504),
     (CommandFailed, 502),
     (AgentError, 500),
@@ -142,9 +146,11 @@ class ApiResource(Resource):
             content_type = content_type or b"application/json; charset=UTF-8"
         except _HttpError as e:
             code, body, content_type, headers, message = e.code, e.body, e.content_type, e.headers, e.message
+            _log_refusal(request, code, message or body.decode("utf-8", "replace"))
         except Exception as e:
-            code, message = _failure_response(e)
-            body, content_type, headers = render_json(error_envelope(message)), b"application/json; charset=UTF-8", {}
+            code, message, headers = _failure_response(e)
+            body, content_type = render_json(error_envelope(message)), b"application/json; charset=UTF-8"
+            _log_refusal(request, code, message)
         self._tell_observers(request, route, params, code, message, started)  # while the channel is there
         if not (request.finished or getattr(request, "_disconnected", False)):
             _write(request, code, body, content_type, headers)
@@ -217,12 +223,26 @@ def _api_request(request, params: dict[str, str]) -> ApiRequest:
                       content_length=int(length) if length and length.isdigit() else None)
 
 
-def _failure_response(error: Exception) -> tuple[int, str]:
+def _failure_response(error: Exception) -> tuple[int, str, dict[bytes, bytes]]:
+    """Status, message and extra headers (``Retry-After`` for Busy) of a failure."""
     for error_class, code in _STATUS_BY_ERROR:
         if isinstance(error, error_class):
-            return code, str(error)
+            headers = {b"Retry-After": b"%d" % error.retry_after} if isinstance(error, Busy) else {}
+            return code, str(error), headers
     log.failure("internal error", None)
-    return 500, f"internal error ({type(error).__name__}); see the agent's log"
+    return 500, f"internal error ({type(error).__name__}); see the agent's log", {}
+
+
+def _log_refusal(request, code: int, reason: str) -> None:
+    """Refusals and server-side failures at WARN: who asked for what (the path without its
+    query, so never the token) and why (messages are free of secrets)."""
+    if code not in _REFUSED and code < 500:
+        return
+    client = request.getClientAddress()
+    log.warn("{method} {path} from {client} -> {code}: {reason}",
+             method=request.method.decode("ascii", "replace"),
+             path=request.path[:200].decode("utf-8", "replace"),
+             client=getattr(client, "host", client), code=code, reason=reason[:500].strip())
 
 
 def _presented_token(request, header: str) -> str | None:

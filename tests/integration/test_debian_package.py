@@ -27,6 +27,7 @@ import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import orchagent
 from tests.support.agent import REPO, free_port
 
 #: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
@@ -204,6 +205,11 @@ class DebianPackageTests(SynchronousTestCase):
             help_text = subprocess.run([argv[0], "orchagent", "--help"], env=SERVICE_ENV, cwd="/",
                                        check=True, stdout=subprocess.PIPE, text=True).stdout
             self.assertIn("--config", help_text)
+            version = subprocess.run([argv[0], "orchagent", "--version"], env=SERVICE_ENV, cwd="/",
+                                     check=True, stdout=subprocess.PIPE, text=True).stdout
+            self.assertEqual(version, f"orchagent {orchagent.__version__}\n")
+            self.assertEqual(run(["dpkg-deb", "-f", self.deb, "Version"]).stdout.strip(), orchagent.__version__,
+                             "debian/changelog and orchagent.__version__ must name the same version")
             verify = subprocess.run(["systemd-analyze", "verify", unit], env=DEBIAN_ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.assertEqual((verify.returncode, verify.stdout), (0, ""))

@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from orchagent import logs
-from orchagent.errors import AgentError
+from orchagent.errors import AgentError, Busy
 from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
@@ -220,6 +220,37 @@ class ProcessRunnerTests(TestCase):
         result = await self.runner.run(["bash", "-c", "echo out; echo err >&2; echo out2"])
         self.assertEqual((result.stdout, result.stderr), (b"out\nout2\n", b"err\n"))
         self.assertEqual(result.text(), "out\nout2\n")
+
+    # -- limits ------------------------------------------------------------------------------
+
+    @inline
+    async def test_cap_refuses_with_busy_and_keeps_a_reserve_for_essential_commands(self):
+        runner = ProcessRunner(reactor, default_timeout=10, kill_grace=GRACE, max_running=2, reserve=1)
+        self.addCleanup(runner.stop_all)
+        sleepers = [runner.start(["sleep", "30"]) for _ in range(2)]
+        for sleeper in sleepers:
+            sleeper.result.addErrback(lambda failure: failure.trap(CommandFailed))  # killed below
+        with self.assertRaises(Busy) as caught:
+            runner.start(["sleep", "30"], name="CustomCommands[nap]")
+        self.assertEqual(caught.exception.retry_after, 5)
+        self.assertIn("CustomCommands[nap] not started", str(caught.exception))
+        await self.assertFailure(runner.run_configured("true", name="CustomCommands[x]"), Busy)
+        self.assertEqual((await runner.run(["echo", "poll"], essential=True)).stdout, b"poll\n")
+        runner.start(["sleep", "30"], essential=True).result.addErrback(lambda failure: failure.trap(CommandFailed))
+        await self.assertFailure(runner.run(["true"], essential=True), Busy)  # the reserve is full too
+        await sleepers[0].terminate()  # 2 running: the ordinary cap counts essential ones too
+        await self.assertFailure(runner.run(["true"]), Busy)
+        await sleepers[1].terminate()
+        self.assertEqual((await runner.run(["true"])).exit_code, 0)
+
+    @inline
+    async def test_failure_message_redacts_the_runners_secrets_and_passwords(self):
+        runner = ProcessRunner(reactor, default_timeout=10, secrets=("Seed-Secret-1", ""))
+        script = 'echo "peer refused Seed-Secret-1; mysql -pHunter2 --password=Hunter3" >&2; exit 1'
+        failure = await self.assertFailure(runner.run_configured(script, name="SendSeedDataCommand"),
+                                           CommandFailed)
+        self.assertEqual(str(failure), "SendSeedDataCommand failed with exit status 1: peer refused "
+                                       "<redacted>; mysql -p<redacted> --password=<redacted>")
 
     # -- failures ----------------------------------------------------------------------------
 

@@ -66,9 +66,10 @@ class RunningAgent:
 
 
 def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | None = None,
-                extra_args=(), env=None, timeout: float = 30, namespace=None) -> RunningAgent:
+                extra_args=(), env=None, timeout: float = 30, wrapper=(), namespace=None) -> RunningAgent:
     """Write a config (loopback, free port, token hint file) and wait until the API answers.
 
+    ``wrapper`` goes in front of twistd (e.g. ``unshare`` for a host name of the test's own);
     ``namespace``: a :class:`tests.support.netns.NetworkNamespace` to run the agent in.
     """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")
@@ -85,8 +86,8 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
     with open(config_path, "w") as f:
         json.dump(config, f)
     log = open(os.path.join(directory, "agent.log"), "wb")
-    argv = twistd_command() + ["--nodaemon", "--pidfile=", "--logfile=-", "orchagent", "--config", config_path,
-                               *extra_args]
+    argv = [*wrapper, *twistd_command(), "--nodaemon", "--pidfile=", "--logfile=-", "orchagent",
+            "--config", config_path, *extra_args]
     process = subprocess.Popen(
         namespace.argv(argv) if namespace else argv,
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,

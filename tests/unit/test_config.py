@@ -78,6 +78,43 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(self.load({}).agent_hostname, "db1.example.com")
         self.assertEqual(self.load({"AgentHostname": "db9"}).agent_hostname, "db9")
 
+    def test_agent_hostname_is_never_a_loopback_name_by_default(self):
+        def name(fqdn, kernel):
+            return load_config([self.write({})], hostname=lambda: fqdn, kernel_hostname=lambda: kernel).agent_hostname
+
+        self.assertEqual(name("db1.example.com", "db1"), "db1.example.com")
+        # /etc/hosts mapping the FQDN to loopback makes getfqdn() answer localhost
+        for loopback in ("localhost", "localhost.localdomain", "ip6-localhost", "localhost6.localdomain6",
+                         "127.0.0.1", "::1", "db.localhost", ""):
+            self.assertEqual(name(loopback, "db1"), "db1", loopback)
+        self.assertEqual(name("localhost", "db1.example.com"), "db1.example.com")
+
+    def test_no_usable_agent_hostname_refuses_to_start_naming_the_key(self):
+        with self.assertRaises(ConfigError) as caught:
+            load_config([self.write({})], hostname=lambda: "localhost", kernel_hostname=lambda: "localhost")
+        self.assertEqual(len(caught.exception.problems), 1)
+        self.assertTrue(caught.exception.problems[0].startswith("AgentHostname: not set"), caught.exception)
+        self.assertIn("'localhost'", str(caught.exception))
+
+    def test_explicit_loopback_agent_hostname_is_used_with_a_warning(self):
+        warnings = []
+        c = load_config([self.write({"AgentHostname": "127.0.0.2"})], warn=warnings.append,
+                        hostname=lambda: "localhost", kernel_hostname=lambda: "localhost")
+        self.assertEqual(c.agent_hostname, "127.0.0.2")
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("AgentHostname: '127.0.0.2' is a loopback name", warnings[0])
+
+    def test_every_problem_is_reported_one_line_each(self):
+        path = self.write({"HTTPPort": "x", "UseSSL": "yes", "SeedTransferPort": 0, "MaxConcurrentSeeds": 0,
+                           "StatusEndpoint": "status"})
+        with self.assertRaises(ConfigError) as caught:
+            load_config([path], hostname=lambda: "h")
+        problems = caught.exception.problems
+        self.assertEqual(str(caught.exception).splitlines(), problems)
+        self.assertEqual([p.split(": ")[1] for p in problems],
+                         ["HTTPPort", "UseSSL", "SeedTransferPort", "MaxConcurrentSeeds", "StatusEndpoint"])
+        self.assertTrue(all(p.startswith(path + ": ") for p in problems), problems)
+
     def test_unknown_key_warns_with_closest_known_key(self):
         warnings = []
         c = self.load({"HTTPPrt": 1234, "Frobnicate": 1}, warn=warnings.append)

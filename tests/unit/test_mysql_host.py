@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.liveness import STOPPED, Findings, ServerPlaces
 from orchagent.host.mysql import MySQL
 from orchagent.process import CommandFailed
@@ -150,7 +150,7 @@ class ServiceTests(MySQLTestCase):
         mysql = self.mysql(mysql_service_status_command="st", my_cnf=self.MY_CNF)
         self.assertTrue(self.result(mysql.is_running()))
         self.assertEqual(self.runner.calls[0].argv[:3], ("bash", "-c", "st"))
-        self.assertEqual(self.runner.calls[0].options, {"check": False})
+        self.assertEqual(self.runner.calls[0].options, {"essential": True, "check": False})
         self.assertEqual(self.probe.places, [])
         self.assertIn("MySQLServiceStatusCommand exited 0", self.refusal(mysql))
 
@@ -225,6 +225,15 @@ class ServiceTests(MySQLTestCase):
         self.assertEqual(self.probe.places[0].addresses, ("127.0.0.1",))
         self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\nlog-basename=base\n").liveness())
         self.assertEqual(self.probe.places[0].pid_file, "/srv/db/base.pid")
+
+    def test_status_check_refused_for_want_of_a_slot_is_unknown_not_stopped(self):
+        class Full(FakeRunner):
+            def run_configured(self, *args, **kwargs):
+                return fail(Busy("no slot", 5))
+
+        mysql = self.mysql(Full(), my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
+        self.assertTrue(self.result(mysql.is_running()))
+        self.assertIn("no slot", self.refusal(mysql))
 
     def test_start_and_stop_run_their_commands(self):
         mysql = self.mysql(mysql_service_start_command="start it", mysql_service_stop_command="stop it")

@@ -4,11 +4,12 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from orchagent.registrar import Registrar
+from orchagent.registrar import QuietConnectionPool, Registrar
 
 TOKEN = "f0" * 32
 
@@ -151,3 +152,38 @@ class RegistrarTests(SynchronousTestCase):
         self.successResultOf(registrar.stopService())
         self.run_for(600, stub, step=60)
         self.assertEqual(len(orch.paths), 1)
+
+
+class RegistrationLogTests(SynchronousTestCase):
+    """The first successful submit-agent per node is logged at INFO with name, port and URL; no more."""
+
+    def test_first_successful_submit_is_logged_once(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        orch = FakeOrchestrator()
+        orch.code = 500
+        stub = StubTreq(orch)
+        clock = Clock()
+        registrar = Registrar(client=stub, clock=clock, urls=("http://orch:3001",), hostname="db1", http_port=3002,
+                              token=TOKEN, poll_seconds=0, resubmit_minutes=1, status_bad_seconds=300, timeout=10,
+                              jitter=lambda: 0.5)
+        registrar.startService()
+        self.addCleanup(registrar.stopService)
+        stub.flush()
+        orch.code = 200
+        for _ in range(200):  # the retry, then resubmits every minute
+            clock.advance(1)
+            stub.flush()
+        self.assertGreater(orch.paths.count(f"/api/submit-agent/db1/3002/{TOKEN}"), 2)
+        infos = [formatEvent(e) for e in events
+                 if e.get("log_level") == LogLevel.info and e.get("log_namespace") == "orchagent.registrar"]
+        self.assertEqual(infos, ["registered with orchestrator http://orch:3001 as db1 port 3002"])
+
+
+class QuietPoolTests(SynchronousTestCase):
+    """Connections to orchestrator do not log Twisted's "Starting factory" / "Stopping factory" pair."""
+
+    def test_the_pools_factories_are_not_noisy(self):
+        pool = QuietConnectionPool(Clock())
+        self.assertFalse(pool._factory(lambda protocol: None, "orch").noisy)

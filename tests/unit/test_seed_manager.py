@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedRecord, SeedStore
@@ -250,6 +250,20 @@ class SeedManagerTests(SynchronousTestCase):
         self.assertIn("stalled", record.error)
         self.assertTrue(self.runner.commands[0].terminated)
         self.assertEqual(record.bytes_done, 10000)
+
+    def test_seeds_beyond_max_concurrent_seeds_are_busy_and_leave_no_trace(self):
+        manager = self.manager(max_concurrent_seeds=2, receive_seed_data_command="my-receive")
+        self.settle(manager.send("db2", 1))
+        self.settle(manager.send("db3", 2))
+        for attempt in (manager.send("db4", 3), manager.receive(3)):
+            error = self.fail_with(attempt, Busy)
+            self.assertEqual(error.retry_after, 60)
+            self.assertIn("MaxConcurrentSeeds", str(error))
+        self.assertRaises(NotFound, manager.record, 3)
+        self.assertEqual((len(self.transfers), self.runner.started), (2, []))
+        self.transfer.finish()  # both sends end
+        self.settle(manager.receive(3))
+        self.assertFalse(manager.record(3).completed)
 
     def test_unknown_and_reused_seed_ids(self):
         manager = self.manager()

@@ -1,12 +1,14 @@
 """``twistd orchagent`` options and the service tree they produce."""
 
+import io
 import json
+import sys
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+import orchagent
 from orchagent import tap
 from orchagent.registrar import Registrar
 from orchagent.seed.manager import SeedManager
@@ -26,18 +28,29 @@ class TapTests(SynchronousTestCase):
         self.assertEqual((options["settings"].http_port, options["settings"].agent_hostname), (4321, "db7"))
         self.assertFalse(options["debug"])
 
-    def test_bad_config_is_a_usage_error_naming_file_and_key(self):
-        path = self.config_file({"UseSSL": True})
-        with self.assertRaises(usage.UsageError) as caught:
+    def test_bad_config_exits_with_every_problem_one_line_each(self):
+        """SystemExit, not UsageError: twistd would print its usage text before the problem."""
+        path = self.config_file({"UseSSL": True, "HTTPPort": 0})
+        with self.assertRaises(SystemExit) as caught:
             tap.Options().parseOptions(["--config", path])
-        self.assertIn(f"{path}: UseSSL: UseSSL needs SSLCertFile", str(caught.exception))
+        self.assertEqual(caught.exception.code.splitlines(), [
+            f"{path}: HTTPPort: port must be from 1 to 65535, got 0",
+            f"{path}: UseSSL: UseSSL needs SSLCertFile to be set",
+            f"{path}: UseSSL: UseSSL needs SSLPrivateKeyFile to be set"])
 
-    def test_unreadable_tls_material_is_a_usage_error(self):
+    def test_unreadable_tls_material_exits_with_the_problem(self):
         junk = self.config_file({})
         path = self.config_file({"UseSSL": True, "SSLCertFile": junk, "SSLPrivateKeyFile": junk})
-        with self.assertRaises(usage.UsageError) as caught:
+        with self.assertRaises(SystemExit) as caught:
             tap.Options().parseOptions(["--config", path])
-        self.assertIn("cannot load the TLS files", str(caught.exception))
+        self.assertIn("cannot load the TLS files", caught.exception.code)
+
+    def test_version_prints_orchagents_version(self):
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        with self.assertRaises(SystemExit) as caught:
+            tap.Options().parseOptions(["--version"])
+        self.assertEqual((caught.exception.code, output.getvalue()), (0, f"orchagent {orchagent.__version__}\n"))
 
     def test_service_tree(self):
         options = tap.Options()
