@@ -138,6 +138,7 @@ class Config:
     seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
     seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
+    token_file: str = _key("TokenFile", "", _string)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

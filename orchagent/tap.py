@@ -4,6 +4,7 @@ from twisted.python import usage
 
 from orchagent import allocator, logs, tls
 from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
+from orchagent.token import read_token_file
 
 log = logs.logger(__name__)
 
@@ -27,6 +28,8 @@ class Options(usage.Options):
         try:
             self["settings"] = load_config(paths, warn=lambda message: log.warn("{message}", message=message))
             tls.check(self["settings"])
+            token_file = self["settings"].token_file
+            self["token"] = read_token_file(token_file) if token_file else None
         except ConfigError as e:
             raise usage.UsageError(str(e))
 
@@ -38,4 +41,4 @@ def makeService(options: Options, reactor=None):
 
     allocator.tune_for_large_buffers()
     logs.set_debug(options["debug"])
-    return make_service(options["settings"], reactor)
+    return make_service(options["settings"], reactor, token=options.get("token"))
