@@ -15,4 +15,5 @@ setup(
         "attrs",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["orchagent-ctl = orchagent.ctl.cli:main"]},
 )
