@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
@@ -101,14 +100,19 @@ class AgentClient:
         params = list(query) + ([("token", self._token)] if token else [])
         url = f"{self.address.base}/api/{quote(path, safe='/')}"
         exchange = Deferred.fromCoroutine(self._exchange(url, params))
+        timed_out = []
+        timer = self._clock.callLater(self._timeout, lambda: (timed_out.append(True), exchange.cancel()))
         try:
-            code, body = await exchange.addTimeout(self._timeout, self._clock)
-        except CancelledError:
-            raise
-        except DeferredTimeout:
-            raise CtlError(f"{self.address}: no answer within {self._timeout:g} s (--timeout)") from None
+            code, body = await exchange
         except Exception as e:
+            if timed_out:  # the cancellation surfaces as whatever the request was doing
+                raise CtlError(f"{self.address}: no answer within {self._timeout:g} s (--timeout)") from None
+            if isinstance(e, CancelledError):
+                raise
             raise CtlError(self.hide(f"{self.address}: {_transport_problem(e)}")) from None
+        finally:
+            if timer.active():
+                timer.cancel()
         if code != 200:
             raise self._status_error(path, code, body)
         try:
