@@ -42,7 +42,8 @@ class SeedRunner:
         self._interrupted = False
         self._aborting = False
         self._statuses: dict[str, dict | None] = {"target": None, "source": None}
-        self._progress = LoopingCall(self._poll_progress)
+        # Twisted 22.4's LoopingCall does not await a coroutine: hand it a Deferred
+        self._progress = LoopingCall(lambda: Deferred.fromCoroutine(self._poll_progress()))
         self._progress.clock = clock
 
     @property
