@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 
 from orchagent.config import Config
 from orchagent.ctl import progress
-from orchagent.ctl.client import DEFAULT_PORT, AgentAddress, AgentClient, CtlError, status_poll
+from orchagent.ctl.client import DEFAULT_PORT, AgentAddress, AgentClient, CtlError, HttpStatusError, status_poll
 from orchagent.ctl.seed import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SeedRunner
 from orchagent.ctl.sequence import SeedSequence
 
@@ -203,6 +203,8 @@ async def cmd_status(ctx: Context) -> int:
             hostname = await agent.get("hostname", token=False)
             facts = await status_poll(agent)
             health = await _health(agent)
+            version = await _optional(agent, "version") or "unknown"
+            seeds = await _optional(agent, "seeds") or []
         except CtlError as e:
             code = EXIT_FAILED
             if ctx.args.json:
@@ -213,10 +215,22 @@ async def cmd_status(ctx: Context) -> int:
         if ctx.args.json:
             facts_json = attrs.asdict(facts)
             facts_json["Errors"] = facts_json.pop("errors")
-            ctx.json({"Host": str(agent.address), "Hostname": hostname, "Status": health, **facts_json})
+            ctx.json({"Host": str(agent.address), "Hostname": hostname, "Version": version, "Status": health,
+                      **facts_json, "RunningSeeds": [seed for seed in seeds if not seed["Completed"]],
+                      "LatestSeed": seeds[0] if seeds else None})
         else:
-            _print_status(ctx, agent, hostname, health, facts)
+            _print_status(ctx, agent, hostname, version, health, facts, seeds)
     return code
+
+
+async def _optional(agent: AgentClient, path: str):
+    """A route older agents lack: None when it answers 404."""
+    try:
+        return await agent.get(path)
+    except HttpStatusError as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 async def _health(agent: AgentClient) -> str:
@@ -227,10 +241,11 @@ async def _health(agent: AgentClient) -> str:
         return getattr(e, "message", str(e))
 
 
-def _print_status(ctx: Context, agent: AgentClient, hostname: str, health: str, facts) -> None:
+def _print_status(ctx: Context, agent: AgentClient, hostname: str, version: str, health: str, facts,
+                  seeds: list[dict]) -> None:
     mount = facts.MountPoint
     volumes = facts.LogicalVolumes
-    ctx.print(f"{agent.address}  {hostname}")
+    ctx.print(f"{agent.address}  {hostname}  (orchagent {version})")
     ctx.print(f"  orchestrator:  {health}" + ("" if health == "OK" else " (no orchestrator node answered lately)"))
     ctx.print(f"  MySQL:         {'running' if facts.MySQLRunning else 'not running'}, port {facts.MySQLPort}")
     ctx.print(f"  datadir:       {progress.human_bytes(facts.MySQLDiskUsage)} used, "
@@ -242,6 +257,13 @@ def _print_status(ctx: Context, agent: AgentClient, hostname: str, health: str, 
                   f"(MySQL data {progress.human_bytes(mount['MySQLDiskUsage'])})")
     else:
         ctx.print(f"  mounted:       nothing{' at ' + mount['Path'] if mount.get('Path') else ''}")
+    running = [seed for seed in seeds if not seed["Completed"]]
+    for seed in running:
+        ctx.print(f"  seed {seed['SeedId']}: {seed['Role']} ({seed['Mode']}), peer {seed['Peer'] or '-'}: "
+                  + progress.progress_text({seed["Role"]: seed}, bar=False).strip())
+    if not running:
+        latest = f"; latest: {seeds[0]['SeedId']} ({seeds[0]['Role']}) {seeds[0]['State']}" if seeds else ""
+        ctx.print(f"  seeds:         none running{latest}")
     tail = [line for line in facts.MySQLErrorLogTail if line]
     ctx.print(f"  error log:     {'last ' + str(min(len(tail), 5)) + ' lines' if tail else 'nothing to show'}")
     for line in tail[-5:]:

@@ -157,6 +157,11 @@ class SeedManager(Service):
         self._sample(seed_id)
         return record
 
+    def recent_records(self, limit: int = 100) -> list[SeedRecord]:
+        """The seeds this agent knows, newest first, with live progress."""
+        newest = sorted(self._records.values(), key=lambda r: r.started_at, reverse=True)[:limit]
+        return [self.record(record.seed_id) for record in newest]
+
     def check_post_copy(self) -> None:
         """``post-copy`` must not prepare a datadir whose latest seed did not arrive whole."""
         receives = [r for r in self._records.values() if r.role == "receive"]

@@ -1,5 +1,7 @@
 """Handlers for the agent's identity, health and whitelisted custom commands."""
 
+from importlib import metadata
+
 from orchagent.errors import NotFound
 from orchagent.web.rendering import ok_envelope
 from orchagent.web.resource import Response
@@ -15,6 +17,13 @@ class CoreAPI:
     async def hostname(self, req) -> str:
         """The name this agent registers with orchestrator (V1: the kernel hostname)."""
         return self._hostname
+
+    async def version(self, req) -> str:
+        """The installed orchagent's version, so an operator can compare hosts."""
+        try:
+            return metadata.version("orchagent")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            return "unknown"
 
     async def status(self, req):
         """V1's health check: ``"OK"``, or 500 ``"BAD"`` when orchestrator has not answered lately."""

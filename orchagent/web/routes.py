@@ -47,6 +47,7 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Rout
         Route("GET", status_endpoint.rstrip("/") or "/", core.status, token=False),
         # whitelisted commands
         Route("GET", "/api/custom-commands/:cmd", core.custom_command),
+        Route("GET", "/api/version", core.version),
         # --- storage: snapshots, mounts, disk usage (orchagent.web.storageapi) ---
         Route("GET", "/api/available-snapshots-local", storage.available_snapshots_local),
         Route("GET", "/api/available-snapshots", storage.available_snapshots),
@@ -85,4 +86,5 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Rout
         Route("GET", "/api/seed-command-completed/:seedId", seeds.completed),
         Route("GET", "/api/seed-command-succeeded/:seedId", seeds.succeeded),
         Route("GET", "/api/seed-status/:seedId", seeds.status),
+        Route("GET", "/api/seeds", seeds.seeds),
     )

@@ -35,35 +35,43 @@ class SeedAPI:
 
     async def status(self, req) -> dict:
         """The detail orchestrator lacks: state, progress, rate, ETA and the error text."""
-        record = self._seeds.record(validate.seed_id(req.params["seedId"]))
-        elapsed = (record.ended_at or time.time()) - (record.data_started_at or record.started_at)
-        rate = int(record.bytes_done / elapsed) if elapsed > 0 else 0
-        eta = None
-        if not record.completed and rate and record.bytes_total is not None:
-            eta = max(record.bytes_total - record.bytes_done, 0) // rate
-        return {
-            "SeedId": record.seed_id,
-            "Role": record.role,
-            "Mode": record.mode,
-            "Peer": record.peer,
-            "Path": record.path,
-            "State": record.state,
-            "Completed": record.completed,
-            "Succeeded": record.succeeded,
-            "BytesDone": record.bytes_done,
-            "BytesTotal": record.bytes_total,
-            "FilesDone": record.files_done,
-            "FilesTotal": record.files_total,
-            "BytesPerSecond": rate,
-            "EtaSeconds": eta,
-            "Error": record.error,
-            "StartedAt": _timestamp(record.started_at),
-            "EndedAt": _timestamp(record.ended_at),
-        }
+        return _status(self._seeds.record(validate.seed_id(req.params["seedId"])))
+
+    async def seeds(self, req) -> list[dict]:
+        """Every seed this agent knows (newest first, at most 100), each as ``seed-status`` shows it."""
+        return [_status(record) for record in self._seeds.recent_records()]
 
     async def post_copy(self, req):
         self._seeds.check_post_copy()
         return await self._post_copy(req)
+
+
+def _status(record) -> dict:
+    """A record as ``seed-status`` shows it."""
+    elapsed = (record.ended_at or time.time()) - (record.data_started_at or record.started_at)
+    rate = int(record.bytes_done / elapsed) if elapsed > 0 else 0
+    eta = None
+    if not record.completed and rate and record.bytes_total is not None:
+        eta = max(record.bytes_total - record.bytes_done, 0) // rate
+    return {
+        "SeedId": record.seed_id,
+        "Role": record.role,
+        "Mode": record.mode,
+        "Peer": record.peer,
+        "Path": record.path,
+        "State": record.state,
+        "Completed": record.completed,
+        "Succeeded": record.succeeded,
+        "BytesDone": record.bytes_done,
+        "BytesTotal": record.bytes_total,
+        "FilesDone": record.files_done,
+        "FilesTotal": record.files_total,
+        "BytesPerSecond": rate,
+        "EtaSeconds": eta,
+        "Error": record.error,
+        "StartedAt": _timestamp(record.started_at),
+        "EndedAt": _timestamp(record.ended_at),
+    }
 
 
 def _timestamp(seconds: float | None) -> str | None:

@@ -94,7 +94,9 @@ class AgentTests(SynchronousTestCase):
         result = ctl("status", self.host)
         self.assertEqual(result.returncode, 0, result)
         out = result.stdout
-        self.assertIn(f"{self.host}  127.0.0.1", out)
+        self.assertRegex(out, rf"{self.host}  127.0.0.1  \(orchagent \d+\.\d+\.\d+\)")
+        self.assertRegex(out, r"orchestrator: +OK")
+        self.assertRegex(out, r"seeds: +none running\n")
         self.assertRegex(out, r"MySQL: +not running, port 3306")
         self.assertRegex(out, r"datadir: +[\d.]+ (B|KiB|MiB) used, [\d.]+ [KMGT]iB free")
         self.assertIn("[ERROR] the last line", out)
@@ -272,6 +274,8 @@ class SeedTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result)
         self.assertRegex(result.stdout, r"MySQL: +running")
         self.assertRegex(result.stdout, r"snapshots: +1: mysql-snap-")
+        self.assertRegex(result.stdout, r"seeds: +none running; latest: 31 \(send\) succeeded")
+        self.assertRegex(result.stdout, r"seeds: +none running; latest: 31 \(receive\) succeeded")
         result = ctl("mysql", "stop", self.target_host)
         self.assertEqual((result.returncode, result.stdout), (0, f"MySQL on {self.target_host}: not running\n"))
         self.assertFalse(self.target.sandbox.is_running())
@@ -279,6 +283,9 @@ class SeedTests(SynchronousTestCase):
     def test_ctrl_c_aborts_the_seed_on_both_agents(self):
         terminal = self.seed_on_a_terminal(32)
         terminal.read_until(r"\] +([1-9]\d?)% ", timeout=60)  # bytes are arriving
+        result = ctl("--json", "status", self.target_host)
+        [running] = json.loads(result.stdout)["RunningSeeds"]
+        self.assertEqual((running["SeedId"], running["Role"], running["State"]), (32, "receive", "running"))
         terminal.type(b"\x03")
         self.assertEqual(terminal.wait(60), 130, terminal.output)
         output = terminal.output.decode()

@@ -38,6 +38,9 @@ class RecordingSeeds:
     def record(self, seed_id):
         return self.records[seed_id]
 
+    def recent_records(self):
+        return list(self.records.values())
+
     def check_post_copy(self):
         raise Conflict("seed 7 is failed")
 
@@ -57,6 +60,7 @@ class SeedApiTests(SynchronousTestCase):
             Route("GET", "/api/abort-seed/:seedId", api.abort),
             Route("GET", "/api/seed-status/:seedId", api.status),
             Route("GET", "/api/post-copy", api.post_copy),
+            Route("GET", "/api/seeds", api.seeds),
         ]
         self.client = StubTreq(ApiResource(routes, Guard(token=Token(TOKEN)), Clock()))
 
@@ -92,6 +96,10 @@ class SeedApiTests(SynchronousTestCase):
                          ("running", False, 500, 1000))
         self.assertIsInstance(body["BytesPerSecond"], int)
         self.assertEqual(body["StartedAt"], "1970-01-01T00:16:40+00:00")
+
+    def test_seeds_lists_each_as_seed_status_shows_it(self):
+        code, body = self.get("/api/seeds")
+        self.assertEqual((code, body), (200, [self.get("/api/seed-status/7")[1]]))
 
     def test_post_copy_refused_after_a_failed_seed(self):
         code, body = self.get("/api/post-copy/?sourceHost=db1")
