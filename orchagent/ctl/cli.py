@@ -17,7 +17,7 @@ from typing import IO, Callable
 
 import attrs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from orchagent.config import Config
 from orchagent.ctl import progress
@@ -408,6 +408,9 @@ async def run(reactor, args, *, http=None, environ=os.environ, out: IO[str] = sy
         return await COMMANDS[args.command](ctx)
     except CtlError as e:
         err.write(f"orchagent-ctl: {e}\n")
+    except CancelledError:  # Ctrl-C outside a seed
+        err.write("orchagent-ctl: interrupted\n")
+        return EXIT_INTERRUPTED
     except Exception as e:  # a bug must still not print a traceback that could carry the token
         text = f"{type(e).__name__}: {e}"
         err.write("orchagent-ctl: internal error: " + (text.replace(token, "<token>") if token else text) + "\n")
@@ -424,7 +427,10 @@ def main(argv: list[str] | None = None) -> None:
         running = Deferred()
         reactor.callWhenRunning(running.callback, None)
         await running  # the reactor's own signal handlers are in place: ours may now replace SIGINT's
-        raise SystemExit(await run(reactor, args))
+        command: list[Deferred] = []
+        with _on_interrupt(reactor, lambda: command[0].cancel()):  # a seed installs its own while it runs
+            command.append(Deferred.fromCoroutine(run(reactor, args)))
+            raise SystemExit(await command[0])
 
     react(lambda reactor: Deferred.fromCoroutine(start(reactor)))
 

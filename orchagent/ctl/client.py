@@ -107,8 +107,8 @@ class AgentClient:
         except Exception as e:
             if timed_out:  # the cancellation surfaces as whatever the request was doing
                 raise CtlError(f"{self.address}: no answer within {self._timeout:g} s (--timeout)") from None
-            if isinstance(e, CancelledError):
-                raise
+            if _cancelled(e):  # the caller gave up (Ctrl-C)
+                raise CancelledError() from None
             raise CtlError(self.hide(f"{self.address}: {_transport_problem(e)}")) from None
         finally:
             if timer.active():
@@ -127,12 +127,24 @@ class AgentClient:
     def _status_error(self, path: str, status: int, body: bytes) -> HttpStatusError:
         message = _agent_message(body)
         if status == 401:
-            hint = ("no token was given: pass --token, --token-file or ORCHAGENT_TOKEN" if not self._token else
-                    "the agent refused the token: use the one in its TokenHintFile or TokenFile")
+            if "token" not in message.lower():  # basic auth, or mutual TLS: "No TLS", "Invalid OU"
+                hint = ("the agent wants a client certificate with one of its SSLValidOUs (--cert and --key)"
+                        if "TLS" in message or "OU" in message else "the agent refused the call")
+            elif not self._token:
+                hint = "no token was given: pass --token, --token-file or ORCHAGENT_TOKEN"
+            else:
+                hint = "the agent refused the token: use the one in its TokenHintFile or TokenFile"
             line = f"{self.address}: {hint} (HTTP 401: {message})"
         else:
             line = f"{self.address}: {path} failed (HTTP {status}): {message}"
         return HttpStatusError(self.hide(line), status, self.hide(message))
+
+
+def _cancelled(error: Exception) -> bool:
+    """A cancelled request fails with CancelledError, or with it wrapped by the HTTP client."""
+    if isinstance(error, (ResponseFailed, ResponseNeverReceived)):
+        return any(reason.check(CancelledError) for reason in error.reasons)
+    return isinstance(error, CancelledError)
 
 
 def _agent_message(body: bytes) -> str:
@@ -153,8 +165,8 @@ def _transport_problem(error: Exception) -> str:
     """What went wrong on the way, in words; ResponseFailed wraps the real reasons."""
     if isinstance(error, (ResponseFailed, ResponseNeverReceived)) and error.reasons:
         reason = error.reasons[0].value
-        if "SSL" in type(reason).__name__ or "TLS" in type(reason).__name__:
-            return f"TLS handshake failed ({_short(reason)}); check --https, --ca, --cert and --key"
+        if type(reason).__module__.startswith("OpenSSL"):
+            return f"TLS handshake failed ({_openssl_reasons(reason)}); check --https, --ca, --cert and --key"
         return f"the connection failed: {_short(reason)}"
     if isinstance(error, ConnectionRefusedError):
         return "connection refused: is orchagent running and listening there?"
@@ -165,6 +177,13 @@ def _transport_problem(error: Exception) -> str:
     if isinstance(error, ConnectError):
         return f"cannot connect: {_short(error)}"
     return _short(error)
+
+
+def _openssl_reasons(error: BaseException) -> str:
+    """pyOpenSSL errors carry [(library, function, reason), ...]: the reasons say it."""
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [entry[-1] for entry in entries if isinstance(entry, tuple) and entry and entry[-1]]
+    return ", ".join(reasons) or _short(error)
 
 
 def _short(error: BaseException) -> str:

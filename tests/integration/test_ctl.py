@@ -31,6 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import REPO, free_port, start_agent
 from tests.support.orchestrator import HostAgent, Orchestrator
+from tests.support.pki import CertificateAuthority
 from tests.support.seed_link import SlowLink
 from tests.support.seeding import SeedSource, SeedTarget, table_checksums, transfer_settings
 
@@ -135,6 +136,44 @@ class AgentTests(SynchronousTestCase):
         self.assertIn("must be a hostname or an IP address", result.stderr)
 
 
+class TLSTests(SynchronousTestCase):
+    """--https verifies the agent against --ca and presents --cert/--key to an agent with UseMutualTLS."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix="orchagent-ctl-tls-")
+        cls.ca = CertificateAuthority(os.path.join(cls.directory, "ca"))
+        server = cls.ca.issue("agent")
+        cls.client = cls.ca.issue("operator", ou="dba")
+        cls.agent = start_agent({"TokenFile": write_token_file(cls.directory), "UseSSL": True,
+                                 "SSLCertFile": server.cert, "SSLPrivateKeyFile": server.key, "SSLCAFile": cls.ca.cert,
+                                 "UseMutualTLS": True, "SSLValidOUs": ["dba"], "MySQLServiceStatusCommand": "false"})
+        cls.host = f"127.0.0.1:{cls.agent.port}"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.agent.stop()
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    def test_verified_both_ways(self):
+        result = ctl("--https", "--ca", self.ca.cert, "--cert", self.client.cert, "--key", self.client.key,
+                     "--json", "status", self.host)
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual(json.loads(result.stdout)["MySQLRunning"], False)
+
+    def test_no_client_certificate(self):
+        result = ctl("--https", "--ca", self.ca.cert, "snapshots", self.host)
+        self.assertOneLineFailure(result, "the agent wants a client certificate", "(--cert and --key)")
+
+    def test_untrusted_agent_certificate(self):
+        stranger = CertificateAuthority(os.path.join(self.directory, "stranger"), "another CA")
+        result = ctl("--https", "--ca", stranger.cert, "--cert", self.client.cert, "--key", self.client.key,
+                     "status", self.host)
+        self.assertOneLineFailure(result, f"{self.host}: TLS handshake failed", "check --https, --ca")
+
+    assertOneLineFailure = AgentTests.assertOneLineFailure
+
+
 class PtyProcess:
     """A process on the slave side of a new pty, as its controlling terminal (so ^C is SIGINT)."""
 
@@ -230,6 +269,7 @@ class SeedTests(SynchronousTestCase):
                             address=TARGET_ADDRESS, directory=tempfile.mkdtemp(dir=workdir))
         self.addCleanup(agent.stop)
         self.target_agent = HostAgent.of(agent)
+        self.addCleanup(Orchestrator().command, self.source_agent, "umount")  # even when a test fails half-way
         self.source_host = f"{SOURCE_ADDRESS}:{self.source_agent.port}"
         self.target_host = f"{TARGET_ADDRESS}:{self.target_agent.port}"
 
@@ -249,6 +289,11 @@ class SeedTests(SynchronousTestCase):
 
     def test_seed_with_a_progress_bar_on_a_terminal(self):
         terminal = self.seed_on_a_terminal(31)
+        terminal.read_until(r"\] +([1-9]\d?)% ", timeout=60)  # bytes are arriving
+        env = {**os.environ, "PYTHONPATH": REPO}
+        follower = subprocess.Popen(CTL + ["--token-file", self.token_file, "seed-status", self.target_host, "31",
+                                           "--follow", "--interval", "0.3"], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
         self.assertEqual(terminal.wait(120), 0, terminal.output)
         output = terminal.output.decode()
         # the bar was redrawn in place, with a percentage, at least once before the end
@@ -261,6 +306,16 @@ class SeedTests(SynchronousTestCase):
         self.assertTrue(self.target.sandbox.is_running())
         self.assertEqual(table_checksums(self.target.sandbox), self.source.checksums)
         self.assertTrue(self.seed_status(self.target_agent, 31)["Succeeded"])
+
+        # a follower (not a terminal): one line per change, then the end, exit 0
+        out, err = follower.communicate(timeout=30)
+        self.assertEqual(follower.returncode, 0, (out, err))
+        lines = out.splitlines()
+        self.assertNotIn("\r", out)
+        self.assertGreater(len(lines), 2, out)
+        self.assertRegex(lines[0], r"^ *\d+%  [\d.]+ [KM]iB of [\d.]+ MiB  [\d.]+ [KM]iB/s  ETA \d+:\d\d  \(receive running\)$")
+        self.assertRegex(lines[-2], r"^100%  .* \(receive succeeded\)$")
+        self.assertEqual(lines[-1], f"seed 31 on {self.target_host}: succeeded")
 
         # the other subcommands, on the hosts the seed left behind
         result = ctl("seed-status", self.target_host, "31")

@@ -8,7 +8,7 @@ import json
 from urllib.parse import parse_qs, urlencode
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,6 +57,20 @@ class ArgumentTests(SynchronousTestCase):
                 cli.parser().parse_args(argv)
             self.assertEqual(caught.exception.code, 2, argv)
             self.assertIn("error:", err.getvalue())
+
+    def test_ctrl_c_outside_a_seed_exits_130_with_one_line(self):
+        never = Deferred()
+
+        class Hanging:
+            def get(self, url, params):
+                return never
+
+        err = io.StringIO()
+        args = cli.parser().parse_args(["--token", TOKEN, "status", "db1"])
+        d = Deferred.fromCoroutine(cli.run(Clock(), args, http=Hanging(), environ={}, out=io.StringIO(), err=err))
+        d.cancel()
+        self.assertEqual(self.successResultOf(d), 130)
+        self.assertEqual(err.getvalue(), "orchagent-ctl: interrupted\n")
 
     def test_token_from_option_file_or_environment(self):
         path = self.mktemp()
@@ -176,6 +190,13 @@ class ClientTests(SynchronousTestCase):
         self.assertNoResult(d)
         clock.advance(5)
         self.assertEqual(str(self.failureResultOf(d, CtlError).value), "db1:3002: no answer within 5 s (--timeout)")
+
+    def test_cancelling_is_not_a_failure_of_the_agent(self):
+        client, _, clock = self.client({})
+        d = Deferred.fromCoroutine(client.get("mysql-du"))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])  # the timeout timer is gone too
 
     def test_transport_errors_are_words_and_never_carry_the_token(self):
         class Refusing:
