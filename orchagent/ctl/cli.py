@@ -174,11 +174,6 @@ def read_token(args, environ) -> str:
 
 def http_client(args, reactor):
     """One treq client for every agent; TLS as the agent's own client TLS (orchagent.tls)."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from orchagent import tls
-
     if bool(args.cert) != bool(args.key):
         raise CtlError("--cert and --key go together")
     policy = tls.ClientPolicy(Config(ssl_ca_file=args.ca or "", ssl_cert_file=args.cert or "",
@@ -380,7 +375,6 @@ COMMANDS: dict[str, Callable] = {
 
 
 def _sleep(clock, seconds: float) -> Deferred:
-    from twisted.internet.task import deferLater
     return deferLater(clock, seconds, lambda: None)
 
 
@@ -419,8 +413,6 @@ async def run(reactor, args, *, http=None, environ=os.environ, out: IO[str] = sy
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: parse, then run the subcommand on the reactor and exit with its status."""
-    from twisted.internet.task import react
-
     args = parser().parse_args(argv)
 
     async def start(reactor) -> None:

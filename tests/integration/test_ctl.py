@@ -29,7 +29,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import REPO, free_port, start_agent
+from tests.support.agent import REPO, free_port, start_agent, twistd_command
 from tests.support.orchestrator import HostAgent, Orchestrator
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_link import SlowLink
@@ -108,6 +108,22 @@ class AgentTests(SynchronousTestCase):
         self.assertEqual(len(documents), 2)
         self.assertEqual((documents[0]["Host"], documents[0]["MySQLPort"], documents[0]["MySQLRunning"]),
                          (self.host, 3306, False))
+
+    def test_an_agent_with_a_readable_token_file_does_not_start(self):
+        path = os.path.join(self.directory, "shared-token")
+        with open(path, "w") as f:
+            f.write(FIXED_TOKEN)
+        os.chmod(path, 0o644)
+        config = os.path.join(self.directory, "bad-token.conf.json")
+        with open(config, "w") as f:
+            json.dump({"TokenFile": path, "StateDirectory": os.path.join(self.directory, "state")}, f)
+        result = subprocess.run(twistd_command() + ["--nodaemon", "--pidfile=", "orchagent", "--config", config],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(f"TokenFile {path!r}: has mode 0644; others may not read or change it (chmod 600)",
+                      result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assertNotIn(FIXED_TOKEN, result.stdout + result.stderr)
 
     def test_mysql_start_and_stop(self):
         result = ctl("mysql", "start", self.host)
