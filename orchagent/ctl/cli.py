@@ -1,7 +1,7 @@
 """``orchagent-ctl``: the operator's command line for orchagent agents (argparse, treq, ``react``).
 
-Exit status: 0 success, 1 failure (the reason on one line on stderr), 2 bad usage, 130 a seed
-aborted with Ctrl-C.  No traceback ever reaches the terminal, and the token never appears in
+Exit status: 0 success, 1 failure (the reason on one line on stderr), 2 bad usage, 130
+interrupted with Ctrl-C (a seed is aborted on both agents first).  No traceback ever reaches the terminal, and the token never appears in
 what is printed.
 """
 
@@ -16,9 +16,12 @@ import sys
 from typing import IO, Callable
 
 import attrs
-
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater, react
+from twisted.web.client import Agent, HTTPConnectionPool
 
+from orchagent import tls
 from orchagent.config import Config
 from orchagent.ctl import progress
 from orchagent.ctl.client import DEFAULT_PORT, AgentAddress, AgentClient, CtlError, HttpStatusError, status_poll

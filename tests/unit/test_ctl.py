@@ -11,6 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -71,6 +72,19 @@ class ArgumentTests(SynchronousTestCase):
         d.cancel()
         self.assertEqual(self.successResultOf(d), 130)
         self.assertEqual(err.getvalue(), "orchagent-ctl: interrupted\n")
+
+    def test_tls_files_are_checked_before_any_call(self):
+        parse, reactor = cli.parser().parse_args, MemoryReactorClock()
+        self.assertIsNotNone(cli.http_client(parse(["status", "h"]), reactor))
+        with self.assertRaises(CtlError) as caught:
+            cli.http_client(parse(["--cert", "c.pem", "status", "h"]), reactor)
+        self.assertEqual(str(caught.exception), "--cert and --key go together")
+        junk = self.mktemp()
+        with open(junk, "w") as f:
+            f.write("not a certificate")
+        with self.assertRaises(CtlError) as caught:
+            cli.http_client(parse(["--https", "--ca", junk, "status", "h"]), reactor)
+        self.assertIn("cannot load the TLS files (--ca, --cert, --key)", str(caught.exception))
 
     def test_token_from_option_file_or_environment(self):
         path = self.mktemp()
