@@ -347,6 +347,17 @@ class SeedTests(SynchronousTestCase):
         self.assertRegex(result.stdout, r"snapshots: +1: mysql-snap-")
         self.assertRegex(result.stdout, r"seeds: +none running; latest: 31 \(send\) succeeded")
         self.assertRegex(result.stdout, r"seeds: +none running; latest: 31 \(receive\) succeeded")
+        # orchestrator's refusal, for scripts: MySQL now runs on the target
+        result = ctl("--json", "seed", self.source_host, self.target_host, "--seed-id", "33")
+        self.assertEqual(result.returncode, 1, result)
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual(events[-1], {"event": "result", "ok": False, "text": (
+            "seed 33 failed: MySQL is running on target host. Cowardly refusing to proceeed. "
+            "Please stop the MySQL service")})
+        self.assertEqual([e["text"] for e in events if e["event"] == "step"][-1],
+                         f"Checking MySQL status on target {TARGET_ADDRESS}")
+        self.assertTrue(self.target.sandbox.is_running())
+
         result = ctl("mysql", "stop", self.target_host)
         self.assertEqual((result.returncode, result.stdout), (0, f"MySQL on {self.target_host}: not running\n"))
         self.assertFalse(self.target.sandbox.is_running())
