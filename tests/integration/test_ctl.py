@@ -3,13 +3,15 @@
 ``AgentTests`` use one agent whose service commands touch a file (no MariaDB): status, mysql
 start/stop, abort and seed-status of unknown seeds, and the failures an operator meets
 (unreachable agent, wrong token), each one line without a traceback or the token.  The agent
-reads a fixed token from ``TokenFile``.
+reads a fixed token from ``TokenFile`` (and one whose TokenFile others can read does not start).
+``TLSTests``: HTTPS verified against ``--ca``, a client certificate for ``UseMutualTLS``.
 
 ``SeedTests`` seed between two real agents and MariaDB servers as in test_seed_e2e, through a
 :class:`SlowLink` (16 MB/s) and 64 MB of incompressible data so progress is visible: on a real
 terminal (a pty) the bar is redrawn with ``\\r`` and a percentage and the seed ends with MariaDB
-running on the target; Ctrl-C (the ``\\x03`` byte typed into the pty) aborts the seed on both
-agents, which then report it completed and not succeeded.  Needs root (btrfs loop device).
+running on the target, while ``seed-status --follow`` (not a terminal) prints one line per change;
+Ctrl-C (the ``\\x03`` byte typed into the pty) aborts the seed on both agents, which then report
+it completed and not succeeded.  Needs root (btrfs loop device).
 """
 
 from __future__ import annotations
