@@ -21,4 +21,5 @@ setup(
         "prometheus-client",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["orchagent-ctl = orchagent.ctl.cli:main"]},
 )

@@ -149,6 +149,7 @@ class Config:
     audit_log_file: str = _key("AuditLogFile", "", _string)
     max_concurrent_commands: int = _key("MaxConcurrentCommands", 16, _uint)
     max_concurrent_seeds: int = _key("MaxConcurrentSeeds", 4, _uint)
+    token_file: str = _key("TokenFile", "", _string)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

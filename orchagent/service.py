@@ -33,8 +33,9 @@ from orchagent.web.storageapi import make_storage
 log = logs.logger(__name__)
 
 
-def make_service(config: Config, reactor) -> MultiService:
-    token = Token()
+def make_service(config: Config, reactor, token: Token | None = None) -> MultiService:
+    """``token``: the fixed one of ``TokenFile`` (read at start-up); None draws a new one."""
+    token = token or Token()
     runner = ProcessRunner(reactor, default_timeout=config.command_timeout_seconds,
                            exec_with_sudo=config.exec_with_sudo, max_running=config.max_concurrent_commands,
                            secrets=(token.value, config.http_auth_password, config.seed_transfer_secret))

@@ -6,6 +6,7 @@ from twisted.python import usage
 
 from orchagent import __version__, allocator, logs, tls
 from orchagent.config import DEFAULT_CONFIG_FILES, ConfigError, load_config
+from orchagent.token import read_token_file
 
 log = logs.logger(__name__)
 
@@ -34,6 +35,8 @@ class Options(usage.Options):
         try:
             self["settings"] = load_config(paths, warn=lambda message: log.warn("{message}", message=message))
             tls.check(self["settings"])
+            token_file = self["settings"].token_file
+            self["token"] = read_token_file(token_file) if token_file else None
         except ConfigError as e:
             # Not a UsageError: twistd would print its usage text first (and exit 0 on Twisted
             # 22.4).  SystemExit prints the problems, one line each, and exits 1.
@@ -47,4 +50,4 @@ def makeService(options: Options, reactor=None):
 
     allocator.tune_for_large_buffers()
     logs.set_debug(options["debug"])
-    return make_service(options["settings"], reactor)
+    return make_service(options["settings"], reactor, token=options.get("token"))

@@ -164,11 +164,11 @@ class SeedManager(Service):
         self._sample(seed_id)
         return record
 
-    def records(self) -> list[SeedRecord]:
-        """Every seed this agent knows, running ones with live progress (for metrics)."""
+    def records(self, limit: int | None = None) -> list[SeedRecord]:
+        """The seeds this agent knows, newest first (at most ``limit``), running ones with live progress."""
         for seed_id in list(self._jobs):
             self._sample(seed_id)
-        return list(self._records.values())
+        return sorted(self._records.values(), key=lambda r: r.started_at, reverse=True)[:limit]
 
     def now(self) -> float:
         """The wall time seed records are kept in."""

@@ -1,5 +1,6 @@
 """Handlers for the agent's identity, health and whitelisted custom commands."""
 
+from orchagent import __version__
 from orchagent.errors import NotFound
 from orchagent.web.metrics import CONTENT_TYPE
 from orchagent.web.rendering import ok_envelope
@@ -17,6 +18,10 @@ class CoreAPI:
     async def hostname(self, req) -> str:
         """The name this agent registers with orchestrator (V1: the kernel hostname)."""
         return self._hostname
+
+    async def version(self, req) -> str:
+        """orchagent's version, so an operator can compare hosts."""
+        return __version__
 
     async def status(self, req):
         """V1's health check: ``"OK"``, or 500 ``"BAD"`` when orchestrator has not answered lately."""

@@ -58,6 +58,7 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str, metrics: bool
               summary="The name this agent registers with orchestrator"),
         Route("GET", status_endpoint.rstrip("/") or "/", core.status, token=False,
               summary='"OK", or 500 "BAD" when no orchestrator node answered for StatusBadSeconds'),
+        Route("GET", "/api/version", core.version, summary="orchagent's version"),
         # whitelisted commands: they may do anything
         Route("GET", "/api/custom-commands/:cmd", core.custom_command, changes=True,
               summary="Run the command CustomCommands names cmd; its output in the OK envelope"),
@@ -120,4 +121,5 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str, metrics: bool
         Route("GET", "/api/seed-command-succeeded/:seedId", seeds.succeeded, summary="Whether the seed succeeded"),
         Route("GET", "/api/seed-status/:seedId", seeds.status,
               summary="The seed's state, progress, rate, ETA and error"),
+        Route("GET", "/api/seeds", seeds.seeds, summary="The latest seeds (at most 100), newest first, as seed-status"),
     )

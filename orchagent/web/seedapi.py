@@ -6,6 +6,8 @@ import datetime
 
 from orchagent.web import validate
 
+MAX_LISTED = 100  # seeds listed by /api/seeds, newest first
+
 
 class SeedAPI:
     def __init__(self, seeds, post_copy):
@@ -34,31 +36,39 @@ class SeedAPI:
 
     async def status(self, req) -> dict:
         """The detail orchestrator lacks: state, progress, rate, ETA and the error text."""
-        record = self._seeds.record(validate.seed_id(req.params["seedId"]))
+        return _status(self._seeds.record(validate.seed_id(req.params["seedId"])), self._seeds.now())
+
+    async def seeds(self, req) -> list[dict]:
+        """The seeds this agent knows (newest first, at most 100), each as ``seed-status`` shows it."""
         now = self._seeds.now()
-        return {
-            "SeedId": record.seed_id,
-            "Role": record.role,
-            "Mode": record.mode,
-            "Peer": record.peer,
-            "Path": record.path,
-            "State": record.state,
-            "Completed": record.completed,
-            "Succeeded": record.succeeded,
-            "BytesDone": record.bytes_done,
-            "BytesTotal": record.bytes_total,
-            "FilesDone": record.files_done,
-            "FilesTotal": record.files_total,
-            "BytesPerSecond": record.rate(now),
-            "EtaSeconds": record.eta(now),
-            "Error": record.error,
-            "StartedAt": _timestamp(record.started_at),
-            "EndedAt": _timestamp(record.ended_at),
-        }
+        return [_status(record, now) for record in self._seeds.records(limit=MAX_LISTED)]
 
     async def post_copy(self, req):
         self._seeds.check_post_copy()
         return await self._post_copy(req)
+
+
+def _status(record, now: float) -> dict:
+    """A record as ``seed-status`` shows it."""
+    return {
+        "SeedId": record.seed_id,
+        "Role": record.role,
+        "Mode": record.mode,
+        "Peer": record.peer,
+        "Path": record.path,
+        "State": record.state,
+        "Completed": record.completed,
+        "Succeeded": record.succeeded,
+        "BytesDone": record.bytes_done,
+        "BytesTotal": record.bytes_total,
+        "FilesDone": record.files_done,
+        "FilesTotal": record.files_total,
+        "BytesPerSecond": record.rate(now),
+        "EtaSeconds": record.eta(now),
+        "Error": record.error,
+        "StartedAt": _timestamp(record.started_at),
+        "EndedAt": _timestamp(record.ended_at),
+    }
 
 
 def _timestamp(seconds: float | None) -> str | None:

@@ -43,6 +43,7 @@ DEBIAN_ENV = {
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
 
 CONFFILE = "/etc/orchagent/orchagent.conf.json"
+CTL = "/usr/bin/orchagent-ctl"
 STATE_DIRECTORY = "/var/lib/orchagent"
 AUDIT_DIRECTORY = "/var/log/orchagent"
 PLUGINS = "/usr/lib/python3/dist-packages/twisted/plugins"
@@ -172,6 +173,7 @@ class DebianPackageTests(SynchronousTestCase):
         self.assertIn("/usr/share/doc/orchagent/examples/orchagent.sudoers.example", paths)
         self.assertIn("/etc/logrotate.d/orchagent", paths)
         self.assertEqual(modes[AUDIT_DIRECTORY + "/"], "drwxr-x---")
+        self.assertEqual(modes[CTL], "-rwxr-xr-x")  # the console script of setup.py
 
         control = os.path.join(self.workdir, "control")
         run(["dpkg-deb", "-e", self.deb, control])
@@ -232,6 +234,15 @@ class DebianPackageTests(SynchronousTestCase):
                 with open(log_path, errors="replace") as log:
                     raise AssertionError(f"{shlex.join(argv)}: {e}\n{log.read()}") from None
             self.assertEqual(json.loads(body), "orchagent-deb-test")
+            # orchagent-ctl as installed, on Debian's Twisted and treq, against the installed agent
+            ctl_help = subprocess.run([CTL, "--help"], env=SERVICE_ENV, cwd="/", check=True,
+                                      stdout=subprocess.PIPE, text=True).stdout
+            self.assertIn("seed-status", ctl_help)
+            ctl_status = subprocess.run([CTL, "--token-file", config["TokenHintFile"], "--json", "status",
+                                         f"127.0.0.1:{port}"], env=SERVICE_ENV, cwd="/", stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+            self.assertEqual(ctl_status.returncode, 0, ctl_status.stdout)
+            self.assertEqual(json.loads(ctl_status.stdout)["Hostname"], "orchagent-deb-test")
             self.assertEqual(stat.S_IMODE(os.stat(STATE_DIRECTORY).st_mode), 0o700)
             with self.assertRaises(urllib.error.HTTPError):  # refused: no token
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/mysql-stop", timeout=10)

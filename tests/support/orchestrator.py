@@ -37,10 +37,11 @@ from typing import Any, Callable
 
 import attrs
 
+from orchagent.ctl.sequence import (  # noqa: F401 (BAILING_OUT: for the tests)
+    BAILING_OUT, STEP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State)
+
 GO_USER_AGENT = "Go-http-client/1.1"
 AGENT_HTTP_TIMEOUT_SECONDS = 60  # orchestrator's AgentHttpTimeoutSeconds (dial and header timeout)
-STALE_ROUNDS_LIMIT = 10  # the copy fails when more rounds than this saw no progress (hard-coded)
-BAILING_OUT = "10 iterations have passed without progress. Bailing out."
 
 
 class ContractViolation(AssertionError):
@@ -263,10 +264,6 @@ class SeedRun:
         return [call.command for call in self.calls if host is None or call.host == host]
 
 
-class _Failed(Exception):
-    """executeSeed returns an error: the seed ends failed."""
-
-
 class Orchestrator:
     """Makes orchestrator's agent calls; every call is also appended to :attr:`calls`."""
 
@@ -348,106 +345,49 @@ class Orchestrator:
              poll_seconds: float = 30, on_state: Callable[[SeedRun, SeedState], None] | None = None) -> SeedRun:
         """Run ``executeSeed(seed_id, target, source)``; the run says what happened.
 
-        ``wait_before_send`` is SeedWaitSecondsBeforeSend; ``poll_seconds`` the copy loop's sleep
-        (30 s in orchestrator; tests use less).  ``on_state(run, state)`` sees each state row as
-        it is written (the demo prints them; tests act at a given step).
+        The steps are orchagent-ctl's :class:`SeedSequence` (one definition of orchestrator's
+        sequence); this runs them as orchestrator does: blocking, decoding as Go does, failing a
+        step only on a transport error.  ``wait_before_send`` is SeedWaitSecondsBeforeSend;
+        ``poll_seconds`` the copy loop's sleep (30 s in orchestrator; tests use less).
+        ``on_state(run, state)`` sees each state row as it is written (the demo prints them; tests
+        act at a given step).
         """
         run = SeedRun(seed_id, target.hostname, source.hostname)
+        sequence = SeedSequence(seed_id, target, source, wait_before_send=wait_before_send,
+                                poll_seconds=poll_seconds)
+        steps = sequence.steps()
+        current: list[SeedState] = []  # the row executeSeed's seedStateId points at
+        answer = None
         try:
-            self._execute_seed(run, target, source, wait_before_send, poll_seconds, on_state)
-        except _Failed as e:
-            run.error = str(e)
+            while True:
+                effect = steps.send(answer)
+                if isinstance(effect, State):
+                    row = SeedState(effect.action)
+                    run.states.append(row)
+                    if effect.tracked:
+                        current[:] = [row]
+                    if on_state is not None:
+                        on_state(run, row)
+                answer = self._perform(effect, run)
+        except StopIteration:
+            pass
+        except SeedFailed as e:
+            run.error = current[0].error = str(e)  # updateSeedStateEntry(seedStateId, err)
+        finally:
+            steps.close()
+        run.copied, run.source_bytes = sequence.copied, sequence.source_bytes
         return run
 
-    def _execute_seed(self, run: SeedRun, target: HostAgent, source: HostAgent, wait_before_send: float,
-                      poll_seconds: float, on_state) -> None:
-        t, s, seed_id = target.hostname, source.hostname, run.seed_id
-        current: list[SeedState] = []  # the row executeSeed's seedStateId points at
-
-        def state(action: str, tracked: bool = True) -> None:
-            row = SeedState(action)
-            run.states.append(row)
-            if tracked:
-                current[:] = [row]
-            if on_state is not None:
-                on_state(run, row)
-
-        def fail(message: str) -> _Failed:
-            current[0].error = message  # updateSeedStateEntry(seedStateId, err)
-            return _Failed(message)
-
-        def command(agent: HostAgent, path: str) -> Call:
-            return self.command(agent, path, run.calls)
-
-        def must(call: Call) -> None:
-            if call.status is None:  # only transport errors are errors to orchestrator
-                raise fail(call.error)
-
-        state(f"getting target agent info for {t}")
-        target_agent = self.get_agent(target, run.calls)
-        state(f"getting source agent info for {s}")
-        source_agent = self.get_agent(source, run.calls)
-        state(f"Checking MySQL status on target {t}")
-        if target_agent.MySQLRunning:
-            raise fail("MySQL is running on target host. Cowardly refusing to proceeed. Please stop the MySQL service")
-        state(f"Looking up available snapshots on source {s}")
-        if not source_agent.LogicalVolumes:
-            raise fail("No logical volumes found on source host")
-        state(f"Checking mount point on source {s}")
-        if source_agent.MountPoint["IsMounted"]:
-            raise fail("Volume already mounted on source host; please unmount")
-        volume = source_agent.LogicalVolumes[0]
-        state(f"{s} Mounting logical volume: {volume['Path']}")
-        must(command(source, f"mountlv?lv={volume['Path']}"))
-        source_agent = self.get_agent(source, run.calls)
-        run.source_bytes = needed = source_agent.MountPoint["MySQLDiskUsage"]
-        state(f"MySQL data volume on source host {s} is {needed} bytes", tracked=False)
-
-        state(f"Erasing MySQL data on {t}")
-        must(command(target, "delete-mysql-datadir"))
-        state(f"Aquiring target host datadir free space on {t}")
-        target_agent = self.get_agent(target, run.calls)
-        if needed > target_agent.MySQLDatadirDiskFree:
-            command(source, "umount")
-            raise fail(f"Not enough disk space on target host {t}. Required: {needed}, available: "
-                       f"{target_agent.MySQLDatadirDiskFree}. Bailing out.")
-
-        state(f"{t} will now receive data in background", tracked=False)
-        command(target, f"receive-mysql-seed-data/{seed_id}")
-        state(f"Waiting {wait_before_send:g} seconds for {t} to start listening for incoming data", tracked=False)
-        time.sleep(wait_before_send)
-        state(f"{s} will now send data to {t} in background")
-        command(source, f"send-mysql-seed-data/{t}/{seed_id}")
-
-        complete, stale, copied = False, 0, 0
-        while not complete:
-            du = self.get_agent(target, run.calls).MySQLDiskUsage
-            if du == copied:
-                stale += 1
-            copied = du
-            run.copied.append(copied)
-            failed = False
-            if self.decoded(target, f"seed-command-completed/{seed_id}", BOOL, run.calls)[0]:
-                complete = True
-                if not self.decoded(target, f"seed-command-succeeded/{seed_id}", BOOL, run.calls)[0]:
-                    failed = True
-            if stale > STALE_ROUNDS_LIMIT:
-                failed = True
-            if failed:
-                command(source, f"abort-seed/{seed_id}")
-                command(target, f"abort-seed/{seed_id}")
-                command(source, "umount")
-                raise fail(BAILING_OUT)
-            percent = 100 * copied // needed if needed > 0 else 0
-            state(f"Copied {copied}/{needed} bytes ({percent}%)")
-            if not complete:
-                time.sleep(poll_seconds)
-
-        state(f"Executing post-copy command on {t}")
-        must(command(target, f"post-copy/?sourceHost={s}"))
-        state(f"{s} Unmounting logical volume: {volume['Path']}")
-        must(command(source, "umount"))
-        state(f"Starting MySQL on target: {t}")
-        must(command(target, "mysql-start"))
-        state(f"Submitting MySQL instance for discovery: {t}", tracked=False)
-        state("Done", tracked=False)
+    def _perform(self, effect, run: SeedRun) -> Any:
+        if isinstance(effect, Poll):
+            return self.get_agent(effect.agent, run.calls)
+        if isinstance(effect, Ask):
+            return self.decoded(effect.agent, effect.path, BOOL, run.calls)[0]
+        if isinstance(effect, Sleep):
+            time.sleep(effect.seconds)
+        elif isinstance(effect, Command):
+            query = "&".join(f"{name}={value}" for name, value in effect.query)  # nothing escaped
+            call = self.command(effect.agent, effect.path + ("?" + query if query else ""), run.calls)
+            if effect.kind == STEP and call.status is None:  # only transport errors are errors to orchestrator
+                raise SeedFailed(call.error)
+        return None

@@ -23,7 +23,7 @@ NOT_SEED_IDS = HOSTILE + ["1e3", "0x10", "seven"]
 class RecordingSeeds:
     def __init__(self):
         self.calls = []
-        self.records = {7: SeedRecord(7, "receive", "built-in", "", "/var/lib/mysql", 1000.0,
+        self.by_id = {7: SeedRecord(7, "receive", "built-in", "", "/var/lib/mysql", 1000.0,
                                       state="running", bytes_done=500, bytes_total=1000)}
 
     async def receive(self, seed_id):
@@ -36,10 +36,13 @@ class RecordingSeeds:
         self.calls.append(("abort", seed_id))
 
     def record(self, seed_id):
-        return self.records[seed_id]
+        return self.by_id[seed_id]
 
     def now(self):
         return 1010.0  # ten seconds after seed 7 started
+
+    def records(self, limit=None):
+        return list(self.by_id.values())[:limit]
 
     def check_post_copy(self):
         raise Conflict("seed 7 is failed")
@@ -60,6 +63,7 @@ class SeedApiTests(SynchronousTestCase):
             Route("GET", "/api/abort-seed/:seedId", api.abort),
             Route("GET", "/api/seed-status/:seedId", api.status),
             Route("GET", "/api/post-copy", api.post_copy),
+            Route("GET", "/api/seeds", api.seeds),
         ]
         self.client = StubTreq(ApiResource(routes, Guard(token=Token(TOKEN)), Clock()))
 
@@ -95,6 +99,10 @@ class SeedApiTests(SynchronousTestCase):
                          ("running", False, 500, 1000))
         self.assertEqual((body["BytesPerSecond"], body["EtaSeconds"]), (50, 10))
         self.assertEqual(body["StartedAt"], "1970-01-01T00:16:40+00:00")
+
+    def test_seeds_lists_each_as_seed_status_shows_it(self):
+        code, body = self.get("/api/seeds")
+        self.assertEqual((code, body), (200, [self.get("/api/seed-status/7")[1]]))
 
     def test_post_copy_refused_after_a_failed_seed(self):
         code, body = self.get("/api/post-copy/?sourceHost=db1")

@@ -3,6 +3,7 @@
 import io
 import json
 import sys
+import os
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -58,3 +59,21 @@ class TapTests(SynchronousTestCase):
         top = tap.makeService(options, reactor=MemoryReactorClock())
         kinds = [type(service) for service in IServiceCollection(top)]
         self.assertEqual(kinds, [ApiListener, Registrar, SeedManager, CommandReaper, CleanExitOnSignals])
+
+    def test_token_file_gives_the_service_its_fixed_token(self):
+        token_path = self.mktemp()
+        with open(token_path, "w") as f:
+            f.write("operator-chosen-token-1234\n")
+        os.chmod(token_path, 0o600)
+        options = tap.Options()
+        options.parseOptions(["--config", self.config_file({"TokenFile": token_path})])
+        self.assertEqual(options["token"].value, "operator-chosen-token-1234")
+
+    def test_bad_token_file_is_a_usage_error(self):
+        token_path = self.mktemp()
+        with open(token_path, "w") as f:
+            f.write("operator-chosen-token-1234\n")
+        os.chmod(token_path, 0o644)
+        with self.assertRaises(usage.UsageError) as caught:
+            tap.Options().parseOptions(["--config", self.config_file({"TokenFile": token_path})])
+        self.assertIn(f"TokenFile {token_path!r}: has mode 0644", str(caught.exception))

@@ -1,10 +1,11 @@
 import os
-import re
 import stat
+from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.token import Token
+from orchagent.config import ConfigError
+from orchagent.token import Token, read_token_file
 
 
 class TokenTests(SynchronousTestCase):
@@ -33,3 +34,58 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         with open(path) as f:
             self.assertEqual(f.read(), t.value + "\n")
+
+
+class TokenFileTests(SynchronousTestCase):
+    """TokenFile gives a fixed token only from a private regular file holding a URL-safe token."""
+
+    GOOD = "Fixed_token-0123456789abcdef"
+
+    def token_file(self, content: str = GOOD + "\n", mode: int = 0o600) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def assertRefused(self, path: str, problem: str) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            read_token_file(path)
+        message = str(caught.exception)
+        self.assertIn(f"TokenFile {path!r}: ", message)
+        self.assertIn(problem, message)
+        self.assertNotIn(self.GOOD, message)
+
+    def test_reads_the_token_without_its_newline(self):
+        token = read_token_file(self.token_file())
+        self.assertEqual(token.value, self.GOOD)
+        self.assertTrue(token.matches(self.GOOD))
+
+    def test_group_or_world_access_is_refused(self):
+        for mode in (0o640, 0o604, 0o620, 0o602):
+            self.assertRefused(self.token_file(mode=mode), f"has mode {mode:04o}")
+
+    def test_symlink_is_refused_even_to_a_good_file(self):
+        link = self.mktemp()
+        os.symlink(self.token_file(), link)
+        self.assertRefused(link, "is a symbolic link")
+
+    def test_not_a_regular_file_is_refused(self):
+        directory = self.mktemp()
+        os.mkdir(directory, 0o700)
+        self.assertRefused(directory, "is not a regular file")
+
+    def test_missing_file_is_refused(self):
+        self.assertRefused(self.mktemp(), "cannot open: No such file or directory")
+
+    def test_file_of_another_user_is_refused(self):
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to give the file to another user")
+        path = self.token_file()
+        os.chown(path, 65534, 65534)
+        self.assertRefused(path, "is owned by uid 65534")
+
+    def test_malformed_tokens_are_refused(self):
+        for content in ("short-token", "x" * 129, "has space in it 0123", "dot.is.not.allowed.x", "", "\u00e9" * 20,
+                        self.GOOD + "\n" + self.GOOD):
+            self.assertRefused(self.token_file(content), "must hold one token of 16 to 128 characters")

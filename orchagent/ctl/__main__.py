@@ -1,0 +1,3 @@
+from orchagent.ctl.cli import main
+
+main()
