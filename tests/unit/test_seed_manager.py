@@ -15,7 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.snapshots import Mount
-from orchagent.seed import manager as seed_manager
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
@@ -219,11 +218,10 @@ class SeedManagerTests(SynchronousTestCase):
 
     def test_records_newest_first(self):
         manager = self.manager(receive_seed_data_command="my-receive", send_seed_data_command="my-send")
-        starts = iter([1000.0, 3000.0, 2000.0])
-        self.patch(seed_manager, "time", type("Time", (), {"time": staticmethod(lambda: next(starts))}))
-        for seed_id in (5, 6, 7):
+        for seed_id in (7, 5, 6):
+            self.clock.advance(10)
             self.settle(manager.send("db2", seed_id))
-        self.assertEqual([record.seed_id for record in manager.records()], [6, 7, 5])
+        self.assertEqual([record.seed_id for record in manager.records()], [6, 5, 7])
         self.assertEqual([record.seed_id for record in manager.records(limit=1)], [6])
 
     def test_abort_after_success_cannot_be_flipped_back(self):

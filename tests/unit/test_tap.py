@@ -2,8 +2,8 @@
 
 import io
 import json
-import sys
 import os
+import sys
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -69,11 +69,11 @@ class TapTests(SynchronousTestCase):
         options.parseOptions(["--config", self.config_file({"TokenFile": token_path})])
         self.assertEqual(options["token"].value, "operator-chosen-token-1234")
 
-    def test_bad_token_file_is_a_usage_error(self):
+    def test_bad_token_file_stops_the_start_with_one_line(self):
         token_path = self.mktemp()
         with open(token_path, "w") as f:
             f.write("operator-chosen-token-1234\n")
         os.chmod(token_path, 0o644)
-        with self.assertRaises(usage.UsageError) as caught:
+        with self.assertRaises(SystemExit) as caught:
             tap.Options().parseOptions(["--config", self.config_file({"TokenFile": token_path})])
-        self.assertIn(f"TokenFile {token_path!r}: has mode 0644", str(caught.exception))
+        self.assertIn(f"TokenFile {token_path!r}: has mode 0644", str(caught.exception.code))
