@@ -1,0 +1,94 @@
+"""The mysql user attacks the files a root agent touches for it: a real twistd agent, a real
+mysql user acting with ``setpriv`` (needs root)."""
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.support.agent import start_agent
+from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
+
+
+def get(agent, path):
+    """(status, decoded JSON body) of a GET on the real agent."""
+    try:
+        with urllib.request.urlopen(agent.url(path), timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class AttackTestCase(SynchronousTestCase):
+    def setUp(self):
+        reason = skip_reason()
+        if reason:
+            raise SkipTest(reason)
+        self.logs = mysql_directory(self)
+
+
+class ErrorLogTests(AttackTestCase):
+    """``mysql-error-log-tail`` never reads what the mysql user swaps in for its log."""
+
+    def setUp(self):
+        super().setUp()
+        self.log = os.path.join(self.logs, "host.err")
+        as_mysql('printf "2026-01-01 [Note] ready\\n" > "$1"', self.log)
+        self.agent = start_agent({"MySQLErrorLogFile": self.log})
+        self.addCleanup(lambda: self.agent.stop())  # the agent a test started last
+
+    def assertRefused(self, *words):
+        started = time.monotonic()
+        status, body = get(self.agent, "/api/mysql-error-log-tail")
+        self.assertLess(time.monotonic() - started, 5)  # a fifo must not hang the request
+        self.assertEqual(status, 409, body)
+        for word in words:
+            self.assertIn(word, body["Message"])
+        self.assertNotIn("root:", json.dumps(body))
+
+    def test_the_real_log_is_read(self):
+        self.assertEqual(get(self.agent, "/api/mysql-error-log-tail"), (200, ["2026-01-01 [Note] ready"]))
+
+    def test_log_replaced_by_a_symlink_to_shadow(self):
+        as_mysql('rm "$1"; ln -s /etc/shadow "$1"', self.log)
+        self.assertRefused("symlink", "MySQLErrorLogFile")
+
+    def test_log_replaced_by_a_fifo(self):
+        as_mysql('rm "$1"; mkfifo "$1"', self.log)
+        self.assertRefused("a fifo")
+
+    def test_log_replaced_by_a_device(self):
+        os.unlink(self.log)
+        subprocess.run(["mknod", self.log, "c", "1", "3"], check=True)  # /dev/null's numbers; mysql cannot mknod
+        self.assertRefused("a character device")
+
+    def test_log_directory_replaced_by_a_symlink(self):
+        inner = os.path.join(self.logs, "inner")
+        as_mysql('mkdir "$1"; printf "x\\n" > "$1/shadow"', inner)
+        self.agent.stop()
+        self.agent = start_agent({"MySQLErrorLogFile": os.path.join(inner, "shadow")})
+        self.assertEqual(get(self.agent, "/api/mysql-error-log-tail")[0], 200)
+        as_mysql('mv "$1" "$1.old"; ln -s /etc "$1"', inner)
+        self.assertRefused("'inner' is a symlink")
+
+
+class TokenHintFileTests(AttackTestCase):
+    """A link planted where the token hint goes stops the agent; nothing is written through it."""
+
+    def test_planted_symlink_refuses_the_start(self):
+        os.chmod(self.logs, 0o1777)  # a shared directory such as /tmp
+        hint = os.path.join(self.logs, "token")
+        root_only = os.path.join(os.path.dirname(self.logs), "cron.d")
+        os.mkdir(root_only, 0o700)
+        target = os.path.join(root_only, "x")
+        as_mysql('ln -s "$2" "$1"', hint, target)
+        with self.assertRaises(AssertionError) as raised:
+            agent = start_agent({"TokenHintFile": hint}, timeout=15)
+            agent.stop()
+        self.assertIn("TokenHintFile", str(raised.exception))
+        self.assertIn("agent exited", str(raised.exception))
+        self.assertFalse(os.path.lexists(target))
