@@ -3,7 +3,10 @@
 V1 ran ``MySQLDeleteDatadirContentCommand`` after checking only that the datadir was not ``/``.
 Here the built-in way removes the contents in a thread, file descriptor relative (a symlink is
 unlinked, never followed, even if it is swapped in during the walk), and stops at every mount
-boundary: a directory on another device, or listed as a mount point, is left as it is.
+boundary: a directory on another device, or listed as a mount point, is left as it is.  The
+datadir itself is opened once, walking its path by descriptors (a symlink the mysql user could
+have planted on the way is refused, see :mod:`orchagent.safepath`), and the directory emptied is
+the one opened, checked again by the path the kernel gives for it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import stat
 from typing import Callable, Collection
 
-from orchagent import logs
+from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict
 from orchagent.host.mounts import MOUNTINFO, read_mountinfo
 
@@ -43,9 +46,10 @@ def empty_directory(path: str, mount_points: Collection[str] = ()) -> list[str]:
 
     Blocking: call it in a thread.
     """
-    root = checked_datadir(path)
-    fd = os.open(root, _OPEN_DIRECTORY)
+    checked_datadir(path)
+    fd = safepath.open_path(path, os.O_RDONLY | os.O_DIRECTORY, what="the datadir (MySQLDatadirCommand or datadir)")
     try:
+        root = checked_datadir(safepath.real_path(fd))  # what was opened, whatever the path means by now
         skipped: list[str] = []
         _empty(fd, root, os.fstat(fd).st_dev, frozenset(mount_points), skipped)
         return skipped

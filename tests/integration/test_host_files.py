@@ -10,6 +10,8 @@ import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from orchagent.errors import Conflict
+from orchagent.host.datadir import empty_directory
 from tests.support.agent import start_agent
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
 
@@ -92,3 +94,21 @@ class TokenHintFileTests(AttackTestCase):
         self.assertIn("TokenHintFile", str(raised.exception))
         self.assertIn("agent exited", str(raised.exception))
         self.assertFalse(os.path.lexists(target))
+
+
+class DatadirRootTests(AttackTestCase):
+    """Emptying the datadir never follows a link the mysql user swapped in for the datadir."""
+
+    def test_datadir_swapped_for_a_symlink(self):
+        precious = os.path.join(os.path.dirname(self.logs), "precious")
+        os.mkdir(precious)
+        with open(os.path.join(precious, "keep"), "w") as f:
+            f.write("x")
+        datadir = os.path.join(self.logs, "data")
+        as_mysql('mkdir "$1"; touch "$1/ibdata1"', datadir)
+        self.assertEqual(empty_directory(datadir), [])
+        self.assertEqual(os.listdir(datadir), [])
+        as_mysql('mv "$1" "$1.old"; ln -s "$2" "$1"', datadir, precious)
+        error = self.assertRaises(Conflict, empty_directory, datadir)
+        self.assertIn("'data' is a symlink", str(error))
+        self.assertEqual(os.listdir(precious), ["keep"])
