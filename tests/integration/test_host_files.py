@@ -8,12 +8,19 @@ import time
 import urllib.error
 import urllib.request
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.internet import reactor
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from orchagent.config import Config
 from orchagent.errors import Conflict
 from orchagent.host.datadir import empty_directory
+from orchagent.host.mounts import read_mountinfo
+from orchagent.process import ProcessRunner
+from orchagent.web.storageapi import make_storage
 from tests.support.agent import start_agent
+from tests.support.btrfs import btrfs_filesystem
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
+from tests.support.storage import LiveClient, StubMySQL, inline
 
 
 def get(agent, path):
@@ -112,3 +119,70 @@ class DatadirRootTests(AttackTestCase):
         error = self.assertRaises(Conflict, empty_directory, datadir)
         self.assertIn("'data' is a symlink", str(error))
         self.assertEqual(os.listdir(precious), ["keep"])
+
+
+class MountPointTests(TestCase):
+    """``SnapshotMountPoint`` on a real btrfs: resolved once, never through a link others could
+    plant, and one mount at a time whatever name the mount point has (needs root)."""
+
+    def setUp(self):
+        reason = skip_reason()
+        if reason:
+            raise SkipTest(reason)
+        self.fs = btrfs_filesystem(self, size_mb=120)
+        data = self.fs.subvolume("data")
+        snapshots = self.fs.directory("snapshots")
+        self.snapshot = os.path.join(snapshots, "mysql-snap-1")
+        subprocess.run(["btrfs", "-q", "subvolume", "snapshot", "-r", data, self.snapshot], check=True)
+        self.top = os.path.dirname(mysql_directory(self))
+        self.victim = os.path.join(self.top, "victim")
+        os.mkdir(self.victim)
+        self.snapshots = snapshots
+        runner = ProcessRunner(reactor, default_timeout=60)
+        self.addCleanup(runner.stop_all)
+        self.runner = runner
+
+    def client(self, mount_point):
+        config = Config(snapshot_backend="btrfs", btrfs_snapshot_directory=self.snapshots,
+                        snapshot_volumes_filter="mysql-snap-", snapshot_mount_point=mount_point)
+        return LiveClient(self, make_storage(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db"))),
+                          reactor)
+
+    def mounted_at(self, path):
+        return [entry for entry in read_mountinfo() if entry.mount_point == path]
+
+    @inline
+    async def test_mount_point_swapped_for_a_symlink_by_the_mysql_user(self):
+        mount_point = os.path.join(self.top, "mysql-owned", "mnt")
+        as_mysql('mkdir "$1"', mount_point)
+        client = self.client(mount_point)
+        as_mysql('rmdir "$1"; ln -s "$2" "$1"', mount_point, self.victim)
+        code, body = await client.get("/api/mountlv?lv=" + self.snapshot)
+        self.assertEqual(code, 409, body)
+        self.assertIn("SnapshotMountPoint", body["Message"])
+        self.assertEqual(self.mounted_at(self.victim), [])
+        self.assertEqual((await client.get("/api/mount"))[0], 409)
+
+    @inline
+    async def test_a_mount_point_under_a_directory_others_can_write_is_refused(self):
+        mount_point = os.path.join(self.top, "mysql-owned", "mnt")
+        as_mysql('mkdir "$1"', mount_point)
+        code, body = await self.client(mount_point).get("/api/mountlv?lv=" + self.snapshot)
+        self.assertEqual(code, 409, body)
+        self.assertIn("a directory that a user other than root can change", body["Message"])
+        self.assertEqual(self.mounted_at(mount_point), [])
+
+    @inline
+    async def test_mounts_never_stack_under_a_root_made_link(self):
+        link = os.path.join(self.top, "link")
+        os.symlink(self.victim, link)
+        client = self.client(link)
+        code, body = await client.get("/api/mountlv?lv=" + self.snapshot)
+        self.assertEqual(code, 200, body)
+        self.assertEqual((body["Path"], body["IsMounted"], body["LVPath"]), (self.victim, True, self.snapshot))
+        code, body = await client.get("/api/mountlv?lv=" + self.snapshot)
+        self.assertEqual(code, 409, body)
+        self.assertIn("already mounted", body["Message"])
+        self.assertEqual(len(self.mounted_at(self.victim)), 1)
+        self.assertEqual((await client.get("/api/umount"))[1]["IsMounted"], False)
+        self.assertEqual(self.mounted_at(self.victim), [])
