@@ -114,9 +114,14 @@ class DatadirEraser:
             self._disk.invalidate()
         log.info("emptied the datadir {datadir} with MySQLDeleteDatadirContentCommand", datadir=datadir)
 
-    async def empty(self) -> list[str]:
-        """Remove the datadir's contents in a thread; the mount points left alone are returned."""
+    async def empty(self, expected: str | None = None) -> list[str]:
+        """Remove the datadir's contents in a thread; the mount points left alone are returned.
+
+        With ``expected`` (a seed's datadir), Conflict unless that is still MySQL's datadir.
+        """
         datadir = await self._guarded_datadir()
+        if expected is not None and datadir != expected:
+            raise Conflict(f"the datadir is now {datadir}, not {expected}; not emptying it")
         mount_points = {entry.mount_point for entry in read_mountinfo(self._mountinfo_path)}
         try:
             skipped = await self._defer_to_thread(empty_directory, datadir, mount_points)

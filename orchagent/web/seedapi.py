@@ -62,7 +62,7 @@ class SeedAPI:
         }
 
     async def post_copy(self, req):
-        self._seeds.check_post_copy()
+        await self._seeds.check_post_copy()
         return await self._post_copy(req)
 
 

@@ -38,7 +38,7 @@ class RecordingSeeds:
     def record(self, seed_id):
         return self.records[seed_id]
 
-    def check_post_copy(self):
+    async def check_post_copy(self):
         raise Conflict("seed 7 is failed")
 
 
