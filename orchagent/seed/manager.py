@@ -81,13 +81,14 @@ class SeedManager(Service):
     def startService(self) -> None:
         super().startService()
         self._records = self._store.load_all()
-        self._holders = self._store.load_holders()
+        holders = self._store.load_holders()
+        self._holders = _holders_of(self._records.values()) if holders is None else holders
         for record in self._records.values():
             if record.state == RUNNING:
                 record.end(FAILED, "the agent stopped while this seed was running")
                 self._store.save(record)
                 log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
-                if record.role == "receive" and record.path not in self._receiving:
+                if record.role == "receive" and self._holders.get(record.path) == Holder(record.seed_id, PARTIAL):
                     self._receiving[record.path] = record.seed_id  # no new receive until it is cleared
                     Deferred.fromCoroutine(self._clear_after_restart(record))
         self._ticker.start(TICK_SECONDS, now=False).addErrback(
@@ -132,8 +133,10 @@ class SeedManager(Service):
         self._receiving[datadir] = seed_id
         self._holders[datadir] = Holder(seed_id, PARTIAL)
         holder_saved = self._save_holders()  # on disk before the record, so before any data can arrive
-        await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
-        await holder_saved
+        try:
+            await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, time.time()), job)
+        finally:
+            await holder_saved
 
     async def send(self, target_host: str, seed_id: int) -> None:
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
@@ -379,6 +382,16 @@ class SeedManager(Service):
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""
         snapshot = attrs.evolve(record)
         return self._save_lock.run(self._defer_to_thread, self._store.save, snapshot)
+
+
+def _holders_of(records) -> dict[str, Holder]:
+    """Without ``datadirs.json`` (records of an older agent): each datadir holds its latest receive."""
+    holders: dict[str, Holder] = {}
+    for record in sorted(records, key=lambda r: r.started_at):
+        if record.role == "receive":
+            data = {RUNNING: PARTIAL, SUCCEEDED: COMPLETE}.get(record.state, EMPTIED)
+            holders[record.path] = Holder(record.seed_id, data)
+    return holders
 
 
 def _transfer_job(transfer) -> _Job:

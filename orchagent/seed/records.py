@@ -81,13 +81,13 @@ class SeedStore:
     def save(self, record: SeedRecord) -> None:
         _write_json(os.path.join(self.directory, f"{record.seed_id}.json"), attrs.asdict(record))
 
-    def load_holders(self) -> dict[str, Holder]:
-        """The datadirs' holders, by datadir path; none yet without the file."""
+    def load_holders(self) -> dict[str, Holder] | None:
+        """The datadirs' holders, by datadir path; None before the file was ever written."""
         try:
             with open(self.holders_path) as f:
                 return {datadir: Holder(**holder) for datadir, holder in json.load(f).items()}
         except FileNotFoundError:
-            return {}
+            return None
 
     def save_holders(self, holders: dict[str, Holder]) -> None:
         _write_json(self.holders_path, {datadir: attrs.asdict(holder) for datadir, holder in holders.items()})

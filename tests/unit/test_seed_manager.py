@@ -265,8 +265,7 @@ class SeedManagerTests(SeedManagerTestCase):
     def test_restart_fails_running_seeds_and_keeps_finished_answers(self):
         store = SeedStore(self.state)
         os.makedirs(store.directory)
-        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))
-        store.save_holders({self.datadir: Holder(1, "partial")})
+        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))  # an older agent's: no datadirs.json
         finished = SeedRecord(2, "send", "built-in", "db2", "/src", 100.0)
         finished.end("succeeded", now=200.0)
         store.save(finished)
@@ -370,5 +369,6 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         done = SeedRecord(2, "receive", "built-in", "", self.datadir, 200.0)
         done.end("succeeded", now=400.0)
         store.save(done)
+        store.save_holders({})
         error = self.fail_with(self.manager().check_post_copy(), Conflict)
         self.assertIn("no record of which seed's data is in the datadir", str(error))
