@@ -54,6 +54,7 @@ def make_service(config: Config, reactor) -> MultiService:
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread)
+    storage.datadir.watch(seeds)
     routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
     site = QuietSite(ApiResource(routes, _guard(config, token), reactor))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Collection
+from typing import Callable, Collection, Protocol
 
 from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict
@@ -91,6 +91,15 @@ def _empty(dir_fd: int, where: str, device: int, mount_points: frozenset[str], s
     return emptied
 
 
+class DatadirWatcher(Protocol):
+    """Who must know before and after the datadir is emptied (the seeds: their data is in it)."""
+
+    def refuse_emptying(self, datadir: str) -> None:
+        """Raise Conflict to keep the datadir as it is."""
+
+    async def emptied(self, datadir: str) -> None: ...
+
+
 class DatadirEraser:
     """Empties the datadir for ``delete-mysql-datadir`` and for a seed that must start over."""
 
@@ -101,6 +110,10 @@ class DatadirEraser:
         self._disk = disk
         self._defer_to_thread = defer_to_thread
         self._mountinfo_path = mountinfo_path
+        self._watchers: list[DatadirWatcher] = []
+
+    def watch(self, watcher: DatadirWatcher) -> None:
+        self._watchers.append(watcher)
 
     async def delete_content(self) -> None:
         """``MySQLDeleteDatadirContentCommand`` when configured (V1: no arguments), else :meth:`empty`."""
@@ -108,10 +121,12 @@ class DatadirEraser:
             await self.empty()
             return
         datadir = await self._guarded_datadir()
+        self._ask_watchers(datadir)
         try:
             await self._runner.run_configured(self._command, (), name="MySQLDeleteDatadirContentCommand")
         finally:
             self._disk.invalidate()
+        await self._tell_watchers(datadir)
         log.info("emptied the datadir {datadir} with MySQLDeleteDatadirContentCommand", datadir=datadir)
 
     async def empty(self, expected: str | None = None) -> list[str]:
@@ -122,17 +137,27 @@ class DatadirEraser:
         datadir = await self._guarded_datadir()
         if expected is not None and datadir != expected:
             raise Conflict(f"the datadir is now {datadir}, not {expected}; not emptying it")
+        self._ask_watchers(datadir)
         mount_points = {entry.mount_point for entry in read_mountinfo(self._mountinfo_path)}
         try:
             skipped = await self._defer_to_thread(empty_directory, datadir, mount_points)
         finally:
             self._disk.invalidate()
+        await self._tell_watchers(datadir)
         if skipped:
             log.warn("emptied the datadir {datadir} except mount points inside it: {skipped}",
                      datadir=datadir, skipped=", ".join(skipped))
         else:
             log.info("emptied the datadir {datadir}", datadir=datadir)
         return skipped
+
+    def _ask_watchers(self, datadir: str) -> None:
+        for watcher in self._watchers:
+            watcher.refuse_emptying(datadir)
+
+    async def _tell_watchers(self, datadir: str) -> None:
+        for watcher in self._watchers:
+            await watcher.emptied(datadir)
 
     async def _guarded_datadir(self) -> str:
         if await self._mysql.is_running():

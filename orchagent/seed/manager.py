@@ -194,6 +194,23 @@ class SeedManager(Service):
                            f"{holder.data}); refusing to run the post-copy step on a datadir that did not "
                            f"receive a whole seed")
 
+    # --- what the datadir eraser asks (DatadirWatcher) ---------------------------------------
+
+    def refuse_emptying(self, datadir: str) -> None:
+        """Never empty a datadir under a running receive (its own cleanup runs after it ended)."""
+        for seed_id in self._jobs:
+            record = self._records[seed_id]
+            if record.role == "receive" and record.path == datadir:
+                raise Conflict(f"seed {seed_id} is receiving into the datadir {datadir}: abort it first "
+                               f"(abort-seed/{seed_id})")
+
+    async def emptied(self, datadir: str) -> None:
+        """The datadir holds no seed's data any more: ``post-copy`` must not pass on it."""
+        holder = self._holders.get(datadir)
+        if holder is not None and holder.data != EMPTIED:
+            self._holders[datadir] = Holder(holder.seed_id, EMPTIED)
+            await self._save_holders()
+
     # --- internals ------------------------------------------------------------------------
 
     def _record(self, seed_id: int) -> SeedRecord:

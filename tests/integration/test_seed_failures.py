@@ -359,6 +359,7 @@ class SeedFailureTests(SynchronousTestCase):
         second = self.orchestrator.command(target, f"receive-mysql-seed-data/{seed_id}")
         self.assertEqual(second.status, 409, second.body)
         self.assertIn(f"seed {stale} is receiving into the datadir", second.body.decode())
+        self.assertEqual(self.orchestrator.command(target, "delete-mysql-datadir").status, 409)
         self.assertEqual(self.orchestrator.command(target, f"abort-seed/{stale}").status, 200)
 
         # the later seed arrives whole (at full speed: what it moves is not the point here)
@@ -390,3 +391,7 @@ class SeedFailureTests(SynchronousTestCase):
         self.assertEqual(tree_listing(datadir), received)
         self.assertTrue(self.status(restarted, seed_id)["Succeeded"])
         self.assertNotEqual(self.orchestrator.command(restarted, f"post-copy/?sourceHost={SOURCE_ADDRESS}").status, 409)
+        # once the datadir is emptied, post-copy has no whole seed to prepare
+        self.assertEqual(self.orchestrator.command(restarted, "delete-mysql-datadir").status, 200)
+        self.assertEqual(self.orchestrator.command(restarted, f"post-copy/?sourceHost={SOURCE_ADDRESS}").status, 409)
+        self.assertTrue(self.status(restarted, seed_id)["Succeeded"])

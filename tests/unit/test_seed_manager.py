@@ -372,3 +372,22 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         store.save_holders({})
         error = self.fail_with(self.manager().check_post_copy(), Conflict)
         self.assertIn("no record of which seed's data is in the datadir", str(error))
+
+    def test_the_datadir_is_not_emptied_under_a_running_receive(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        error = self.assertRaises(Conflict, manager.refuse_emptying, self.datadir)
+        self.assertIn("abort-seed/1", str(error))
+        manager.refuse_emptying(self.mktemp())  # another datadir: fine
+        self.runner.commands[0].result.callback(None)
+        manager.refuse_emptying(self.datadir)
+
+    def test_post_copy_refused_once_the_seeded_datadir_was_emptied(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        self.runner.commands[0].result.callback(None)
+        self.settle(manager.check_post_copy())
+        self.settle(manager.emptied(self.datadir))  # delete-mysql-datadir
+        self.assertEqual(self.holders(), {self.datadir: Holder(1, "emptied")})
+        self.assertIn("holds its data emptied", str(self.fail_with(manager.check_post_copy(), Conflict)))
+        self.assertTrue(manager.record(1).succeeded)  # its own outcome stays
