@@ -33,6 +33,8 @@ def get(agent, path):
 
 
 class AttackTestCase(SynchronousTestCase):
+    """Skips without root or the mysql user; gives each test a directory the mysql user owns."""
+
     def setUp(self):
         reason = skip_reason()
         if reason:

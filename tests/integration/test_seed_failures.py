@@ -368,7 +368,8 @@ class SeedFailureTests(SynchronousTestCase):
         source = self.source_agent
         self.assertEqual(self.orchestrator.command(source, f"mountlv?lv={self.snapshot}").status, 200)
         self.assertEqual(self.orchestrator.command(target, f"receive-mysql-seed-data/{seed_id}").status, 200)
-        self.assertEqual(self.orchestrator.command(source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}").status, 200)
+        sent = self.orchestrator.command(source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}")
+        self.assertEqual(sent.status, 200)
         wait_for(lambda: (s := self.status(target, seed_id)) and s["Completed"], timeout=60, what="the seed")
         self.assertTrue(self.status(target, seed_id)["Succeeded"], self.status(target, seed_id))
         self.assertEqual(self.orchestrator.command(source, "umount").status, 200)
