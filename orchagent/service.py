@@ -57,6 +57,7 @@ def make_service(config: Config, reactor, token: Token | None = None) -> MultiSe
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread)
+    storage.datadir.watch(seeds)
     metrics = Metrics(commands=runner, registration=registrar, mysql=mysql, disk=storage.disk, seeds=seeds)
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands, metrics=metrics)

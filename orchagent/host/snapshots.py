@@ -4,6 +4,11 @@ A backend lists volumes, recognises which one a mount shows, mounts, removes and
 module adds what is the same for both: the name filter, validation against the listing, the
 guards (nothing mounted over an occupied mount point, no removal of a mounted snapshot), one lock
 so mount/umount/remove/create never interleave, and V1's ``Mount`` answer.
+
+``SnapshotMountPoint`` is resolved once per call, by descriptors: every directory on its way must
+be one only root can change (so the path cannot be swapped before ``mount`` runs), a symlink
+others could have placed is refused, and the resolved path is the one mounted on, unmounted and
+looked up in mountinfo, so a second mount can never stack on the first one under another name.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Callable, Protocol
 import attrs
 from twisted.internet.defer import DeferredLock
 
-from orchagent import logs
+from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict, NotFound
 from orchagent.host.btrfs import BtrfsBackend
 from orchagent.host.lvm import LogicalVolume, LvmBackend
@@ -101,6 +106,15 @@ def find_datadir(mount_point: str, datadir: str) -> str:
     return ""
 
 
+def _resolve_mount_point(path: str) -> str:
+    """Blocking (a few system calls)."""
+    fd = safepath.open_path(path, os.O_PATH | os.O_DIRECTORY, what="SnapshotMountPoint", fixed=True)
+    try:
+        return safepath.real_path(fd)
+    finally:
+        os.close(fd)
+
+
 class Snapshots:
     def __init__(self, config, backend: SnapshotBackend, runner, disk, mysql, defer_to_thread: Callable,
                  mountinfo_path: str = MOUNTINFO):
@@ -153,7 +167,13 @@ class Snapshots:
     async def current_mount(self) -> Mount:
         """What is mounted at ``SnapshotMountPoint``, with V1's disk usage and datadir heuristics."""
         mount_point = self._config.snapshot_mount_point
-        entry = mount_at(read_mountinfo(self._mountinfo_path), mount_point) if mount_point else None
+        if not mount_point:
+            return Mount(path="")
+        try:
+            mount_point = await self._defer_to_thread(_resolve_mount_point, mount_point)
+        except FileNotFoundError:
+            return Mount(path=mount_point)
+        entry = mount_at(read_mountinfo(self._mountinfo_path), mount_point)
         if entry is None:
             return Mount(path=mount_point)
         data_path = await self._defer_to_thread(find_datadir, entry.mount_point, await self._datadir_or_empty())
@@ -169,9 +189,9 @@ class Snapshots:
         )
 
     async def mount_volume(self, identifier: str) -> Mount:
-        mount_point = self._required_mount_point()
         await self._lock.acquire()
         try:
+            mount_point = await self._resolved_mount_point()
             volume = await self._snapshot_volume(identifier)
             occupant = mount_at(read_mountinfo(self._mountinfo_path), mount_point)
             if occupant is not None:
@@ -184,9 +204,9 @@ class Snapshots:
 
     async def unmount(self) -> Mount:
         """Unmount ``SnapshotMountPoint``; nothing to do (and no error) when nothing is mounted there."""
-        mount_point = self._required_mount_point()
         await self._lock.acquire()
         try:
+            mount_point = await self._resolved_mount_point()
             if mount_at(read_mountinfo(self._mountinfo_path), mount_point) is not None:
                 await self._runner.run(("umount", mount_point), privileged=True, parsed=True)
                 self._disk.invalidate()
@@ -224,10 +244,15 @@ class Snapshots:
 
     # --- helpers ---
 
-    def _required_mount_point(self) -> str:
-        if not self._config.snapshot_mount_point.startswith("/"):
+    async def _resolved_mount_point(self) -> str:
+        """``SnapshotMountPoint`` as the kernel finds it, when nobody but root can change what it means."""
+        configured = self._config.snapshot_mount_point
+        if not configured.startswith("/"):
             raise AgentError("SnapshotMountPoint is not set (or not absolute) in the configuration")
-        return self._config.snapshot_mount_point
+        try:
+            return await self._defer_to_thread(_resolve_mount_point, configured)
+        except FileNotFoundError:
+            raise AgentError(f"SnapshotMountPoint {configured} does not exist: create the directory") from None
 
     async def _snapshot_volume(self, identifier: str) -> LogicalVolume:
         volumes = await self.find_volumes(identifier)

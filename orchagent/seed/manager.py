@@ -9,7 +9,12 @@ target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
   succeeded ("Our rules" 7), and a later success cannot flip that back;
 * a receive that did not succeed leaves an empty datadir behind, never a partial one that
   MySQL could start on, and ``post-copy`` refuses to run after it;
-* records are persisted, and a seed that was running when the agent died is failed at start.
+* records are persisted, and a seed that was running when the agent died is failed at start;
+* one receive at a time per datadir (409 for a second one), from arming until its partial copy is
+  cleared; which seed's data each datadir holds is persisted (:class:`Holder`) before any data
+  can flow, and a failed receive empties the datadir only while it still holds that seed's
+  partial data, so a late cleanup (after an abort, or at the next start) never removes a later
+  seed's data, and ``post-copy`` answers for the seed that is actually there.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from twisted.internet.task import LoopingCall
 from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
-from orchagent.seed.records import ABORTED, FAILED, RUNNING, SUCCEEDED, SeedRecord, SeedStore
+from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Holder,
+                                    SeedRecord, SeedStore)
 from orchagent.seed.transfer import SeedReceiverServer, send_tree
 
 log = logs.logger(__name__)
@@ -63,6 +69,8 @@ class SeedManager(Service):
         self._defer_to_thread = defer_to_thread
         self._records: dict[int, SeedRecord] = {}
         self._jobs: dict[int, _Job] = {}
+        self._holders: dict[str, Holder] = {}  # datadir -> the seed whose data it holds
+        self._receiving: dict[str, int] = {}  # datadir -> the seed receiving into it or clearing it
         self._receiver: SeedReceiverServer | None = None
         self._ticks = 0
         self._save_lock = DeferredLock()
@@ -74,13 +82,16 @@ class SeedManager(Service):
     def startService(self) -> None:
         super().startService()
         self._records = self._store.load_all()
+        holders = self._store.load_holders()
+        self._holders = _holders_of(self._records.values()) if holders is None else holders
         for record in self._records.values():
             if record.state == RUNNING:
                 record.end(FAILED, "the agent stopped while this seed was running", self.now())
                 self._store.save(record)
                 log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
-                if record.role == "receive":
-                    Deferred.fromCoroutine(self._clear_partial_copy(record))
+                if record.role == "receive" and self._holders.get(record.path) == Holder(record.seed_id, PARTIAL):
+                    self._receiving[record.path] = record.seed_id  # no new receive until it is cleared
+                    Deferred.fromCoroutine(self._clear_after_restart(record))
         self._ticker.start(TICK_SECONDS, now=False).addErrback(
             lambda f: log.failure("seed progress ticker stopped", f))
 
@@ -104,11 +115,13 @@ class SeedManager(Service):
         self._refuse_when_full(seed_id)
         await self._mysql.require_stopped("receive a seed into the datadir")
         datadir = await self._mysql.datadir()
+        self._refuse_second_receive(datadir)
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
         before = 0 if receiver is None else await self._usage_or_zero(datadir)
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
         self._refuse_when_full(seed_id)
+        self._refuse_second_receive(datadir)
         if receiver is None:
             running = self._runner.start_configured(
                 self._config.receive_seed_data_command, (datadir, str(port)),
@@ -122,7 +135,13 @@ class SeedManager(Service):
             # mysql-du counts on from what du saw, so it never drops when the walk takes over again
             job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
-        await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, self.now()), job)
+        self._receiving[datadir] = seed_id
+        self._holders[datadir] = Holder(seed_id, PARTIAL)
+        holder_saved = self._save_holders()  # on disk before the record, so before any data can arrive
+        try:
+            await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, self.now()), job)
+        finally:
+            await holder_saved
 
     async def send(self, target_host: str, seed_id: int) -> None:
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
@@ -174,16 +193,40 @@ class SeedManager(Service):
         """The wall time seed records are kept in."""
         return self._reactor.seconds()
 
-    def check_post_copy(self) -> None:
-        """``post-copy`` must not prepare a datadir whose latest seed did not arrive whole."""
-        receives = [r for r in self._records.values() if r.role == "receive"]
-        if not receives:
-            return
-        latest = max(receives, key=lambda r: r.started_at)
-        if not latest.succeeded:
-            detail = f": {latest.error}" if latest.error else ""
-            raise Conflict(f"seed {latest.seed_id} is {latest.state}{detail}; refusing to run the "
-                           f"post-copy step on a datadir that did not receive a whole seed")
+    async def check_post_copy(self) -> None:
+        """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole."""
+        datadir = await self._mysql.datadir()
+        self._refuse_second_receive(datadir)
+        holder = self._holders.get(datadir)
+        if holder is None:
+            if any(r.role == "receive" and r.path == datadir for r in self._records.values()):
+                raise Conflict(f"no record of which seed's data is in the datadir {datadir}; refusing to "
+                               f"run the post-copy step (seed it again)")
+            return  # no seed ever came here: a manual post-copy is allowed
+        record = self._records.get(holder.seed_id)
+        if record is None or not record.succeeded or holder.data != COMPLETE:
+            state = f"{record.state}: {record.error}" if record is not None and record.error else (
+                record.state if record is not None else "unknown here")
+            raise Conflict(f"seed {holder.seed_id} is {state} (the datadir {datadir} holds its data "
+                           f"{holder.data}); refusing to run the post-copy step on a datadir that did not "
+                           f"receive a whole seed")
+
+    # --- what the datadir eraser asks (DatadirWatcher) ---------------------------------------
+
+    def refuse_emptying(self, datadir: str) -> None:
+        """Never empty a datadir under a running receive (its own cleanup runs after it ended)."""
+        for seed_id in self._jobs:
+            record = self._records[seed_id]
+            if record.role == "receive" and record.path == datadir:
+                raise Conflict(f"seed {seed_id} is receiving into the datadir {datadir}: abort it first "
+                               f"(abort-seed/{seed_id})")
+
+    async def emptied(self, datadir: str) -> None:
+        """The datadir holds no seed's data any more: ``post-copy`` must not pass on it."""
+        holder = self._holders.get(datadir)
+        if holder is not None and holder.data != EMPTIED:
+            self._holders[datadir] = Holder(holder.seed_id, EMPTIED)
+            await self._save_holders()
 
     # --- internals ------------------------------------------------------------------------
 
@@ -204,6 +247,12 @@ class SeedManager(Service):
         if len(self._jobs) >= self._config.max_concurrent_seeds:
             raise Busy(f"seed {seed_id} not started: {len(self._jobs)} seeds are running, as many as "
                        f"MaxConcurrentSeeds allows; retry when one has ended", BUSY_RETRY_SECONDS)
+
+    def _refuse_second_receive(self, datadir: str) -> None:
+        seed_id = self._receiving.get(datadir)
+        if seed_id is not None:
+            raise Conflict(f"seed {seed_id} is receiving into the datadir {datadir}, or its partial copy is "
+                           f"being removed: one receive per datadir at a time (abort-seed/{seed_id} first)")
 
     def _require_authentication(self) -> None:
         if not (self._config.seed_transfer_secret or self._config.seed_transfer_valid_ous):
@@ -288,8 +337,14 @@ class SeedManager(Service):
         job.unfollow()
         if not job.done.called:
             await job.stop()
-        if state != SUCCEEDED and record.role == "receive":
-            await self._clear_partial_copy(record)
+        if record.role == "receive":
+            try:
+                if state == SUCCEEDED:
+                    await self._mark_holder(record, PARTIAL, COMPLETE)
+                else:
+                    await self._clear_partial_copy(record)
+            finally:
+                self._stop_receiving(record)
         self._disk.invalidate()
         record.end(state, error, self.now())
         await self._save(record)
@@ -299,11 +354,38 @@ class SeedManager(Service):
             detail=f": {error}" if error else "")
 
     async def _clear_partial_copy(self, record: SeedRecord) -> None:
+        """Empty the seed's datadir, only if it still holds this seed's partial data."""
+        holder = self._holders.get(record.path)
+        if holder != Holder(record.seed_id, PARTIAL):
+            log.info("seed {seed_id}: the datadir {path} does not hold its partial data ({holder}); "
+                     "left alone", seed_id=record.seed_id, path=record.path, holder=holder)
+            return
         try:
-            await self._eraser.empty()
+            await self._eraser.empty(record.path)
         except Exception as e:
             log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
                       "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))
+            return
+        await self._mark_holder(record, PARTIAL, EMPTIED)
+
+    async def _clear_after_restart(self, record: SeedRecord) -> None:
+        try:
+            await self._clear_partial_copy(record)
+        finally:
+            self._stop_receiving(record)
+
+    def _stop_receiving(self, record: SeedRecord) -> None:
+        if self._receiving.get(record.path) == record.seed_id:
+            del self._receiving[record.path]
+
+    async def _mark_holder(self, record: SeedRecord, was: str, now: str) -> None:
+        """The datadir's holder goes from ``was`` to ``now``, if it is still this seed."""
+        if self._holders.get(record.path) == Holder(record.seed_id, was):
+            self._holders[record.path] = Holder(record.seed_id, now)
+            await self._save_holders()
+
+    def _save_holders(self) -> Deferred:
+        return self._save_lock.run(self._defer_to_thread, self._store.save_holders, dict(self._holders))
 
     def _tick(self) -> Deferred:
         """Sample progress, catch stalled command-mode receives, persist now and then."""
@@ -346,6 +428,16 @@ class SeedManager(Service):
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""
         snapshot = attrs.evolve(record)
         return self._save_lock.run(self._defer_to_thread, self._store.save, snapshot)
+
+
+def _holders_of(records) -> dict[str, Holder]:
+    """Without ``datadirs.json`` (records of an older agent): each datadir holds its latest receive."""
+    holders: dict[str, Holder] = {}
+    for record in sorted(records, key=lambda r: r.started_at):
+        if record.role == "receive":
+            data = {RUNNING: PARTIAL, SUCCEEDED: COMPLETE}.get(record.state, EMPTIED)
+            holders[record.path] = Holder(record.seed_id, data)
+    return holders
 
 
 def _transfer_job(transfer) -> _Job:

@@ -3,6 +3,10 @@
 One JSON file per seed (``seeds/<id>.json``), replaced atomically (write, fsync, rename).
 A seed that was running when the agent stopped can only be reported as failed afterwards:
 nothing is left that could finish it.
+
+Beside them, ``datadirs.json`` says which seed's data each datadir holds (:class:`Holder`), so a
+late cleanup of one seed never removes another's data, and ``post-copy`` asks about the seed that
+is actually there.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import attrs
 
 RUNNING, SUCCEEDED, FAILED, ABORTED = "running", "succeeded", "failed", "aborted"
+PARTIAL, COMPLETE, EMPTIED = "partial", "complete", "emptied"
 
 
 @attrs.define
@@ -58,11 +63,20 @@ class SeedRecord:
         self.ended_at = now
 
 
+@attrs.frozen
+class Holder:
+    """The last seed received into a datadir, and what of it is there."""
+
+    seed_id: int
+    data: str  # PARTIAL (it may have written some), COMPLETE (it arrived whole) or EMPTIED (removed again)
+
+
 class SeedStore:
     """Blocking file I/O: call from a thread, except :meth:`load_all` at start-up."""
 
     def __init__(self, state_directory: str):
         self.directory = os.path.join(state_directory, "seeds")
+        self.holders_path = os.path.join(state_directory, "datadirs.json")
 
     def load_all(self) -> dict[int, SeedRecord]:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -76,10 +90,24 @@ class SeedStore:
         return records
 
     def save(self, record: SeedRecord) -> None:
-        path = os.path.join(self.directory, f"{record.seed_id}.json")
-        temporary = path + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(attrs.asdict(record), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        _write_json(os.path.join(self.directory, f"{record.seed_id}.json"), attrs.asdict(record))
+
+    def load_holders(self) -> dict[str, Holder] | None:
+        """The datadirs' holders, by datadir path; None before the file was ever written."""
+        try:
+            with open(self.holders_path) as f:
+                return {datadir: Holder(**holder) for datadir, holder in json.load(f).items()}
+        except FileNotFoundError:
+            return None
+
+    def save_holders(self, holders: dict[str, Holder]) -> None:
+        _write_json(self.holders_path, {datadir: attrs.asdict(holder) for datadir, holder in holders.items()})
+
+
+def _write_json(path: str, value) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)

@@ -44,7 +44,7 @@ class SeedAPI:
         return [_status(record, now) for record in self._seeds.records(limit=MAX_LISTED)]
 
     async def post_copy(self, req):
-        self._seeds.check_post_copy()
+        await self._seeds.check_post_copy()
         return await self._post_copy(req)
 
 

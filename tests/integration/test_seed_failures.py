@@ -14,6 +14,7 @@ source with its snapshot, the source agent, the link and one target agent.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -349,3 +350,53 @@ class SeedFailureTests(SynchronousTestCase):
         self.orchestrator.command(source, f"abort-seed/{self.seed_id}")
         self.assertEqual(self.orchestrator.command(source, "umount").status, 200)
         self.assertSourceUntouched()
+
+    def test_seeds_cannot_step_on_each_other(self):
+        """One armed receive per datadir; a stale receive's cleanup never removes a later seed's data."""
+        target_dir = tempfile.mkdtemp(dir=self.directory)
+        agent_dir = tempfile.mkdtemp(dir=self.directory)
+        seed_target = SeedTarget(target_dir)
+        target = self.start_target_agent(seed_target, agent_dir)
+        datadir = os.path.join(target_dir, "server", "data")
+        stale, seed_id = self.seed_id, next(self.seed_ids)
+        self.assertEqual(self.orchestrator.command(target, f"receive-mysql-seed-data/{stale}").status, 200)
+        second = self.orchestrator.command(target, f"receive-mysql-seed-data/{seed_id}")
+        self.assertEqual(second.status, 409, second.body)
+        self.assertIn(f"seed {stale} is receiving into the datadir", second.body.decode())
+        self.assertEqual(self.orchestrator.command(target, "delete-mysql-datadir").status, 409)
+        self.assertEqual(self.orchestrator.command(target, f"abort-seed/{stale}").status, 200)
+
+        # the later seed arrives whole (at full speed: what it moves is not the point here)
+        self.link.rate = None
+        self.addCleanup(setattr, self.link, "rate", LINK_RATE)
+        source = self.source_agent
+        self.assertEqual(self.orchestrator.command(source, f"mountlv?lv={self.snapshot}").status, 200)
+        self.assertEqual(self.orchestrator.command(target, f"receive-mysql-seed-data/{seed_id}").status, 200)
+        sent = self.orchestrator.command(source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}")
+        self.assertEqual(sent.status, 200)
+        wait_for(lambda: (s := self.status(target, seed_id)) and s["Completed"], timeout=60, what="the seed")
+        self.assertTrue(self.status(target, seed_id)["Succeeded"], self.status(target, seed_id))
+        self.assertEqual(self.orchestrator.command(source, "umount").status, 200)
+        received = tree_listing(datadir)
+        self.assertIn("ibdata1", received)
+
+        # the agent restarts with the stale receive still "running" in its records (as an older
+        # agent could leave it): failing it at start must not empty the datadir seed_id filled
+        agent = self.running_agent(target)
+        agent.stop()
+        record_path = os.path.join(agent_dir, "state", "seeds", f"{stale}.json")
+        with open(record_path) as f:
+            record = json.load(f)
+        record.update(state="running", error="", ended_at=None, started_at=time.time())
+        with open(record_path, "w") as f:
+            json.dump(record, f)
+        restarted = self.start_target_agent(seed_target, agent_dir, HTTPPort=target.port)
+        wait_for(lambda: (s := self.status(restarted, stale)) and s["Completed"], what="the stale seed failed")
+        time.sleep(1)  # a wrong cleanup would have started by now
+        self.assertEqual(tree_listing(datadir), received)
+        self.assertTrue(self.status(restarted, seed_id)["Succeeded"])
+        self.assertNotEqual(self.orchestrator.command(restarted, f"post-copy/?sourceHost={SOURCE_ADDRESS}").status, 409)
+        # once the datadir is emptied, post-copy has no whole seed to prepare
+        self.assertEqual(self.orchestrator.command(restarted, "delete-mysql-datadir").status, 200)
+        self.assertEqual(self.orchestrator.command(restarted, f"post-copy/?sourceHost={SOURCE_ADDRESS}").status, 409)
+        self.assertTrue(self.status(restarted, seed_id)["Succeeded"])

@@ -7,7 +7,7 @@ import tracemalloc
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.errors import NotFound
+from orchagent.errors import Conflict, NotFound
 from orchagent.host import errorlog
 from orchagent.host.errorlog import tail_lines
 
@@ -16,7 +16,7 @@ GIB = 1 << 30
 
 class TailTests(SynchronousTestCase):
     def write(self, data: bytes) -> str:
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         with open(path, "wb") as f:
             f.write(data)
         return path
@@ -81,9 +81,51 @@ class TailTests(SynchronousTestCase):
         self.assertLess(peak, 4 * (1 << 20))
 
     def huge_log(self, tail: bytes) -> str:
-        path = self.mktemp()
+        path = os.path.abspath(self.mktemp())
         with open(path, "wb") as f:
             f.truncate(10 * GIB)
             f.seek(0, os.SEEK_END)
             f.write(tail)
         return path
+
+
+class UnsafeLogTests(SynchronousTestCase):
+    """A log others could have replaced (symlink, fifo, foreign file, hard link) is refused, never read."""
+
+    def setUp(self):
+        self.logs = os.path.abspath(self.mktemp())
+        os.makedirs(self.logs)
+        os.chmod(self.logs, 0o777)  # as the mysql user's own directory is to it
+        self.log = os.path.join(self.logs, "host.err")
+        self.secret = os.path.abspath(self.mktemp())
+        with open(self.secret, "w") as f:
+            f.write("root:secret-hash:19000:0:99999:7:::\n")
+
+    def assertRefused(self, *words):
+        error = self.assertRaises(Conflict, tail_lines, self.log, 20)
+        for word in words:
+            self.assertIn(word, str(error))
+        self.assertNotIn("secret-hash", str(error))
+
+    def test_symlink_planted_in_its_directory(self):
+        os.symlink(self.secret, self.log)
+        self.assertRefused(self.log, "symlink", "MySQLErrorLogFile")
+
+    def test_fifo_does_not_block(self):
+        os.mkfifo(self.log)
+        self.assertRefused("a fifo", "MySQLErrorLogFile")
+
+    def test_directory(self):
+        os.mkdir(self.log)
+        self.assertRefused("a directory")
+
+    def test_hard_link_to_another_file(self):
+        os.link(self.secret, self.log)
+        self.assertRefused("2 hard links")
+
+    def test_file_of_another_user(self):
+        with open(self.log, "w") as f:
+            f.write("x\n")
+        self.patch(errorlog.safepath, "trusted_owners", lambda: frozenset())
+        self.patch(errorlog, "MYSQL_USER", "no-such-user-here")
+        self.assertRefused("belongs to uid", "neither the no-such-user-here user nor root")

@@ -44,7 +44,7 @@ class RecordingSeeds:
     def records(self, limit=None):
         return list(self.by_id.values())[:limit]
 
-    def check_post_copy(self):
+    async def check_post_copy(self):
         raise Conflict("seed 7 is failed")
 
 

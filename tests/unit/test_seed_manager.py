@@ -16,7 +16,7 @@ from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
-from orchagent.seed.records import SeedRecord, SeedStore
+from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
 from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
@@ -31,10 +31,18 @@ class FakeSnapshots:
 
 
 class FakeEraser:
+    """Counts the emptyings; ``pending`` (a Deferred) holds the next one until it fires."""
+
     def __init__(self):
         self.emptied = 0
+        self.paths = []
+        self.pending = None
 
-    async def empty(self):
+    async def empty(self, expected=None):
+        self.paths.append(expected)
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending
         self.emptied += 1
         return []
 
@@ -102,7 +110,7 @@ class FakeTransfer:
         return succeed(None)
 
 
-class SeedManagerTests(SynchronousTestCase):
+class SeedManagerTestCase(SynchronousTestCase):
     def setUp(self):
         self.state = self.mktemp()
         self.datadir = self.mktemp()
@@ -140,6 +148,11 @@ class SeedManagerTests(SynchronousTestCase):
     def stored(self, seed_id):
         with open(os.path.join(self.state, "seeds", f"{seed_id}.json")) as f:
             return json.load(f)
+
+
+
+class SeedManagerTests(SeedManagerTestCase):
+    """What the manager answers and does for one seed at a time."""
 
     def test_built_in_send_uses_the_mounted_snapshot_and_reports_success(self):
         manager = self.manager()
@@ -233,16 +246,14 @@ class SeedManagerTests(SynchronousTestCase):
 
     def test_failed_receive_is_cleared_and_blocks_post_copy(self):
         manager = self.manager(receive_seed_data_command="my-receive")
-        manager.check_post_copy()  # no seed yet: a manual post-copy is allowed
+        self.settle(manager.check_post_copy())  # no seed yet: a manual post-copy is allowed
         self.settle(manager.receive(11))
-        self.assertRaises(Conflict, manager.check_post_copy)  # still running
+        self.fail_with(manager.check_post_copy(), Conflict)  # still running
         self.runner.commands[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
         record = manager.record(11)
         self.assertEqual((record.state, record.error), ("failed", "ReceiveSeedDataCommand failed with exit status 1"))
-        self.assertEqual(self.eraser.emptied, 1)
-        with self.assertRaises(Conflict) as caught:
-            manager.check_post_copy()
-        self.assertIn("seed 11 is failed", str(caught.exception))
+        self.assertEqual((self.eraser.emptied, self.eraser.paths), (1, [self.datadir]))
+        self.assertIn("seed 11 is failed", str(self.fail_with(manager.check_post_copy(), Conflict)))
 
     def test_stalled_command_mode_receive_is_killed(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_stall_timeout_seconds=30)
@@ -283,7 +294,7 @@ class SeedManagerTests(SynchronousTestCase):
     def test_restart_fails_running_seeds_and_keeps_finished_answers(self):
         store = SeedStore(self.state)
         os.makedirs(store.directory)
-        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))
+        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))  # an older agent's: no datadirs.json
         finished = SeedRecord(2, "send", "built-in", "db2", "/src", 100.0)
         finished.end("succeeded", "", now=200.0)
         store.save(finished)
@@ -302,3 +313,110 @@ class SeedManagerTests(SynchronousTestCase):
         self.assertTrue(self.transfer.aborted)
         self.assertEqual(self.stored(3)["state"], "running")
         self.assertEqual(attrs.fields_dict(SeedRecord).keys(), self.stored(3).keys())
+
+
+class OneReceivePerDatadirTests(SeedManagerTestCase):
+    """Seeds cannot step on each other: one receive per datadir, cleanups only of a seed's own data."""
+
+    def holders(self):
+        return SeedStore(self.state).load_holders()
+
+    def test_second_receive_into_the_same_datadir_is_refused(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        error = self.fail_with(manager.receive(2), Conflict)
+        self.assertIn("seed 1 is receiving into the datadir", str(error))
+        self.assertIn("abort-seed/1", str(error))
+        self.assertRaises(NotFound, manager.record, 2)
+        self.assertEqual(self.holders(), {self.datadir: Holder(1, "partial")})
+
+    def test_no_new_receive_until_the_aborted_one_is_cleared(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        self.eraser.pending = cleared = Deferred()
+        aborting = Deferred.fromCoroutine(manager.abort(1))
+        self.assertIn("partial copy is being removed", str(self.fail_with(manager.receive(2), Conflict)))
+        cleared.callback(None)
+        self.successResultOf(aborting)
+        self.settle(manager.receive(2))
+        self.runner.commands[1].result.callback(None)
+        self.assertEqual(self.holders(), {self.datadir: Holder(2, "complete")})
+        self.settle(manager.check_post_copy())
+        self.assertEqual((manager.record(1).state, manager.record(2).state), ("aborted", "succeeded"))
+
+    def test_restart_leaves_a_later_seeds_data_alone(self):
+        store = SeedStore(self.state)
+        os.makedirs(store.directory)
+        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 300.0))  # armed last, never sent
+        done = SeedRecord(2, "receive", "built-in", "", self.datadir, 200.0)
+        done.end("succeeded", "", now=400.0)
+        store.save(done)
+        store.save_holders({self.datadir: Holder(2, "complete")})
+        manager = self.manager()
+        self.assertEqual(manager.record(1).state, "failed")
+        self.assertEqual(self.eraser.emptied, 0)
+        self.settle(manager.check_post_copy())  # the datadir holds seed 2, whole
+        self.assertTrue(manager.record(2).succeeded)
+
+    def test_restart_clears_the_interrupted_seeds_own_partial_data_before_a_new_receive(self):
+        store = SeedStore(self.state)
+        os.makedirs(store.directory)
+        store.save(SeedRecord(1, "receive", "built-in", "", self.datadir, 100.0))
+        store.save_holders({self.datadir: Holder(1, "partial")})
+        self.eraser.pending = cleared = Deferred()
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.fail_with(manager.receive(2), Conflict)
+        cleared.callback(None)
+        self.assertEqual(self.eraser.emptied, 1)
+        self.assertEqual(self.holders(), {self.datadir: Holder(1, "emptied")})
+        self.settle(manager.receive(2))
+
+    def test_a_failed_receive_leaves_data_it_does_not_hold_alone(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        manager._holders[self.datadir] = Holder(7, "complete")  # as if another seed's data were there
+        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.assertEqual(self.eraser.emptied, 0)
+        self.assertEqual(manager.record(1).state, "failed")
+
+    def test_post_copy_answers_for_the_seed_in_the_datadir(self):
+        other = self.mktemp()
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.mysql.data_directory = other  # a later seed went to another datadir, and succeeded
+        self.settle(manager.receive(2))
+        self.runner.commands[1].result.callback(None)
+        self.settle(manager.check_post_copy())
+        self.mysql.data_directory = self.datadir  # back: this datadir holds seed 1's failed copy
+        error = self.fail_with(manager.check_post_copy(), Conflict)
+        self.assertIn("seed 1 is failed", str(error))
+
+    def test_post_copy_without_a_holder_after_receives_is_refused(self):
+        store = SeedStore(self.state)
+        os.makedirs(store.directory)
+        done = SeedRecord(2, "receive", "built-in", "", self.datadir, 200.0)
+        done.end("succeeded", "", now=400.0)
+        store.save(done)
+        store.save_holders({})
+        error = self.fail_with(self.manager().check_post_copy(), Conflict)
+        self.assertIn("no record of which seed's data is in the datadir", str(error))
+
+    def test_the_datadir_is_not_emptied_under_a_running_receive(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        error = self.assertRaises(Conflict, manager.refuse_emptying, self.datadir)
+        self.assertIn("abort-seed/1", str(error))
+        manager.refuse_emptying(self.mktemp())  # another datadir: fine
+        self.runner.commands[0].result.callback(None)
+        manager.refuse_emptying(self.datadir)
+
+    def test_post_copy_refused_once_the_seeded_datadir_was_emptied(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.receive(1))
+        self.runner.commands[0].result.callback(None)
+        self.settle(manager.check_post_copy())
+        self.settle(manager.emptied(self.datadir))  # delete-mysql-datadir
+        self.assertEqual(self.holders(), {self.datadir: Holder(1, "emptied")})
+        self.assertIn("holds its data emptied", str(self.fail_with(manager.check_post_copy(), Conflict)))
+        self.assertTrue(manager.record(1).succeeded)  # its own outcome stays

@@ -5,6 +5,7 @@ from unittest import SkipTest
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import ConfigError
+from orchagent.errors import Conflict
 from orchagent.token import Token, read_token_file
 
 
@@ -89,3 +90,34 @@ class TokenFileTests(SynchronousTestCase):
         for content in ("short-token", "x" * 129, "has space in it 0123", "dot.is.not.allowed.x", "", "\u00e9" * 20,
                         self.GOOD + "\n" + self.GOOD):
             self.assertRefused(self.token_file(content), "must hold one token of 16 to 128 characters")
+class HintFileSafetyTests(SynchronousTestCase):
+    """The hint is replaced atomically and never written through a planted link."""
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "token")
+
+    def test_planted_symlink_is_refused_and_not_followed(self):
+        target = os.path.join(self.directory, "cron-job")
+        os.symlink(target, self.path)
+        error = self.assertRaises(Conflict, Token().write_hint, self.path)
+        self.assertIn("TokenHintFile", str(error))
+        self.assertFalse(os.path.lexists(target))
+        self.assertEqual(sorted(os.listdir(self.directory)), ["token"])  # no temporary file left
+
+    def test_replaces_the_old_file_instead_of_writing_into_it(self):
+        with open(self.path, "w") as f:
+            f.write("old")
+        os.link(self.path, os.path.join(self.directory, "other-name"))
+        t = Token()
+        t.write_hint(self.path)
+        with open(os.path.join(self.directory, "other-name")) as f:
+            self.assertEqual(f.read(), "old")
+        self.assertEqual(sorted(os.listdir(self.directory)), ["other-name", "token"])
+
+    def test_relative_path(self):
+        t = Token()
+        self.patch(os, "getcwd", lambda: self.directory)
+        t.write_hint(os.path.relpath(self.path))
+        self.assertTrue(os.path.exists(self.path))
