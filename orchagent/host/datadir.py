@@ -8,7 +8,9 @@ boundary: a directory on another device, or listed as a mount point, is left as 
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import stat
 from typing import Callable, Collection
 
@@ -18,24 +20,103 @@ from orchagent.host.mounts import MOUNTINFO, read_mountinfo
 
 log = logs.logger(__name__)
 
-#: Directories no datadir can be: a wrong MySQLDatadirCommand must not empty them.
+#: FHS system directories and their well-known children (beside every top-level directory,
+#: refused by rule): a wrong MySQLDatadirCommand must not empty them.  /usr/local/mysql/data and
+#: /var/lib/mysql stay possible.
 SYSTEM_DIRECTORIES = frozenset((
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
-    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/tmp",
+    "/usr/local", "/var/lib", "/var/tmp", "/var/local", "/var/opt", "/var/www", "/var/crash", "/var/run",
+    "/var/lock", "/run/lock", "/run/user", "/run/shm", "/run/systemd", "/run/mysqld", "/dev/shm",
+    "/dev/pts", "/dev/mqueue", "/dev/hugepages",
 ))
+
+#: Trees no datadir lives in at any depth: configuration, kernel interfaces, programs, logs, caches.
+SYSTEM_TREES = (
+    "/boot", "/etc", "/proc", "/sys",
+    "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec",
+    "/usr/include", "/usr/share", "/usr/src", "/usr/games",
+    "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/usr/local/libexec", "/usr/local/include",
+    "/usr/local/share", "/usr/local/src", "/usr/local/etc", "/usr/local/games", "/usr/local/man",
+    "/var/log", "/var/cache", "/var/spool", "/var/mail", "/var/backups",
+    "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/var/lib/private",
+)
+
+#: What shows a directory is a MySQL/MariaDB datadir: the system schema's directory (True) or a
+#: system file of InnoDB (MariaDB and MySQL 5.x/8.x) or Aria (False: a regular file).
+DATADIR_MARKERS = {
+    "mysql": True, "#innodb_redo": True,
+    "ibdata1": False, "ib_logfile0": False, "undo001": False, "mysql.ibd": False, "aria_log_control": False,
+}
+
+#: What an empty datadir may still hold: a partial seed's staging directory (seed/tree.py's
+#: staging_path) and a file system's lost+found (a datadir that is a mount point).
+_LEFTOVER = re.compile(r"\.orchagent-seed-[0-9]+|lost\+found")
 
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def checked_datadir(path: str) -> str:
-    """The real path of ``path`` if emptying it is plausible; Conflict otherwise."""
+def checked_datadir(path: str, *, require_contents: bool = True) -> str:
+    """The real path of ``path`` if it may be emptied or seeded into; Conflict naming the rule otherwise.
+
+    Refused, before and after resolving links (``/bin`` is ``/usr/bin`` on a usr-merged system):
+    ``/``, every top-level directory, :data:`SYSTEM_DIRECTORIES` and everything in
+    :data:`SYSTEM_TREES`; with ``require_contents``, also a directory that holds anything but
+    holds no datadir marker (:data:`DATADIR_MARKERS`).  Blocking: call it in a thread.
+    """
     if not path or not path.startswith("/"):
-        raise Conflict(f"refusing to empty the datadir {path!r}: it is not an absolute path")
+        raise Conflict(_refusal(path, "absolute path", "it is not an absolute path"))
     resolved = os.path.realpath(path)
-    if resolved in SYSTEM_DIRECTORIES:
-        raise Conflict(f"refusing to empty {path!r}: it is (or resolves to) the system directory "
-                       f"{resolved}; check MySQLDatadirCommand / the datadir setting")
+    for candidate in dict.fromkeys((resolved, os.path.normpath(path))):
+        problem = system_directory_problem(candidate)
+        if problem:
+            raise Conflict(_refusal(path, *problem))
+    if require_contents:
+        problem = _contents_problem(resolved)
+        if problem:
+            raise Conflict(_refusal(path, "a datadir or empty", problem))
     return resolved
+
+
+def system_directory_problem(path: str) -> tuple[str, str] | None:
+    """(rule, explanation) when the normalized absolute ``path`` is a system directory, else None."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return "system directory", "it is (or resolves to) the system directory /"
+    if len(parts) == 1:
+        return "top-level directory", (f"it is (or resolves to) the top-level directory {path}; "
+                                       "a datadir lives at least two levels deep (e.g. /data/mysql)")
+    normal = "/" + "/".join(parts)
+    if normal in SYSTEM_DIRECTORIES:
+        return "system directory", f"it is (or resolves to) the system directory {normal}"
+    for tree in SYSTEM_TREES:
+        if normal == tree or normal.startswith(tree + "/"):
+            return "system tree", f"it is (or resolves to) {normal}, inside the system tree {tree}"
+    return None
+
+
+def _contents_problem(directory: str) -> str | None:
+    """Why ``directory`` does not look like a datadir, or None when it does or is empty."""
+    other = None
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                wanted = DATADIR_MARKERS.get(entry.name)
+                if wanted is not None and (entry.is_dir(follow_symlinks=False) if wanted
+                                           else entry.is_file(follow_symlinks=False)):
+                    return None
+                if other is None and not (_LEFTOVER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                    other = entry.name
+    except OSError as e:
+        return f"{directory} cannot be listed ({e.strerror})"
+    if other is None:
+        return None
+    return (f"{directory} holds {other!r} but no mysql/ schema directory and no InnoDB or Aria system "
+            f"file (ibdata1, ib_logfile0, undo001, mysql.ibd, aria_log_control), and it is not empty; "
+            f"if it really is the datadir, empty it by hand")
+
+
+def _refusal(path: str, rule: str, problem: str) -> str:
+    return (f"refusing the datadir {path!r} (rule: {rule}): {problem}; "
+            f"check MySQLDatadirCommand or the datadir in the MySQL option files")
 
 
 def empty_directory(path: str, mount_points: Collection[str] = ()) -> list[str]:
@@ -43,7 +124,7 @@ def empty_directory(path: str, mount_points: Collection[str] = ()) -> list[str]:
 
     Blocking: call it in a thread.
     """
-    root = checked_datadir(path)
+    root = checked_datadir(path, require_contents=False)  # the caller checked what it holds
     fd = os.open(root, _OPEN_DIRECTORY)
     try:
         skipped: list[str] = []
@@ -110,9 +191,13 @@ class DatadirEraser:
             self._disk.invalidate()
         log.info("emptied the datadir {datadir} with MySQLDeleteDatadirContentCommand", datadir=datadir)
 
-    async def empty(self) -> list[str]:
-        """Remove the datadir's contents in a thread; the mount points left alone are returned."""
-        datadir = await self._guarded_datadir()
+    async def empty(self, *, after_failed_seed: bool = False) -> list[str]:
+        """Remove the datadir's contents in a thread; the mount points left alone are returned.
+
+        ``after_failed_seed``: a receive's partial copy need not look like a datadir (the receive
+        was allowed only into one that did, or into an empty one).
+        """
+        datadir = await self._guarded_datadir(require_contents=not after_failed_seed)
         mount_points = {entry.mount_point for entry in read_mountinfo(self._mountinfo_path)}
         try:
             skipped = await self._defer_to_thread(empty_directory, datadir, mount_points)
@@ -125,11 +210,11 @@ class DatadirEraser:
             log.info("emptied the datadir {datadir}", datadir=datadir)
         return skipped
 
-    async def _guarded_datadir(self) -> str:
+    async def _guarded_datadir(self, require_contents: bool = True) -> str:
         if await self._mysql.is_running():
             raise Conflict("MySQL is running: stop it (mysql-stop) before deleting its datadir")
         datadir = await self._mysql.datadir()
-        checked_datadir(datadir)
+        await self._defer_to_thread(functools.partial(checked_datadir, datadir, require_contents=require_contents))
         if not os.path.isdir(datadir):
             raise AgentError(f"the datadir {datadir} is not a directory")
         return datadir

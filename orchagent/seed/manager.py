@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict, NotFound
+from orchagent.host.datadir import checked_datadir
 from orchagent.seed.records import ABORTED, FAILED, RUNNING, SUCCEEDED, SeedRecord, SeedStore
 from orchagent.seed.transfer import SeedReceiverServer, send_tree
 
@@ -102,7 +103,8 @@ class SeedManager(Service):
         self._refuse_reuse(seed_id)
         if await self._mysql.is_running():
             raise Conflict("MySQL is running on this host: stop it before receiving a seed into its datadir")
-        datadir = await self._mysql.datadir()
+        # the guard of delete-mysql-datadir: receiving into /etc would be as bad as emptying it
+        datadir = await self._defer_to_thread(checked_datadir, await self._mysql.datadir())
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
@@ -270,7 +272,7 @@ class SeedManager(Service):
 
     async def _clear_partial_copy(self, record: SeedRecord) -> None:
         try:
-            await self._eraser.empty()
+            await self._eraser.empty(after_failed_seed=True)
         except Exception as e:
             log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
                       "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))

@@ -44,8 +44,8 @@ class FakeEraser:
     def __init__(self):
         self.emptied = 0
 
-    async def empty(self):
-        self.emptied += 1
+    async def empty(self, *, after_failed_seed=False):
+        self.emptied += after_failed_seed
         return []
 
 
@@ -110,7 +110,7 @@ class FakeTransfer:
 class SeedManagerTests(SynchronousTestCase):
     def setUp(self):
         self.state = self.mktemp()
-        self.datadir = self.mktemp()
+        self.datadir = os.path.realpath(self.mktemp())
         os.makedirs(self.datadir)
         self.clock = Clock()
         self.runner = FakeRunner()
@@ -191,6 +191,18 @@ class SeedManagerTests(SynchronousTestCase):
         error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
         self.assertIn("MySQL is running", str(error))
         self.assertEqual(self.runner.started, [])
+
+    def test_receive_refuses_what_delete_mysql_datadir_refuses(self):
+        for datadir, rule in [("/etc", "top-level directory"), ("/usr/sbin", "system tree"),
+                              ("/var/log", "system tree")]:
+            self.mysql._datadir = datadir
+            error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
+            self.assertIn(f"(rule: {rule})", str(error))
+        self.mysql._datadir = self.datadir
+        open(os.path.join(self.datadir, "notes.txt"), "w").close()
+        error = self.fail_with(self.manager().receive(4), Conflict)
+        self.assertIn("(rule: a datadir or empty)", str(error))
+        self.assertEqual((self.runner.started, self.transfers), ([], []))
 
     def test_command_mode_passes_arguments_as_argv_without_a_wall_clock_timeout(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_transfer_port=4444)

@@ -213,6 +213,22 @@ class CommandTests(StorageApiTestsBase):
         self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))
         self.assertEqual(self.runner.commands, [["configured", "MySQLDeleteDatadirContentCommand"]])
 
+    def test_delete_datadir_refuses_what_is_not_a_datadir_and_accepts_an_emptied_one(self):
+        os.rmdir(os.path.join(self.datadir, "mysql"))
+        open(os.path.join(self.datadir, "notes.txt"), "w").close()
+        client = self.start(mysql_delete_datadir_content_command="rm -rf /var/lib/mysql/*")
+        code, body = client.get("/api/delete-mysql-datadir")
+        self.assertEqual(code, 409)
+        self.assertIn("(rule: a datadir or empty)", body["Message"])
+        self.assertEqual(os.listdir(self.datadir), ["notes.txt"])
+        self.assertEqual(self.runner.commands, [])
+        os.unlink(os.path.join(self.datadir, "notes.txt"))
+        os.makedirs(os.path.join(self.datadir, ".orchagent-seed-3", "tree"))  # a partial seed's staging
+        client = self.start()
+        self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))
+        self.assertEqual(os.listdir(self.datadir), [])
+        self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))  # orchestrator's retry
+
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"
         code, body = self.start().get("/api/delete-mysql-datadir")
