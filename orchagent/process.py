@@ -371,8 +371,8 @@ class ProcessRunner:
         ``timeout``: seconds of wall-clock time (default: the runner's), ``None`` for no limit
         (only for work that supervises itself).  ``privileged`` adds ``sudo -n`` when the
         runner was built with ``exec_with_sudo``.  ``parsed`` sets LC_ALL=C for tools whose
-        output we parse.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` sends
-        stdout to that file (created, mode 0600) instead of capturing it.  With ``check``, a
+        output we parse.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` appends
+        stdout to that file (created mode 0600 if missing) instead of capturing it.  With ``check``, a
         non-zero exit or a death by signal fails with CommandFailed; a timeout always fails
         with CommandTimedOut.  Cancelling the Deferred kills the process group.
         """
@@ -439,7 +439,7 @@ class ProcessRunner:
         try:
             stdin_fd = self._open(stdin_path or os.devnull, os.O_RDONLY, name, opened)
             stdout = "r" if stdout_path is None else self._open(
-                stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, name, opened)
+                stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, name, opened)
             transport = self._reactor.spawnProcess(
                 command._output, setsid, full_argv, env=child_env, path=cwd,
                 childFDs={0: stdin_fd, 1: stdout, 2: "r"})

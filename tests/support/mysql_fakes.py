@@ -4,6 +4,7 @@ inline "thread pool", and the route table with only the MySQL section live."""
 from __future__ import annotations
 
 import os
+import zlib
 
 import attrs
 from twisted.internet.defer import fail, succeed
@@ -25,6 +26,28 @@ def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
 
 
 HEADER = len(binlog(b""))  # 123, as in MySQL 5.7's logs
+
+
+def event(kind: int, body: bytes, checksum: bool = True, flags: int = 0) -> bytes:
+    """One binlog event: the 19-byte header, ``body``, then its CRC32 when ``checksum``."""
+    size = 19 + len(body) + (4 if checksum else 0)
+    data = (b"\0\0\0\0" + bytes([kind]) + b"\1\0\0\0" + size.to_bytes(4, "little") + b"\0\0\0\0"
+            + flags.to_bytes(2, "little") + body)
+    return data + zlib.crc32(data).to_bytes(4, "little") if checksum else data
+
+
+def format_description(checksum: bool = True, version: bytes = b"10.11.19-MariaDB-log") -> bytes:
+    """A Format Description event naming CRC32 (or OFF); its 4 checksum bytes are there either way."""
+    body = b"\4\0" + version.ljust(50, b"\0") + b"\0" * 4 + bytes([19]) + b"\x38" * 40 + bytes([checksum])
+    return event(15, body) if checksum else event(15, body + b"\0" * 4, checksum=False)
+
+
+def verifiable_binlog(*queries: bytes, checksum: bool = True) -> bytes:
+    """Magic, a Format Description event, then a Query event per ``queries``, checksums as asked."""
+    return b"\xfebin" + format_description(checksum) + b"".join(event(2, query, checksum) for query in queries)
+
+
+SANDBOX_ANSWER = b"ERROR at line 2: Not allowed in the sandbox mode\n"  # the MariaDB client's, to the probe
 
 
 class InlineThreadsReactor(Clock):
@@ -58,9 +81,11 @@ class FakeRunner:
     ``stdin_seen[name]`` keeps what a ``stdin_path`` held when the command "ran".
     """
 
-    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None):
+    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None,
+                 stderr: dict[str, bytes] | None = None):
         self.stdout = stdout or {}
         self.exit_codes = exit_codes or {}
+        self.stderr = stderr or {}
         self.calls: list[Call] = []
         self.stdin_seen: dict[str, bytes] = {}
 
@@ -80,11 +105,11 @@ class FakeRunner:
                 self.stdin_seen[name] = f.read()
         stdout = self.stdout.get(name, b"")
         if options.get("stdout_path"):
-            with open(options["stdout_path"], "wb") as f:
+            with open(options["stdout_path"], "ab") as f:
                 f.write(stdout)
             stdout = b""
         result = CommandResult(name=name, argv=argv, exit_code=self.exit_codes.get(name, 0), signal=None,
-                               stdout=stdout, stderr=b"", stdout_truncated=False, timed_out=False)
+                               stdout=stdout, stderr=self.stderr.get(name, b""), stdout_truncated=False, timed_out=False)
         if not result.ok and options.get("check", True):
             return fail(CommandFailed(result))
         return succeed(result)
