@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from urllib.parse import quote
 
 from treq.client import HTTPClient
@@ -172,6 +173,67 @@ class MariaDBThroughTheAPITests(TestCase):
         self.assertEqual(self.sandbox.sql("SELECT i FROM applied.t ORDER BY i"), "1\n2\n")
         self.assertEqual(set(os.listdir(tempfile.gettempdir())) - before, set())
         self.sandbox.sql("DROP DATABASE applied")
+
+    def crafted_binlog(self, database: str, payload: str, fix_checksum: bool = True) -> tuple[bytes, int]:
+        """A real binlog whose INSERT holds ``payload`` after an empty string; the INSERT's offset.
+
+        The payload replaces a long string literal and keeps the event's length; its CRC32 is
+        recomputed when ``fix_checksum`` (as an attacker would), else left as the server wrote it.
+        """
+        literal = "'" + "A" * 400 + "'"
+        name, end = self.new_binlog(f"CREATE DATABASE {database}; CREATE TABLE {database}.t (i INT, s TEXT);"
+                                    f"INSERT INTO {database}.t VALUES (7, {literal})")
+        self.sandbox.sql(f"DROP DATABASE {database}")
+        with open(os.path.join(self.sandbox.datadir, name), "rb") as f:
+            data = bytearray(f.read(end))
+        at = data.index(literal.encode())
+        data[at:at + len(literal)] = ("'' " + payload).encode().ljust(len(literal))
+        offset = 4
+        while not offset <= at < offset + int.from_bytes(data[offset + 9:offset + 13], "little"):
+            offset += int.from_bytes(data[offset + 9:offset + 13], "little")
+        if fix_checksum:
+            size = int.from_bytes(data[offset + 9:offset + 13], "little")
+            data[offset + size - 4:offset + size] = zlib.crc32(data[offset:offset + size - 4]).to_bytes(4, "little")
+        return bytes(data), offset
+
+    @inline
+    async def test_client_commands_hidden_in_events_are_not_run(self):
+        """A Query event carrying a client command (checksum made valid) applies as SQL or fails; never runs it."""
+        marker = os.path.join(self.markers, "pwned")
+        for payload in (f"/*!99999\n\\! touch {marker}\n*/",  # anywhere in a line, even in a comment
+                        f")/*!*/;\nsystem touch {marker}\n",  # a long-form command starts a statement
+                        f")/*!*/;\nDELIMITER ;\nsystem touch {marker};\n"):
+            data, _ = self.crafted_binlog("crafted", payload)
+            code, body = await self.call("/api/apply-relaylog-contents", "POST",
+                                         base64.encodebytes(gzip.compress(data)))
+            self.assertFalse(os.path.exists(marker), payload)
+            self.assertEqual(code, 502, payload)
+            self.assertIn("Not allowed in the sandbox mode", body["Message"])
+            self.sandbox.sql("DROP DATABASE IF EXISTS crafted")
+
+    @inline
+    async def test_a_log_flipped_after_its_checksum_is_refused_and_nothing_applied(self):
+        data, offset = self.crafted_binlog("flipped", "/* B */", fix_checksum=False)
+        before = len(self.runner.commands)
+        code, body = await self.call("/api/apply-relaylog-contents", "POST", base64.encodebytes(gzip.compress(data)))
+        self.assertEqual((code, body["Message"]), (400, f"relay log event at offset {offset} does not verify "
+                                                        "(its CRC32 checksum differs); nothing was applied"))
+        self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'flipped'"), "")
+        self.assertEqual(self.runner.commands[before:], [])
+
+    @inline
+    async def test_a_log_without_checksums_applies(self):
+        """binlog_checksum=NONE: the structure is checked, the events apply."""
+        self.sandbox.sql("SET GLOBAL binlog_checksum=NONE")
+        try:
+            name, end = self.new_binlog("CREATE DATABASE plain; CREATE TABLE plain.t (i INT); INSERT INTO plain.t VALUES (3);")
+        finally:
+            self.sandbox.sql("SET GLOBAL binlog_checksum=CRC32")
+        self.sandbox.sql("DROP DATABASE plain")
+        encoded = await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")
+        self.assertEqual(await self.ok("/api/apply-relaylog-contents", "POST", encoded.encode()), "OK")
+        self.assertEqual(self.sandbox.sql("SELECT i FROM plain.t"), "3\n")
+        self.sandbox.sql("DROP DATABASE plain")
 
     @inline
     async def test_post_copy_passes_the_source_host_as_environment(self):
