@@ -44,10 +44,24 @@ _FIRST_WITH_CHECKSUMS = {"MariaDB": (5, 3, 0), "MySQL": (5, 6, 1)}  # older logs
 
 #: The MariaDB client's sandbox command: from this line on, no system, \!, source, pager, tee...
 SANDBOX_LINE = b"\\-\n"
-#: What the client gets to show it refuses client commands (``\.`` is ``source``).
-SANDBOX_PROBE = SANDBOX_LINE + b"\\. /dev/null\n"
-#: Its answer in sandbox mode, or in ``--binary-mode`` (which parses no client command either).
-_SANDBOX_EVIDENCE = (b"Not allowed in the sandbox mode", b"Unknown command '\\.'")
+
+#: What MySQLClientCommand is fed before every apply, the answer that shows it safe, and what to
+#: fix otherwise.  ``\.`` is ``source``: refused in sandbox mode, unknown in ``--binary-mode``
+#: (which parses no client command).  LOAD DATA LOCAL would let a statement make the client read
+#: any file; the capability is checked before the table, which need not exist.
+CLIENT_PROBES = (
+    (SANDBOX_LINE + b"\\. /dev/null\n", re.compile(rb"Not allowed in the sandbox mode|Unknown command '\\\.'"),
+     "does not refuse client commands (system, \\!, source...): use MariaDB's client from 10.5.25, "
+     "10.6.18, 10.11.8 or 11.0.6 on, whose sandbox mode orchagent switches on"),
+    (SANDBOX_LINE + b"LOAD DATA LOCAL INFILE '/dev/null' INTO TABLE mysql.orchagent_probe;\n",
+     re.compile(rb"ERROR (4166|1148|3948) "),
+     "may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0 to it (or local-infile=0 "
+     "to the [client] group of its option file)"),
+)
+
+#: Events that ``mysqlbinlog`` turns into LOAD DATA LOCAL INFILE of a file it writes itself.
+_LOAD_EVENTS = {6: "Load", 8: "Create_file", 9: "Append_block", 10: "Exec_load", 11: "Delete_file",
+                12: "New_load", 17: "Begin_load_query", 18: "Execute_load_query"}
 
 #: Per kind of log: (index option, base-name option, suffix after log_basename, glob in the datadir).
 _INDEX_OPTIONS = {
@@ -238,6 +252,10 @@ def verify_events(path: str) -> int:
             length = int.from_bytes(header[9:13], "little") if len(header) == _EVENT_HEADER_SIZE else 0
             if length < _EVENT_HEADER_SIZE or offset + length > size:
                 raise _unverified(offset, f"has an impossible length ({length} bytes; {size - offset} left)")
+            if header[4] in _LOAD_EVENTS:
+                raise InvalidInput(f"relay log event at offset {offset} is a LOAD DATA event "
+                                   f"({_LOAD_EVENTS[header[4]]}), which orchagent does not apply (the client "
+                                   f"would read a local file); nothing was applied")
             if header[4] == FORMAT_DESCRIPTION_EVENT:
                 if length > _MAX_FORMAT_DESCRIPTION:
                     raise _unverified(offset, f"is a Format Description event of {length} bytes")
@@ -372,7 +390,7 @@ class ReplicationLogs:
 
     async def apply_relaylog(self, body: BinaryIO, size: int) -> None:
         """Decode base64(gzip(relay log)), verify its events, feed ``mysqlbinlog``'s SQL to
-        ``MySQLClientCommand`` in sandbox mode (refused when the client cannot show it has one)."""
+        ``MySQLClientCommand`` in sandbox mode (refused unless the client shows it is safe)."""
         if not self._client_command:
             raise AgentError("MySQLClientCommand is empty; set it to the client command that applies SQL")
         if size > self._max_apply_bytes:
@@ -383,8 +401,9 @@ class ReplicationLogs:
         try:
             await self._mysql.in_thread(decode_relaylog, body, relaylog, self._max_apply_bytes)
             events = await self._mysql.in_thread(verify_events, relaylog)
-            await self._mysql.in_thread(write_file, probe, SANDBOX_PROBE)
-            await self._check_sandbox(probe)
+            for probe_input, safe_answer, fix in CLIENT_PROBES:
+                await self._mysql.in_thread(write_file, probe, probe_input)
+                await self._probe_client(probe, safe_answer, fix)
             await self._mysql.in_thread(write_file, statements, SANDBOX_LINE)
             await self._runner.run(["mysqlbinlog", "--no-defaults", "--verify-binlog-checksum", relaylog],
                                    name="mysqlbinlog", stdout_path=statements)
@@ -395,17 +414,14 @@ class ReplicationLogs:
         log.info("applied a relay log of {events} events ({size} encoded bytes) through MySQLClientCommand "
                  "in sandbox mode", events=events, size=size)
 
-    async def _check_sandbox(self, probe: str) -> None:
-        """Refuse a client that does not show it refuses client commands after the sandbox line."""
+    async def _probe_client(self, probe: str, safe_answer: re.Pattern, fix: str) -> None:
+        """Refuse a client whose answer to the input in ``probe`` does not show it safe."""
         result = await self._runner.run_configured(self._client_command, name="MySQLClientCommand",
                                                    stdin_path=probe, check=False)
-        if not any(evidence in result.stderr for evidence in _SANDBOX_EVIDENCE):
+        if not safe_answer.search(result.stderr):
             said = result.stderr.decode("utf-8", "replace").strip()[-300:]
-            raise AgentError(
-                "MySQLClientCommand did not show it refuses client commands (system, \\!, source...) in "
-                "what it applies: use MariaDB's client from 10.5.25, 10.6.18, 10.11.8 or 11.0.6 on (its "
-                "sandbox mode) or give it --binary-mode; nothing was applied"
-                + (f"; the client said: {said}" if said else ""))
+            raise AgentError(f"MySQLClientCommand {fix}; nothing was applied"
+                             + (f"; the client said: {said}" if said else ""))
 
     async def _index(self, kind: str) -> str | None:
         datadir = await self._mysql.datadir()

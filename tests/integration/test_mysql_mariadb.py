@@ -6,8 +6,10 @@ Site with the real ProcessRunner, configured from a real JSON configuration file
 
 import base64
 import gzip
+import io
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import zlib
@@ -20,7 +22,9 @@ from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import load_config
+from orchagent.errors import AgentError
 from orchagent.host.mysql import MySQL
+from orchagent.host.relaylog import ReplicationLogs
 from orchagent.process import ProcessRunner
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
@@ -220,6 +224,22 @@ class MariaDBThroughTheAPITests(TestCase):
                                                         "(its CRC32 checksum differs); nothing was applied"))
         self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'flipped'"), "")
         self.assertEqual(self.runner.commands[before:], [])
+
+    @inline
+    async def test_a_client_that_may_read_local_files_is_refused(self):
+        """The real client without --local-infile=0 would let a statement read any file as root."""
+        name, end = self.new_binlog("CREATE DATABASE IF NOT EXISTS loaded")
+        encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
+        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(self.sandbox.client_argv()),
+                               max_apply_bytes=1 << 20)
+        self.sandbox.sql("DROP DATABASE loaded")
+        before = len(self.runner.commands)
+        with self.assertRaises(AgentError) as caught:
+            await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
+        self.assertIn("may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0", str(caught.exception))
+        self.assertIn("Table 'mysql.orchagent_probe' doesn't exist", str(caught.exception))
+        self.assertEqual([command[1] for command in self.runner.commands[before:]], ["MySQLClientCommand"] * 2)
+        self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'loaded'"), "")
 
     @inline
     async def test_a_log_without_checksums_applies(self):

@@ -47,7 +47,14 @@ def verifiable_binlog(*queries: bytes, checksum: bool = True) -> bytes:
     return b"\xfebin" + format_description(checksum) + b"".join(event(2, query, checksum) for query in queries)
 
 
-SANDBOX_ANSWER = b"ERROR at line 2: Not allowed in the sandbox mode\n"  # the MariaDB client's, to the probe
+def safe_client(stdin: bytes) -> bytes:
+    """What a sandboxed MariaDB client without local-infile writes to stderr for orchagent's probes."""
+    if b"\\. /dev/null" in stdin:
+        return b"ERROR at line 2: Not allowed in the sandbox mode\n"
+    if b"LOAD DATA LOCAL" in stdin:
+        return (b"ERROR 4166 (HY000) at line 2: The used command is not allowed because the MariaDB server "
+                b"or client has disabled the local infile capability\n")
+    return b""
 
 
 class InlineThreadsReactor(Clock):
@@ -85,7 +92,7 @@ class FakeRunner:
                  stderr: dict[str, bytes] | None = None):
         self.stdout = stdout or {}
         self.exit_codes = exit_codes or {}
-        self.stderr = stderr or {}
+        self.stderr = stderr or {}  # name -> bytes, or a function of what stdin held
         self.calls: list[Call] = []
         self.stdin_seen: dict[str, bytes] = {}
 
@@ -103,13 +110,16 @@ class FakeRunner:
         if options.get("stdin_path"):
             with open(options["stdin_path"], "rb") as f:
                 self.stdin_seen[name] = f.read()
+        stderr = self.stderr.get(name, b"")
+        if callable(stderr):
+            stderr = stderr(self.stdin_seen.get(name, b""))
         stdout = self.stdout.get(name, b"")
         if options.get("stdout_path"):
             with open(options["stdout_path"], "ab") as f:
                 f.write(stdout)
             stdout = b""
         result = CommandResult(name=name, argv=argv, exit_code=self.exit_codes.get(name, 0), signal=None,
-                               stdout=stdout, stderr=self.stderr.get(name, b""), stdout_truncated=False, timed_out=False)
+                               stdout=stdout, stderr=stderr, stdout_truncated=False, timed_out=False)
         if not result.ok and options.get("check", True):
             return fail(CommandFailed(result))
         return succeed(result)

@@ -18,11 +18,11 @@ from orchagent.web.resource import ApiResource, Guard
 from tests.support.mysql_fakes import (
     FIXTURES,
     HEADER,
-    SANDBOX_ANSWER,
     FakeRunner,
     InlineThreadsReactor,
     binlog,
     mysql_routes,
+    safe_client,
     verifiable_binlog,
 )
 
@@ -122,11 +122,11 @@ class MySQLRoutesTests(SynchronousTestCase):
         self.assertEqual(self.runner.calls, [])
 
     def test_apply(self):
-        self.runner.stderr["MySQLClientCommand"] = SANDBOX_ANSWER
+        self.runner.stderr["MySQLClientCommand"] = safe_client
         body = base64.encodebytes(gzip.compress(verifiable_binlog(b"INSERT INTO t VALUES (1)")))
         self.assertEqual(self.call("/api/apply-relaylog-contents", "POST", data=body,
                                    headers={"Content-Type": ["text/plain"]}), (200, b'"OK"'))
-        self.assertEqual(self.runner.names(), ["MySQLClientCommand", "mysqlbinlog", "MySQLClientCommand"])
+        self.assertEqual(self.runner.names(), ["MySQLClientCommand"] * 2 + ["mysqlbinlog", "MySQLClientCommand"])
 
     def test_apply_of_a_log_that_does_not_verify_is_bad_input(self):
         body = base64.encodebytes(gzip.compress(verifiable_binlog(b"INSERT INTO t VALUES (1)")[:-1] + b"?"))

@@ -28,12 +28,12 @@ from orchagent.host.relaylog import (
 from tests.support.mysql_fakes import (
     FIXTURES,
     HEADER,
-    SANDBOX_ANSWER,
     FakeRunner,
     InlineThreadsReactor,
     binlog,
     event,
     format_description,
+    safe_client,
     verifiable_binlog,
 )
 
@@ -208,6 +208,11 @@ class VerifyEventsTests(SynchronousTestCase):
         old = b"\xfebin" + format_description(version=b"5.5.62-log") + event(2, b"A", checksum=False)
         self.assertEqual(self.verify(old), 2)
 
+    def test_load_data_events_are_refused(self):
+        # mysqlbinlog would write their data to a file and have the client read it
+        data = verifiable_binlog(b"COMMIT") + event(17, b"\1\0\0\0rows")
+        self.assertIn("is a LOAD DATA event (Begin_load_query)", self.refusal(data))
+
     def test_malformed_logs(self):
         self.assertIn("before any Format Description", self.refusal(b"\xfebin" + event(2, b"A")))
         unknown = bytearray(verifiable_binlog())
@@ -298,12 +303,13 @@ class ReplicationLogsTests(SynchronousTestCase):
         return Deferred.fromCoroutine(self.logs.apply_relaylog(io.BytesIO(body), size or len(body)))
 
     def test_apply_in_sandbox_mode(self):
-        self.runner.stderr["MySQLClientCommand"] = SANDBOX_ANSWER
+        self.runner.stderr["MySQLClientCommand"] = safe_client
         self.successResultOf(self.apply(verifiable_binlog(b"INSERT INTO t VALUES (1)")))
-        self.assertEqual(self.commands_run(), ["MySQLClientCommand", "mysqlbinlog", "MySQLClientCommand"])
-        probe, mysqlbinlog, client = self.runner.calls[-3:]
-        self.assertEqual(probe.argv, ("bash", "-c", "mysql", "orchagent"))
-        self.assertEqual(probe.options["check"], False)
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 2 + ["mysqlbinlog", "MySQLClientCommand"])
+        *probes, mysqlbinlog, client = self.runner.calls[-4:]
+        for probe in probes:
+            self.assertEqual(probe.argv, ("bash", "-c", "mysql", "orchagent"))
+            self.assertEqual(probe.options["check"], False)
         self.assertEqual(mysqlbinlog.argv[:3], ("mysqlbinlog", "--no-defaults", "--verify-binlog-checksum"))
         self.assertEqual(client.argv, ("bash", "-c", "mysql", "orchagent"))
         # the sandbox line comes first, whatever mysqlbinlog printed
@@ -311,7 +317,8 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_binary_mode_also_shows_client_commands_are_off(self):
-        self.runner.stderr["MySQLClientCommand"] = b"ERROR at line 2: Unknown command '\\.'.\n"
+        self.runner.stderr["MySQLClientCommand"] = lambda stdin: (
+            b"ERROR at line 2: Unknown command '\\.'.\n" if b"\\." in stdin else safe_client(stdin))
         self.successResultOf(self.apply(verifiable_binlog(b"COMMIT")))
         self.assertEqual(self.commands_run()[-1], "MySQLClientCommand")
 
@@ -319,10 +326,19 @@ class ReplicationLogsTests(SynchronousTestCase):
         for said in (b"", b"ERROR at line 1: Unknown command '\\-'.\n", b"ERROR 2002 (HY000): Can't connect"):
             self.runner.stderr["MySQLClientCommand"] = said
             message = str(self.failureResultOf(self.apply(verifiable_binlog(b"COMMIT")), AgentError).value)
-            self.assertIn("MySQLClientCommand did not show it refuses client commands", message)
+            self.assertIn("MySQLClientCommand does not refuse client commands (system, \\!, source...): use "
+                          "MariaDB's client from 10.5.25", message)
             self.assertIn(said.decode().strip(), message)
-        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 3)  # the probes only
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 3)  # the first probes only
         self.assertEqual(os.listdir(self.temp), [])
+
+    def test_a_client_that_may_read_local_files_is_refused(self):
+        said = b"ERROR 1146 (42S02) at line 2: Table 'mysql.orchagent_probe' doesn't exist"
+        self.runner.stderr["MySQLClientCommand"] = lambda stdin: said if b"LOAD DATA" in stdin else safe_client(stdin)
+        message = str(self.failureResultOf(self.apply(verifiable_binlog(b"COMMIT")), AgentError).value)
+        self.assertIn("MySQLClientCommand may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0", message)
+        self.assertIn(said.decode(), message)
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 2)
 
     def test_a_log_that_does_not_verify_runs_nothing(self):
         data = bytearray(verifiable_binlog(b"INSERT INTO t VALUES (1)"))
@@ -342,7 +358,7 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_failed_client_still_removes_temp_files(self):
-        self.runner.stderr["MySQLClientCommand"] = SANDBOX_ANSWER
+        self.runner.stderr["MySQLClientCommand"] = safe_client
         self.runner.exit_codes["MySQLClientCommand"] = 1
         self.failureResultOf(self.apply(verifiable_binlog()), AgentError)
         self.assertEqual(os.listdir(self.temp), [])
