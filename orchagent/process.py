@@ -372,9 +372,9 @@ class ProcessRunner:
         (only for work that supervises itself).  ``privileged`` adds ``sudo -n`` when the
         runner was built with ``exec_with_sudo``.  ``parsed`` sets LC_ALL=C for tools whose
         output we parse.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` appends
-        stdout to that file (created mode 0600 if missing) instead of capturing it.  With ``check``, a
-        non-zero exit or a death by signal fails with CommandFailed; a timeout always fails
-        with CommandTimedOut.  Cancelling the Deferred kills the process group.
+        stdout to that file (created mode 0600 if missing) instead of capturing it.  With
+        ``check``, a non-zero exit or a death by signal fails with CommandFailed; a timeout always
+        fails with CommandTimedOut.  Cancelling the Deferred kills the process group.
         """
         return _result_of(self.start, argv, name=name, timeout=timeout, privileged=privileged,
                           parsed=parsed, check=check, stdin_path=stdin_path,

@@ -44,7 +44,8 @@ SYSTEM_TREES = (
 #: system file of InnoDB (MariaDB and MySQL 5.x/8.x) or Aria (False: a regular file).
 DATADIR_MARKERS = {
     "mysql": True, "#innodb_redo": True,
-    "ibdata1": False, "ib_logfile0": False, "undo001": False, "mysql.ibd": False, "aria_log_control": False,
+    "ibdata1": False, "ib_logfile0": False, "undo001": False, "undo_001": False, "mysql.ibd": False,
+    "aria_log_control": False,
 }
 
 #: What an empty datadir may still hold: a partial seed's staging directory (seed/tree.py's

@@ -7,10 +7,11 @@ index (D.1.18), returned text from the "binary" route (D.1.24) and left temp fil
 index, the byte extraction of contract C.2.4 is done in Python (streamed, no temp file), and
 every temp file is removed.
 
-Applying a relay log runs ``mysqlbinlog``'s text through the admin's client as root, and that text
-carries what the log's events say: a crafted Query event (a line ``system id`` in a version
-comment) would be a client command.  So the log's events must verify first, and the client must prove it
-refuses client commands (MariaDB's sandbox mode, switched on by the first line of its input).
+Applying a relay log runs ``mysqlbinlog``'s text through the admin's client as root, and that
+text carries what the log's events say: a crafted Query event (a line ``system id`` in a version
+comment) would be a client command.  So the log's events must verify first, and the client must
+show that it refuses client commands (MariaDB's sandbox mode, switched on by the first line of its
+input) and local files (LOAD DATA LOCAL INFILE).
 """
 
 from __future__ import annotations

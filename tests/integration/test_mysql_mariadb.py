@@ -197,7 +197,8 @@ class MariaDBThroughTheAPITests(TestCase):
             offset += int.from_bytes(data[offset + 9:offset + 13], "little")
         if fix_checksum:
             size = int.from_bytes(data[offset + 9:offset + 13], "little")
-            data[offset + size - 4:offset + size] = zlib.crc32(data[offset:offset + size - 4]).to_bytes(4, "little")
+            crc = zlib.crc32(data[offset:offset + size - 4])
+            data[offset + size - 4:offset + size] = crc.to_bytes(4, "little")
         return bytes(data), offset
 
     @inline
@@ -219,7 +220,8 @@ class MariaDBThroughTheAPITests(TestCase):
     async def test_a_log_flipped_after_its_checksum_is_refused_and_nothing_applied(self):
         data, offset = self.crafted_binlog("flipped", "/* B */", fix_checksum=False)
         before = len(self.runner.commands)
-        code, body = await self.call("/api/apply-relaylog-contents", "POST", base64.encodebytes(gzip.compress(data)))
+        encoded = base64.encodebytes(gzip.compress(data))
+        code, body = await self.call("/api/apply-relaylog-contents", "POST", encoded)
         self.assertEqual((code, body["Message"]), (400, f"relay log event at offset {offset} does not verify "
                                                         "(its CRC32 checksum differs); nothing was applied"))
         self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'flipped'"), "")
@@ -236,7 +238,8 @@ class MariaDBThroughTheAPITests(TestCase):
         before = len(self.runner.commands)
         with self.assertRaises(AgentError) as caught:
             await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
-        self.assertIn("may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0", str(caught.exception))
+        self.assertIn("may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0",
+                      str(caught.exception))
         self.assertIn("Table 'mysql.orchagent_probe' doesn't exist", str(caught.exception))
         self.assertEqual([command[1] for command in self.runner.commands[before:]], ["MySQLClientCommand"] * 2)
         self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'loaded'"), "")
@@ -246,7 +249,8 @@ class MariaDBThroughTheAPITests(TestCase):
         """binlog_checksum=NONE: the structure is checked, the events apply."""
         self.sandbox.sql("SET GLOBAL binlog_checksum=NONE")
         try:
-            name, end = self.new_binlog("CREATE DATABASE plain; CREATE TABLE plain.t (i INT); INSERT INTO plain.t VALUES (3);")
+            name, end = self.new_binlog("CREATE DATABASE plain; CREATE TABLE plain.t (i INT);"
+                                        "INSERT INTO plain.t VALUES (3);")
         finally:
             self.sandbox.sql("SET GLOBAL binlog_checksum=CRC32")
         self.sandbox.sql("DROP DATABASE plain")

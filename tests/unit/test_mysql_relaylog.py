@@ -313,7 +313,8 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertEqual(mysqlbinlog.argv[:3], ("mysqlbinlog", "--no-defaults", "--verify-binlog-checksum"))
         self.assertEqual(client.argv, ("bash", "-c", "mysql", "orchagent"))
         # the sandbox line comes first, whatever mysqlbinlog printed
-        self.assertEqual(self.runner.stdin_seen["MySQLClientCommand"], b"\\-\n" + self.runner.stdout["mysqlbinlog"])
+        self.assertEqual(self.runner.stdin_seen["MySQLClientCommand"],
+                         b"\\-\n" + self.runner.stdout["mysqlbinlog"])
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_binary_mode_also_shows_client_commands_are_off(self):
@@ -334,9 +335,11 @@ class ReplicationLogsTests(SynchronousTestCase):
 
     def test_a_client_that_may_read_local_files_is_refused(self):
         said = b"ERROR 1146 (42S02) at line 2: Table 'mysql.orchagent_probe' doesn't exist"
-        self.runner.stderr["MySQLClientCommand"] = lambda stdin: said if b"LOAD DATA" in stdin else safe_client(stdin)
+        self.runner.stderr["MySQLClientCommand"] = lambda stdin: (
+            said if b"LOAD DATA" in stdin else safe_client(stdin))
         message = str(self.failureResultOf(self.apply(verifiable_binlog(b"COMMIT")), AgentError).value)
-        self.assertIn("MySQLClientCommand may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0", message)
+        self.assertIn("MySQLClientCommand may read local files for LOAD DATA LOCAL INFILE: "
+                      "add --local-infile=0", message)
         self.assertIn(said.decode(), message)
         self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 2)
 
