@@ -245,6 +245,19 @@ class MariaDBThroughTheAPITests(TestCase):
         self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'loaded'"), "")
 
     @inline
+    async def test_a_client_in_binary_mode_applies(self):
+        """--binary-mode (recommended: it also stops connect) takes the sandbox line and passes the probes."""
+        name, end = self.new_binlog("CREATE DATABASE binary_mode; CREATE TABLE binary_mode.t (b BLOB);"
+                                    "INSERT INTO binary_mode.t VALUES (0x000d0a5c21);")
+        encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
+        self.sandbox.sql("DROP DATABASE binary_mode")
+        client = [*self.sandbox.client_argv(), "--binary-mode", "--local-infile=0"]
+        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(client), max_apply_bytes=1 << 20)
+        await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
+        self.assertEqual(self.sandbox.sql("SELECT HEX(b) FROM binary_mode.t"), "000D0A5C21\n")
+        self.sandbox.sql("DROP DATABASE binary_mode")
+
+    @inline
     async def test_a_log_without_checksums_applies(self):
         """binlog_checksum=NONE: the structure is checked, the events apply."""
         self.sandbox.sql("SET GLOBAL binlog_checksum=NONE")
