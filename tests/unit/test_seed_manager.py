@@ -45,7 +45,7 @@ class FakeEraser:
         self.emptied = 0
 
     async def empty(self, *, after_failed_seed=False):
-        self.emptied += after_failed_seed
+        self.emptied += after_failed_seed  # only the clears of a failed seed's copy count
         return []
 
 

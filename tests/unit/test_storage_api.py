@@ -3,10 +3,12 @@ fake LVM tools run in-process (``FakeRunner``), a fake clock and file work on th
 
 import os
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
+from orchagent.errors import Conflict
 from orchagent.web.storageapi import make_storage
 from tests.support.fake_lvm import FakeLvm, FakeRunner
 from tests.support.storage import StubMySQL, SyncClient, sync_thread
@@ -228,6 +230,17 @@ class CommandTests(StorageApiTestsBase):
         self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))
         self.assertEqual(os.listdir(self.datadir), [])
         self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))  # orchestrator's retry
+
+    def test_a_failed_seeds_copy_is_emptied_even_when_it_does_not_look_like_a_datadir(self):
+        os.rmdir(os.path.join(self.datadir, "mysql"))
+        os.makedirs(os.path.join(self.datadir, "db1"))  # what a receive command extracted before it failed
+        self.start()
+        self.assertIn("(rule: a datadir or empty)", str(self.failureResultOf(
+            Deferred.fromCoroutine(self.storage.datadir.empty()), Conflict).value))
+        self.successResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)))
+        self.assertEqual(os.listdir(self.datadir), [])
+        self.mysql.data_directory = "/usr/bin"  # the system rules still hold
+        self.failureResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)), Conflict)
 
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"
