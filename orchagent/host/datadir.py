@@ -71,9 +71,7 @@ def checked_datadir(path: str, *, require_contents: bool = True) -> str:
         if problem:
             raise Conflict(_refusal(path, *problem))
     if require_contents:
-        problem = _contents_problem(resolved)
-        if problem:
-            raise Conflict(_refusal(path, "a datadir or empty", problem))
+        _check_contents(resolved, path)
     return resolved
 
 
@@ -94,8 +92,14 @@ def system_directory_problem(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _contents_problem(directory: str) -> str | None:
-    """Why ``directory`` does not look like a datadir, or None when it does or is empty."""
+def _check_contents(directory: str | int, path: str) -> None:
+    """Conflict unless ``directory`` (a path, or a descriptor of ``path``) looks like a datadir or is empty."""
+    problem = _contents_problem(directory, path)
+    if problem:
+        raise Conflict(_refusal(path, "a datadir or empty", problem))
+
+
+def _contents_problem(directory: str | int, path: str) -> str | None:
     other = None
     try:
         with os.scandir(directory) as entries:
@@ -107,10 +111,10 @@ def _contents_problem(directory: str) -> str | None:
                 if other is None and not (_LEFTOVER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
                     other = entry.name
     except OSError as e:
-        return f"{directory} cannot be listed ({e.strerror})"
+        return f"{path} cannot be listed ({e.strerror})"
     if other is None:
         return None
-    return (f"{directory} holds {other!r} but no mysql/ schema directory and no InnoDB or Aria system "
+    return (f"{path} holds {other!r} but no mysql/ schema directory and no InnoDB or Aria system "
             f"file (ibdata1, ib_logfile0, undo001, mysql.ibd, aria_log_control), and it is not empty; "
             f"if it really is the datadir, empty it by hand")
 
@@ -120,14 +124,16 @@ def _refusal(path: str, rule: str, problem: str) -> str:
             f"check MySQLDatadirCommand or the datadir in the MySQL option files")
 
 
-def empty_directory(path: str, mount_points: Collection[str] = ()) -> list[str]:
+def empty_directory(path: str, mount_points: Collection[str] = (), *, require_contents: bool = True) -> list[str]:
     """Delete everything inside ``path`` but ``path`` itself; return the mount points left alone.
 
-    Blocking: call it in a thread.
+    ``require_contents`` as in :func:`checked_datadir`.  Blocking: call it in a thread.
     """
-    root = checked_datadir(path, require_contents=False)  # the caller checked what it holds
+    root = checked_datadir(path, require_contents=False)
     fd = os.open(root, _OPEN_DIRECTORY)
     try:
+        if require_contents:
+            _check_contents(fd, path)  # what was opened counts: a path swapped since a check does not
         skipped: list[str] = []
         _empty(fd, root, os.fstat(fd).st_dev, frozenset(mount_points), skipped)
         return skipped
@@ -201,7 +207,8 @@ class DatadirEraser:
         datadir = await self._guarded_datadir(require_contents=not after_failed_seed)
         mount_points = {entry.mount_point for entry in read_mountinfo(self._mountinfo_path)}
         try:
-            skipped = await self._defer_to_thread(empty_directory, datadir, mount_points)
+            skipped = await self._defer_to_thread(
+                functools.partial(empty_directory, datadir, mount_points, require_contents=not after_failed_seed))
         finally:
             self._disk.invalidate()
         if skipped:

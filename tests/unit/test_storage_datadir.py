@@ -44,6 +44,16 @@ class EmptyDirectoryTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.datadir), [])
         self.assertTrue(os.path.islink(link))
 
+    def test_what_is_opened_must_look_like_a_datadir(self):
+        # checked on the descriptor it empties: a path swapped after the eraser's check is caught
+        os.unlink(os.path.join(self.datadir, "ibdata1"))
+        with self.assertRaises(Conflict) as caught:
+            empty_directory(self.datadir)
+        self.assertIn("(rule: a datadir or empty)", str(caught.exception))
+        self.assertEqual(sorted(os.listdir(self.datadir)), [".hidden", "db1"])
+        self.assertEqual(empty_directory(self.datadir, require_contents=False), [])
+        self.assertEqual(os.listdir(self.datadir), [])
+
     def test_listed_mount_points_are_left_alone(self):
         mounted = os.path.join(self.datadir, "db1", "deep")
         self.assertEqual(empty_directory(self.datadir, {mounted}), [mounted])
