@@ -391,10 +391,10 @@ class ProcessRunner:
         (only for work that supervises itself).  ``privileged`` adds ``sudo -n`` when the
         runner was built with ``exec_with_sudo``.  ``essential`` lets it use the reserve slots.
         ``parsed`` sets LC_ALL=C for tools whose output we parse.  When every slot is taken it
-        fails with Busy.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` sends
-        stdout to that file (created, mode 0600) instead of capturing it.  With ``check``, a
-        non-zero exit or a death by signal fails with CommandFailed; a timeout always fails
-        with CommandTimedOut.  Cancelling the Deferred kills the process group.
+        fails with Busy.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` appends
+        stdout to that file (created mode 0600 if missing) instead of capturing it.  With
+        ``check``, a non-zero exit or a death by signal fails with CommandFailed; a timeout always
+        fails with CommandTimedOut.  Cancelling the Deferred kills the process group.
         """
         return _result_of(self.start, argv, name=name, timeout=timeout, privileged=privileged,
                           essential=essential, parsed=parsed, check=check, stdin_path=stdin_path,
@@ -460,7 +460,7 @@ class ProcessRunner:
         try:
             stdin_fd = self._open(stdin_path or os.devnull, os.O_RDONLY, name, opened)
             stdout = "r" if stdout_path is None else self._open(
-                stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, name, opened)
+                stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, name, opened)
             transport = self._reactor.spawnProcess(
                 command._output, setsid, full_argv, env=child_env, path=cwd,
                 childFDs={0: stdin_fd, 1: stdout, 2: "r"})

@@ -11,7 +11,9 @@ the one opened, checked again by the path the kernel gives for it.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import stat
 from typing import Callable, Collection, Protocol
 
@@ -21,35 +23,122 @@ from orchagent.host.mounts import MOUNTINFO, read_mountinfo
 
 log = logs.logger(__name__)
 
-#: Directories no datadir can be: a wrong MySQLDatadirCommand must not empty them.
+#: FHS system directories and their well-known children (beside every top-level directory,
+#: refused by rule): a wrong MySQLDatadirCommand must not empty them.  /usr/local/mysql/data and
+#: /var/lib/mysql stay possible.
 SYSTEM_DIRECTORIES = frozenset((
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
-    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/tmp",
+    "/usr/local", "/var/lib", "/var/tmp", "/var/local", "/var/opt", "/var/www", "/var/crash", "/var/run",
+    "/var/lock", "/run/lock", "/run/user", "/run/shm", "/run/systemd", "/run/mysqld", "/dev/shm",
+    "/dev/pts", "/dev/mqueue", "/dev/hugepages",
 ))
+
+#: Trees no datadir lives in at any depth: configuration, kernel interfaces, programs, logs, caches.
+SYSTEM_TREES = (
+    "/boot", "/etc", "/proc", "/sys",
+    "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec",
+    "/usr/include", "/usr/share", "/usr/src", "/usr/games",
+    "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/usr/local/libexec", "/usr/local/include",
+    "/usr/local/share", "/usr/local/src", "/usr/local/etc", "/usr/local/games", "/usr/local/man",
+    "/var/log", "/var/cache", "/var/spool", "/var/mail", "/var/backups",
+    "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/var/lib/private",
+)
+
+#: What shows a directory is a MySQL/MariaDB datadir: the system schema's directory (True) or a
+#: system file of InnoDB (MariaDB and MySQL 5.x/8.x) or Aria (False: a regular file).
+DATADIR_MARKERS = {
+    "mysql": True, "#innodb_redo": True,
+    "ibdata1": False, "ib_logfile0": False, "undo001": False, "undo_001": False, "mysql.ibd": False,
+    "aria_log_control": False,
+}
+
+#: What an empty datadir may still hold: a partial seed's staging directory (seed/tree.py's
+#: staging_path) and a file system's lost+found (a datadir that is a mount point).
+_LEFTOVER = re.compile(r"\.orchagent-seed-[0-9]+|lost\+found")
 
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def checked_datadir(path: str) -> str:
-    """The real path of ``path`` if emptying it is plausible; Conflict otherwise."""
+def checked_datadir(path: str, *, require_contents: bool = True) -> str:
+    """The real path of ``path`` if it may be emptied or seeded into; Conflict naming the rule otherwise.
+
+    Refused, before and after resolving links (``/bin`` is ``/usr/bin`` on a usr-merged system):
+    ``/``, every top-level directory, :data:`SYSTEM_DIRECTORIES` and everything in
+    :data:`SYSTEM_TREES`; with ``require_contents``, also a directory that holds anything but
+    holds no datadir marker (:data:`DATADIR_MARKERS`).  Blocking: call it in a thread.
+    """
     if not path or not path.startswith("/"):
-        raise Conflict(f"refusing to empty the datadir {path!r}: it is not an absolute path")
+        raise Conflict(_refusal(path, "absolute path", "it is not an absolute path"))
     resolved = os.path.realpath(path)
-    if resolved in SYSTEM_DIRECTORIES:
-        raise Conflict(f"refusing to empty {path!r}: it is (or resolves to) the system directory "
-                       f"{resolved}; check MySQLDatadirCommand / the datadir setting")
+    for candidate in dict.fromkeys((resolved, os.path.normpath(path))):
+        problem = system_directory_problem(candidate)
+        if problem:
+            raise Conflict(_refusal(path, *problem))
+    if require_contents:
+        _check_contents(resolved, path)
     return resolved
 
 
-def empty_directory(path: str, mount_points: Collection[str] = ()) -> list[str]:
+def system_directory_problem(path: str) -> tuple[str, str] | None:
+    """(rule, explanation) when the normalized absolute ``path`` is a system directory, else None."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return "system directory", "it is (or resolves to) the system directory /"
+    if len(parts) == 1:
+        return "top-level directory", (f"it is (or resolves to) the top-level directory {path}; "
+                                       "a datadir lives at least two levels deep (e.g. /data/mysql)")
+    normal = "/" + "/".join(parts)
+    if normal in SYSTEM_DIRECTORIES:
+        return "system directory", f"it is (or resolves to) the system directory {normal}"
+    for tree in SYSTEM_TREES:
+        if normal == tree or normal.startswith(tree + "/"):
+            return "system tree", f"it is (or resolves to) {normal}, inside the system tree {tree}"
+    return None
+
+
+def _check_contents(directory: str | int, path: str) -> None:
+    """Conflict unless ``directory`` (a path, or a descriptor of ``path``) looks like a datadir or is empty."""
+    problem = _contents_problem(directory, path)
+    if problem:
+        raise Conflict(_refusal(path, "a datadir or empty", problem))
+
+
+def _contents_problem(directory: str | int, path: str) -> str | None:
+    other = None
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                wanted = DATADIR_MARKERS.get(entry.name)
+                if wanted is not None and (entry.is_dir(follow_symlinks=False) if wanted
+                                           else entry.is_file(follow_symlinks=False)):
+                    return None
+                if other is None and not (_LEFTOVER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                    other = entry.name
+    except OSError as e:
+        return f"{path} cannot be listed ({e.strerror})"
+    if other is None:
+        return None
+    return (f"{path} holds {other!r} but no mysql/ schema directory and no InnoDB or Aria system "
+            f"file (ibdata1, ib_logfile0, undo001, mysql.ibd, aria_log_control), and it is not empty; "
+            f"if it really is the datadir, empty it by hand")
+
+
+def _refusal(path: str, rule: str, problem: str) -> str:
+    return (f"refusing the datadir {path!r} (rule: {rule}): {problem}; "
+            f"check MySQLDatadirCommand or the datadir in the MySQL option files")
+
+
+def empty_directory(path: str, mount_points: Collection[str] = (), *, require_contents: bool = True) -> list[str]:
     """Delete everything inside ``path`` but ``path`` itself; return the mount points left alone.
 
-    Blocking: call it in a thread.
+    ``require_contents`` as in :func:`checked_datadir`.  Blocking: call it in a thread.
     """
-    checked_datadir(path)
+    checked_datadir(path, require_contents=False)
     fd = safepath.open_path(path, os.O_RDONLY | os.O_DIRECTORY, what="the datadir (MySQLDatadirCommand or datadir)")
     try:
-        root = checked_datadir(safepath.real_path(fd))  # what was opened, whatever the path means by now
+        # what was opened counts, whatever the path means by now
+        root = checked_datadir(safepath.real_path(fd), require_contents=False)
+        if require_contents:
+            _check_contents(fd, path)
         skipped: list[str] = []
         _empty(fd, root, os.fstat(fd).st_dev, frozenset(mount_points), skipped)
         return skipped
@@ -129,18 +218,21 @@ class DatadirEraser:
         await self._tell_watchers(datadir)
         log.info("emptied the datadir {datadir} with MySQLDeleteDatadirContentCommand", datadir=datadir)
 
-    async def empty(self, expected: str | None = None) -> list[str]:
+    async def empty(self, expected: str | None = None, *, after_failed_seed: bool = False) -> list[str]:
         """Remove the datadir's contents in a thread; the mount points left alone are returned.
 
         With ``expected`` (a seed's datadir), Conflict unless that is still MySQL's datadir.
+        ``after_failed_seed``: a receive's partial copy need not look like a datadir (the receive
+        was allowed only into one that did, or into an empty one).
         """
-        datadir = await self._guarded_datadir()
+        datadir = await self._guarded_datadir(require_contents=not after_failed_seed)
         if expected is not None and datadir != expected:
             raise Conflict(f"the datadir is now {datadir}, not {expected}; not emptying it")
         self._ask_watchers(datadir)
         mount_points = {entry.mount_point for entry in read_mountinfo(self._mountinfo_path)}
         try:
-            skipped = await self._defer_to_thread(empty_directory, datadir, mount_points)
+            skipped = await self._defer_to_thread(
+                functools.partial(empty_directory, datadir, mount_points, require_contents=not after_failed_seed))
         finally:
             self._disk.invalidate()
         await self._tell_watchers(datadir)
@@ -159,10 +251,10 @@ class DatadirEraser:
         for watcher in self._watchers:
             await watcher.emptied(datadir)
 
-    async def _guarded_datadir(self) -> str:
+    async def _guarded_datadir(self, require_contents: bool = True) -> str:
         await self._mysql.require_stopped("empty the datadir")
         datadir = await self._mysql.datadir()
-        checked_datadir(datadir)
+        await self._defer_to_thread(functools.partial(checked_datadir, datadir, require_contents=require_contents))
         if not os.path.isdir(datadir):
             raise AgentError(f"the datadir {datadir} is not a directory")
         return datadir

@@ -6,6 +6,12 @@ index (D.1.18), returned text from the "binary" route (D.1.24) and left temp fil
 (D.1.20).  Here a requested name must be a file listed in the server's own binlog or relay-log
 index, the byte extraction of contract C.2.4 is done in Python (streamed, no temp file), and
 every temp file is removed.
+
+Applying a relay log runs ``mysqlbinlog``'s text through the admin's client as root, and that
+text carries what the log's events say: a crafted Query event (a line ``system id`` in a version
+comment) would be a client command.  So the log's events must verify first, and the client must
+show that it refuses client commands (MariaDB's sandbox mode, switched on by the first line of its
+input) and local files (LOAD DATA LOCAL INFILE).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import base64
 import binascii
 import glob
 import os
+import re
 import tempfile
 import zlib
 from typing import BinaryIO, Iterable, Iterator, Sequence
@@ -30,6 +37,32 @@ FORMAT_DESCRIPTION_EVENT = 15
 _EVENT_HEADER_SIZE = 19  # timestamp 4, type 1, server id 4, event size 4, next position 4, flags 2
 CHUNK_SIZE = 1 << 20
 MAX_NAME_LENGTH = 4096
+_CHECKSUM_SIZE = 4  # a CRC32 after each event, when the Format Description event says so
+_BINLOG_IN_USE = 0x1  # a flag of the Format Description event, cleared on close without a new checksum
+_MAX_FORMAT_DESCRIPTION = 1 << 16
+_SERVER_VERSION = slice(_EVENT_HEADER_SIZE + 2, _EVENT_HEADER_SIZE + 52)  # after the binlog version
+_FIRST_WITH_CHECKSUMS = {"MariaDB": (5, 3, 0), "MySQL": (5, 6, 1)}  # older logs have no algorithm byte
+
+#: The MariaDB client's sandbox command: from this line on, no system, \!, source, pager, tee...
+SANDBOX_LINE = b"\\-\n"
+
+#: What MySQLClientCommand is fed before every apply, the answer that shows it safe, and what to
+#: fix otherwise.  ``\.`` is ``source``: refused in sandbox mode, unknown in ``--binary-mode``
+#: (which parses no client command).  LOAD DATA LOCAL would let a statement make the client read
+#: any file; the capability is checked before the table, which need not exist.
+CLIENT_PROBES = (
+    (SANDBOX_LINE + b"\\. /dev/null\n", re.compile(rb"Not allowed in the sandbox mode|Unknown command '\\\.'"),
+     "does not refuse client commands (system, \\!, source...): use MariaDB's client from 10.5.25, "
+     "10.6.18, 10.11.8 or 11.0.6 on, whose sandbox mode orchagent switches on"),
+    (SANDBOX_LINE + b"LOAD DATA LOCAL INFILE '/dev/null' INTO TABLE mysql.orchagent_probe;\n",
+     re.compile(rb"ERROR (4166|1148|3948) "),
+     "may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0 to it (or local-infile=0 "
+     "to the [client] group of its option file)"),
+)
+
+#: Events that ``mysqlbinlog`` turns into LOAD DATA LOCAL INFILE of a file it writes itself.
+_LOAD_EVENTS = {6: "Load", 8: "Create_file", 9: "Append_block", 10: "Exec_load", 11: "Delete_file",
+                12: "New_load", 17: "Begin_load_query", 18: "Execute_load_query"}
 
 #: Per kind of log: (index option, base-name option, suffix after log_basename, glob in the datadir).
 _INDEX_OPTIONS = {
@@ -203,6 +236,84 @@ def decode_relaylog(body: BinaryIO, destination: str, max_bytes: int) -> int:
     return written
 
 
+def verify_events(path: str) -> int:
+    """Check that the events of the log at ``path`` tile it and carry valid checksums; their number.
+
+    As in ``mysqlbinlog``, the last Format Description event says whether the events after it end
+    with a CRC32 (``binlog_checksum``).  A log written with ``binlog_checksum=NONE`` is checked
+    for structure only.  InvalidInput names the first event that fails.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = f.seek(len(BINLOG_MAGIC))
+        checksummed: bool | None = None  # unknown before the first Format Description event
+        count = 0
+        while offset < size:
+            header = f.read(_EVENT_HEADER_SIZE)
+            length = int.from_bytes(header[9:13], "little") if len(header) == _EVENT_HEADER_SIZE else 0
+            if length < _EVENT_HEADER_SIZE or offset + length > size:
+                raise _unverified(offset, f"has an impossible length ({length} bytes; {size - offset} left)")
+            if header[4] in _LOAD_EVENTS:
+                raise InvalidInput(f"relay log event at offset {offset} is a LOAD DATA event "
+                                   f"({_LOAD_EVENTS[header[4]]}), which orchagent does not apply (the client "
+                                   f"would read a local file); nothing was applied")
+            if header[4] == FORMAT_DESCRIPTION_EVENT:
+                if length > _MAX_FORMAT_DESCRIPTION:
+                    raise _unverified(offset, f"is a Format Description event of {length} bytes")
+                event = header + f.read(length - _EVENT_HEADER_SIZE)
+                checksummed = _has_checksums(event, offset)
+                if checksummed:
+                    cleared = event[:17] + bytes([event[17] & ~_BINLOG_IN_USE]) + event[18:-_CHECKSUM_SIZE]
+                    _check_crc(zlib.crc32(cleared), event[-_CHECKSUM_SIZE:], offset)
+            elif checksummed is None:
+                raise _unverified(offset, "comes before any Format Description event")
+            else:
+                remaining = length - _EVENT_HEADER_SIZE - (_CHECKSUM_SIZE if checksummed else 0)
+                if remaining < 0:
+                    raise _unverified(offset, f"is too short ({length} bytes) to hold its checksum")
+                crc = zlib.crc32(header)
+                while remaining:
+                    chunk = f.read(min(CHUNK_SIZE, remaining))
+                    crc = zlib.crc32(chunk, crc)
+                    remaining -= len(chunk)
+                if checksummed:
+                    _check_crc(crc, f.read(_CHECKSUM_SIZE), offset)
+            offset += length
+            count += 1
+    return count
+
+
+def _has_checksums(event: bytes, offset: int) -> bool:
+    """Whether a Format Description event says the events after it end with a CRC32."""
+    if len(event) < _SERVER_VERSION.stop + 6 + 1 + _CHECKSUM_SIZE:
+        raise _unverified(offset, f"is a Format Description event of only {len(event)} bytes")
+    version = event[_SERVER_VERSION].split(b"\0")[0].decode("ascii", "replace")
+    numbers = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    if numbers is None:
+        raise _unverified(offset, f"is a Format Description event with no server version ({version[:50]!r})")
+    server = "MariaDB" if "MariaDB" in version or "-maria-" in version else "MySQL"
+    if tuple(map(int, numbers.groups())) < _FIRST_WITH_CHECKSUMS[server]:
+        return False
+    algorithm = event[-_CHECKSUM_SIZE - 1]
+    if algorithm not in (0, 1):  # OFF, CRC32
+        raise _unverified(offset, f"names the unknown checksum algorithm {algorithm}")
+    return algorithm == 1
+
+
+def _check_crc(crc: int, stored: bytes, offset: int) -> None:
+    if crc.to_bytes(_CHECKSUM_SIZE, "little") != stored:
+        raise _unverified(offset, "does not verify (its CRC32 checksum differs)")
+
+
+def _unverified(offset: int, problem: str) -> InvalidInput:
+    return InvalidInput(f"relay log event at offset {offset} {problem}; nothing was applied")
+
+
+def write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def remove_files(paths: Iterable[str]) -> None:
     for path in paths:
         try:
@@ -279,23 +390,39 @@ class ReplicationLogs:
         return await self._mysql.in_thread(lambda: gzip_base64(log_bytes(tail, start, 0)))
 
     async def apply_relaylog(self, body: BinaryIO, size: int) -> None:
-        """Decode base64(gzip(relay log)) and feed ``mysqlbinlog``'s SQL to ``MySQLClientCommand``."""
+        """Decode base64(gzip(relay log)), verify its events, feed ``mysqlbinlog``'s SQL to
+        ``MySQLClientCommand`` in sandbox mode (refused unless the client shows it is safe)."""
         if not self._client_command:
             raise AgentError("MySQLClientCommand is empty; set it to the client command that applies SQL")
         if size > self._max_apply_bytes:
             raise InvalidInput(f"the body has {size} bytes, more than ApplyRelaylogMaxBytes ({self._max_apply_bytes})")
         if size == 0:
             raise InvalidInput("the body is empty; send base64(gzip(relay log)) as the request body")
-        relaylog, statements = self._temp_file(".bin"), self._temp_file(".sql")
+        relaylog, probe, statements = self._temp_file(".bin"), self._temp_file(".sql"), self._temp_file(".sql")
         try:
             await self._mysql.in_thread(decode_relaylog, body, relaylog, self._max_apply_bytes)
-            await self._runner.run(["mysqlbinlog", "--no-defaults", relaylog], name="mysqlbinlog",
-                                   stdout_path=statements)
+            events = await self._mysql.in_thread(verify_events, relaylog)
+            for probe_input, safe_answer, fix in CLIENT_PROBES:
+                await self._mysql.in_thread(write_file, probe, probe_input)
+                await self._probe_client(probe, safe_answer, fix)
+            await self._mysql.in_thread(write_file, statements, SANDBOX_LINE)
+            await self._runner.run(["mysqlbinlog", "--no-defaults", "--verify-binlog-checksum", relaylog],
+                                   name="mysqlbinlog", stdout_path=statements)
             await self._runner.run_configured(self._client_command, name="MySQLClientCommand",
                                               stdin_path=statements)
         finally:
-            await self._mysql.in_thread(remove_files, [relaylog, statements])
-        log.info("applied a relay log of {size} encoded bytes through MySQLClientCommand", size=size)
+            await self._mysql.in_thread(remove_files, [relaylog, probe, statements])
+        log.info("applied a relay log of {events} events ({size} encoded bytes) through MySQLClientCommand "
+                 "in sandbox mode", events=events, size=size)
+
+    async def _probe_client(self, probe: str, safe_answer: re.Pattern, fix: str) -> None:
+        """Refuse a client whose answer to the input in ``probe`` does not show it safe."""
+        result = await self._runner.run_configured(self._client_command, name="MySQLClientCommand",
+                                                   stdin_path=probe, check=False)
+        if not safe_answer.search(result.stderr):
+            said = result.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise AgentError(f"MySQLClientCommand {fix}; nothing was applied"
+                             + (f"; the client said: {said}" if said else ""))
 
     async def _index(self, kind: str) -> str | None:
         datadir = await self._mysql.datadir()

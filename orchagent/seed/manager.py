@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
+from orchagent.host.datadir import checked_datadir
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Holder,
                                     SeedRecord, SeedStore)
 from orchagent.seed.transfer import SeedReceiverServer, send_tree
@@ -114,7 +115,8 @@ class SeedManager(Service):
         self._refuse_reuse(seed_id)
         self._refuse_when_full(seed_id)
         await self._mysql.require_stopped("receive a seed into the datadir")
-        datadir = await self._mysql.datadir()
+        # the guard of delete-mysql-datadir: receiving into /etc would be as bad as emptying it
+        datadir = await self._defer_to_thread(checked_datadir, await self._mysql.datadir())
         self._refuse_second_receive(datadir)
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
@@ -361,7 +363,7 @@ class SeedManager(Service):
                      "left alone", seed_id=record.seed_id, path=record.path, holder=holder)
             return
         try:
-            await self._eraser.empty(record.path)
+            await self._eraser.empty(record.path, after_failed_seed=True)
         except Exception as e:
             log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
                       "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))

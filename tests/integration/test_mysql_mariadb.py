@@ -6,10 +6,13 @@ Site with the real ProcessRunner, configured from a real JSON configuration file
 
 import base64
 import gzip
+import io
 import json
 import os
+import shlex
 import shutil
 import tempfile
+import zlib
 from urllib.parse import quote
 
 from treq.client import HTTPClient
@@ -19,7 +22,9 @@ from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import load_config
+from orchagent.errors import AgentError
 from orchagent.host.mysql import MySQL
+from orchagent.host.relaylog import ReplicationLogs
 from orchagent.process import ProcessRunner
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
@@ -172,6 +177,100 @@ class MariaDBThroughTheAPITests(TestCase):
         self.assertEqual(self.sandbox.sql("SELECT i FROM applied.t ORDER BY i"), "1\n2\n")
         self.assertEqual(set(os.listdir(tempfile.gettempdir())) - before, set())
         self.sandbox.sql("DROP DATABASE applied")
+
+    def crafted_binlog(self, database: str, payload: str, fix_checksum: bool = True) -> tuple[bytes, int]:
+        """A real binlog whose INSERT holds ``payload`` after an empty string; the INSERT's offset.
+
+        The payload replaces a long string literal and keeps the event's length; its CRC32 is
+        recomputed when ``fix_checksum`` (as an attacker would), else left as the server wrote it.
+        """
+        literal = "'" + "A" * 400 + "'"
+        name, end = self.new_binlog(f"CREATE DATABASE {database}; CREATE TABLE {database}.t (i INT, s TEXT);"
+                                    f"INSERT INTO {database}.t VALUES (7, {literal})")
+        self.sandbox.sql(f"DROP DATABASE {database}")
+        with open(os.path.join(self.sandbox.datadir, name), "rb") as f:
+            data = bytearray(f.read(end))
+        at = data.index(literal.encode())
+        data[at:at + len(literal)] = ("'' " + payload).encode().ljust(len(literal))
+        offset = 4
+        while not offset <= at < offset + int.from_bytes(data[offset + 9:offset + 13], "little"):
+            offset += int.from_bytes(data[offset + 9:offset + 13], "little")
+        if fix_checksum:
+            size = int.from_bytes(data[offset + 9:offset + 13], "little")
+            crc = zlib.crc32(data[offset:offset + size - 4])
+            data[offset + size - 4:offset + size] = crc.to_bytes(4, "little")
+        return bytes(data), offset
+
+    @inline
+    async def test_client_commands_hidden_in_events_are_not_run(self):
+        """A Query event carrying a client command (checksum made valid) applies as SQL or fails; never runs it."""
+        marker = os.path.join(self.markers, "pwned")
+        for payload in (f"/*!99999\n\\! touch {marker}\n*/",  # anywhere in a line, even in a comment
+                        f")/*!*/;\nsystem touch {marker}\n",  # a long-form command starts a statement
+                        f")/*!*/;\nDELIMITER ;\nsystem touch {marker};\n"):
+            data, _ = self.crafted_binlog("crafted", payload)
+            code, body = await self.call("/api/apply-relaylog-contents", "POST",
+                                         base64.encodebytes(gzip.compress(data)))
+            self.assertFalse(os.path.exists(marker), payload)
+            self.assertEqual(code, 502, payload)
+            self.assertIn("Not allowed in the sandbox mode", body["Message"])
+            self.sandbox.sql("DROP DATABASE IF EXISTS crafted")
+
+    @inline
+    async def test_a_log_flipped_after_its_checksum_is_refused_and_nothing_applied(self):
+        data, offset = self.crafted_binlog("flipped", "/* B */", fix_checksum=False)
+        before = len(self.runner.commands)
+        encoded = base64.encodebytes(gzip.compress(data))
+        code, body = await self.call("/api/apply-relaylog-contents", "POST", encoded)
+        self.assertEqual((code, body["Message"]), (400, f"relay log event at offset {offset} does not verify "
+                                                        "(its CRC32 checksum differs); nothing was applied"))
+        self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'flipped'"), "")
+        self.assertEqual(self.runner.commands[before:], [])
+
+    @inline
+    async def test_a_client_that_may_read_local_files_is_refused(self):
+        """The real client without --local-infile=0 would let a statement read any file as root."""
+        name, end = self.new_binlog("CREATE DATABASE IF NOT EXISTS loaded")
+        encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
+        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(self.sandbox.client_argv()),
+                               max_apply_bytes=1 << 20)
+        self.sandbox.sql("DROP DATABASE loaded")
+        before = len(self.runner.commands)
+        with self.assertRaises(AgentError) as caught:
+            await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
+        self.assertIn("may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0",
+                      str(caught.exception))
+        self.assertIn("Table 'mysql.orchagent_probe' doesn't exist", str(caught.exception))
+        self.assertEqual([command[1] for command in self.runner.commands[before:]], ["MySQLClientCommand"] * 2)
+        self.assertEqual(self.sandbox.sql("SHOW DATABASES LIKE 'loaded'"), "")
+
+    @inline
+    async def test_a_client_in_binary_mode_applies(self):
+        """--binary-mode (recommended: it also stops connect) takes the sandbox line and passes the probes."""
+        name, end = self.new_binlog("CREATE DATABASE binary_mode; CREATE TABLE binary_mode.t (b BLOB);"
+                                    "INSERT INTO binary_mode.t VALUES (0x000d0a5c21);")
+        encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
+        self.sandbox.sql("DROP DATABASE binary_mode")
+        client = [*self.sandbox.client_argv(), "--binary-mode", "--local-infile=0"]
+        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(client), max_apply_bytes=1 << 20)
+        await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
+        self.assertEqual(self.sandbox.sql("SELECT HEX(b) FROM binary_mode.t"), "000D0A5C21\n")
+        self.sandbox.sql("DROP DATABASE binary_mode")
+
+    @inline
+    async def test_a_log_without_checksums_applies(self):
+        """binlog_checksum=NONE: the structure is checked, the events apply."""
+        self.sandbox.sql("SET GLOBAL binlog_checksum=NONE")
+        try:
+            name, end = self.new_binlog("CREATE DATABASE plain; CREATE TABLE plain.t (i INT);"
+                                        "INSERT INTO plain.t VALUES (3);")
+        finally:
+            self.sandbox.sql("SET GLOBAL binlog_checksum=CRC32")
+        self.sandbox.sql("DROP DATABASE plain")
+        encoded = await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")
+        self.assertEqual(await self.ok("/api/apply-relaylog-contents", "POST", encoded.encode()), "OK")
+        self.assertEqual(self.sandbox.sql("SELECT i FROM plain.t"), "3\n")
+        self.sandbox.sql("DROP DATABASE plain")
 
     @inline
     async def test_post_copy_passes_the_source_host_as_environment(self):

@@ -89,7 +89,7 @@ class MariaDBSandbox:
             "MySQLServiceStopCommand": commands["stop"],
             "MySQLServiceStatusCommand": commands["status"],
             "MySQLConfigFile": self.config_file,
-            "MySQLClientCommand": shlex.join(self.client_argv()),
+            "MySQLClientCommand": shlex.join([*self.client_argv(), "--local-infile=0"]),
         }
 
     def start(self) -> None:

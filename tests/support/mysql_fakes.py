@@ -4,6 +4,7 @@ inline "thread pool", and the route table with only the MySQL section live."""
 from __future__ import annotations
 
 import os
+import zlib
 
 import attrs
 from twisted.internet.defer import fail, succeed
@@ -26,6 +27,35 @@ def binlog(body: bytes, header_payload: bytes = b"H" * 100) -> bytes:
 
 
 HEADER = len(binlog(b""))  # 123, as in MySQL 5.7's logs
+
+
+def event(kind: int, body: bytes, checksum: bool = True, flags: int = 0) -> bytes:
+    """One binlog event: the 19-byte header, ``body``, then its CRC32 when ``checksum``."""
+    size = 19 + len(body) + (4 if checksum else 0)
+    data = (b"\0\0\0\0" + bytes([kind]) + b"\1\0\0\0" + size.to_bytes(4, "little") + b"\0\0\0\0"
+            + flags.to_bytes(2, "little") + body)
+    return data + zlib.crc32(data).to_bytes(4, "little") if checksum else data
+
+
+def format_description(checksum: bool = True, version: bytes = b"10.11.19-MariaDB-log") -> bytes:
+    """A Format Description event naming CRC32 (or OFF); its 4 checksum bytes are there either way."""
+    body = b"\4\0" + version.ljust(50, b"\0") + b"\0" * 4 + bytes([19]) + b"\x38" * 40 + bytes([checksum])
+    return event(15, body) if checksum else event(15, body + b"\0" * 4, checksum=False)
+
+
+def verifiable_binlog(*queries: bytes, checksum: bool = True) -> bytes:
+    """Magic, a Format Description event, then a Query event per ``queries``, checksums as asked."""
+    return b"\xfebin" + format_description(checksum) + b"".join(event(2, query, checksum) for query in queries)
+
+
+def safe_client(stdin: bytes) -> bytes:
+    """What a sandboxed MariaDB client without local-infile writes to stderr for orchagent's probes."""
+    if b"\\. /dev/null" in stdin:
+        return b"ERROR at line 2: Not allowed in the sandbox mode\n"
+    if b"LOAD DATA LOCAL" in stdin:
+        return (b"ERROR 4166 (HY000) at line 2: The used command is not allowed because the MariaDB server "
+                b"or client has disabled the local infile capability\n")
+    return b""
 
 
 class InlineThreadsReactor(Clock):
@@ -64,7 +94,7 @@ class FakeRunner:
                  stderr: dict[str, bytes] | None = None, timeouts: tuple[str, ...] = ()):
         self.stdout = stdout or {}
         self.exit_codes = exit_codes or {}
-        self.stderr = stderr or {}
+        self.stderr = stderr or {}  # name -> bytes, or a function of what stdin held
         self.timeouts = timeouts
         self.calls: list[Call] = []
         self.stdin_seen: dict[str, bytes] = {}
@@ -83,14 +113,17 @@ class FakeRunner:
         if options.get("stdin_path"):
             with open(options["stdin_path"], "rb") as f:
                 self.stdin_seen[name] = f.read()
+        stderr = self.stderr.get(name, b"")
+        if callable(stderr):
+            stderr = stderr(self.stdin_seen.get(name, b""))
         stdout = self.stdout.get(name, b"")
         if options.get("stdout_path"):
-            with open(options["stdout_path"], "wb") as f:
+            with open(options["stdout_path"], "ab") as f:
                 f.write(stdout)
             stdout = b""
         timed_out = name in self.timeouts
         result = CommandResult(name=name, argv=argv, exit_code=None if timed_out else self.exit_codes.get(name, 0),
-                               signal=15 if timed_out else None, stdout=stdout, stderr=self.stderr.get(name, b""),
+                               signal=15 if timed_out else None, stdout=stdout, stderr=stderr,
                                stdout_truncated=False, timed_out=timed_out, timeout=5.0)
         if timed_out:
             return fail(CommandTimedOut(result))

@@ -15,7 +15,8 @@ from orchagent.host.mysql import MySQL
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
-from tests.support.mysql_fakes import FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes
+from tests.support.mysql_fakes import (
+    FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
 
 TOKEN = "12" * 32
 
@@ -117,7 +118,15 @@ class MySQLRoutesTests(SynchronousTestCase):
         self.assertEqual(self.runner.calls, [])
 
     def test_apply(self):
-        body = base64.encodebytes(gzip.compress(binlog(b"e" * 100)))
+        self.runner.stderr["MySQLClientCommand"] = safe_client
+        body = base64.encodebytes(gzip.compress(verifiable_binlog(b"INSERT INTO t VALUES (1)")))
         self.assertEqual(self.call("/api/apply-relaylog-contents", "POST", data=body,
                                    headers={"Content-Type": ["text/plain"]}), (200, b'"OK"'))
-        self.assertEqual(self.runner.names(), ["mysqlbinlog", "MySQLClientCommand"])
+        self.assertEqual(self.runner.names(), ["MySQLClientCommand"] * 2 + ["mysqlbinlog", "MySQLClientCommand"])
+
+    def test_apply_of_a_log_that_does_not_verify_is_bad_input(self):
+        body = base64.encodebytes(gzip.compress(verifiable_binlog(b"INSERT INTO t VALUES (1)")[:-1] + b"?"))
+        code, answer = self.call("/api/apply-relaylog-contents", "POST", data=body)
+        self.assertEqual(code, 400)
+        self.assertIn(b"does not verify", answer)
+        self.assertEqual(self.runner.calls, [])

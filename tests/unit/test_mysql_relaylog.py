@@ -23,8 +23,19 @@ from orchagent.host.relaylog import (
     log_bytes,
     parse_index,
     resolve_listed,
+    verify_events,
 )
-from tests.support.mysql_fakes import FIXTURES, HEADER, FakeRunner, InlineThreadsReactor, binlog
+from tests.support.mysql_fakes import (
+    FIXTURES,
+    HEADER,
+    FakeRunner,
+    InlineThreadsReactor,
+    binlog,
+    event,
+    format_description,
+    safe_client,
+    verifiable_binlog,
+)
 
 
 def unpack(text: str) -> bytes:
@@ -150,6 +161,68 @@ class DecodeTests(SynchronousTestCase):
         self.assertIn("ApplyRelaylogMaxBytes", str(self.assertRaises(InvalidInput, self.decode, bomb, 1_000_000)))
 
 
+class VerifyEventsTests(SynchronousTestCase):
+    """Events must tile the log and carry valid CRC32s when their Format Description event says so."""
+
+    def verify(self, data):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return verify_events(path)
+
+    def refusal(self, data):
+        with self.assertRaises(InvalidInput) as caught:
+            self.verify(data)
+        return str(caught.exception)
+
+    def test_checksummed_events_verify(self):
+        self.assertEqual(self.verify(verifiable_binlog(b"INSERT INTO t VALUES (1)", b"COMMIT")), 3)
+
+    def test_one_flipped_byte_is_refused_naming_the_event(self):
+        data = bytearray(verifiable_binlog(b"INSERT INTO t VALUES (1)", b"COMMIT"))
+        second = 4 + len(format_description())
+        data[second + 30] ^= 0x01
+        self.assertEqual(self.refusal(bytes(data)), f"relay log event at offset {second} does not verify "
+                                                    "(its CRC32 checksum differs); nothing was applied")
+
+    def test_the_in_use_flag_is_not_part_of_the_checksum(self):
+        # the server sets it while writing, clears it on close, and keeps the checksum
+        data = bytearray(verifiable_binlog(b"COMMIT"))
+        data[4 + 17] |= 0x01
+        self.assertEqual(self.verify(bytes(data)), 2)
+        data[4 + 18] |= 0x01  # any other flag counts
+        self.assertIn("offset 4 does not verify", self.refusal(bytes(data)))
+
+    def test_without_checksums_the_structure_is_checked(self):
+        data = verifiable_binlog(b"INSERT INTO t VALUES (1)", checksum=False)
+        self.assertEqual(self.verify(data), 2)
+        self.assertIn("impossible length", self.refusal(data[:-1]))
+        self.assertIn("impossible length", self.refusal(data + b"\0" * 10))
+
+    def test_checksums_follow_the_last_format_description(self):
+        data = verifiable_binlog(b"A", checksum=False) + format_description() + event(2, b"B")
+        self.assertEqual(self.verify(data), 4)
+        self.assertIn("does not verify", self.refusal(data + event(2, b"C\0\0\0\0", checksum=False)))
+
+    def test_servers_before_checksums_have_no_algorithm_byte(self):
+        old = b"\xfebin" + format_description(version=b"5.5.62-log") + event(2, b"A", checksum=False)
+        self.assertEqual(self.verify(old), 2)
+
+    def test_load_data_events_are_refused(self):
+        # mysqlbinlog would write their data to a file and have the client read it
+        data = verifiable_binlog(b"COMMIT") + event(17, b"\1\0\0\0rows")
+        self.assertIn("is a LOAD DATA event (Begin_load_query)", self.refusal(data))
+
+    def test_malformed_logs(self):
+        self.assertIn("before any Format Description", self.refusal(b"\xfebin" + event(2, b"A")))
+        unknown = bytearray(verifiable_binlog())
+        unknown[-5] = 7
+        self.assertIn("unknown checksum algorithm 7", self.refusal(bytes(unknown)))
+        self.assertIn("impossible length (0 bytes", self.refusal(verifiable_binlog() + b"\0" * 19))
+        self.assertIn("too short", self.refusal(verifiable_binlog() + event(2, b"", checksum=False)))
+        self.assertIn("Format Description event of only", self.refusal(b"\xfebin" + event(15, b"x")))
+
+
 class ReplicationLogsTests(SynchronousTestCase):
     """The service, over a temp datadir holding the fixture relay index and synthetic logs."""
 
@@ -225,15 +298,56 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertIn("no binlog files", self.failure(self.logs.binlog_text([], 0, 0), InvalidInput))
         self.assertEqual(self.commands_run(), [])
 
-    def test_apply(self):
-        log = binlog(b"e" * 1000)
-        self.result(self.logs.apply_relaylog(io.BytesIO(gzip_base64([log]).encode()), 2000))
-        mysqlbinlog, client = self.commands_run()
-        self.assertEqual(mysqlbinlog, "mysqlbinlog")
-        self.assertEqual(client, "MySQLClientCommand")
-        self.assertEqual(self.runner.calls[-2].argv[:2], ("mysqlbinlog", "--no-defaults"))
-        self.assertEqual(self.runner.calls[-1].argv, ("bash", "-c", "mysql", "orchagent"))
-        self.assertEqual(self.runner.stdin_seen["MySQLClientCommand"], self.runner.stdout["mysqlbinlog"])
+    def apply(self, data, size=None):
+        body = gzip_base64([data]).encode()
+        return Deferred.fromCoroutine(self.logs.apply_relaylog(io.BytesIO(body), size or len(body)))
+
+    def test_apply_in_sandbox_mode(self):
+        self.runner.stderr["MySQLClientCommand"] = safe_client
+        self.successResultOf(self.apply(verifiable_binlog(b"INSERT INTO t VALUES (1)")))
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 2 + ["mysqlbinlog", "MySQLClientCommand"])
+        *probes, mysqlbinlog, client = self.runner.calls[-4:]
+        for probe in probes:
+            self.assertEqual(probe.argv, ("bash", "-c", "mysql", "orchagent"))
+            self.assertEqual(probe.options["check"], False)
+        self.assertEqual(mysqlbinlog.argv[:3], ("mysqlbinlog", "--no-defaults", "--verify-binlog-checksum"))
+        self.assertEqual(client.argv, ("bash", "-c", "mysql", "orchagent"))
+        # the sandbox line comes first, whatever mysqlbinlog printed
+        self.assertEqual(self.runner.stdin_seen["MySQLClientCommand"],
+                         b"\\-\n" + self.runner.stdout["mysqlbinlog"])
+        self.assertEqual(os.listdir(self.temp), [])
+
+    def test_binary_mode_also_shows_client_commands_are_off(self):
+        self.runner.stderr["MySQLClientCommand"] = lambda stdin: (
+            b"ERROR at line 2: Unknown command '\\.'.\n" if b"\\." in stdin else safe_client(stdin))
+        self.successResultOf(self.apply(verifiable_binlog(b"COMMIT")))
+        self.assertEqual(self.commands_run()[-1], "MySQLClientCommand")
+
+    def test_a_client_without_sandbox_mode_is_refused(self):
+        for said in (b"", b"ERROR at line 1: Unknown command '\\-'.\n", b"ERROR 2002 (HY000): Can't connect"):
+            self.runner.stderr["MySQLClientCommand"] = said
+            message = str(self.failureResultOf(self.apply(verifiable_binlog(b"COMMIT")), AgentError).value)
+            self.assertIn("MySQLClientCommand does not refuse client commands (system, \\!, source...): use "
+                          "MariaDB's client from 10.5.25", message)
+            self.assertIn(said.decode().strip(), message)
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 3)  # the first probes only
+        self.assertEqual(os.listdir(self.temp), [])
+
+    def test_a_client_that_may_read_local_files_is_refused(self):
+        said = b"ERROR 1146 (42S02) at line 2: Table 'mysql.orchagent_probe' doesn't exist"
+        self.runner.stderr["MySQLClientCommand"] = lambda stdin: (
+            said if b"LOAD DATA" in stdin else safe_client(stdin))
+        message = str(self.failureResultOf(self.apply(verifiable_binlog(b"COMMIT")), AgentError).value)
+        self.assertIn("MySQLClientCommand may read local files for LOAD DATA LOCAL INFILE: "
+                      "add --local-infile=0", message)
+        self.assertIn(said.decode(), message)
+        self.assertEqual(self.commands_run(), ["MySQLClientCommand"] * 2)
+
+    def test_a_log_that_does_not_verify_runs_nothing(self):
+        data = bytearray(verifiable_binlog(b"INSERT INTO t VALUES (1)"))
+        data[-6] ^= 0x20
+        self.assertIn("does not verify", str(self.failureResultOf(self.apply(bytes(data)), InvalidInput).value))
+        self.assertEqual(self.commands_run(), [])
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_apply_refusals_run_nothing_and_leave_no_temp_file(self):
@@ -247,6 +361,7 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_failed_client_still_removes_temp_files(self):
+        self.runner.stderr["MySQLClientCommand"] = safe_client
         self.runner.exit_codes["MySQLClientCommand"] = 1
-        self.failure(self.logs.apply_relaylog(io.BytesIO(gzip_base64([binlog(b"")]).encode()), 100), AgentError)
+        self.failureResultOf(self.apply(verifiable_binlog()), AgentError)
         self.assertEqual(os.listdir(self.temp), [])

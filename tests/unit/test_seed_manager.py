@@ -38,12 +38,12 @@ class FakeEraser:
         self.paths = []
         self.pending = None
 
-    async def empty(self, expected=None):
+    async def empty(self, expected=None, *, after_failed_seed=False):
         self.paths.append(expected)
         if self.pending is not None:
             pending, self.pending = self.pending, None
             await pending
-        self.emptied += 1
+        self.emptied += after_failed_seed  # only the clears of a failed seed's copy count
         return []
 
 
@@ -113,7 +113,7 @@ class FakeTransfer:
 class SeedManagerTestCase(SynchronousTestCase):
     def setUp(self):
         self.state = self.mktemp()
-        self.datadir = self.mktemp()
+        self.datadir = os.path.realpath(self.mktemp())
         os.makedirs(self.datadir)
         self.clock = Clock()
         self.runner = FakeRunner()
@@ -211,6 +211,18 @@ class SeedManagerTests(SeedManagerTestCase):
         error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
         self.assertIn("MySQL is running", str(error))
         self.assertEqual(self.runner.started, [])
+
+    def test_receive_refuses_what_delete_mysql_datadir_refuses(self):
+        for datadir, rule in [("/etc", "top-level directory"), ("/usr/sbin", "system tree"),
+                              ("/var/log", "system tree")]:
+            self.mysql.data_directory = datadir
+            error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
+            self.assertIn(f"(rule: {rule})", str(error))
+        self.mysql.data_directory = self.datadir
+        open(os.path.join(self.datadir, "notes.txt"), "w").close()
+        error = self.fail_with(self.manager().receive(4), Conflict)
+        self.assertIn("(rule: a datadir or empty)", str(error))
+        self.assertEqual((self.runner.started, self.transfers), ([], []))
 
     def test_command_mode_passes_arguments_as_argv_without_a_wall_clock_timeout(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_transfer_port=4444)
@@ -380,7 +392,8 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         self.assertEqual(manager.record(1).state, "failed")
 
     def test_post_copy_answers_for_the_seed_in_the_datadir(self):
-        other = self.mktemp()
+        other = os.path.realpath(self.mktemp())
+        os.makedirs(other)
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
         self.runner.commands[0].result.errback(RuntimeError("exit status 1"))

@@ -3,10 +3,12 @@ fake LVM tools run in-process (``FakeRunner``), a fake clock and file work on th
 
 import os
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
+from orchagent.errors import Conflict
 from orchagent.web.storageapi import make_storage
 from tests.support.fake_lvm import FakeLvm, FakeRunner
 from tests.support.storage import StubMySQL, SyncClient, sync_thread
@@ -224,6 +226,33 @@ class CommandTests(StorageApiTestsBase):
         client = self.start(mysql_delete_datadir_content_command="rm -rf /var/lib/mysql/*")
         self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))
         self.assertEqual(self.runner.commands, [["configured", "MySQLDeleteDatadirContentCommand"]])
+
+    def test_delete_datadir_refuses_what_is_not_a_datadir_and_accepts_an_emptied_one(self):
+        os.rmdir(os.path.join(self.datadir, "mysql"))
+        open(os.path.join(self.datadir, "notes.txt"), "w").close()
+        client = self.start(mysql_delete_datadir_content_command="rm -rf /var/lib/mysql/*")
+        code, body = client.get("/api/delete-mysql-datadir")
+        self.assertEqual(code, 409)
+        self.assertIn("(rule: a datadir or empty)", body["Message"])
+        self.assertEqual(os.listdir(self.datadir), ["notes.txt"])
+        self.assertEqual(self.runner.commands, [])
+        os.unlink(os.path.join(self.datadir, "notes.txt"))
+        os.makedirs(os.path.join(self.datadir, ".orchagent-seed-3", "tree"))  # a partial seed's staging
+        client = self.start()
+        self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))
+        self.assertEqual(os.listdir(self.datadir), [])
+        self.assertEqual(client.get("/api/delete-mysql-datadir"), (200, True))  # orchestrator's retry
+
+    def test_a_failed_seeds_copy_is_emptied_even_when_it_does_not_look_like_a_datadir(self):
+        os.rmdir(os.path.join(self.datadir, "mysql"))
+        os.makedirs(os.path.join(self.datadir, "db1"))  # what a receive command extracted before it failed
+        self.start()
+        self.assertIn("(rule: a datadir or empty)", str(self.failureResultOf(
+            Deferred.fromCoroutine(self.storage.datadir.empty()), Conflict).value))
+        self.successResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)))
+        self.assertEqual(os.listdir(self.datadir), [])
+        self.mysql.data_directory = "/usr/bin"  # the system rules still hold
+        self.failureResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)), Conflict)
 
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"
