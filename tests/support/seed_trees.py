@@ -41,7 +41,10 @@ def build_tree(root: str, big_bytes: int = 3 * 1024 * 1024 + 17, small_files: in
 
 
 def describe_tree(root: str) -> dict[bytes, tuple]:
-    """Everything a seed must preserve, per relative path: kind, mode, mtime, content/target."""
+    """Everything a seed must preserve, per relative path: kind, mode, mtime, content/target.
+
+    The mode's permission bits only: a seed drops set-uid, set-gid and sticky bits.
+    """
     root_b = os.fsencode(root)
     found: dict[bytes, tuple] = {}
     for directory, dirnames, filenames in os.walk(root_b):
@@ -56,7 +59,7 @@ def describe_tree(root: str) -> dict[bytes, tuple]:
                     detail = hash(f.read()), st.st_size
             else:
                 detail = None
-            found[relative] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns, detail)
+            found[relative] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode) & 0o777, st.st_mtime_ns, detail)
     return found
 
 
