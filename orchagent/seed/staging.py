@@ -137,13 +137,12 @@ class Staging:
     def _remove_own_entry(self) -> None:
         """Remove the (empty) staging directory from the datadir, found by its identity, not its name.
 
-        Its owner may keep renaming it; a few tries, then it is left for the datadir's emptying.
+        The datadir's owner may keep renaming it (not out of the datadir: see :meth:`_make`).
         """
         for _ in range(100):
             name = self.name if _identity(self.name, self.datadir_fd) == self._identity else self._find()
             if name is None:
-                log.warn("the seed's staging directory left {datadir} (renamed by its owner)", datadir=self.datadir)
-                return
+                return  # removed already: the datadir's owner may remove an empty directory there
             try:
                 os.rmdir(name, dir_fd=self.datadir_fd)
                 return
