@@ -86,7 +86,7 @@ class Staging:
         """
         before = {inode for _, inode in _listing(self.datadir_fd)}
         os.mkdir(self.name, 0o700, dir_fd=self.datadir_fd)
-        for _ in range(100):
+        for _ in range(1000):
             for name in [self.name] + [name for name, inode in _listing(self.datadir_fd) if inode not in before]:
                 try:
                     fd = open_own_directory(name, self.datadir_fd)
@@ -137,17 +137,20 @@ class Staging:
     def _remove_own_entry(self) -> None:
         """Remove the (empty) staging directory from the datadir, found by its identity, not its name.
 
-        The datadir's owner may keep renaming it (not out of the datadir: see :meth:`_make`).
+        The datadir's owner may keep renaming it (not out of the datadir: see :meth:`_make`), so
+        it is looked up again until it is gone (no links left to the descriptor's directory).
         """
-        for _ in range(100):
+        for _ in range(1000):
+            if os.fstat(self.fd).st_nlink == 0:
+                return
             name = self.name if _identity(self.name, self.datadir_fd) == self._identity else self._find()
             if name is None:
-                return  # removed already: the datadir's owner may remove an empty directory there
+                continue
             try:
                 os.rmdir(name, dir_fd=self.datadir_fd)
-                return
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # renamed (or replaced) in between: look again
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENOTEMPTY):
+                    raise  # else renamed, or replaced by the owner's own, in between
         raise TransferFailed(f"could not remove the seed's staging directory from {self.datadir!r}: "
                              "it is being renamed all the time")
 

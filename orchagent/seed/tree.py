@@ -632,4 +632,3 @@ class _BackgroundSync:
         self._fd = -1
         if self._error is not None:
             raise self._error
-
