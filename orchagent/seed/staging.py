@@ -4,7 +4,7 @@ The datadir belongs to the MySQL user, who may rename or replace any entry in it
 agent receives: the staging directory's name may lead anywhere by the next lookup.  So nothing
 here is looked up twice.  The datadir is opened once (``O_DIRECTORY | O_NOFOLLOW``) and its
 owner noted; the staging directory ``.orchagent-seed-<id>`` is made by the agent, opened once
-and checked with ``fstat`` (a directory, the agent's, mode 0700), and from then on everything
+and checked with ``fstat`` (the agent's), and from then on everything
 works from these descriptors: the tree is written below ``<staging>/tree`` through directory
 descriptors, moved into the datadir with ``renameat2(RENAME_NOREPLACE)`` between the two
 descriptors, and removed after a failure through the staging descriptor, whatever name the
@@ -27,20 +27,15 @@ from orchagent.seed.protocol import TransferFailed
 log = logs.logger(__name__)
 
 STAGING_PREFIX = ".orchagent-seed-"
-TREE = "tree"
-DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TREE = "tree"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def staging_path(datadir: str, seed_id: str) -> str:
-    """Where a receive for ``seed_id`` stages its data (inside the datadir, hidden)."""
-    return os.path.join(datadir, STAGING_PREFIX + seed_id)
-
-
 def open_own_directory(name: str | bytes, dir_fd: int) -> int:
     """Open a directory the agent made, refusing a symlink and anything the agent does not own."""
-    fd = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
     if os.fstat(fd).st_uid != os.geteuid():
         os.close(fd)
         raise TransferFailed(f"{os.fsdecode(name)!r} was replaced while the seed was received "
@@ -62,7 +57,7 @@ class Staging:
     def create(self) -> None:
         """Open the datadir, remove a stale staging directory (a crash's), make a fresh one."""
         try:
-            self.datadir_fd = os.open(self.datadir, DIRECTORY_FLAGS)
+            self.datadir_fd = os.open(self.datadir, _DIRECTORY)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 raise
@@ -74,8 +69,8 @@ class Staging:
         self.fd = self._make()
         st = os.fstat(self.fd)
         self._identity = (st.st_dev, st.st_ino)
-        os.mkdir(TREE, 0o700, dir_fd=self.fd)
-        self.tree_fd = open_own_directory(TREE, self.fd)
+        os.mkdir(_TREE, 0o700, dir_fd=self.fd)
+        self.tree_fd = open_own_directory(_TREE, self.fd)
 
     def _make(self) -> int:
         """Make the staging directory and open it, even if the datadir's owner renamed it at once.
@@ -109,7 +104,7 @@ class Staging:
             _rename_noreplace(self.tree_fd, name, self.datadir_fd, self.datadir)
             self._moved.append((name, st.st_dev, st.st_ino))
         os.fsync(self.datadir_fd)
-        os.rmdir(TREE, dir_fd=self.fd)
+        os.rmdir(_TREE, dir_fd=self.fd)
         self._remove_own_entry()
         os.fsync(self.datadir_fd)
         self._moved.clear()  # the datadir's now
@@ -170,7 +165,7 @@ def remove_entry(dir_fd: int, name: str | bytes) -> None:
         return
     except IsADirectoryError:
         pass
-    fd = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, _DIRECTORY, dir_fd=dir_fd)
     try:
         remove_contents(fd)
     finally:
