@@ -69,6 +69,21 @@ class StagingTests(SynchronousTestCase):
         self.assertOutsideUntouched()
         self.assertEqual(os.listdir(self.datadir), [".orchagent-seed-9"])  # only the owner's symlink
 
+    def test_a_staging_directory_renamed_as_it_is_made_is_found(self):
+        made = os.mkdir
+
+        def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+            made(path, mode, dir_fd=dir_fd)
+            if path == ".orchagent-seed-9":
+                self.swap_staging()
+
+        self.patch(os, "mkdir", mkdir_then_swap)
+        writer = self.writer()
+        writer.feed(stream_of(self.source))
+        writer.finish()
+        self.assertOutsideUntouched()
+        self.assertEqual(sorted(os.listdir(self.datadir)), [".orchagent-seed-9", "db", "ibdata1"])  # "aside" gone
+
     def test_a_stale_staging_entry_is_removed_without_following_it(self):
         os.symlink(self.outside, os.path.join(self.datadir, ".orchagent-seed-9"))
         writer = self.writer()
