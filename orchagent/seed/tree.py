@@ -35,8 +35,13 @@ both: large files start their write-back every few MB, and another helper thread
 still arrives and the final ``syncfs``, which the sender waits for, has little left.  Then,
 unless the receive was aborted meanwhile, the tree is moved into the datadir and the datadir
 is fsynced.  Nothing is followed on the
-receiving side either: every entry's parent must be a directory this stream created, and files
-are created with ``O_EXCL | O_NOFOLLOW``.
+receiving side either: every entry's parent must be a directory this stream created, and all
+file-system work goes through directory descriptors below the staging directory that
+:mod:`orchagent.seed.staging` made and checked, never through a path the datadir's owner could
+redirect.  Received entries belong to the datadir's owner and group, whatever the sender says,
+and never keep set-uid, set-gid or sticky bits: a seed cannot plant privileges.  Files get
+their owner and mode as they complete (their directories are still the agent's and closed to
+others), directories theirs at the end, just before the move.
 """
 
 from __future__ import annotations
@@ -49,7 +54,6 @@ import grp
 import os
 import pwd
 import queue
-import shutil
 import stat
 import threading
 from typing import Callable, Iterator
@@ -59,6 +63,7 @@ import attrs
 from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Entry, EntryKind, Kind, ProtocolError, TransferFailed
+from orchagent.seed.staging import Staging, open_own_directory
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
 BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
@@ -68,12 +73,7 @@ WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
 RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
-STAGING_PREFIX = ".orchagent-seed-"
-
-
-def staging_path(datadir: str, seed_id: str) -> str:
-    """Where a receive for ``seed_id`` stages its data (inside the datadir, hidden)."""
-    return os.path.join(datadir, STAGING_PREFIX + seed_id)
+PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
 
 
 @attrs.define
@@ -295,11 +295,9 @@ class TreeWriter:
 
     def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
                  mac: protocol.StreamMac) -> None:
-        self.datadir = os.path.abspath(datadir)
-        self.staging = staging_path(self.datadir, seed_id)
+        self._staging = Staging(datadir, seed_id)
+        self.datadir = self._staging.datadir
         self.progress = progress if progress is not None else Progress()
-        self._tree = os.path.join(self.staging, "tree")
-        self._tree_prefix = os.fsencode(self._tree) + b"/"
         self._decoder = protocol.StreamDecoder(self, mac)
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: _DiskThread | None = None
@@ -307,11 +305,11 @@ class TreeWriter:
         self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
         self._as_root = os.geteuid() == 0
-        self._ids: dict[tuple[str, bytes, int], int] = {}
+        self._directory_open: tuple[bytes, int] | None = None  # (relative path, descriptor) last written into
         self._file: Entry | None = None
         self._fd = -1
         self._written = self._flushed = self._end = 0  # bytes written, of them flushed; end of the data
-        self._temp = ""
+        self._temp = b""
         self._partial_serial = 0
         self._ended: tuple[int, int] | None = None
         self._received_files = self._received_bytes = 0
@@ -320,12 +318,8 @@ class TreeWriter:
 
     def start(self) -> None:
         """Create a fresh staging directory (a stale one from a crash is removed first)."""
-        if not os.path.isdir(self.datadir):
-            raise TransferFailed(f"target datadir {self.datadir!r} does not exist")
-        shutil.rmtree(self.staging, ignore_errors=True)
-        os.mkdir(self.staging, 0o700)
-        os.mkdir(self._tree, 0o700)
-        self._syncer = _BackgroundSync(self.staging)
+        self._staging.create()
+        self._syncer = _BackgroundSync(self._staging.fd)
         self._disk = _DiskThread()
         for _ in range(RECEIVE_BUFFERS):
             buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
@@ -389,16 +383,17 @@ class TreeWriter:
     # the disk thread's work, in stream order
 
     def _write_entry(self, entry: Entry) -> None:
-        path = self._place(entry.path)
+        parent, _, name = entry.path.rpartition(b"/")
+        directory = self._directory(parent)
         if entry.kind == EntryKind.DIR:
-            os.mkdir(path, 0o700)
-            self._chown(path, entry)
+            os.mkdir(name, 0o700, dir_fd=directory)  # the agent's, closed to others, until finish()
         elif entry.kind == EntryKind.SYMLINK:
-            os.symlink(entry.target, path)
-            self._chown(path, entry)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            os.symlink(entry.target, name, dir_fd=directory)
+            if self._as_root:
+                os.chown(name, *self._staging.owner, dir_fd=directory, follow_symlinks=False)
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=directory, follow_symlinks=False)
         else:
-            self._temp, self._fd = self._create_partial(entry.path)
+            self._temp, self._fd = self._create_partial(directory)
             self._file = entry
             self._written = self._flushed = self._end = 0
 
@@ -422,12 +417,15 @@ class TreeWriter:
         try:
             if self._end != entry.size:
                 os.ftruncate(fd, entry.size)  # trailing holes
-            self._chown(fd, entry)  # before chmod: chown clears set-uid/gid bits
-            os.fchmod(fd, entry.mode)
+            if self._as_root:
+                os.fchown(fd, *self._staging.owner)
+            os.fchmod(fd, entry.mode & PERMISSION_BITS)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:
             os.close(fd)
-        os.rename(self._temp, self._place(entry.path))
+        parent, _, name = entry.path.rpartition(b"/")
+        directory = self._directory(parent)
+        os.rename(self._temp, name, src_dir_fd=directory, dst_dir_fd=directory)
         self.progress.bytes_done += entry.size - self._written
         self.progress.files_done += 1
         self._received_files += 1
@@ -450,27 +448,25 @@ class TreeWriter:
         if self._ended != (self._received_files, self._received_bytes):
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
-        for relative in sorted(self._directories, reverse=True):  # children before parents
+        self._close_directory()
+        # Children before parents, so each directory is handed over after everything on its way
+        # was opened as the agent's own.
+        for relative in sorted(self._directories, reverse=True):
             if relative:
                 mode, mtime_ns = self._directories[relative]
-                path = self._place(relative)
-                os.chmod(path, mode)
-                os.utime(path, ns=(mtime_ns, mtime_ns))
+                fd = self._open_directory(relative)
+                try:
+                    if self._as_root:
+                        os.fchown(fd, *self._staging.owner)
+                    os.fchmod(fd, mode & PERMISSION_BITS)
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
         self._syncer.close()
-        _sync_filesystem(self.staging)
+        _syncfs(self._staging.fd)
         if cancelled():
             raise Closed()
-        names = os.listdir(self._tree)
-        present = [name for name in names if os.path.lexists(os.path.join(self.datadir, name))]
-        if present:
-            raise TransferFailed(f"target datadir {self.datadir!r} is not empty ({present[0]!r} exists); "
-                                 "delete the datadir before seeding")
-        for name in names:
-            os.rename(os.path.join(self._tree, name), os.path.join(self.datadir, name))
-        _fsync_directory(self.datadir)
-        os.rmdir(self._tree)
-        os.rmdir(self.staging)
-        _fsync_directory(self.datadir)
+        self._staging.move_into_datadir()
 
     def discard(self) -> None:
         """Remove everything this receive wrote (after a failure or an abort)."""
@@ -484,7 +480,8 @@ class TreeWriter:
                 self._syncer.close()
             except OSError:
                 pass  # the data is being thrown away
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._close_directory()
+        self._staging.remove()
 
     # helpers
 
@@ -501,54 +498,51 @@ class TreeWriter:
             self._buffers = queue.SimpleQueue()
             self._ring.clear()
 
-    def _create_partial(self, relative: bytes) -> tuple[bytes, int]:
-        """(path, descriptor) of a new empty file, hidden, in the directory ``relative`` goes to."""
-        directory = self._place(relative.rpartition(b"/")[0])
+    def _create_partial(self, directory: int) -> tuple[bytes, int]:
+        """(name, descriptor) of a new empty file, hidden, in ``directory``."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         while True:
             self._partial_serial += 1
-            path = b"%s/.orchagent-partial-%d" % (directory.rstrip(b"/"), self._partial_serial)
+            name = b".orchagent-partial-%d" % self._partial_serial
             try:
-                return path, os.open(path, flags, 0o600)
+                return name, os.open(name, flags, 0o600, dir_fd=directory)
             except FileExistsError:
                 continue  # the tree itself has a file of that name
 
-    def _place(self, relative: bytes) -> bytes:
-        return self._tree_prefix + relative
+    def _directory(self, relative: bytes) -> int:
+        """A descriptor of the staging tree's directory ``relative``, kept while entries go there.
 
-    def _chown(self, target: bytes | int, entry: Entry) -> None:
-        if self._as_root:
-            uid, gid = self._id("user", entry.user, entry.uid), self._id("group", entry.group, entry.gid)
-            if isinstance(target, int):
-                os.fchown(target, uid, gid)
-            else:
-                os.chown(target, uid, gid, follow_symlinks=False)
+        The sender sends a directory's entries together, so this opens each directory about once.
+        """
+        if self._directory_open is not None and self._directory_open[0] == relative:
+            return self._directory_open[1]
+        fd = self._open_directory(relative)
+        self._close_directory()
+        self._directory_open = (relative, fd)
+        return fd
 
-    def _id(self, kind: str, name: bytes, number: int) -> int:
-        """The local id of a user/group name (as tar maps owners), else the sender's number."""
-        key = (kind, name, number)
-        if key not in self._ids:
+    def _close_directory(self) -> None:
+        if self._directory_open is not None:
+            os.close(self._directory_open[1])
+            self._directory_open = None
+
+    def _open_directory(self, relative: bytes) -> int:
+        """Open a directory of the staging tree step by step from the tree's descriptor."""
+        fd = os.dup(self._staging.tree_fd)
+        for name in relative.split(b"/") if relative else ():
             try:
-                lookup: Callable = pwd.getpwnam if kind == "user" else grp.getgrnam
-                self._ids[key] = lookup(name.decode())[2] if name else number
-            except (KeyError, UnicodeDecodeError):
-                self._ids[key] = number
-        return self._ids[key]
+                child = open_own_directory(name, fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _sync_filesystem(path: str) -> None:
-    """Flush every file and directory of the filesystem holding ``path`` (one ``syncfs``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _syncfs(fd)
-    finally:
-        os.close(fd)
-
-
 def _syncfs(fd: int) -> None:
+    """Flush every file and directory of the filesystem holding ``fd``."""
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs failed: {os.strerror(err)}")
@@ -609,8 +603,8 @@ class _BackgroundSync:
     final sync only has the last few MB left.
     """
 
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
         self._wanted = threading.Event()
         self._stopping = False
         self._error: OSError | None = None
@@ -644,11 +638,3 @@ class _BackgroundSync:
         self._fd = -1
         if self._error is not None:
             raise self._error
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,9 +1,27 @@
-"""Test trees for the seed transfer: build one with every awkward kind of entry, compare two."""
+"""Test trees for the seed transfer: build one with every awkward kind of entry, compare two, and
+turn one into a stream (or a writer for one) under a test session key."""
 
 from __future__ import annotations
 
 import os
 import stat
+
+from orchagent.seed import protocol
+from orchagent.seed.tree import TreeReader, TreeWriter
+
+SECRET = b"s3cret"
+SESSION = protocol.Session.derive(SECRET, "9", protocol.new_nonce(), protocol.new_nonce())
+
+
+def tree_stream(root: str, session: protocol.Session = SESSION) -> bytes:
+    """The whole seed stream of ``root``, as a sender would send it for seed 9."""
+    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024).batches()
+    return b"".join(part for batch in batches for part in batch.parts)
+
+
+def writer_into(target: str) -> TreeWriter:
+    """A writer receiving seed 9 into ``target``, keyed as :func:`tree_stream` sends."""
+    return TreeWriter(target, "9", mac=SESSION.stream_mac())
 
 
 def build_tree(root: str, big_bytes: int = 3 * 1024 * 1024 + 17, small_files: int = 200) -> None:
@@ -41,7 +59,10 @@ def build_tree(root: str, big_bytes: int = 3 * 1024 * 1024 + 17, small_files: in
 
 
 def describe_tree(root: str) -> dict[bytes, tuple]:
-    """Everything a seed must preserve, per relative path: kind, mode, mtime, content/target."""
+    """Everything a seed must preserve, per relative path: kind, mode, mtime, content/target.
+
+    The mode's permission bits only: a seed drops set-uid, set-gid and sticky bits.
+    """
     root_b = os.fsencode(root)
     found: dict[bytes, tuple] = {}
     for directory, dirnames, filenames in os.walk(root_b):
@@ -56,7 +77,7 @@ def describe_tree(root: str) -> dict[bytes, tuple]:
                     detail = hash(f.read()), st.st_size
             else:
                 detail = None
-            found[relative] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns, detail)
+            found[relative] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode) & 0o777, st.st_mtime_ns, detail)
     return found
 
 

@@ -15,24 +15,11 @@ from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError
 from orchagent.seed.transfer import SeedReceiverServer, _ReceiverProtocol
-from orchagent.seed.tree import RECEIVE_BUFFERS, TreeReader, TreeWriter
-from tests.support.seed_trees import build_tree, describe_tree
-
-SECRET = b"s3cret"
-SESSION = protocol.Session.derive(SECRET, "9", protocol.new_nonce(), protocol.new_nonce())
-
-
-def tree_stream(root: str, session: protocol.Session = SESSION) -> bytes:
-    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024).batches()
-    return b"".join(part for batch in batches for part in batch.parts)
-
+from orchagent.seed.tree import RECEIVE_BUFFERS, TreeWriter
+from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
 
 def decoder(handler) -> protocol.StreamDecoder:
     return protocol.StreamDecoder(handler, SESSION.stream_mac())
-
-
-def writer_into(target: str) -> TreeWriter:
-    return TreeWriter(target, "9", mac=SESSION.stream_mac())
 
 
 def split_frames(stream: bytes) -> list[bytes]:
