@@ -263,7 +263,8 @@ class DevConfigTests(AgentTestCase):
 
     def test_empties_its_own_datadir_only(self):
         host = tree("/var/lib/mysql") if os.path.isdir("/var/lib/mysql") else None
-        with open(os.path.join(self.datadir, "marker"), "w") as f:
+        os.makedirs(os.path.join(self.datadir, "mysql"))  # it looks like a datadir (the guard wants one)
+        with open(os.path.join(self.datadir, "mysql", "marker"), "w") as f:
             f.write("x")
         agent = self.dev_agent()
         self.assertEqual(get(agent, "mysql-status"), (200, False))
