@@ -138,6 +138,10 @@ class Config:
     seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
     seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
+    http_max_connections: int = _key("HTTPMaxConnections", 4096, _uint)
+    http_header_timeout_seconds: int = _key("HTTPHeaderTimeoutSeconds", 15, _uint)
+    seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 64, _uint)
+    seed_handshake_timeout_seconds: int = _key("SeedHandshakeTimeoutSeconds", 30, _uint)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:
@@ -220,6 +224,10 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
     for field in ("http_port", "seed_transfer_port"):
         if not 1 <= getattr(config, field) <= 65535:
             fail(field, f"port must be from 1 to 65535, got {getattr(config, field)}")
+    for field in ("http_max_connections", "http_header_timeout_seconds", "seed_transfer_max_connections",
+                  "seed_handshake_timeout_seconds"):
+        if getattr(config, field) < 1:
+            fail(field, "must be at least 1 (0 would refuse every connection)")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
     if config.snapshot_backend not in ("lvm", "btrfs"):

@@ -11,7 +11,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, T
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from orchagent import logs, tls
+from orchagent import connections, logs, tls
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
@@ -25,6 +25,7 @@ from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
+from orchagent.web.site import ApiSite
 from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
@@ -54,8 +55,10 @@ def make_service(config: Config, reactor) -> MultiService:
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread)
-    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint)
-    site = QuietSite(ApiResource(routes, _guard(config, token), reactor))
+    routes = route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy), config.status_endpoint,
+                         config.apply_relaylog_max_bytes)
+    site = ApiSite(ApiResource(routes, _guard(config, token), reactor), reactor=reactor,
+                   max_connections=config.http_max_connections, header_timeout=config.http_header_timeout_seconds)
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)
@@ -76,13 +79,6 @@ def _guard(config: Config, token: Token) -> Guard:
     )
 
 
-class QuietSite(Site):
-    """No access log: its lines would carry ``?token=`` (ApiResource logs requests at debug, without query)."""
-
-    def log(self, request) -> None:
-        pass
-
-
 class ApiListener(Service):
     """Listens before privileges could be dropped, so a port conflict stops twistd at once."""
 
@@ -99,6 +95,7 @@ class ApiListener(Service):
         os.makedirs(config.state_directory, mode=0o700, exist_ok=True)
         if config.token_hint_file:
             self._token.write_hint(config.token_hint_file)
+        connections.raise_open_files_limit(config.http_max_connections + config.seed_transfer_max_connections)
         failures = []
         self._endpoint().listen(self._site).addCallbacks(self._listening, failures.append)
         if failures:

@@ -3,6 +3,10 @@
 ``render`` runs the matched handler as a coroutine (``Deferred.fromCoroutine``) and returns
 ``NOT_DONE_YET``; every exception goes through :func:`_failure_response`, which turns it into
 V1's error envelope with an honest status code.  Tracebacks are logged, never sent.
+
+Routing and authorization look only at a :class:`RequestHead` (request line, headers, transport),
+so :mod:`orchagent.web.site` runs the same checks through :meth:`ApiResource.refusal` before a
+request body is read.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import base64
 import gzip
 import hmac
 from typing import Any, Iterable, Mapping
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -72,6 +76,49 @@ class _HttpError(Exception):
 
 
 @attrs.frozen
+class RequestHead:
+    """What routing and authorization look at: all there is once the headers are in."""
+
+    method: bytes
+    path: bytes
+    args: Mapping[bytes, list[bytes]]
+    headers: Any  # twisted.web.http_headers.Headers
+    transport: Any
+
+    @classmethod
+    def parse(cls, method: bytes, uri: bytes, headers: Any, transport: Any) -> RequestHead:
+        """As twisted.web.http.Request.requestReceived splits the URI (only the query gives args)."""
+        path, _, query = uri.partition(b"?")
+        return cls(method, path, parse_qs(query, keep_blank_values=True), headers, transport)
+
+    @classmethod
+    def of(cls, request) -> RequestHead:
+        return cls.parse(request.method, request.uri, request.requestHeaders, request.channel.transport)
+
+    def header(self, name: str | bytes) -> bytes | None:
+        values = self.headers.getRawHeaders(name.encode("ascii") if isinstance(name, str) else name)
+        return values[-1] if values else None
+
+
+@attrs.frozen
+class Admission:
+    """What a request's head decides before its body is read: a refusal, or the route's body limit."""
+
+    refused: _HttpError | None = None
+    route: Route | None = None
+
+    def refusal(self, body_bytes: int | None) -> _HttpError | None:
+        """Why a request with ``body_bytes`` of body (announced or counted so far; None for a
+        chunked body not yet counted) is refused, or None."""
+        if self.refused is not None:
+            return self.refused
+        limit = self.route.max_body
+        if (limit == 0) if body_bytes is None else (body_bytes > limit):
+            return _HttpError(413, render_json(error_envelope(_too_large(self.route))))
+        return None
+
+
+@attrs.frozen
 class Guard:
     """Who may call: the token, optional basic auth and optional client-certificate OUs."""
 
@@ -106,7 +153,7 @@ class ApiResource(Resource):
 
     async def _respond(self, request) -> None:
         try:
-            route, params = self._authorize(request)
+            route, params = self._authorize(RequestHead.of(request))
             result = await route.handler(_api_request(request, params))
             response = result if isinstance(result, Response) else Response(result)
             code, body = response.code, render_json(response.body)
@@ -120,25 +167,32 @@ class ApiResource(Resource):
             return
         _write(request, code, body, content_type, headers)
 
-    def _authorize(self, request) -> tuple[Route, dict[str, str]]:
+    def admission(self, head: RequestHead) -> Admission:
+        """The same routing and authorization as a full request, decided from its head alone."""
+        try:
+            return Admission(route=self._authorize(head)[0])
+        except _HttpError as e:
+            return Admission(refused=e)
+
+    def _authorize(self, head: RequestHead) -> tuple[Route, dict[str, str]]:
         """Basic auth, routing, client certificate, token: in that order."""
         guard = self._guard
-        if guard.basic_auth and not _basic_auth_ok(request, *guard.basic_auth):
+        if guard.basic_auth and not _basic_auth_ok(head, *guard.basic_auth):
             raise _HttpError(401, b"Not Authorized\n", b"text/plain; charset=utf-8",
                              {b"WWW-Authenticate": b'Basic realm="Authorization Required"'})
-        route, params = self._match(request)
+        route, params = self._match(head)
         if guard.valid_ous is not None and (route.token or guard.status_ou_verify):
-            _check_client_ou(request, guard.valid_ous)
-        if route.token and not guard.token.matches(_presented_token(request, guard.token_header)):
+            _check_client_ou(head, guard.valid_ous)
+        if route.token and not guard.token.matches(_presented_token(head, guard.token_header)):
             raise _HttpError(401, render_json(error_envelope(
                 "Invalid token: pass the agent's token as ?token=<token>")))
         return route, params
 
-    def _match(self, request) -> tuple[Route, dict[str, str]]:
-        path = unquote(request.path.decode("utf-8", "replace"))
+    def _match(self, head: RequestHead) -> tuple[Route, dict[str, str]]:
+        path = unquote(head.path.decode("utf-8", "replace"))
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]  # every route also matches with one trailing slash, as V1
-        method = request.method.decode("ascii", "replace")
+        method = head.method.decode("ascii", "replace")
         allowed = []
         for route in self._routes:
             params = route.match(path)
@@ -172,18 +226,24 @@ def _failure_response(error: Exception) -> tuple[int, str]:
     return 500, f"internal error ({type(error).__name__}); see the agent's log"
 
 
-def _presented_token(request, header: str) -> str | None:
+def _too_large(route: Route) -> str:
+    if route.max_body == 0:
+        return f"{route.method} {route.pattern} takes no request body"
+    return f"the request body must be at most {route.max_body} bytes (ApplyRelaylogMaxBytes)"
+
+
+def _presented_token(head: RequestHead, header: str) -> str | None:
     """The header wins when configured and present; otherwise ``?token=`` (V1)."""
     if header:
-        value = request.getHeader(header)
+        value = head.header(header)
         if value:
-            return value
-    values = request.args.get(b"token")
+            return value.decode("utf-8", "replace")
+    values = head.args.get(b"token")
     return values[0].decode("utf-8", "replace") if values else None
 
 
-def _basic_auth_ok(request, user: str, password: str) -> bool:
-    header = request.getHeader("authorization") or ""
+def _basic_auth_ok(head: RequestHead, user: str, password: str) -> bool:
+    header = (head.header(b"authorization") or b"").decode("latin-1")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return False
@@ -194,9 +254,9 @@ def _basic_auth_ok(request, user: str, password: str) -> bool:
     return hmac.compare_digest(presented, f"{user}:{password}".encode("utf-8"))
 
 
-def _check_client_ou(request, valid_ous: frozenset[str]) -> None:
+def _check_client_ou(head: RequestHead, valid_ous: frozenset[str]) -> None:
     """The TLS layer has verified the chain (if any); here the leaf must carry an allowed OU."""
-    ous = tls.peer_ous(request.channel.transport)
+    ous = tls.peer_ous(head.transport)
     if ous is None:
         raise _HttpError(401, b"No TLS\n", b"text/plain; charset=utf-8")
     if not ous & valid_ous:

@@ -19,6 +19,7 @@ class Route:
     pattern: str
     handler: Handler
     token: bool = True  # False only for /api/hostname and the status endpoint
+    max_body: int = 0  # bytes of request body the route takes; more is refused before it is read
 
     def match(self, path: str) -> dict[str, str] | None:
         """The path parameters if ``path`` (decoded, trailing slash removed) fits the pattern."""
@@ -39,7 +40,8 @@ class Route:
         return method == self.method or (method == "HEAD" and self.method == "GET")
 
 
-def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Route, ...]:
+def route_table(core, storage, mysql, seeds, status_endpoint: str,
+                apply_relaylog_max_bytes: int) -> tuple[Route, ...]:
     """The handler objects come from orchagent.web.{coreapi,storageapi,mysqlapi,seedapi}."""
     return (
         # identity and health: no token (V1)
@@ -77,7 +79,8 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str) -> tuple[Rout
         Route("GET", "/api/mysql-binlog-contents", mysql.binlog_contents),
         Route("GET", "/api/mysql-binlog-binary-contents", mysql.binlog_binary_contents),
         Route("GET", "/api/mysql-relaylog-contents-tail/:relaylog/:start", mysql.relaylog_contents_tail),
-        Route("POST", "/api/apply-relaylog-contents", mysql.apply_relaylog_contents),
+        Route("POST", "/api/apply-relaylog-contents", mysql.apply_relaylog_contents,
+              max_body=apply_relaylog_max_bytes),
         # --- seeds (orchagent.web.seedapi) ---
         Route("GET", "/api/receive-mysql-seed-data/:seedId", seeds.receive),
         Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", seeds.send),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -66,8 +67,12 @@ class RunningAgent:
 
 
 def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | None = None,
-                extra_args=(), env=None, timeout: float = 30) -> RunningAgent:
-    """Write a config (loopback, free port, token hint file) and wait until the API answers."""
+                extra_args=(), env=None, timeout: float = 30,
+                open_files: tuple[int, int] | None = None) -> RunningAgent:
+    """Write a config (loopback, free port, token hint file) and wait until the API answers.
+
+    ``open_files``: the agent's (soft, hard) RLIMIT_NOFILE, e.g. systemd's default (1024, 524288).
+    """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")
     port = settings.get("HTTPPort") or free_port(address)
     config = {
@@ -87,6 +92,7 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
                             "--config", config_path, *extra_args],
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
         env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files)) if open_files else None,
     )
     log.close()
     agent = RunningAgent(process, address, port, "", directory,
