@@ -30,6 +30,8 @@ from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
 
+LISTEN_BACKLOG = 1024
+
 
 def make_service(config: Config, reactor) -> MultiService:
     token = Token()
@@ -103,12 +105,15 @@ class ApiListener(Service):
 
     def _endpoint(self):
         config, address = self._config, self._config.http_bind_address
+        # A deep accept queue (the kernel caps it at somaxconn): a burst of connections waits to be
+        # accepted, and the cap (HTTPMaxConnections) decides, instead of SYNs dropped at 50.
+        backlog = min(config.http_max_connections, LISTEN_BACKLOG)
         if config.use_ssl:
             return SSL4ServerEndpoint(self._reactor, config.http_port, tls.server_options(config),
-                                      interface=address)
+                                      backlog=backlog, interface=address)
         if ":" in address:
-            return TCP6ServerEndpoint(self._reactor, config.http_port, interface=address)
-        return TCP4ServerEndpoint(self._reactor, config.http_port, interface=address)
+            return TCP6ServerEndpoint(self._reactor, config.http_port, backlog=backlog, interface=address)
+        return TCP4ServerEndpoint(self._reactor, config.http_port, backlog=backlog, interface=address)
 
     def _listening(self, port) -> None:
         self._port = port

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import socket
 import time
 
@@ -197,10 +196,3 @@ class ConnectionLimitTests(SynchronousTestCase):
                 sock.close()
             agent.stop()
 
-
-def raise_open_files(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise AssertionError(f"this test needs {needed} open files; the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
