@@ -53,6 +53,7 @@ class EdgeRequest(server.Request):
             return False
         self._refused = True
         super().gotLength(0)  # an empty body in memory: nothing is spooled for a refused request
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the refusal
         headers = {b"Content-Type": refusal.content_type, b"Content-Length": b"%d" % len(refusal.body),
                    b"Connection": b"close", **refusal.headers}
         head = [b"HTTP/1.1 %d %s" % (refusal.code, http.RESPONSES.get(refusal.code, b"Refused"))]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import tempfile
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.agent import start_agent
+from tests.support.pki import CertificateAuthority
 
 #: A body no agent should ever read from a stranger (the issue's 400 MB).
 HUGE = 400 * 1024 * 1024
@@ -29,7 +32,7 @@ def read_until_closed(sock: socket.socket, timeout: float = 5) -> tuple[bytes, b
             chunk = sock.recv(65536)
         except socket.timeout:
             return data, False
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             return data, True
         if not chunk:
             return data, True
@@ -66,6 +69,12 @@ class BodyBeforeAuthTests(SynchronousTestCase):
         response = self.refused_before_body(
             f"POST /api/apply-relaylog-contents HTTP/1.1\r\nHost: a\r\nContent-Length: {HUGE}\r\n\r\n", 401)
         self.assertIn(b"Invalid token", response)
+
+    def test_refusal_is_not_followed_by_100_continue(self):
+        response = self.refused_before_body(
+            f"POST /api/apply-relaylog-contents HTTP/1.1\r\nHost: a\r\nContent-Length: {HUGE}\r\n"
+            "Expect: 100-continue\r\n\r\n", 401)
+        self.assertNotIn(b"100 Continue", response)
 
     def test_huge_post_to_unknown_path(self):
         self.refused_before_body(f"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: {HUGE}\r\n\r\n", 404)
@@ -196,3 +205,34 @@ class ConnectionLimitTests(SynchronousTestCase):
                 sock.close()
             agent.stop()
 
+
+
+class TlsEdgeTests(SynchronousTestCase):
+    """Under TLS too: a refused body is not read, and connections beyond the cap are closed."""
+
+    def test_refusal_and_cap_over_tls(self):
+        ca = CertificateAuthority(tempfile.mkdtemp(prefix="orchagent-edge-ca-"))
+        server = ca.issue("agent")
+        agent = start_agent({"UseSSL": True, "SSLCertFile": server.cert, "SSLPrivateKeyFile": server.key,
+                             "SSLCAFile": ca.cert, "HTTPMaxConnections": 2, "HTTPHeaderTimeoutSeconds": 60})
+        context = ssl.create_default_context(cafile=ca.cert)
+        try:
+            with context.wrap_socket(connect(agent), server_hostname="127.0.0.1") as sock:
+                sock.sendall(f"POST /api/apply-relaylog-contents HTTP/1.1\r\nHost: a\r\n"
+                             f"Content-Length: {HUGE}\r\n\r\n".encode("ascii"))
+                response, closed = read_until_closed(sock)
+            self.assertEqual(status_of(response), 401, response[:300])
+            self.assertTrue(closed)
+            with context.wrap_socket(connect(agent), server_hostname="127.0.0.1") as one, \
+                    context.wrap_socket(connect(agent), server_hostname="127.0.0.1") as two:
+                try:
+                    with connect(agent) as extra:
+                        _, closed = read_until_closed(extra, timeout=2)
+                except ConnectionResetError:
+                    closed = True
+                self.assertTrue(closed, "a third connection stayed open with HTTPMaxConnections 2")
+                for sock in (one, two):
+                    sock.sendall(b"GET /api/hostname HTTP/1.1\r\nHost: a\r\n\r\n")
+                    self.assertEqual(status_of(sock.recv(65536)), 200)
+        finally:
+            agent.stop()
