@@ -5,7 +5,7 @@
 V1's error envelope with an honest status code.  Tracebacks are logged, never sent.
 
 Routing and authorization look only at a :class:`RequestHead` (request line, headers, transport),
-so :mod:`orchagent.web.site` runs the same checks through :meth:`ApiResource.refusal` before a
+so :mod:`orchagent.web.site` runs the same checks through :meth:`ApiResource.admission` before a
 request body is read.
 """
 
