@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from poll import (NULL_ROUTES, POLL_ROUTES, REPO, Poller, agent_settings, machine, ms, p50_p99, percentile,  # noqa: E402
-                  record)
+from poll import (NULL_ROUTES, POLL_ROUTES, REPO, Poller, agent_settings, machine, ms,  # noqa: E402
+                  p50_p99, percentile, record)
 
 from tests.support.agent import start_agent  # noqa: E402
 from tests.support.flood import Flood, open_files, raise_open_files  # noqa: E402
@@ -63,7 +63,8 @@ def main() -> None:
     with open(error_log, "w") as f:
         f.write("2026-11-29 06:00:00 0 [Note] mariadbd: ready for connections.\n" * 100)
     settings = {**agent_settings(workdir, workdir, datadir, error_log, "commands"), "HTTPHeaderTimeoutSeconds": 60}
-    agent = start_agent(settings, directory=tempfile.mkdtemp(dir=workdir), open_files=(1024, args.hostile * 4))
+    agent = start_agent(settings, directory=tempfile.mkdtemp(dir=workdir),
+                        open_files=(1024, max(4 * args.hostile, 8192)))
     results = {}
     try:
         for phase in ("quiet", "flood"):
@@ -98,9 +99,11 @@ def main() -> None:
              f"* Flood: {args.hostile:,} connections, half idle, half slowloris (a header byte every 0.5 s); "
              f"the agent held {results['held']:,} descriptors while measured.",
              "* Client: one `http.client` keep-alive connection, Go's headers, `?token=`; sequential.", "",
-             "| what | quiet p50 / p99 ms | flood p50 / p99 ms | ratio p50 / p99 (flood / quiet) | rounds quiet / flood |",
+             "| what | quiet p50 / p99 ms | flood p50 / p99 ms | ratio p50 / p99 (flood / quiet) "
+             "| rounds quiet / flood |",
              "|---|---|---|---|---|"]
-    for key, label in (("status", "`/api/status`"), ("poll", "9-GET poll"), ("null", "null poll (9 x `/api/hostname`)")):
+    rows = (("status", "`/api/status`"), ("poll", "9-GET poll"), ("null", "null poll (9 x `/api/hostname`)"))
+    for key, label in rows:
         quiet, flood = results["quiet"][key], results["flood"][key]
         ratios = [percentile(flood, q) / percentile(quiet, q) for q in (0.5, 0.99)]
         lines.append(f"| {label} | {p50_p99(quiet)} | {p50_p99(flood)} | {ratios[0]:.2f} / {ratios[1]:.2f} "

@@ -48,7 +48,7 @@ class EdgeRequest(server.Request):
         super().handleContentChunk(data)
 
     def _refuse_if_needed(self, body_bytes: int | None) -> bool:
-        refusal = self._admission.refusal(body_bytes) if self._admission is not None else None
+        refusal = self._admission.refusal(body_bytes)
         if refusal is None:
             return False
         self._refused = True
