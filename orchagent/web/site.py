@@ -47,6 +47,10 @@ class EdgeRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:  # a refused request is answered already, whatever arrives after
+            super().requestReceived(command, path, version)
+
     def _refuse_if_needed(self, body_bytes: int | None) -> bool:
         refusal = self._admission.refusal(body_bytes)
         if refusal is None:

@@ -60,6 +60,14 @@ class EdgeTests(SynchronousTestCase):
             self.assertTrue(transport.disconnecting)
             channel.connectionLost(None)
 
+    def test_refused_request_is_never_handled(self):
+        """Even if the body still arrives (TLS may deliver records read before the close)."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /api/hostname HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        channel.dataReceived(b"hello")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413"))
+        self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1, transport.value())
+
     def test_chunked_body_counted(self):
         channel, transport = self.connect()
         channel.dataReceived(b"POST /api/apply?token=" + TOKEN.encode()
