@@ -578,7 +578,7 @@ class _ReceiverProtocol(_Connection):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self.factory.connections.closed()
+        self._server.connections.closed()
         if self._handshake_due.active():
             self._handshake_due.cancel()
         if self._keepalive is not None and self._keepalive.running:
@@ -590,15 +590,9 @@ class _ReceiverProtocol(_Connection):
 class _ReceiverFactory(Factory):
     def __init__(self, server: SeedReceiverServer) -> None:
         self._server = server
-        self.connections = ConnectionCap(server.max_connections, "seed receiver")
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        return self.connections.build(self._build, addr)
-
-    def _build(self, addr: Any) -> _ReceiverProtocol:
-        connection = _ReceiverProtocol(self._server)
-        connection.factory = self
-        return connection
+        return self._server.connections.build(lambda _: _ReceiverProtocol(self._server), addr)
 
 
 class SeedReceiverServer:
@@ -619,7 +613,7 @@ class SeedReceiverServer:
         self._tls = tls
         self._sender_ous = frozenset(sender_ous)
         self.stall_timeout = stall_timeout
-        self.max_connections = max_connections
+        self.connections = ConnectionCap(max_connections, "seed receiver")
         self.handshake_timeout = handshake_timeout
         self._armed: dict[str, _ReceiveTransfer] = {}
         self._port: Any = None
