@@ -21,8 +21,8 @@ _DIGITS_AND_DOTS = re.compile(r"[0-9.]+")
 _ZONE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SEED_ID = re.compile(r"[0-9]{1,18}")
 _POSITION = re.compile(r"[0-9]{1,18}")
-# A path segment starts with a letter, digit or "_" (never "-"); later characters add . + @ : , = -
-_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.+@:,=-]*"
+# A path segment: letters, digits and _ . + @ : , = -, never starting with "-", never "." or ".."
+_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.][A-Za-z0-9_.+@:,=-]*"
 _ABSOLUTE_PATH = re.compile(rf"/|(/{_SEGMENT})+/?")
 _IDENTIFIER = re.compile(rf"/?{_SEGMENT}(/{_SEGMENT})*")
 _FILE_NAME = re.compile(_SEGMENT)
@@ -69,7 +69,7 @@ def volume_identifier(value: str | None, what: str) -> str:
         raise InvalidInput(f"{what} is missing: pass a logical volume name or path as lvs-snapshots lists it")
     if len(value) > MAX_IDENTIFIER_LENGTH or not _IDENTIFIER.fullmatch(value):
         raise InvalidInput(f"{what} must be a logical volume name or path as lvs-snapshots lists it: letters, "
-                           f"digits and . _ + @ : , = - / (no segment starting with '-' or '.'), at most "
+                           f"digits and . _ + @ : , = - / (no segment starting with '-', none '.' or '..'), at most "
                            f"{MAX_IDENTIFIER_LENGTH} characters, got {_shown(value)}")
     return value
 
@@ -81,7 +81,7 @@ def absolute_path(value: str | None, what: str) -> str:
                            "snapshot mount point or AllowedPathRoots>")
     if len(value) > MAX_PATH_LENGTH or not _ABSOLUTE_PATH.fullmatch(value):
         raise InvalidInput(f"{what} must be an absolute path of letters, digits and . _ + @ : , = - "
-                           f"(no segment starting with '-' or '.'), at most {MAX_PATH_LENGTH} characters, "
+                           f"(no segment starting with '-', none '.' or '..'), at most {MAX_PATH_LENGTH} characters, "
                            f"got {_shown(value)}")
     return value
 

@@ -65,6 +65,7 @@ class PathTests(SynchronousTestCase):
 
     def test_accepted(self):
         self.assertEqual(validate.absolute_path("/var/lib/mysql/", "path"), "/var/lib/mysql/")
+        self.assertEqual(validate.absolute_path("/build/.pybuild/x.d", "path"), "/build/.pybuild/x.d")
         self.assertEqual(validate.volume_identifier("/dev/vg0/lv_snap-1", "lv"), "/dev/vg0/lv_snap-1")
         self.assertEqual(validate.volume_identifier("vg0/lv", "lv"), "vg0/lv")
         self.assertEqual(validate.log_name("db-1-relay-bin.000002"), "db-1-relay-bin.000002")
@@ -72,10 +73,11 @@ class PathTests(SynchronousTestCase):
 
     def test_refused(self):
         for check, value in [(validate.absolute_path, "relative/dir"), (validate.absolute_path, "/a/../b"),
+                             (validate.absolute_path, "/a/./b"), (validate.absolute_path, "/a/.."),
                              (validate.absolute_path, "/a b"), (validate.volume_identifier, "-lv"),
                              (validate.volume_identifier, "vg/-lv"), (validate.volume_identifier, "vg/../x")]:
             with self.assertRaises(InvalidInput, msg=repr(value)):
                 check(value, "x")
-        for value in ["-bin.000001", "../x", "a/b", "bin 1", ".index", ""]:
+        for value in ["-bin.000001", "../x", "a/b", "bin 1", "..", ".", ""]:
             with self.assertRaises(InvalidInput, msg=repr(value)):
                 validate.log_name(value)
