@@ -140,7 +140,7 @@ class Config:
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
     http_max_connections: int = _key("HTTPMaxConnections", 4096, _uint)
     http_header_timeout_seconds: int = _key("HTTPHeaderTimeoutSeconds", 15, _uint)
-    seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 64, _uint)
+    seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 256, _uint)
     seed_handshake_timeout_seconds: int = _key("SeedHandshakeTimeoutSeconds", 30, _uint)
 
     @property

@@ -599,7 +599,7 @@ class SeedReceiverServer:
     """The one seed listener of an agent; receives are armed per seed id."""
 
     def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
-                 sender_ous: Collection[str] = (), max_connections: int = 64, handshake_timeout: float = 30) -> None:
+                 sender_ous: Collection[str] = (), max_connections: int = 256, handshake_timeout: float = 30) -> None:
         """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None;
         ``sender_ous``: when given, a sender's certificate (``tls`` must verify it) needs one;
         ``max_connections`` open at once (new ones beyond are closed), each authenticated within
