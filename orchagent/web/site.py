@@ -99,8 +99,10 @@ class ApiChannel(http.HTTPChannel):
         self._header_deadline = None
 
     def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        self.transport.abortConnection()  # its peer may not read, so nothing waits for a flush
+        # Closing still sends what was written (a slow reader gets all of its last response);
+        # a peer that reads nothing at all is aborted after the same time again.
+        self.loseConnection()
+        self._header_deadline = self.callLater(self.factory.header_timeout, self.transport.abortConnection)
 
 
 class ApiSite(server.Site):

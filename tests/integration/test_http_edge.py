@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import tempfile
@@ -175,6 +176,27 @@ class ConnectionLimitTests(SynchronousTestCase):
             with connect(agent) as sock:
                 sock.sendall(b"GET /api/hostname HTTP/1.1\r\nHost: a\r\n\r\n")
                 self.assertEqual(status_of(sock.recv(65536)), 200)
+        finally:
+            agent.stop()
+
+    def test_slow_reader_gets_its_whole_response(self):
+        """The deadline for the next request's headers closes after a response, never through it."""
+        agent = start_agent({"HTTPHeaderTimeoutSeconds": 1,
+                             "CustomCommands": {"big": "head -c 900000 /dev/zero | tr '\\0' x"}})
+        try:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow, small reader
+                sock.connect((agent.address, agent.port))
+                sock.sendall(f"GET /api/custom-commands/big?token={agent.token} HTTP/1.1\r\nHost: a\r\n\r\n"
+                             .encode("ascii"))
+                time.sleep(2.5)
+                response, closed = read_until_closed(sock, timeout=10)
+            head, _, body = response.partition(b"\r\n\r\n")
+            self.assertEqual(status_of(head), 200, head)
+            length = int(re.search(rb"\r\nContent-Length: (\d+)", head).group(1))
+            self.assertEqual(len(body), length)
+            self.assertIn(b"x" * 899_000, body)
+            self.assertTrue(closed, "the idle connection outlived HTTPHeaderTimeoutSeconds")
         finally:
             agent.stop()
 
