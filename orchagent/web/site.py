@@ -99,10 +99,10 @@ class ApiChannel(http.HTTPChannel):
         self._header_deadline = None
 
     def _headers_too_slow(self) -> None:
-        # Closing still sends what was written (a slow reader gets all of its last response);
-        # a peer that reads nothing at all is aborted after the same time again.
+        # Closing still sends what was written (a slow reader gets the rest of its last response);
+        # a peer that reads nothing is aborted after abortTimeout, as Twisted's idle timeout does.
         self.loseConnection()
-        self._header_deadline = self.callLater(self.factory.header_timeout, self.transport.abortConnection)
+        self._header_deadline = self.callLater(self.abortTimeout, self.transport.abortConnection)
 
 
 class ApiSite(server.Site):

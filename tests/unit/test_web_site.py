@@ -91,7 +91,7 @@ class EdgeTests(SynchronousTestCase):
             self.clock.advance(0.2)
         self.assertTrue(transport.disconnecting)
         self.assertFalse(aborted(transport))  # what was written is still sent
-        self.clock.advance(5)
+        self.clock.advance(channel.abortTimeout)
         self.assertTrue(aborted(transport))  # unless the peer reads nothing at all
 
     def test_deadline_rearmed_for_the_next_request(self):
