@@ -533,20 +533,20 @@ def report(facts: dict) -> list[str]:
     return lines
 
 
-def record(lines: list[str], path: str) -> None:
-    """Put our section into RESULTS.md: replace it if an earlier run wrote it, append it otherwise."""
+def record(lines: list[str], path: str, heading: str = SECTION_HEADING) -> None:
+    """Put a section into RESULTS.md: replace it if an earlier run wrote it, append it otherwise."""
     section = "\n".join(lines).rstrip("\n") + "\n"
     try:
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
         text = ""
-    start = text.find(SECTION_HEADING)
+    start = text.find(heading)
     if start < 0:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
     else:
-        following = re.search(r"^## ", text[start + len(SECTION_HEADING):], re.M)
-        end = start + len(SECTION_HEADING) + following.start() if following else len(text)
+        following = re.search(r"^## ", text[start + len(heading):], re.M)
+        end = start + len(heading) + following.start() if following else len(text)
         text = text[:start] + section + ("\n" + text[end:] if following else "")
     with open(path, "w") as f:
         f.write(text)

@@ -150,6 +150,10 @@ class Config:
     max_concurrent_commands: int = _key("MaxConcurrentCommands", 16, _uint)
     max_concurrent_seeds: int = _key("MaxConcurrentSeeds", 4, _uint)
     token_file: str = _key("TokenFile", "", _string)
+    http_max_connections: int = _key("HTTPMaxConnections", 4096, _uint)
+    http_header_timeout_seconds: int = _key("HTTPHeaderTimeoutSeconds", 15, _uint)
+    seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 256, _uint)
+    seed_handshake_timeout_seconds: int = _key("SeedHandshakeTimeoutSeconds", 30, _uint)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:
@@ -271,6 +275,10 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
     for field in ("max_concurrent_commands", "max_concurrent_seeds"):
         if getattr(config, field) < 1:
             fail(field, "must be at least 1")
+    for field in ("http_max_connections", "http_header_timeout_seconds", "seed_transfer_max_connections",
+                  "seed_handshake_timeout_seconds"):
+        if getattr(config, field) < 1:
+            fail(field, "must be at least 1 (0 would refuse every connection)")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
     if config.snapshot_backend not in ("lvm", "btrfs"):

@@ -11,7 +11,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, T
 from twisted.web.client import Agent
 from twisted.web.server import Site
 
-from orchagent import logs, tls
+from orchagent import connections, logs, tls
 from orchagent.web.audit import AuditLog
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
@@ -28,9 +28,12 @@ from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.openapi import with_openapi
 from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
+from orchagent.web.site import ApiSite
 from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
+
+LISTEN_BACKLOG = 1024
 
 
 def make_service(config: Config, reactor, token: Token | None = None) -> MultiService:
@@ -62,9 +65,11 @@ def make_service(config: Config, reactor, token: Token | None = None) -> MultiSe
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands, metrics=metrics)
     routes = with_openapi(route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy),
-                                      config.status_endpoint, metrics=config.metrics_enabled))
+                                      config.status_endpoint, config.apply_relaylog_max_bytes,
+                                      metrics=config.metrics_enabled))
     observers = [AuditLog(config.audit_log_file)] + ([metrics] if config.metrics_enabled else [])
-    site = QuietSite(ApiResource(routes, _guard(config, token), reactor, observers))
+    site = ApiSite(ApiResource(routes, _guard(config, token), reactor, observers), reactor=reactor,
+                   max_connections=config.http_max_connections, header_timeout=config.http_header_timeout_seconds)
 
     top = MultiService()
     ApiListener(config, token, site, reactor).setServiceParent(top)
@@ -85,13 +90,6 @@ def _guard(config: Config, token: Token) -> Guard:
     )
 
 
-class QuietSite(Site):
-    """No access log: its lines would carry ``?token=`` (ApiResource logs requests at debug, without query)."""
-
-    def log(self, request) -> None:
-        pass
-
-
 class ApiListener(Service):
     """Listens before privileges could be dropped, so a port conflict stops twistd at once."""
 
@@ -108,6 +106,7 @@ class ApiListener(Service):
         os.makedirs(config.state_directory, mode=0o700, exist_ok=True)
         if config.token_hint_file:
             self._token.write_hint(config.token_hint_file)
+        connections.raise_open_files_limit(config.http_max_connections + config.seed_transfer_max_connections)
         failures = []
         self._endpoint().listen(self._site).addCallbacks(self._listening, failures.append)
         if failures:
@@ -119,12 +118,15 @@ class ApiListener(Service):
 
     def _endpoint(self):
         config, address = self._config, self._config.http_bind_address
+        # A deep accept queue (the kernel caps it at somaxconn): a burst of connections waits to be
+        # accepted, and the cap (HTTPMaxConnections) decides, instead of SYNs dropped at 50.
+        backlog = min(config.http_max_connections, LISTEN_BACKLOG)
         if config.use_ssl:
             return SSL4ServerEndpoint(self._reactor, config.http_port, tls.server_options(config),
-                                      interface=address)
+                                      backlog=backlog, interface=address)
         if ":" in address:
-            return TCP6ServerEndpoint(self._reactor, config.http_port, interface=address)
-        return TCP4ServerEndpoint(self._reactor, config.http_port, interface=address)
+            return TCP6ServerEndpoint(self._reactor, config.http_port, backlog=backlog, interface=address)
+        return TCP4ServerEndpoint(self._reactor, config.http_port, backlog=backlog, interface=address)
 
     def _listening(self, port) -> None:
         self._port = port

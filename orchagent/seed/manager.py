@@ -270,7 +270,9 @@ class SeedManager(Service):
             receiver = SeedReceiverServer(
                 self._reactor, secret=config.seed_transfer_secret.encode(),
                 tls=tls.seed_server_options(config) if config.use_ssl else None,
-                stall_timeout=config.seed_stall_timeout_seconds, sender_ous=config.seed_transfer_valid_ous)
+                stall_timeout=config.seed_stall_timeout_seconds, sender_ous=config.seed_transfer_valid_ous,
+                max_connections=config.seed_transfer_max_connections,
+                handshake_timeout=config.seed_handshake_timeout_seconds)
             address = config.http_bind_address
             endpoint_class = TCP6ServerEndpoint if ":" in address else TCP4ServerEndpoint
             try:

@@ -37,6 +37,8 @@ Why it is shaped this way:
   a wrong secret on the source does not leave the target waiting forever.  TLS is optional and
   layered underneath: a server context factory for the receiver, a client connection creator
   for the sender.
+  The listener keeps at most ``max_connections`` open (new ones beyond are closed at once), and
+  each must authenticate within ``handshake_timeout`` seconds in total, however slowly it sends.
 * Disk work happens in worker threads; the reactor never blocks.  The sender's reader thread
   walks, reads and MACs the source into a bounded :class:`~orchagent.seed.pipe.Pipe`; the
   receiver's worker decodes and authenticates the stream and hands the file-system work to the
@@ -80,6 +82,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from orchagent import logs
+from orchagent.connections import ConnectionCap
 from orchagent.errors import Conflict
 from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
@@ -511,7 +514,14 @@ class _ReceiverProtocol(_Connection):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The stall timer restarts on every byte; this one does not, so a trickle cannot hold the port.
+        self._handshake_due = self._reactor.callLater(self._server.handshake_timeout, self._handshake_expired)
         self.transport.write(protocol.hello(self._nonce))
+
+    def _handshake_expired(self) -> None:
+        if self._transfer is None and not self._closed:
+            self._refuse(f"the sender did not authenticate within {self._server.handshake_timeout:g} seconds "
+                         "(SeedHandshakeTimeoutSeconds)")
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -533,6 +543,7 @@ class _ReceiverProtocol(_Connection):
             self._refuse(str(e))
             return
         if self._transfer is not None:
+            self._handshake_due.cancel()
             self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
 
     def _authenticate(self, auth: protocol.Auth) -> None:
@@ -604,6 +615,9 @@ class _ReceiverProtocol(_Connection):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        self._server.connections.closed()
+        if self._handshake_due.active():
+            self._handshake_due.cancel()
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         if self._transfer is not None:
@@ -614,17 +628,19 @@ class _ReceiverFactory(Factory):
     def __init__(self, server: SeedReceiverServer) -> None:
         self._server = server
 
-    def buildProtocol(self, addr: Any) -> _ReceiverProtocol:
-        return _ReceiverProtocol(self._server)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._server.connections.build(lambda _: _ReceiverProtocol(self._server), addr)
 
 
 class SeedReceiverServer:
     """The one seed listener of an agent; receives are armed per seed id."""
 
     def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
-                 sender_ous: Collection[str] = ()) -> None:
+                 sender_ous: Collection[str] = (), max_connections: int = 256, handshake_timeout: float = 30) -> None:
         """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None;
-        ``sender_ous``: when given, a sender's certificate (``tls`` must verify it) needs one."""
+        ``sender_ous``: when given, a sender's certificate (``tls`` must verify it) needs one;
+        ``max_connections`` open at once (new ones beyond are closed), each authenticated within
+        ``handshake_timeout`` seconds."""
         if not secret and not sender_ous:
             raise ValueError("the built-in seed transfer needs SeedTransferSecret or SeedTransferValidOUs")
         if sender_ous and tls is None:
@@ -634,6 +650,8 @@ class SeedReceiverServer:
         self._tls = tls
         self._sender_ous = frozenset(sender_ous)
         self.stall_timeout = stall_timeout
+        self.connections = ConnectionCap(max_connections, "seed receiver")
+        self.handshake_timeout = handshake_timeout
         self._armed: dict[str, _ReceiveTransfer] = {}
         self._port: Any = None
 

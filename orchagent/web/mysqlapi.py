@@ -1,19 +1,18 @@
 """Handlers for the MySQL service, its error log, relay logs and binlogs (contract A.2 #16-20, 23, 29-35).
 
-Request values are validated here, before anything runs: integers must be integers, a host must
-be a hostname or an IP address.  Log names are checked against the server's own indexes below.
+Request values are validated here (orchagent.web.validate), before anything runs: integers must be
+integers, a host a hostname or an IP address, a log name a plain file name or absolute path; log
+names are then checked against the server's own indexes below.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 from orchagent.errors import InvalidInput
 from orchagent.host.relaylog import ReplicationLogs
 from orchagent.web import validate
 
-_POSITION = re.compile(r"[0-9]{1,18}")
 MAX_BINLOG_NAMES = 1000
 
 
@@ -74,8 +73,8 @@ class MySQLAPI:
         return await self._logs.binlog_bytes(*_binlog_range(req))
 
     async def relaylog_contents_tail(self, req) -> str:
-        start = _position(req.params["start"], "start")
-        return await self._logs.relaylog_tail(req.params["relaylog"], start)
+        start = validate.position(req.params["start"], "start")
+        return await self._logs.relaylog_tail(validate.log_name(req.params["relaylog"]), start)
 
     async def apply_relaylog_contents(self, req) -> str:
         body = req.body
@@ -90,15 +89,5 @@ def _binlog_range(req) -> tuple[list[str], int, int]:
     names = req.query.get("binlog", [])
     if len(names) > MAX_BINLOG_NAMES:
         raise InvalidInput(f"too many binlog files ({len(names)}); at most {MAX_BINLOG_NAMES} per request")
-    return names, _position(req.arg("start"), "start"), _position(req.arg("stop"), "stop")
-
-
-def _position(value: str | None, name: str) -> int:
-    """A log position: absent means 0 (V1), anything but decimal digits is refused."""
-    if value is None or value == "":
-        return 0
-    if not _POSITION.fullmatch(value):
-        raise InvalidInput(f"{name} must be a non-negative integer, got {value[:40]!r}")
-    return int(value)
-
-
+    start, stop = validate.position(req.arg("start"), "start"), validate.position(req.arg("stop"), "stop")
+    return [validate.log_name(name) for name in names], start, stop

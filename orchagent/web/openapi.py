@@ -68,6 +68,9 @@ def _operation(route: Route) -> dict:
     }
     if parameters:
         operation["parameters"] = parameters
+    if route.max_body:
+        operation["requestBody"] = {"required": True, "content": {"text/plain": {
+            "schema": {"type": "string", "maxLength": route.max_body}}}}
     if route.changes:
         operation["description"] = "Changes the host: every call is recorded in the audit log."
     return operation

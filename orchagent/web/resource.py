@@ -3,6 +3,10 @@
 ``render`` runs the matched handler as a coroutine (``Deferred.fromCoroutine``) and returns
 ``NOT_DONE_YET``; every exception goes through :func:`_failure_response`, which turns it into
 V1's error envelope with an honest status code.  Tracebacks are logged, never sent.
+
+Routing and authorization look only at a :class:`RequestHead` (request line, headers, transport),
+so :mod:`orchagent.web.site` runs the same checks through :meth:`ApiResource.admission` before a
+request body is read.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import base64
 import gzip
 import hmac
 from typing import Any, Iterable, Mapping, Protocol
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -95,7 +99,52 @@ class _HttpError(Exception):
     body: bytes
     content_type: bytes = b"application/json; charset=UTF-8"
     headers: Mapping[bytes, bytes] = attrs.field(factory=dict)
-    message: str = ""  # what the observers (audit log) record as the reason
+    message: str = ""  # the reason, for the log and the observers (audit log)
+    route: Route | None = None  # the route it was refused on, when one matched
+
+
+@attrs.frozen
+class RequestHead:
+    """What routing and authorization look at: all there is once the headers are in."""
+
+    method: bytes
+    path: bytes
+    args: Mapping[bytes, list[bytes]]
+    headers: Any  # twisted.web.http_headers.Headers
+    transport: Any
+
+    @classmethod
+    def parse(cls, method: bytes, uri: bytes, headers: Any, transport: Any) -> RequestHead:
+        """As twisted.web.http.Request.requestReceived splits the URI (only the query gives args)."""
+        path, _, query = uri.partition(b"?")
+        return cls(method, path, parse_qs(query, keep_blank_values=True), headers, transport)
+
+    @classmethod
+    def of(cls, request) -> RequestHead:
+        return cls.parse(request.method, request.uri, request.requestHeaders, request.channel.transport)
+
+    def header(self, name: str | bytes) -> bytes | None:
+        values = self.headers.getRawHeaders(name.encode("ascii") if isinstance(name, str) else name)
+        return values[-1] if values else None
+
+
+@attrs.frozen
+class Admission:
+    """What a request's head decides before its body is read: a refusal, or the route's body limit."""
+
+    refused: _HttpError | None = None
+    route: Route | None = None
+
+    def refusal(self, body_bytes: int | None) -> _HttpError | None:
+        """Why a request with ``body_bytes`` of body (announced or counted so far; None for a
+        chunked body not yet counted) is refused, or None."""
+        if self.refused is not None:
+            return self.refused
+        limit = self.route.max_body
+        if (limit == 0) if body_bytes is None else (body_bytes > limit):
+            message = _too_large(self.route)
+            return _HttpError(413, render_json(error_envelope(message)), message=message, route=self.route)
+        return None
 
 
 @attrs.frozen
@@ -134,11 +183,10 @@ class ApiResource(Resource):
 
     async def _respond(self, request) -> None:
         started = self._clock.seconds()
+        head = RequestHead.of(request)
         route, params, message = None, {}, ""
         try:
-            self._check_basic_auth(request)
-            route, params = self._match(request)
-            self._check_caller(request, route)
+            route, params = self._authorize(head)
             result = await route.handler(_api_request(request, params))
             response = result if isinstance(result, Response) else Response(result)
             code, content_type, headers = response.code, response.content_type, {}
@@ -146,41 +194,53 @@ class ApiResource(Resource):
             content_type = content_type or b"application/json; charset=UTF-8"
         except _HttpError as e:
             code, body, content_type, headers, message = e.code, e.body, e.content_type, e.headers, e.message
-            _log_refusal(request, code, message or body.decode("utf-8", "replace"))
+            route = e.route or route
         except Exception as e:
             code, message, headers = _failure_response(e)
             body, content_type = render_json(error_envelope(message)), b"application/json; charset=UTF-8"
-            _log_refusal(request, code, message)
-        self._tell_observers(request, route, params, code, message, started)  # while the channel is there
+        self._answered(head, route, params, code, message, started)
         if not (request.finished or getattr(request, "_disconnected", False)):
             _write(request, code, body, content_type, headers)
 
-    def _check_basic_auth(self, request) -> None:
-        """Basic auth, when configured, comes before routing (V1)."""
-        if self._guard.basic_auth and not _basic_auth_ok(request, *self._guard.basic_auth):
+    def admission(self, head: RequestHead) -> Admission:
+        """The same routing and authorization as a full request, decided from its head alone."""
+        try:
+            return Admission(route=self._authorize(head)[0])
+        except _HttpError as e:
+            return Admission(refused=e)
+
+    def refused_at_the_edge(self, head: RequestHead, refusal: _HttpError, started: float) -> None:
+        """A request :mod:`orchagent.web.site` answered from its head: logged and observed as any other."""
+        self._answered(head, refusal.route, {}, refusal.code, refusal.message, started)
+
+    def _authorize(self, head: RequestHead) -> tuple[Route, dict[str, str]]:
+        """Basic auth, routing, client certificate, token: in that order."""
+        guard = self._guard
+        if guard.basic_auth and not _basic_auth_ok(head, *guard.basic_auth):
             raise _HttpError(401, b"Not Authorized\n", b"text/plain; charset=utf-8",
                              {b"WWW-Authenticate": b'Basic realm="Authorization Required"'}, "basic auth failed")
+        route, params = self._match(head)
+        try:
+            if guard.valid_ous is not None and (route.token or guard.status_ou_verify):
+                _check_client_ou(head, guard.valid_ous)
+            if route.token and not guard.token.matches(_presented_token(head, guard.token_header)):
+                message = "Invalid token: pass the agent's token as ?token=<token>"
+                raise _HttpError(401, render_json(error_envelope(message)), message=message)
+        except _HttpError as e:
+            raise attrs.evolve(e, route=route) from None
+        return route, params
 
-    def _check_caller(self, request, route: Route) -> None:
-        """The client certificate's OU, then the token."""
-        guard = self._guard
-        if guard.valid_ous is not None and (route.token or guard.status_ou_verify):
-            _check_client_ou(request, guard.valid_ous)
-        if route.token and not guard.token.matches(_presented_token(request, guard.token_header)):
-            message = "Invalid token: pass the agent's token as ?token=<token>"
-            raise _HttpError(401, render_json(error_envelope(message)), message=message)
-
-    def _tell_observers(self, request, route: Route | None, params: Mapping[str, str], code: int,
-                        message: str, started: float) -> None:
+    def _answered(self, head: RequestHead, route: Route | None, params: Mapping[str, str], code: int,
+                  message: str, started: float) -> None:
+        """Every answer ends here: refusals and failures are warned about, the observers told."""
+        _log_refusal(head, code, message)
         if not self._observers:
             return
         now = self._clock.seconds()
-        peer = request.getClientAddress()
-        transport = getattr(request.channel, "transport", None)  # gone once the client went away
         answered = Answered(
-            at=now, client=getattr(peer, "host", str(peer)), peer_subject=tls.peer_subject(transport),
-            method=request.method.decode("ascii", "replace"), route=route, params=params,
-            query={key: values for key, values in _query(request).items() if key != "token"},
+            at=now, client=_client(head), peer_subject=tls.peer_subject(head.transport),
+            method=head.method.decode("ascii", "replace"), route=route, params=params,
+            query={key: values for key, values in _decoded(head.args).items() if key != "token"},
             code=code, message=message, seconds=now - started)
         for observer in self._observers:
             try:
@@ -188,11 +248,11 @@ class ApiResource(Resource):
             except Exception:
                 log.failure("observing a request failed", None)
 
-    def _match(self, request) -> tuple[Route, dict[str, str]]:
-        path = unquote(request.path.decode("utf-8", "replace"))
+    def _match(self, head: RequestHead) -> tuple[Route, dict[str, str]]:
+        path = unquote(head.path.decode("utf-8", "replace"))
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]  # every route also matches with one trailing slash, as V1
-        method = request.method.decode("ascii", "replace")
+        method = head.method.decode("ascii", "replace")
         allowed = []
         for route in self._routes:
             params = route.match(path)
@@ -210,16 +270,19 @@ class ApiResource(Resource):
         raise _HttpError(404, render_json(error_envelope(message)), message=message)
 
 
-def _query(request) -> dict[str, list[str]]:
-    return {
-        key.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
-        for key, values in request.args.items()
-    }
+def _decoded(args: Mapping[bytes, list[bytes]]) -> dict[str, list[str]]:
+    return {key.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
+            for key, values in args.items()}
+
+
+def _client(head: RequestHead) -> str:
+    peer = head.transport.getPeer() if head.transport is not None else None
+    return str(getattr(peer, "host", peer))
 
 
 def _api_request(request, params: dict[str, str]) -> ApiRequest:
     length = request.getHeader(b"content-length")
-    return ApiRequest(params=params, query=_query(request), body=request.content,
+    return ApiRequest(params=params, query=_decoded(request.args), body=request.content,
                       content_length=int(length) if length and length.isdigit() else None)
 
 
@@ -233,30 +296,34 @@ def _failure_response(error: Exception) -> tuple[int, str, dict[bytes, bytes]]:
     return 500, f"internal error ({type(error).__name__}); see the agent's log", {}
 
 
-def _log_refusal(request, code: int, reason: str) -> None:
+def _log_refusal(head: RequestHead, code: int, reason: str) -> None:
     """Refusals and server-side failures at WARN: who asked for what (the path without its
     query, so never the token) and why (messages are free of secrets)."""
     if code not in _REFUSED and code < 500:
         return
-    client = request.getClientAddress()
     log.warn("{method} {path} from {client} -> {code}: {reason}",
-             method=request.method.decode("ascii", "replace"),
-             path=request.path[:200].decode("utf-8", "replace"),
-             client=getattr(client, "host", client), code=code, reason=reason[:500].strip())
+             method=head.method.decode("ascii", "replace"), path=head.path[:200].decode("utf-8", "replace"),
+             client=_client(head), code=code, reason=reason[:500].strip())
 
 
-def _presented_token(request, header: str) -> str | None:
+def _too_large(route: Route) -> str:
+    if route.max_body == 0:
+        return f"{route.method} {route.pattern} takes no request body"
+    return f"the request body must be at most {route.max_body} bytes (ApplyRelaylogMaxBytes)"
+
+
+def _presented_token(head: RequestHead, header: str) -> str | None:
     """The header wins when configured and present; otherwise ``?token=`` (V1)."""
     if header:
-        value = request.getHeader(header)
+        value = head.header(header)
         if value:
-            return value
-    values = request.args.get(b"token")
+            return value.decode("utf-8", "replace")
+    values = head.args.get(b"token")
     return values[0].decode("utf-8", "replace") if values else None
 
 
-def _basic_auth_ok(request, user: str, password: str) -> bool:
-    header = request.getHeader("authorization") or ""
+def _basic_auth_ok(head: RequestHead, user: str, password: str) -> bool:
+    header = (head.header(b"authorization") or b"").decode("latin-1")
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return False
@@ -267,9 +334,9 @@ def _basic_auth_ok(request, user: str, password: str) -> bool:
     return hmac.compare_digest(presented, f"{user}:{password}".encode("utf-8"))
 
 
-def _check_client_ou(request, valid_ous: frozenset[str]) -> None:
+def _check_client_ou(head: RequestHead, valid_ous: frozenset[str]) -> None:
     """The TLS layer has verified the chain (if any); here the leaf must carry an allowed OU."""
-    ous = tls.peer_ous(request.channel.transport)
+    ous = tls.peer_ous(head.transport)
     if ous is None:
         raise _HttpError(401, b"No TLS\n", b"text/plain; charset=utf-8", message="no client certificate")
     if not ous & valid_ous:

@@ -22,6 +22,7 @@ class Route:
     changes: bool = False  # it changes the host (the audit log records every call)
     summary: str = ""  # one line for the API document (orchagent.web.openapi)
     query: tuple[str, ...] = ()  # the query parameters it reads (besides the token)
+    max_body: int = 0  # bytes of request body the route takes; more is refused before it is read
 
     def match(self, path: str) -> dict[str, str] | None:
         """The path parameters if ``path`` (decoded, trailing slash removed) fits the pattern."""
@@ -45,7 +46,8 @@ class Route:
 METRICS_PATH = "/metrics"
 
 
-def route_table(core, storage, mysql, seeds, status_endpoint: str, metrics: bool = True) -> tuple[Route, ...]:
+def route_table(core, storage, mysql, seeds, status_endpoint: str, apply_relaylog_max_bytes: int,
+                metrics: bool = True) -> tuple[Route, ...]:
     """The handler objects come from orchagent.web.{coreapi,storageapi,mysqlapi,seedapi}.
 
     ``metrics``: serve ``/metrics`` (``MetricsEnabled``).
@@ -109,7 +111,7 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str, metrics: bool
         Route("GET", "/api/mysql-relaylog-contents-tail/:relaylog/:start", mysql.relaylog_contents_tail,
               summary="Raw relay-log bytes from start on, gzipped and base64-encoded"),
         Route("POST", "/api/apply-relaylog-contents", mysql.apply_relaylog_contents, changes=True,
-              summary="Apply base64(gzip(raw relay log)) through MySQLClientCommand"),
+              max_body=apply_relaylog_max_bytes, summary="Apply base64(gzip(raw relay log)) through MySQLClientCommand"),
         # --- seeds (orchagent.web.seedapi) ---
         Route("GET", "/api/receive-mysql-seed-data/:seedId", seeds.receive, changes=True,
               summary="Arm a receive of the seed into the datadir"),

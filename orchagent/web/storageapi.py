@@ -7,28 +7,13 @@ LVM name or path (and :mod:`orchagent.host.snapshots` then requires that the bac
 
 from __future__ import annotations
 
-import re
-
-from orchagent.errors import AgentError, InvalidInput
+from orchagent.errors import AgentError
 from orchagent.host.datadir import DatadirEraser
 from orchagent.host.disk import DiskUsage, resolve_inside
 from orchagent.host.mounts import MOUNTINFO
 from orchagent.host.snapshots import Snapshots, make_backend
 from orchagent.threads import thread_runner
-
-MAX_IDENTIFIER_LENGTH = 1024
-_IDENTIFIER = re.compile(r"[A-Za-z0-9_.+@:/-]+")
-
-
-def volume_identifier(value: str | None, what: str) -> str:
-    """A name or path as ``lvs`` (or the btrfs backend) lists it; InvalidInput otherwise."""
-    if not value:
-        raise InvalidInput(f"{what} is missing: pass a logical volume name or path as lvs-snapshots lists it")
-    if (len(value) > MAX_IDENTIFIER_LENGTH or not _IDENTIFIER.fullmatch(value)
-            or ".." in value.split("/")):
-        raise InvalidInput(f"{what} must be a logical volume name or path as lvs-snapshots lists it: letters, "
-                           f"digits and . _ + @ : - /, at most {MAX_IDENTIFIER_LENGTH} characters, no '..'")
-    return value
+from orchagent.web import validate
 
 
 class StorageAPI:
@@ -67,26 +52,26 @@ class StorageAPI:
         return [volume.to_json() for volume in await self.snapshots.volumes()]
 
     async def lvs_matching(self, req):
-        pattern = volume_identifier(req.params.get("pattern"), "pattern")
+        pattern = validate.volume_identifier(req.params.get("pattern"), "pattern")
         return [volume.to_json() for volume in await self.snapshots.volumes(pattern)]
 
     async def lv(self, req):
-        identifier = volume_identifier(req.arg("lv"), "lv")
+        identifier = validate.volume_identifier(req.arg("lv"), "lv")
         return [volume.to_json() for volume in await self.snapshots.find_volumes(identifier)]
 
     async def lv_by_path(self, req):
-        identifier = volume_identifier(req.params.get("lv"), "lv")
+        identifier = validate.volume_identifier(req.params.get("lv"), "lv")
         return [volume.to_json() for volume in await self.snapshots.find_volumes(identifier)]
 
     async def mountlv(self, req):
-        identifier = volume_identifier(req.arg("lv"), "lv")
+        identifier = validate.volume_identifier(req.arg("lv"), "lv")
         return (await self.snapshots.mount_volume(identifier)).to_json()
 
     async def umount(self, req):
         return (await self.snapshots.unmount()).to_json()
 
     async def removelv(self, req):
-        await self.snapshots.remove_volume(volume_identifier(req.arg("lv"), "lv"))
+        await self.snapshots.remove_volume(validate.volume_identifier(req.arg("lv"), "lv"))
         return True
 
     async def create_snapshot(self, req):
@@ -101,7 +86,7 @@ class StorageAPI:
             roots.append(await self._mysql.datadir())
         except AgentError:
             pass  # the other roots still apply
-        return await self.disk.usage(resolve_inside(req.arg("path"), roots))
+        return await self.disk.usage(resolve_inside(validate.absolute_path(req.arg("path"), "path"), roots))
 
     async def delete_mysql_datadir(self, req):
         await self.datadir.delete_content()

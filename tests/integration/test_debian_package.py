@@ -28,6 +28,8 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 import orchagent
+from orchagent.config import Config
+from orchagent.connections import RESERVED_FILES
 from tests.support.agent import REPO, free_port
 
 #: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
@@ -292,6 +294,10 @@ class UnitFileAndExamplesTests(SynchronousTestCase):
             settings = [line.strip() for line in f if "=" in line and not line.startswith("#")]
         for setting in ("Restart=on-failure", "StateDirectory=orchagent", "StateDirectoryMode=0700"):
             self.assertIn(setting, settings)
+        [open_files] = [int(line.split("=")[1]) for line in settings if line.startswith("LimitNOFILE=")]
+        config = Config()
+        self.assertGreater(open_files, config.http_max_connections + config.seed_transfer_max_connections + RESERVED_FILES,
+                           "LimitNOFILE must leave room above the connection caps")
         private_mounts = [line for line in settings if line.split("=")[0] in MOUNT_NAMESPACE_OPTIONS]
         self.assertEqual(private_mounts, [])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -66,11 +67,13 @@ class RunningAgent:
 
 
 def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | None = None,
-                extra_args=(), env=None, timeout: float = 30, wrapper=(), namespace=None) -> RunningAgent:
+                extra_args=(), env=None, timeout: float = 30, wrapper=(), namespace=None,
+                open_files: tuple[int, int] | None = None) -> RunningAgent:
     """Write a config (loopback, free port, token hint file) and wait until the API answers.
 
     ``wrapper`` goes in front of twistd (e.g. ``unshare`` for a host name of the test's own);
-    ``namespace``: a :class:`tests.support.netns.NetworkNamespace` to run the agent in.
+    ``namespace``: a :class:`tests.support.netns.NetworkNamespace` to run the agent in;
+    ``open_files``: the agent's (soft, hard) RLIMIT_NOFILE, e.g. systemd's default (1024, 524288).
     """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")
     port = settings.get("HTTPPort") or (namespace.call(free_port, address) if namespace else free_port(address))
@@ -93,6 +96,7 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
         stdout=log, stderr=subprocess.STDOUT, cwd=directory,
         env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
         start_new_session=True,  # a Ctrl-C in the terminal reaches the driver, which stops it in order
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files)) if open_files else None,
     )
     log.close()
     agent = RunningAgent(process, address, port, "", directory,

@@ -135,6 +135,11 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"HTTPPort": 70000}, "HTTPPort", "from 1 to 65535", "70000")
         self.assertConfigError({"SeedTransferPort": 0}, "SeedTransferPort", "from 1 to 65535")
 
+    def test_connection_limits_must_be_positive(self):
+        for key in ("HTTPMaxConnections", "HTTPHeaderTimeoutSeconds", "SeedTransferMaxConnections",
+                    "SeedHandshakeTimeoutSeconds"):
+            self.assertConfigError({key: 0}, key, "at least 1")
+
     def test_ssl_without_cert_and_key(self):
         self.assertConfigError({"UseSSL": True}, "UseSSL", "SSLCertFile")
         message = self.assertConfigError({"UseSSL": True, "SSLCertFile": "/etc/hostname"},

@@ -25,7 +25,7 @@ class AnyHandler:
 
 
 def routes():
-    return with_openapi(route_table(AnyHandler(), AnyHandler(), AnyHandler(), AnyHandler(), "/api/status"))
+    return with_openapi(route_table(AnyHandler(), AnyHandler(), AnyHandler(), AnyHandler(), "/api/status", 1024))
 
 
 class OpenApiTests(SynchronousTestCase):
