@@ -93,9 +93,9 @@ def main() -> None:
              f"Measured {facts['date']} by `./run-bench flood` ({args.seconds:g} s per measurement).", "",
              f"* Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, Linux {facts['kernel']}, "
              f"load average {facts['load']} at the start; Python {facts['python']}.",
-             f"* Agent: a real `twistd orchagent` on 127.0.0.1, started with a soft limit of 1,024 open files "
+             "* Agent: a real `twistd orchagent` on 127.0.0.1, started with a soft limit of 1,024 open files "
              "(systemd's default; it raises its own to the hard limit), configured as the poll benchmark's "
-             f"\"commands\" agent, `HTTPHeaderTimeoutSeconds: 60`; default `HTTPMaxConnections` (4096).",
+             "\"commands\" agent, `HTTPHeaderTimeoutSeconds: 60`; default `HTTPMaxConnections` (4096).",
              f"* Flood: {args.hostile:,} connections, half idle, half slowloris (a header byte every 0.5 s); "
              f"the agent held {results['held']:,} descriptors while measured.",
              "* Client: one `http.client` keep-alive connection, Go's headers, `?token=`; sequential.", "",
