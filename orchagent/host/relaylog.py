@@ -9,9 +9,10 @@ every temp file is removed.
 
 Applying a relay log runs ``mysqlbinlog``'s text through the admin's client as root, and that
 text carries what the log's events say: a crafted Query event (a line ``system id`` in a version
-comment) would be a client command.  So the log's events must verify first, and the client must
-show that it refuses client commands (MariaDB's sandbox mode, switched on by the first line of its
-input) and local files (LOAD DATA LOCAL INFILE).
+comment) would be a client command.  So the log's events must verify first
+(:mod:`orchagent.host.binlogfile`), and the client must show that it refuses client commands
+(MariaDB's sandbox mode, switched on by the first line of its input) and local files (LOAD DATA
+LOCAL INFILE).
 """
 
 from __future__ import annotations
@@ -29,19 +30,12 @@ import attrs
 
 from orchagent import logs
 from orchagent.errors import AgentError, InvalidInput, NotFound
+from orchagent.host.binlogfile import BINLOG_MAGIC, HEAD_BYTES, header_end, verify_events
 
 log = logs.logger(__name__)
 
-BINLOG_MAGIC = b"\xfebin"
-FORMAT_DESCRIPTION_EVENT = 15
-_EVENT_HEADER_SIZE = 19  # timestamp 4, type 1, server id 4, event size 4, next position 4, flags 2
 CHUNK_SIZE = 1 << 20
 MAX_NAME_LENGTH = 4096
-_CHECKSUM_SIZE = 4  # a CRC32 after each event, when the Format Description event says so
-_BINLOG_IN_USE = 0x1  # a flag of the Format Description event, cleared on close without a new checksum
-_MAX_FORMAT_DESCRIPTION = 1 << 16
-_SERVER_VERSION = slice(_EVENT_HEADER_SIZE + 2, _EVENT_HEADER_SIZE + 52)  # after the binlog version
-_FIRST_WITH_CHECKSUMS = {"MariaDB": (5, 3, 0), "MySQL": (5, 6, 1)}  # older logs have no algorithm byte
 
 #: The MariaDB client's sandbox command: from this line on, no system, \!, source, pager, tee...
 SANDBOX_LINE = b"\\-\n"
@@ -59,10 +53,6 @@ CLIENT_PROBES = (
      "may read local files for LOAD DATA LOCAL INFILE: add --local-infile=0 to it (or local-infile=0 "
      "to the [client] group of its option file)"),
 )
-
-#: Events that ``mysqlbinlog`` turns into LOAD DATA LOCAL INFILE of a file it writes itself.
-_LOAD_EVENTS = {6: "Load", 8: "Create_file", 9: "Append_block", 10: "Exec_load", 11: "Delete_file",
-                12: "New_load", 17: "Begin_load_query", 18: "Execute_load_query"}
 
 #: Per kind of log: (index option, base-name option, suffix after log_basename, glob in the datadir).
 _INDEX_OPTIONS = {
@@ -123,16 +113,6 @@ def resolve_listed(name: str, listed: Sequence[str]) -> str:
     return matches[0]
 
 
-def header_end(head: bytes, path: str) -> int:
-    """Where the first event (the Format Description event) ends: V1's "header size"."""
-    if len(head) < len(BINLOG_MAGIC) + _EVENT_HEADER_SIZE or not head.startswith(BINLOG_MAGIC):
-        raise AgentError(f"{path} is not a MySQL binary or relay log (bad magic number)")
-    event = head[len(BINLOG_MAGIC):]
-    if event[4] != FORMAT_DESCRIPTION_EVENT:
-        raise AgentError(f"{path} does not start with a Format Description event")
-    return len(BINLOG_MAGIC) + int.from_bytes(event[9:13], "little")
-
-
 # --- blocking helpers (run in a thread) -------------------------------------------------------
 
 
@@ -173,7 +153,7 @@ def log_bytes(paths: Sequence[str], start: int, stop: int) -> Iterator[bytes]:
         except OSError as e:
             raise AgentError(f"cannot read {path}: {e.strerror}") from None
         with f:
-            header = header_end(f.read(len(BINLOG_MAGIC) + _EVENT_HEADER_SIZE), path)
+            header = header_end(f.read(HEAD_BYTES), path)
             size = os.fstat(f.fileno()).st_size
             low = header if number else start
             if number == 0 and start:
@@ -234,79 +214,6 @@ def decode_relaylog(body: BinaryIO, destination: str, max_bytes: int) -> int:
         if f.read(len(BINLOG_MAGIC)) != BINLOG_MAGIC:
             raise InvalidInput("the decoded body is not a MySQL relay log (bad magic number)")
     return written
-
-
-def verify_events(path: str) -> int:
-    """Check that the events of the log at ``path`` tile it and carry valid checksums; their number.
-
-    As in ``mysqlbinlog``, the last Format Description event says whether the events after it end
-    with a CRC32 (``binlog_checksum``).  A log written with ``binlog_checksum=NONE`` is checked
-    for structure only.  InvalidInput names the first event that fails.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        offset = f.seek(len(BINLOG_MAGIC))
-        checksummed: bool | None = None  # unknown before the first Format Description event
-        count = 0
-        while offset < size:
-            header = f.read(_EVENT_HEADER_SIZE)
-            length = int.from_bytes(header[9:13], "little") if len(header) == _EVENT_HEADER_SIZE else 0
-            if length < _EVENT_HEADER_SIZE or offset + length > size:
-                raise _unverified(offset, f"has an impossible length ({length} bytes; {size - offset} left)")
-            if header[4] in _LOAD_EVENTS:
-                raise InvalidInput(f"relay log event at offset {offset} is a LOAD DATA event "
-                                   f"({_LOAD_EVENTS[header[4]]}), which orchagent does not apply (the client "
-                                   f"would read a local file); nothing was applied")
-            if header[4] == FORMAT_DESCRIPTION_EVENT:
-                if length > _MAX_FORMAT_DESCRIPTION:
-                    raise _unverified(offset, f"is a Format Description event of {length} bytes")
-                event = header + f.read(length - _EVENT_HEADER_SIZE)
-                checksummed = _has_checksums(event, offset)
-                if checksummed:
-                    cleared = event[:17] + bytes([event[17] & ~_BINLOG_IN_USE]) + event[18:-_CHECKSUM_SIZE]
-                    _check_crc(zlib.crc32(cleared), event[-_CHECKSUM_SIZE:], offset)
-            elif checksummed is None:
-                raise _unverified(offset, "comes before any Format Description event")
-            else:
-                remaining = length - _EVENT_HEADER_SIZE - (_CHECKSUM_SIZE if checksummed else 0)
-                if remaining < 0:
-                    raise _unverified(offset, f"is too short ({length} bytes) to hold its checksum")
-                crc = zlib.crc32(header)
-                while remaining:
-                    chunk = f.read(min(CHUNK_SIZE, remaining))
-                    crc = zlib.crc32(chunk, crc)
-                    remaining -= len(chunk)
-                if checksummed:
-                    _check_crc(crc, f.read(_CHECKSUM_SIZE), offset)
-            offset += length
-            count += 1
-    return count
-
-
-def _has_checksums(event: bytes, offset: int) -> bool:
-    """Whether a Format Description event says the events after it end with a CRC32."""
-    if len(event) < _SERVER_VERSION.stop + 6 + 1 + _CHECKSUM_SIZE:
-        raise _unverified(offset, f"is a Format Description event of only {len(event)} bytes")
-    version = event[_SERVER_VERSION].split(b"\0")[0].decode("ascii", "replace")
-    numbers = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
-    if numbers is None:
-        raise _unverified(offset, f"is a Format Description event with no server version ({version[:50]!r})")
-    server = "MariaDB" if "MariaDB" in version or "-maria-" in version else "MySQL"
-    if tuple(map(int, numbers.groups())) < _FIRST_WITH_CHECKSUMS[server]:
-        return False
-    algorithm = event[-_CHECKSUM_SIZE - 1]
-    if algorithm not in (0, 1):  # OFF, CRC32
-        raise _unverified(offset, f"names the unknown checksum algorithm {algorithm}")
-    return algorithm == 1
-
-
-def _check_crc(crc: int, stored: bytes, offset: int) -> None:
-    if crc.to_bytes(_CHECKSUM_SIZE, "little") != stored:
-        raise _unverified(offset, "does not verify (its CRC32 checksum differs)")
-
-
-def _unverified(offset: int, problem: str) -> InvalidInput:
-    return InvalidInput(f"relay log event at offset {offset} {problem}; nothing was applied")
 
 
 def write_file(path: str, data: bytes) -> None:

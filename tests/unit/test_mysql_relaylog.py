@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.errors import AgentError, InvalidInput, NotFound
 from orchagent.host.mysql import MySQL
+from orchagent.host.binlogfile import header_end, verify_events
 from orchagent.host.relaylog import (
     BinlogCoordinates,
     ReplicationLogs,
@@ -19,11 +20,9 @@ from orchagent.host.relaylog import (
     decode_relaylog,
     find_index,
     gzip_base64,
-    header_end,
     log_bytes,
     parse_index,
     resolve_listed,
-    verify_events,
 )
 from tests.support.mysql_fakes import (
     FIXTURES,
