@@ -33,7 +33,8 @@ from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.datadir import checked_datadir
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Holder,
                                     SeedRecord, SeedStore)
-from orchagent.seed.transfer import SeedReceiverServer, send_tree
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 
 log = logs.logger(__name__)
 

@@ -16,8 +16,9 @@ from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
 from orchagent.seed import protocol
-from orchagent.seed.protocol import HEADER, Kind
-from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.seed.protocol import HEADER, Kind, TransferFailed
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_mitm import RewritingRelay

@@ -6,7 +6,7 @@ import subprocess
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import protocol
-from orchagent.seed.tree import TreeReader
+from orchagent.seed.reader import TreeReader
 
 MB = 1024 * 1024
 

@@ -7,7 +7,8 @@ import os
 import stat
 
 from orchagent.seed import protocol
-from orchagent.seed.tree import TreeReader, TreeWriter
+from orchagent.seed.reader import TreeReader
+from orchagent.seed.writer import TreeWriter
 
 SECRET = b"s3cret"
 SESSION = protocol.Session.derive(SECRET, "9", protocol.new_nonce(), protocol.new_nonce())

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import protocol
 from orchagent.seed.protocol import Kind
-from orchagent.seed.transfer import SeedReceiverServer, _ReceiverFactory
+from orchagent.seed.receiver import SeedReceiverServer, _ReceiverFactory
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 

@@ -17,7 +17,7 @@ from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
-from orchagent.seed.tree import Progress
+from orchagent.seed.transfer import Progress
 from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
 

@@ -14,8 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.seed import protocol
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError
-from orchagent.seed.transfer import SeedReceiverServer, _ReceiverProtocol
-from orchagent.seed.tree import RECEIVE_BUFFERS, TreeWriter
+from orchagent.seed.receiver import SeedReceiverServer, _ReceiverProtocol
+from orchagent.seed.writer import RECEIVE_BUFFERS, TreeWriter
 from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
 
 def decoder(handler) -> protocol.StreamDecoder:
