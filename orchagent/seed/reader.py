@@ -12,7 +12,7 @@ from typing import Iterator
 
 import attrs
 
-from orchagent.seed import protocol
+from orchagent.seed import authentication, protocol
 from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
@@ -95,7 +95,7 @@ def count_tree(root: str) -> tuple[int, int]:
 class TreeReader:
     """Yields the whole stream for one source directory as :class:`Batch` es."""
 
-    def __init__(self, root: str, mac: protocol.StreamMac, chunk_bytes: int = CHUNK_BYTES,
+    def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
                  batch_bytes: int = BATCH_BYTES) -> None:
         self._root = os.fsencode(root)
         self._mac = mac  # every frame goes through it (protocol module docstring)

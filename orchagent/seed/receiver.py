@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from orchagent import logs
 from orchagent.connections import ConnectionCap
 from orchagent.errors import Conflict
-from orchagent.seed import protocol
+from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
@@ -53,7 +53,7 @@ class _ReceiveTransfer(Transfer):
     def connected(self) -> bool:
         return self._connection is not None
 
-    def attach(self, connection: _ReceiverProtocol, early: bytes, mac: protocol.StreamMac) -> None:
+    def attach(self, connection: _ReceiverProtocol, early: bytes, mac: authentication.StreamMac) -> None:
         """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
         self._sender_due.cancel()
         self._connected(connection)
@@ -140,16 +140,16 @@ class _ReceiverProtocol(Connection):
     def __init__(self, server: SeedReceiverServer) -> None:
         super().__init__(server._reactor, server.stall_timeout)
         self._server = server
-        self._nonce = protocol.new_nonce()
+        self._nonce = authentication.new_nonce()
         self._transfer: _ReceiveTransfer | None = None
-        self._session: protocol.Session | None = None  # once the sender is accepted
+        self._session: authentication.Session | None = None  # once the sender is accepted
         self._keepalive: LoopingCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # The stall timer restarts on every byte; this one does not, so a trickle cannot hold the port.
         self._handshake_due = self._reactor.callLater(self._server.handshake_timeout, self._handshake_expired)
-        self.transport.write(protocol.hello(self._nonce))
+        self.transport.write(authentication.hello(self._nonce))
 
     def _handshake_expired(self) -> None:
         if self._transfer is None and not self._closed:
@@ -170,7 +170,7 @@ class _ReceiverProtocol(Connection):
                     raise ProtocolError(f"the sender gave up: {payload.decode('utf-8', 'replace')}")
                 if kind != Kind.AUTH:
                     raise ProtocolError(f"expected authentication, got {kind.name}")
-                self._authenticate(protocol.parse_auth(payload))
+                self._authenticate(authentication.parse_auth(payload))
                 break
         except ProtocolError as e:
             self._refuse(str(e))
@@ -179,7 +179,7 @@ class _ReceiverProtocol(Connection):
             self._handshake_due.cancel()
             self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
 
-    def _authenticate(self, auth: protocol.Auth) -> None:
+    def _authenticate(self, auth: authentication.Auth) -> None:
         """Accept the sender, or refuse it.
 
         Whether the seed id is armed is looked at only once the sender has proved itself, and
@@ -187,7 +187,7 @@ class _ReceiverProtocol(Connection):
         same refusal, as fast, for an armed seed as for any other.
         """
         tls_material = tls_keying_material(self.transport)
-        session = protocol.Session.derive(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce,
+        session = authentication.Session.derive(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce,
                                           tls_material)
         transfer = self._server._armed.get(auth.seed_id)
         problem = self._server.certificate_problem(self.transport)
@@ -206,7 +206,7 @@ class _ReceiverProtocol(Connection):
         else:
             log.info("seed {seed_id}: receiving into {datadir} from {peer}",
                      seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
-            self.transport.write(protocol.accept(session))
+            self.transport.write(authentication.accept(session))
             self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
@@ -214,12 +214,12 @@ class _ReceiverProtocol(Connection):
 
     def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False) -> None:
         """Log ``reason`` and close; a peer that did not prove itself is only told
-        :data:`~orchagent.seed.protocol.NOT_AUTHENTICATED`, whatever the reason."""
+        :data:`~orchagent.seed.authentication.NOT_AUTHENTICATED`, whatever the reason."""
         log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
         if transfer is not None:
             transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
         self._closed = True
-        told = reason if authenticated else protocol.NOT_AUTHENTICATED
+        told = reason if authenticated else authentication.NOT_AUTHENTICATED
         self.transport.write(protocol.reason_frame(Kind.REFUSE, told))
         self.transport.loseConnection()
 
@@ -243,7 +243,7 @@ class _ReceiverProtocol(Connection):
 
     def close(self, error: TransferFailed | None) -> None:
         if not self._closed and error is None:
-            self.transport.write(protocol.done(self._session))
+            self.transport.write(authentication.done(self._session))
         super().close(error)
 
     def connectionLost(self, reason: Failure) -> None:

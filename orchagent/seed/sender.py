@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from orchagent import logs
-from orchagent.seed import protocol
+from orchagent.seed import authentication
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
@@ -41,7 +41,7 @@ class _SendTransfer(Transfer):
 
         self._connecting.addCallbacks(lambda _: None, failed)
 
-    def authenticated(self, connection: _SenderProtocol, mac: protocol.StreamMac) -> None:
+    def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac) -> None:
         self._begin()
         self._pipe = Pipe(PIPE_BYTES)
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
@@ -54,7 +54,7 @@ class _SendTransfer(Transfer):
             self._start_worker(self._read, mac, lambda: None)
             self._start_worker(self._send)
 
-    def _read(self, mac: protocol.StreamMac, queued: Callable[[], None]) -> None:
+    def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         try:
             for batch in TreeReader(self.source_dir, mac).batches():
@@ -107,8 +107,8 @@ class _SenderProtocol(Connection):
     def __init__(self, transfer: _SendTransfer) -> None:
         super().__init__(transfer._reactor, transfer._stall_timeout)
         self._transfer = transfer
-        self._nonce = protocol.new_nonce()
-        self._session: protocol.Session | None = None
+        self._nonce = authentication.new_nonce()
+        self._session: authentication.Session | None = None
         self._accepted = False
         self._producing = False
         self.paused = False
@@ -132,9 +132,10 @@ class _SenderProtocol(Connection):
     def _frame(self, kind: Kind, payload: bytes) -> None:
         transfer = self._transfer
         if kind == Kind.HELLO and self._session is None:
-            self._session = protocol.Session.derive(transfer._secret, transfer.seed_id, protocol.parse_hello(payload),
-                                                    self._nonce, tls_keying_material(self.transport))
-            self.transport.write(protocol.auth(self._session))
+            self._session = authentication.Session.derive(
+                transfer._secret, transfer.seed_id, authentication.parse_hello(payload), self._nonce,
+                tls_keying_material(self.transport))
+            self.transport.write(authentication.auth(self._session))
         elif kind == Kind.ACCEPT and self._session is not None and not self._accepted:
             if not self._session.proves(b"receiver", payload):
                 raise ProtocolError("the receiver's proof is wrong: the agents have different SeedTransferSecret "

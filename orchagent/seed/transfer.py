@@ -19,7 +19,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.seed import protocol
+from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
@@ -251,7 +251,8 @@ def tls_keying_material(transport: Any) -> bytes:
     """
     if not interfaces.ISSLTransport.providedBy(transport):
         return b""
-    return transport.getHandle().export_keying_material(protocol.TLS_EXPORTER_LABEL, protocol.TLS_EXPORTER_BYTES)
+    return transport.getHandle().export_keying_material(authentication.TLS_EXPORTER_LABEL,
+                                                        authentication.TLS_EXPORTER_BYTES)
 
 
 def _widen_buffers(transport: Any) -> None:

@@ -7,7 +7,7 @@ import os
 import queue
 from typing import Callable
 
-from orchagent.seed import protocol
+from orchagent.seed import authentication, decoder
 from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
@@ -25,11 +25,11 @@ class TreeWriter:
     """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
 
     def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
-                 mac: protocol.StreamMac) -> None:
+                 mac: authentication.StreamMac) -> None:
         self._staging = Staging(datadir, seed_id)
         self.datadir = self._staging.datadir
         self.progress = progress if progress is not None else Progress()
-        self._decoder = protocol.StreamDecoder(self, mac)
+        self._decoder = decoder.StreamDecoder(self, mac)
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: DiskThread | None = None
         self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
