@@ -40,14 +40,14 @@ class _ReceiveTransfer(Transfer):
     def _no_sender(self) -> None:
         """Armed for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
         refused = f"; last {self.last_refusal}" if self.last_refusal else ""
-        self._conclude(TransferFailed(f"no sender authenticated for seed {self.seed_id} within "
+        self.conclude(TransferFailed(f"no sender authenticated for seed {self.seed_id} within "
                                       f"{self._stall_timeout:g} s{refused}"))
 
-    def _conclude(self, error: TransferFailed | None) -> None:
+    def conclude(self, error: TransferFailed | None) -> None:
         for call in (self._sender_due, self._hand_over_call):
             if call is not None and call.active():
                 call.cancel()
-        super()._conclude(error)
+        super().conclude(error)
 
     @property
     def connected(self) -> bool:
@@ -56,7 +56,7 @@ class _ReceiveTransfer(Transfer):
     def attach(self, connection: _ReceiverProtocol, early: bytes, mac: authentication.StreamMac) -> None:
         """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
         self._sender_due.cancel()
-        self._connected(connection)
+        self.connection_opened(connection)
         self._begin()
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
                                             f"seed {self.seed_id} stalled: the sender did not send data "
@@ -66,7 +66,7 @@ class _ReceiveTransfer(Transfer):
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
             source = self._pipe.get_wait
         else:
-            connection.transport.pauseProducing()  # the worker reads the socket from now on
+            connection.pause_reading()  # the worker reads the socket from now on
             connection.setTimeout(None)  # and notices a stall itself
             source = lambda: self._channel.receive(writer.free_buffer())  # noqa: E731
         self._start_worker(self._write, writer, early, source)
@@ -97,13 +97,13 @@ class _ReceiveTransfer(Transfer):
         chunk, size = b"".join(self._incoming), self._incoming_bytes
         self._incoming, self._incoming_bytes = [], 0
         if self._pipe.put(chunk, size):
-            self._connection.transport.pauseProducing()
+            self._connection.pause_reading()
 
-    def connection_lost(self) -> None:
+    def connection_closed(self) -> None:
         if self._pipe is not None:
             self._hand_over()
             self._pipe.finish()  # the writer decides: whole tree received, or cut short
-        self._disconnected()
+        super().connection_closed()
 
     def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any]) -> None:
         """Worker thread: everything that touches the target disk.
@@ -130,15 +130,15 @@ class _ReceiveTransfer(Transfer):
             self.state = "finishing"
             self._connection.setTimeout(None)  # no data is due any more; keepalives go on
             if self._channel is not None:
-                self._connection.transport.resumeProducing()  # notice the sender leaving
+                self._connection.resume_reading()  # notice the sender leaving
 
     def _worker_succeeded(self) -> None:
-        self._conclude(None)
+        self.conclude(None)
 
 
 class _ReceiverProtocol(Connection):
     def __init__(self, server: SeedReceiverServer) -> None:
-        super().__init__(server._reactor, server.stall_timeout)
+        super().__init__(server.reactor, server.stall_timeout)
         self._server = server
         self._nonce = authentication.new_nonce()
         self._transfer: _ReceiveTransfer | None = None
@@ -187,9 +187,8 @@ class _ReceiverProtocol(Connection):
         same refusal, as fast, for an armed seed as for any other.
         """
         tls_material = tls_keying_material(self.transport)
-        session = authentication.Session.derive(self._server._secret, auth.seed_id, self._nonce, auth.sender_nonce,
-                                          tls_material)
-        transfer = self._server._armed.get(auth.seed_id)
+        session = self._server.session(auth, self._nonce, tls_material)
+        transfer = self._server.armed(auth.seed_id)
         problem = self._server.certificate_problem(self.transport)
         if problem is None and not auth.valid(session):
             problem = "the sender's proof is wrong: the agents have different SeedTransferSecret values"
@@ -239,7 +238,7 @@ class _ReceiverProtocol(Connection):
         if self._transfer is None:
             self._refuse(reason)
         else:
-            self._transfer._conclude(TransferFailed(f"seed {self._transfer.seed_id} stalled: {reason}"))
+            self._transfer.conclude(TransferFailed(f"seed {self._transfer.seed_id} stalled: {reason}"))
 
     def close(self, error: TransferFailed | None) -> None:
         if not self._closed and error is None:
@@ -254,7 +253,7 @@ class _ReceiverProtocol(Connection):
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         if self._transfer is not None:
-            self._transfer.connection_lost()
+            self._transfer.connection_closed()
 
 
 class _ReceiverFactory(Factory):
@@ -278,7 +277,7 @@ class SeedReceiverServer:
             raise ValueError("the built-in seed transfer needs SeedTransferSecret or SeedTransferValidOUs")
         if sender_ous and tls is None:
             raise ValueError("checking the sender's certificate (SeedTransferValidOUs) needs TLS")
-        self._reactor = reactor
+        self.reactor = reactor
         self._secret = secret
         self._tls = tls
         self._sender_ous = frozenset(sender_ous)
@@ -309,10 +308,20 @@ class SeedReceiverServer:
         current = self._armed.get(seed_id)
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
-        transfer = _ReceiveTransfer(self._reactor, seed_id, datadir, self.stall_timeout)
+        transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer
+
+    def armed(self, seed_id: str) -> _ReceiveTransfer | None:
+        """The receive armed for ``seed_id``, if there is one."""
+        return self._armed.get(seed_id)
+
+    def session(self, auth: authentication.Auth, receiver_nonce: bytes,
+                tls_material: bytes) -> authentication.Session:
+        """The session a sender that sent ``auth`` shares with us if it holds our secret."""
+        return authentication.Session.derive(self._secret, auth.seed_id, receiver_nonce, auth.sender_nonce,
+                                             tls_material)
 
     def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
         if self._armed.get(seed_id) is transfer:

@@ -32,14 +32,18 @@ class _SendTransfer(Transfer):
         self._connecting: Deferred | None = None
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
-        self._connecting = connectProtocol(endpoint, _SenderProtocol(self))
+        self._connecting = connectProtocol(endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
 
         def failed(failure: Failure) -> None:
-            if not self._concluded:
-                self._conclude(TransferFailed(f"cannot connect to the seed receiver at {where}: "
+            if not self.concluded:
+                self.conclude(TransferFailed(f"cannot connect to the seed receiver at {where}: "
                                               f"{failure.getErrorMessage()}"))
 
         self._connecting.addCallbacks(lambda _: None, failed)
+
+    def session(self, receiver_nonce: bytes, sender_nonce: bytes, tls_material: bytes) -> authentication.Session:
+        """This transfer's session with the receiver that sent ``receiver_nonce``."""
+        return authentication.Session.derive(self._secret, self.seed_id, receiver_nonce, sender_nonce, tls_material)
 
     def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac) -> None:
         self._begin()
@@ -72,16 +76,11 @@ class _SendTransfer(Transfer):
     def pump(self) -> None:
         """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
         connection = self._connection
-        while not connection.paused and not self._concluded:
+        while not connection.paused and not self.concluded:
             batch = self._pipe.get()
             if batch is None:
                 return
-            if len(batch.parts) == 2:  # a DATA header and one large read: no joining copy of the read
-                for part in batch.parts:
-                    connection.transport.write(part)
-            else:
-                connection.transport.writeSequence(batch.parts)
-            connection.resetTimeout()
+            connection.write_batch(batch.parts)
             self._count(batch)
 
     def _count(self, batch: Batch) -> None:
@@ -96,16 +95,16 @@ class _SendTransfer(Transfer):
     def _worker_succeeded(self) -> None:
         pass  # everything is queued; success comes with the receiver's DONE
 
-    def _conclude(self, error: TransferFailed | None) -> None:
+    def conclude(self, error: TransferFailed | None) -> None:
         if self._connecting is not None and self._connection is None:
             self._connecting.cancel()
-        super()._conclude(error)
+        super().conclude(error)
 
 
 @implementer(interfaces.IPushProducer)
 class _SenderProtocol(Connection):
-    def __init__(self, transfer: _SendTransfer) -> None:
-        super().__init__(transfer._reactor, transfer._stall_timeout)
+    def __init__(self, transfer: _SendTransfer, reactor: Any, stall_timeout: float) -> None:
+        super().__init__(reactor, stall_timeout)
         self._transfer = transfer
         self._nonce = authentication.new_nonce()
         self._session: authentication.Session | None = None
@@ -115,10 +114,10 @@ class _SenderProtocol(Connection):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if self._transfer._concluded:
+        if self._transfer.concluded:
             self.transport.abortConnection()
         else:
-            self._transfer._connected(self)
+            self._transfer.connection_opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -127,14 +126,13 @@ class _SenderProtocol(Connection):
             for kind, payload in self._frames.frames():
                 self._frame(kind, payload)
         except ProtocolError as e:
-            self._transfer._conclude(TransferFailed(f"seed {self._transfer.seed_id}: {e}"))
+            self._transfer.conclude(TransferFailed(f"seed {self._transfer.seed_id}: {e}"))
 
     def _frame(self, kind: Kind, payload: bytes) -> None:
         transfer = self._transfer
         if kind == Kind.HELLO and self._session is None:
-            self._session = authentication.Session.derive(
-                transfer._secret, transfer.seed_id, authentication.parse_hello(payload), self._nonce,
-                tls_keying_material(self.transport))
+            self._session = transfer.session(authentication.parse_hello(payload), self._nonce,
+                                             tls_keying_material(self.transport))
             self.transport.write(authentication.auth(self._session))
         elif kind == Kind.ACCEPT and self._session is not None and not self._accepted:
             if not self._session.proves(b"receiver", payload):
@@ -145,17 +143,17 @@ class _SenderProtocol(Connection):
                      source=transfer.source_dir, peer=self._peer())
             transfer.authenticated(self, self._session.stream_mac())
         elif kind == Kind.REFUSE:
-            transfer._conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
+            transfer.conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
                                               f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.FAIL:
-            transfer._conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
+            transfer.conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.PROGRESS and self._accepted:
             pass  # a keepalive; resetTimeout above is its purpose
         elif kind == Kind.DONE and transfer.state == "finishing":
             if not self._session.proves(b"done", payload):
                 raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
                                     "altered the connection")
-            transfer._conclude(None)
+            transfer.conclude(None)
         else:
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
 
@@ -174,8 +172,17 @@ class _SenderProtocol(Connection):
 
     def timeoutConnection(self) -> None:
         what = "answer" if not self._accepted else "take data"
-        self._transfer._conclude(TransferFailed(
+        self._transfer.conclude(TransferFailed(
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
+
+    def write_batch(self, parts: list[bytes]) -> None:
+        """Reactor (TLS): hand one batch to the transport (which counts as progress)."""
+        if len(parts) == 2:  # a DATA header and one large read: no joining copy of the read
+            for part in parts:
+                self.transport.write(part)
+        else:
+            self.transport.writeSequence(parts)
+        self.resetTimeout()
 
     def register_as_producer(self) -> None:
         """TLS: the reactor sends, pausing the reader's pipe while the transport is full."""
@@ -189,10 +196,10 @@ class _SenderProtocol(Connection):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self._transfer._conclude(TransferFailed(
+        self._transfer.conclude(TransferFailed(
             f"seed {self._transfer.seed_id}: the connection to the receiver was lost before it confirmed "
             f"the seed ({reason.getErrorMessage()})"))
-        self._transfer._disconnected()
+        self._transfer.connection_closed()
 
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,

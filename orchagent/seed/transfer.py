@@ -92,11 +92,11 @@ class Transfer:
 
     def abort(self) -> Deferred:
         """Stop now; the Deferred fires (with None) once nothing of this transfer runs any more."""
-        self._conclude(TransferAborted(f"seed {self.seed_id} transfer aborted"))
+        self.conclude(TransferAborted(f"seed {self.seed_id} transfer aborted"))
         if self._connection_open:
             # A peer that stopped reading would hold a graceful close (and abort-seed) until the
             # stall timeout: drop the connection now, unsent data and all.
-            self._connection.transport.abortConnection()
+            self._connection.abort()
         d = self.when_done()
         d.addErrback(lambda _: None)
         return d
@@ -124,7 +124,7 @@ class Transfer:
     def _worker_ended(self, result: Any) -> None:
         self._workers -= 1
         if isinstance(result, Failure):
-            self._conclude(self._as_error(result))
+            self.conclude(self._as_error(result))
         elif not self._workers:
             self._worker_succeeded()
         if self._channel is not None and not self._workers:
@@ -134,7 +134,7 @@ class Transfer:
     def _worker_succeeded(self) -> None:
         raise NotImplementedError
 
-    def _conclude(self, error: TransferFailed | None) -> None:
+    def conclude(self, error: TransferFailed | None) -> None:
         """Record the outcome (the first one wins) and stop everything still moving."""
         if self._concluded:
             return
@@ -147,6 +147,11 @@ class Transfer:
         if self._connection_open:
             self._connection.close(error)
         self._fire_if_idle()
+
+    @property
+    def concluded(self) -> bool:
+        """The outcome is decided (what still runs is being stopped)."""
+        return self._concluded
 
     def _fire_if_idle(self) -> None:
         """Report the outcome once it is known and neither a worker nor the connection is left."""
@@ -189,11 +194,11 @@ class Transfer:
                     seed_id=self.seed_id, role=self.role)
         return TransferFailed(f"seed {self.seed_id} {self.role} failed: internal error {error!r}")
 
-    def _connected(self, connection: Connection) -> None:
+    def connection_opened(self, connection: Connection) -> None:
         self._connection = connection
         self._connection_open = True
 
-    def _disconnected(self) -> None:
+    def connection_closed(self) -> None:
         self._connection_open = False
         self._fire_if_idle()
 
@@ -230,6 +235,16 @@ class Connection(Protocol, TimeoutMixin):
             self.transport.write(protocol.reason_frame(Kind.FAIL, str(error)))
         self.transport.loseConnection()
         self._last_resort = self._reactor.callLater(self._stall_timeout, self.transport.abortConnection)
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all."""
+        self.transport.abortConnection()
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure) -> None:
         self._closed = True
