@@ -1,9 +1,12 @@
 """The seed transfer's handshake and the MAC over its data stream.
 
-Both sides derive a session key from ``SeedTransferSecret``, the seed id, a nonce from each
-side and, over TLS, keying material exported from the TLS session; each side proves it holds
-the key, and one running HMAC authenticates every byte of the stream (the why is in
-``bench/RESULTS.md``, "Why the seed engine is shaped as it is").
+    receiver -> HELLO   magic, version, 32-byte receiver nonce      (nothing about what is armed)
+    sender   -> AUTH    seed id, 32-byte sender nonce, HMAC(K, "sender proof")
+    receiver -> ACCEPT  HMAC(K, "receiver proof")                   or REFUSE reason, close
+
+``K`` (:class:`Session`) is derived from ``SeedTransferSecret``, the seed id, both nonces and,
+over TLS, keying material exported from the TLS session; one running HMAC (:class:`StreamMac`)
+covers every stream frame, and FILE_END and END carry its tag.  Why: ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _hmac(key: bytes, message: bytes) -> bytes:
 
 @attrs.frozen
 class Session:
-    """One handshake's key ``K`` (module docstring) and what is derived from it."""
+    """One handshake's key ``K`` and what is derived from it."""
 
     seed_id: str
     sender_nonce: bytes
@@ -125,7 +128,7 @@ def done(session: Session) -> bytes:
 
 
 class StreamMac:
-    """The running MAC over the data stream (module docstring); one thread uses it.
+    """The running MAC over every stream frame, tags excepted; one thread uses it.
 
     The sender feeds it every frame it makes and builds the tagged frames with it; the
     receiver's decoder feeds it what arrived and checks the tags.

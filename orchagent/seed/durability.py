@@ -1,4 +1,8 @@
-"""Helper threads that make a received tree durable while it arrives, and ``syncfs``."""
+"""The receiver's helper threads (file-system work, background ``syncfs``) and ``syncfs`` itself.
+
+They let writing overlap with decoding, and the kernel write small files out while data still
+arrives, so the final sync the sender waits for has little left.
+"""
 
 from __future__ import annotations
 

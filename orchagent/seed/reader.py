@@ -1,4 +1,9 @@
-"""Reading a directory tree into the seed stream (the sender's worker thread)."""
+"""Reading a directory tree into the seed stream (the sender's reader thread; blocking I/O).
+
+Walks without following symlinks, directories before their contents; sockets, fifos and devices
+are skipped (a datadir may hold ``mysql.sock``), hard links arrive as separate files, holes of
+sparse files are not sent.  Files are opened ahead and dropped from the page cache once read.
+"""
 
 from __future__ import annotations
 
@@ -98,7 +103,7 @@ class TreeReader:
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
                  batch_bytes: int = BATCH_BYTES) -> None:
         self._root = os.fsencode(root)
-        self._mac = mac  # every frame goes through it (protocol module docstring)
+        self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
         self._chunk = chunk_bytes
         self._batch = batch_bytes
         self._names: dict[tuple[str, int], bytes] = {}
@@ -143,7 +148,9 @@ class TreeReader:
                     data = os.pread(fd, min(self._chunk, end - offset), offset)
                     if not data:
                         raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
-                    if offset + len(data) < st.st_size:  # drop what was read (module docstring)
+                    # Drop what was read, so a datadir streamed once does not push out what the source's
+                    # MySQL has cached; from the file's start, as the kernel only drops whole folios.
+                    if offset + len(data) < st.st_size:
                         os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
                     header = self._authenticated(protocol.data_header(offset, len(data)))
                     self._mac.update(data)

@@ -1,4 +1,13 @@
-"""The receiving side of the built-in seed transfer: the seed port, armed per seed id."""
+"""The receiving side of the built-in seed transfer: the seed port, armed per seed id.
+
+    server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300, sender_ous=())
+    port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
+    transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
+
+Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
+learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
+within ``stall_timeout`` fails, naming the last refusal.
+"""
 
 from __future__ import annotations
 

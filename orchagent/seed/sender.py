@@ -1,4 +1,11 @@
-"""The sending side of the built-in seed transfer: :func:`send_tree`."""
+"""The sending side of the built-in seed transfer.
+
+    transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
+
+A reader thread walks, reads and MACs the source into a bounded pipe; on plain TCP a sending
+thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does.  The
+transfer succeeds only with the receiver's authenticated DONE.
+"""
 
 from __future__ import annotations
 

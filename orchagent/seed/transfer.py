@@ -1,8 +1,9 @@
 """What both sides of a built-in seed transfer share: a :class:`Transfer`'s life and its connection.
 
-A transfer moves data in worker threads of its own and ends in exactly one of succeeded, failed
-or aborted, reported only once no worker thread and no connection is left.  The sides are
-:mod:`orchagent.seed.receiver` and :mod:`orchagent.seed.sender`.
+The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``), the sending side
+:mod:`orchagent.seed.sender` (``send_tree``).  Each moves the data in worker threads of its own,
+so the reactor never blocks; why it is built so is in ``bench/RESULTS.md`` ("Why the seed engine
+is shaped as it is").
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ class TransferAborted(TransferFailed):
 
 
 class Transfer:
-    """One side of one seed transfer; see the module docstring."""
+    """One side of one seed transfer.
+
+    ``progress``, ``state`` (waiting, running, finishing, succeeded, failed, aborted), ``error``
+    (a :class:`TransferFailed` saying what failed), ``when_done()`` (a new Deferred each call:
+    None on authenticated success, else the error) and ``abort()``.  It ends in exactly one of
+    succeeded, failed or aborted, and ``when_done`` fires only once no worker thread and no
+    connection is left (and, on a failed receive, once its staging directory is gone).
+    """
 
     def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float) -> None:
         self.seed_id = seed_id

@@ -1,4 +1,10 @@
-"""Restoring a directory tree from the seed stream into a datadir (the receiver's worker thread)."""
+"""Restoring a directory tree from the seed stream into a datadir (the receiver's worker thread).
+
+The tree is written into a staging directory (:mod:`orchagent.seed.staging`) through directory
+descriptors only, each file under a hidden partial name renamed once its MAC matched; entries
+get the datadir's owner and lose set-uid, set-gid and sticky bits.  Everything is made durable
+(:mod:`orchagent.seed.durability`) before the tree moves into the datadir.
+"""
 
 from __future__ import annotations
 
@@ -230,7 +236,11 @@ class TreeWriter:
             self._ring.clear()
 
     def _create_partial(self, directory: int) -> tuple[bytes, int]:
-        """(name, descriptor) of a new empty file, hidden, in ``directory``."""
+        """(name, descriptor) of a new empty file, hidden, in ``directory``.
+
+        In the file's own directory, not one for all: ext4 without a journal scans past recently
+        deleted inodes near the directory's for each file it creates (``bench/RESULTS.md``).
+        """
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         while True:
             self._partial_serial += 1
