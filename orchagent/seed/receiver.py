@@ -50,7 +50,7 @@ class _ReceiveTransfer(Transfer):
         """Armed for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
         refused = f"; last {self.last_refusal}" if self.last_refusal else ""
         self.conclude(TransferFailed(f"no sender authenticated for seed {self.seed_id} within "
-                                      f"{self._stall_timeout:g} s{refused}"))
+                                     f"{self._stall_timeout:g} s{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
         for call in (self._sender_due, self._hand_over_call):
@@ -68,8 +68,8 @@ class _ReceiveTransfer(Transfer):
         self.connection_opened(connection)
         self._begin()
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
-                                            f"seed {self.seed_id} stalled: the sender did not send data "
-                                            f"for {self._stall_timeout:g} seconds")
+                                           f"seed {self.seed_id} stalled: the sender did not send data "
+                                           f"for {self._stall_timeout:g} seconds")
         writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac)
         if self._channel is None:
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))

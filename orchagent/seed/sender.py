@@ -44,7 +44,7 @@ class _SendTransfer(Transfer):
         def failed(failure: Failure) -> None:
             if not self.concluded:
                 self.conclude(TransferFailed(f"cannot connect to the seed receiver at {where}: "
-                                              f"{failure.getErrorMessage()}"))
+                                             f"{failure.getErrorMessage()}"))
 
         self._connecting.addCallbacks(lambda _: None, failed)
 
@@ -56,8 +56,8 @@ class _SendTransfer(Transfer):
         self._begin()
         self._pipe = Pipe(PIPE_BYTES)
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
-                                            f"seed {self.seed_id} stalled: the receiver did not take data "
-                                            f"for {self._stall_timeout:g} seconds")
+                                           f"seed {self.seed_id} stalled: the receiver did not take data "
+                                           f"for {self._stall_timeout:g} seconds")
         if self._channel is None:
             connection.register_as_producer()
             self._start_worker(self._read, mac, lambda: self._reactor.callFromThread(self.pump))
@@ -151,7 +151,7 @@ class _SenderProtocol(Connection):
             transfer.authenticated(self, self._session.stream_mac())
         elif kind == Kind.REFUSE:
             transfer.conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
-                                              f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
+                                             f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.FAIL:
             transfer.conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.PROGRESS and self._accepted:

@@ -94,8 +94,8 @@ class HandshakeTests(SynchronousTestCase):
 
     def _session(self, secret: bytes = SECRET, seed_id: str = "42", receiver_nonce: bytes | None = None,
                  tls_material: bytes = b"") -> authentication.Session:
-        return authentication.Session.derive(secret, seed_id, receiver_nonce or self.receiver_nonce, self.sender_nonce,
-                                       tls_material)
+        return authentication.Session.derive(secret, seed_id, receiver_nonce or self.receiver_nonce,
+                                             self.sender_nonce, tls_material)
 
     def _auth(self, session: authentication.Session) -> authentication.Auth:
         kind, payload = next(self._frames(authentication.auth(session)))
