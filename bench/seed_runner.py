@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orchagent import allocator  # noqa: E402
 from orchagent.config import Config  # noqa: E402
-from orchagent.seed.transfer import SeedReceiverServer, send_tree  # noqa: E402
+from orchagent.seed.receiver import SeedReceiverServer  # noqa: E402
+from orchagent.seed.sender import send_tree  # noqa: E402
 from orchagent.tls import client_creator, seed_server_options  # noqa: E402
 
 

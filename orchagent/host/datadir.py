@@ -51,8 +51,8 @@ DATADIR_MARKERS = {
     "aria_log_control": False,
 }
 
-#: What an empty datadir may still hold: a partial seed's staging directory (seed/tree.py's
-#: staging_path) and a file system's lost+found (a datadir that is a mount point).
+#: What an empty datadir may still hold: a partial seed's staging directory (seed/staging.py's
+#: STAGING_PREFIX) and a file system's lost+found (a datadir that is a mount point).
 _LEFTOVER = re.compile(r"\.orchagent-seed-[0-9]+|lost\+found")
 
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -10,11 +10,8 @@ target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
 * a receive that did not succeed leaves an empty datadir behind, never a partial one that
   MySQL could start on, and ``post-copy`` refuses to run after it;
 * records are persisted, and a seed that was running when the agent died is failed at start;
-* one receive at a time per datadir (409 for a second one), from arming until its partial copy is
-  cleared; which seed's data each datadir holds is persisted (:class:`Holder`) before any data
-  can flow, and a failed receive empties the datadir only while it still holds that seed's
-  partial data, so a late cleanup (after an abort, or at the next start) never removes a later
-  seed's data, and ``post-copy`` answers for the seed that is actually there.
+* one receive at a time per datadir, and a failed receive empties the datadir only while it
+  still holds that seed's partial data (:mod:`orchagent.seed.datadirs`).
 """
 
 from __future__ import annotations
@@ -31,9 +28,11 @@ from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.datadir import checked_datadir
-from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Holder,
-                                    SeedRecord, SeedStore)
-from orchagent.seed.transfer import SeedReceiverServer, send_tree
+from orchagent.seed.datadirs import DatadirHolders
+from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
+                                    SeedStore)
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 
 log = logs.logger(__name__)
 
@@ -70,11 +69,11 @@ class SeedManager(Service):
         self._defer_to_thread = defer_to_thread
         self._records: dict[int, SeedRecord] = {}
         self._jobs: dict[int, _Job] = {}
-        self._holders: dict[str, Holder] = {}  # datadir -> the seed whose data it holds
-        self._receiving: dict[str, int] = {}  # datadir -> the seed receiving into it or clearing it
         self._receiver: SeedReceiverServer | None = None
         self._ticks = 0
         self._save_lock = DeferredLock()
+        self._datadirs = DatadirHolders(
+            lambda holders: self._save_lock.run(self._defer_to_thread, self._store.save_holders, holders))
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
 
@@ -83,15 +82,14 @@ class SeedManager(Service):
     def startService(self) -> None:
         super().startService()
         self._records = self._store.load_all()
-        holders = self._store.load_holders()
-        self._holders = _holders_of(self._records.values()) if holders is None else holders
+        self._datadirs.load(self._store.load_holders(), self._records.values())
         for record in self._records.values():
             if record.state == RUNNING:
                 record.end(FAILED, "the agent stopped while this seed was running", self.now())
                 self._store.save(record)
                 log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
-                if record.role == "receive" and self._holders.get(record.path) == Holder(record.seed_id, PARTIAL):
-                    self._receiving[record.path] = record.seed_id  # no new receive until it is cleared
+                if record.role == "receive" and self._datadirs.holds_partial(record.path, record.seed_id):
+                    self._datadirs.reserve(record.path, record.seed_id)  # no new receive until it is cleared
                     Deferred.fromCoroutine(self._clear_after_restart(record))
         self._ticker.start(TICK_SECONDS, now=False).addErrback(
             lambda f: log.failure("seed progress ticker stopped", f))
@@ -117,13 +115,13 @@ class SeedManager(Service):
         await self._mysql.require_stopped("receive a seed into the datadir")
         # the guard of delete-mysql-datadir: receiving into /etc would be as bad as emptying it
         datadir = await self._defer_to_thread(checked_datadir, await self._mysql.datadir())
-        self._refuse_second_receive(datadir)
+        self._datadirs.refuse_second_receive(datadir)
         port = self._config.seed_transfer_port
         receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
         before = 0 if receiver is None else await self._usage_or_zero(datadir)
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
         self._refuse_when_full(seed_id)
-        self._refuse_second_receive(datadir)
+        self._datadirs.refuse_second_receive(datadir)
         if receiver is None:
             running = self._runner.start_configured(
                 self._config.receive_seed_data_command, (datadir, str(port)),
@@ -137,9 +135,7 @@ class SeedManager(Service):
             # mysql-du counts on from what du saw, so it never drops when the walk takes over again
             job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
-        self._receiving[datadir] = seed_id
-        self._holders[datadir] = Holder(seed_id, PARTIAL)
-        holder_saved = self._save_holders()  # on disk before the record, so before any data can arrive
+        holder_saved = self._datadirs.start_receive(datadir, seed_id)  # saved before the record, so before any data
         try:
             await self._begin(SeedRecord(seed_id, "receive", mode, "", datadir, self.now()), job)
         finally:
@@ -198,8 +194,8 @@ class SeedManager(Service):
     async def check_post_copy(self) -> None:
         """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole."""
         datadir = await self._mysql.datadir()
-        self._refuse_second_receive(datadir)
-        holder = self._holders.get(datadir)
+        self._datadirs.refuse_second_receive(datadir)
+        holder = self._datadirs.holder(datadir)
         if holder is None:
             if any(r.role == "receive" and r.path == datadir for r in self._records.values()):
                 raise Conflict(f"no record of which seed's data is in the datadir {datadir}; refusing to "
@@ -225,10 +221,7 @@ class SeedManager(Service):
 
     async def emptied(self, datadir: str) -> None:
         """The datadir holds no seed's data any more: ``post-copy`` must not pass on it."""
-        holder = self._holders.get(datadir)
-        if holder is not None and holder.data != EMPTIED:
-            self._holders[datadir] = Holder(holder.seed_id, EMPTIED)
-            await self._save_holders()
+        await self._datadirs.emptied(datadir)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -249,12 +242,6 @@ class SeedManager(Service):
         if len(self._jobs) >= self._config.max_concurrent_seeds:
             raise Busy(f"seed {seed_id} not started: {len(self._jobs)} seeds are running, as many as "
                        f"MaxConcurrentSeeds allows; retry when one has ended", BUSY_RETRY_SECONDS)
-
-    def _refuse_second_receive(self, datadir: str) -> None:
-        seed_id = self._receiving.get(datadir)
-        if seed_id is not None:
-            raise Conflict(f"seed {seed_id} is receiving into the datadir {datadir}, or its partial copy is "
-                           f"being removed: one receive per datadir at a time (abort-seed/{seed_id} first)")
 
     def _require_authentication(self) -> None:
         if not (self._config.seed_transfer_secret or self._config.seed_transfer_valid_ous):
@@ -344,11 +331,11 @@ class SeedManager(Service):
         if record.role == "receive":
             try:
                 if state == SUCCEEDED:
-                    await self._mark_holder(record, PARTIAL, COMPLETE)
+                    await self._datadirs.mark(record.path, record.seed_id, PARTIAL, COMPLETE)
                 else:
                     await self._clear_partial_copy(record)
             finally:
-                self._stop_receiving(record)
+                self._datadirs.release(record.path, record.seed_id)
         self._disk.invalidate()
         record.end(state, error, self.now())
         await self._save(record)
@@ -359,10 +346,9 @@ class SeedManager(Service):
 
     async def _clear_partial_copy(self, record: SeedRecord) -> None:
         """Empty the seed's datadir, only if it still holds this seed's partial data."""
-        holder = self._holders.get(record.path)
-        if holder != Holder(record.seed_id, PARTIAL):
+        if not self._datadirs.holds_partial(record.path, record.seed_id):
             log.info("seed {seed_id}: the datadir {path} does not hold its partial data ({holder}); "
-                     "left alone", seed_id=record.seed_id, path=record.path, holder=holder)
+                     "left alone", seed_id=record.seed_id, path=record.path, holder=self._datadirs.holder(record.path))
             return
         try:
             await self._eraser.empty(record.path, after_failed_seed=True)
@@ -370,26 +356,13 @@ class SeedManager(Service):
             log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
                       "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))
             return
-        await self._mark_holder(record, PARTIAL, EMPTIED)
+        await self._datadirs.mark(record.path, record.seed_id, PARTIAL, EMPTIED)
 
     async def _clear_after_restart(self, record: SeedRecord) -> None:
         try:
             await self._clear_partial_copy(record)
         finally:
-            self._stop_receiving(record)
-
-    def _stop_receiving(self, record: SeedRecord) -> None:
-        if self._receiving.get(record.path) == record.seed_id:
-            del self._receiving[record.path]
-
-    async def _mark_holder(self, record: SeedRecord, was: str, now: str) -> None:
-        """The datadir's holder goes from ``was`` to ``now``, if it is still this seed."""
-        if self._holders.get(record.path) == Holder(record.seed_id, was):
-            self._holders[record.path] = Holder(record.seed_id, now)
-            await self._save_holders()
-
-    def _save_holders(self) -> Deferred:
-        return self._save_lock.run(self._defer_to_thread, self._store.save_holders, dict(self._holders))
+            self._datadirs.release(record.path, record.seed_id)
 
     def _tick(self) -> Deferred:
         """Sample progress, catch stalled command-mode receives, persist now and then."""
@@ -432,16 +405,6 @@ class SeedManager(Service):
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""
         snapshot = attrs.evolve(record)
         return self._save_lock.run(self._defer_to_thread, self._store.save, snapshot)
-
-
-def _holders_of(records) -> dict[str, Holder]:
-    """Without ``datadirs.json`` (records of an older agent): each datadir holds its latest receive."""
-    holders: dict[str, Holder] = {}
-    for record in sorted(records, key=lambda r: r.started_at):
-        if record.role == "receive":
-            data = {RUNNING: PARTIAL, SUCCEEDED: COMPLETE}.get(record.state, EMPTIED)
-            holders[record.path] = Holder(record.seed_id, data)
-    return holders
 
 
 def _transfer_job(transfer) -> _Job:

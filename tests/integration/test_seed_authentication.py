@@ -15,9 +15,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
-from orchagent.seed import protocol
-from orchagent.seed.protocol import HEADER, Kind
-from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.seed import authentication
+from orchagent.seed.protocol import HEADER, Kind, TransferFailed
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_mitm import RewritingRelay
@@ -99,7 +100,7 @@ class TlsRelayTests(_Receiving, TestCase):
                             tls=client_creator(trusting, "localhost"))
         with self.assertRaises(TransferFailed) as caught:
             await sending.when_done()
-        self.assertIn(protocol.NOT_AUTHENTICATED, str(caught.exception))
+        self.assertIn(authentication.NOT_AUTHENTICATED, str(caught.exception))
         self.assertIn("relays the TLS connection", receiving.last_refusal)
         self.assertFalse(receiving.done)
         self.assertEqual(os.listdir(target), [])
@@ -153,7 +154,7 @@ def _stray_attempt(port: int, seed_id: str) -> tuple[bytes, float]:
         assert kind == Kind.HELLO
         _exactly(s, length)
         seed = seed_id.encode()
-        attempt = bytes([len(seed)]) + seed + os.urandom(protocol.NONCE_BYTES) + os.urandom(32)
+        attempt = bytes([len(seed)]) + seed + os.urandom(authentication.NONCE_BYTES) + os.urandom(32)
         started = time.perf_counter()
         s.sendall(HEADER.pack(Kind.AUTH, len(attempt)) + attempt)
         answer = bytearray()

@@ -9,7 +9,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
-from orchagent.seed.transfer import SeedReceiverServer
+from orchagent.seed.receiver import SeedReceiverServer
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:

@@ -5,8 +5,8 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.seed import protocol
-from orchagent.seed.tree import TreeReader
+from orchagent.seed import authentication
+from orchagent.seed.reader import TreeReader
 
 MB = 1024 * 1024
 
@@ -33,7 +33,7 @@ class SourcePageCacheTests(SynchronousTestCase):
         self.assertGreater(resident_bytes(small), 0)
 
         sent, midway = 0, None
-        for batch in TreeReader(source, protocol.StreamMac(bytes(32))).batches():
+        for batch in TreeReader(source, authentication.StreamMac(bytes(32))).batches():
             sent += batch.data_bytes
             if midway is None and sent >= 8 * MB:  # the big file is read up to here, not further
                 midway = resident_bytes(big)

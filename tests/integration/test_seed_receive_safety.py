@@ -24,7 +24,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 from tests.support import datadir_attacker
 from tests.support.agent import free_port, start_agent
 from tests.support.orchestrator import HostAgent, Orchestrator

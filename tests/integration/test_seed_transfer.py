@@ -14,8 +14,10 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
-from orchagent.seed import protocol
-from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from orchagent.seed import authentication, protocol
+from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
 from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
@@ -108,7 +110,7 @@ class SeedTransferTests(TestCase):
             self.assertIn("SeedTransferValidOUs" if listen.get("sender_ous") else "SeedTransferSecret",
                           receiving.last_refusal)
             await receiving.abort()
-            self.assertIn(protocol.NOT_AUTHENTICATED, str(caught.exception))  # the sender is not told which
+            self.assertIn(authentication.NOT_AUTHENTICATED, str(caught.exception))  # the sender is not told which
             return receiving.last_refusal
         return str(caught.exception)
 
@@ -262,9 +264,9 @@ class SilentSender(Protocol):
         self._frames.feed(data)
         for kind, payload in self._frames.frames():
             if kind == protocol.Kind.HELLO:
-                nonce = protocol.parse_hello(payload)
-                session = protocol.Session.derive(SECRET, self._seed_id, nonce, protocol.new_nonce())
-                self.transport.write(protocol.auth(session))
+                nonce = authentication.parse_hello(payload)
+                session = authentication.Session.derive(SECRET, self._seed_id, nonce, authentication.new_nonce())
+                self.transport.write(authentication.auth(session))
 
 
 class CorruptingProxy(ServerFactory):

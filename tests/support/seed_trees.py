@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import stat
 
-from orchagent.seed import protocol
-from orchagent.seed.tree import TreeReader, TreeWriter
+from orchagent.seed import authentication
+from orchagent.seed.reader import TreeReader
+from orchagent.seed.writer import TreeWriter
 
 SECRET = b"s3cret"
-SESSION = protocol.Session.derive(SECRET, "9", protocol.new_nonce(), protocol.new_nonce())
+SESSION = authentication.Session.derive(SECRET, "9", authentication.new_nonce(), authentication.new_nonce())
 
 
-def tree_stream(root: str, session: protocol.Session = SESSION) -> bytes:
+def tree_stream(root: str, session: authentication.Session = SESSION) -> bytes:
     """The whole seed stream of ``root``, as a sender would send it for seed 9."""
     batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024).batches()
     return b"".join(part for batch in batches for part in batch.parts)

@@ -7,9 +7,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.seed import protocol
+from orchagent.seed import authentication, protocol
 from orchagent.seed.protocol import Kind
-from orchagent.seed.transfer import SeedReceiverServer, _ReceiverFactory
+from orchagent.seed.receiver import SeedReceiverServer, _ReceiverFactory
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -44,7 +44,7 @@ class SeedLimitTests(SynchronousTestCase):
         frames.feed(transport.value())
         (kind, reason), = frames.frames()
         self.assertEqual(kind, Kind.REFUSE)
-        self.assertEqual(reason, protocol.NOT_AUTHENTICATED.encode())  # the peer learns nothing more
+        self.assertEqual(reason, authentication.NOT_AUTHENTICATED.encode())  # the peer learns nothing more
         self.assertTrue(transport.disconnecting)
         self.assertTrue(any("within 5 seconds (SeedHandshakeTimeoutSeconds)" in line for line in logged), logged)
 

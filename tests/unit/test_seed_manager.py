@@ -17,7 +17,7 @@ from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
-from orchagent.seed.tree import Progress
+from orchagent.seed.transfer import Progress
 from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
 
@@ -386,7 +386,7 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
     def test_a_failed_receive_leaves_data_it_does_not_hold_alone(self):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
-        manager._holders[self.datadir] = Holder(7, "complete")  # as if another seed's data were there
+        self.settle(manager.emptied(self.datadir))  # the datadir no longer holds seed 1's partial data
         self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
         self.assertEqual(self.eraser.emptied, 0)
         self.assertEqual(manager.record(1).state, "failed")

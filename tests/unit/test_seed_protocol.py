@@ -11,15 +11,16 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.seed import protocol
+from orchagent.seed import authentication, protocol
+from orchagent.seed.decoder import StreamDecoder
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError
-from orchagent.seed.transfer import SeedReceiverServer, _ReceiverProtocol
-from orchagent.seed.tree import RECEIVE_BUFFERS, TreeWriter
+from orchagent.seed.receiver import SeedReceiverServer, _ReceiverProtocol
+from orchagent.seed.writer import RECEIVE_BUFFERS, TreeWriter
 from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
 
-def decoder(handler) -> protocol.StreamDecoder:
-    return protocol.StreamDecoder(handler, SESSION.stream_mac())
+def decoder(handler) -> StreamDecoder:
+    return StreamDecoder(handler, SESSION.stream_mac())
 
 
 def split_frames(stream: bytes) -> list[bytes]:
@@ -89,17 +90,17 @@ class HandshakeTests(SynchronousTestCase):
     """Both proofs need the secret, both nonces, the seed id and (over TLS) the TLS session."""
 
     def setUp(self):
-        self.receiver_nonce, self.sender_nonce = protocol.new_nonce(), protocol.new_nonce()
+        self.receiver_nonce, self.sender_nonce = authentication.new_nonce(), authentication.new_nonce()
 
     def _session(self, secret: bytes = SECRET, seed_id: str = "42", receiver_nonce: bytes | None = None,
-                 tls_material: bytes = b"") -> protocol.Session:
-        return protocol.Session.derive(secret, seed_id, receiver_nonce or self.receiver_nonce, self.sender_nonce,
-                                       tls_material)
+                 tls_material: bytes = b"") -> authentication.Session:
+        return authentication.Session.derive(secret, seed_id, receiver_nonce or self.receiver_nonce,
+                                             self.sender_nonce, tls_material)
 
-    def _auth(self, session: protocol.Session) -> protocol.Auth:
-        kind, payload = next(self._frames(protocol.auth(session)))
+    def _auth(self, session: authentication.Session) -> authentication.Auth:
+        kind, payload = next(self._frames(authentication.auth(session)))
         self.assertEqual(kind, Kind.AUTH)
-        return protocol.parse_auth(payload)
+        return authentication.parse_auth(payload)
 
     def _frames(self, data: bytes):
         frames = protocol.FrameBuffer()
@@ -111,16 +112,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual((auth.seed_id, auth.sender_nonce), ("42", self.sender_nonce))
         self.assertTrue(auth.valid(self._session()))
         self.assertFalse(self._auth(self._session(b"other")).valid(self._session()))
-        self.assertFalse(auth.valid(self._session(receiver_nonce=protocol.new_nonce())))  # no replay
+        self.assertFalse(auth.valid(self._session(receiver_nonce=authentication.new_nonce())))  # no replay
         self.assertFalse(auth.valid(self._session(seed_id="43")))
 
     def test_receiver_proves_itself_back(self):
-        _, payload = next(self._frames(protocol.accept(self._session())))
+        _, payload = next(self._frames(authentication.accept(self._session())))
         self.assertTrue(self._session().proves(b"receiver", payload))
         self.assertFalse(self._session(seed_id="43").proves(b"receiver", payload))
         self.assertFalse(self._session(b"other").proves(b"receiver", payload))
         self.assertFalse(self._session().proves(b"sender", payload))  # one role's proof is not another's
-        _, done = next(self._frames(protocol.done(self._session())))
+        _, done = next(self._frames(authentication.done(self._session())))
         self.assertTrue(self._session().proves(b"done", done))
         self.assertFalse(self._session().proves(b"receiver", done))
 
@@ -135,16 +136,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertFalse(auth.valid(self._session(tls_material=other)))
 
     def test_hello_checks_magic_and_version(self):
-        _, payload = next(self._frames(protocol.hello(self.receiver_nonce)))
-        self.assertEqual(protocol.parse_hello(payload), self.receiver_nonce)
-        self.assertRaises(ProtocolError, protocol.parse_hello, b"HTTP/1.1" + payload[8:])
+        _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
+        self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
+        self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
         older = payload[:8] + (1).to_bytes(2, "big") + payload[10:]  # protocol v1 did not authenticate data
-        self.assertRaisesRegex(ProtocolError, "version 1, this agent 2: upgrade both agents", protocol.parse_hello,
-                               older)
+        self.assertRaisesRegex(ProtocolError, "version 1, this agent 2: upgrade both agents",
+                               authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
-        payload = bytes([65]) + b"9" * 65 + self.sender_nonce + bytes(protocol.TAG_BYTES)
-        self.assertRaisesRegex(ProtocolError, "malformed", protocol.parse_auth, payload)
+        payload = bytes([65]) + b"9" * 65 + self.sender_nonce + bytes(authentication.TAG_BYTES)
+        self.assertRaisesRegex(ProtocolError, "malformed", authentication.parse_auth, payload)
 
 
 class StreamTests(SynchronousTestCase):
@@ -191,7 +192,8 @@ class StreamTests(SynchronousTestCase):
             decoder(Recorder()).feed(corrupted)
 
     def test_a_stream_made_with_another_session_key_fails_its_first_file(self):
-        other = protocol.Session.derive(b"not the secret", "9", protocol.new_nonce(), protocol.new_nonce())
+        other = authentication.Session.derive(b"not the secret", "9", authentication.new_nonce(),
+                                              authentication.new_nonce())
         recorder = Recorder()
         with self.assertRaisesRegex(ChecksumMismatch, "is not authentic"):
             decoder(recorder).feed(tree_stream(self.root, other))
@@ -400,7 +402,7 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         frames.feed(self.transport.value())
         (kind, payload), = frames.frames()
         self.assertEqual(kind, Kind.HELLO)
-        self.nonce = protocol.parse_hello(payload)
+        self.nonce = authentication.parse_hello(payload)
         self.transport.clear()
 
     def _answer(self) -> tuple[Kind, bytes]:
@@ -410,7 +412,8 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         return answer
 
     def _auth(self, secret: bytes, seed_id: str = "5") -> bytes:
-        return protocol.auth(protocol.Session.derive(secret, seed_id, self.nonce, protocol.new_nonce()))
+        session = authentication.Session.derive(secret, seed_id, self.nonce, authentication.new_nonce())
+        return authentication.auth(session)
 
     def _refusal_to_a_new_connection(self, attempt: bytes) -> bytes:
         connection = _ReceiverProtocol(self.server)
@@ -418,7 +421,7 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         connection.makeConnection(transport)
         hello = transport.value()
         transport.clear()
-        nonce = protocol.parse_hello(hello[protocol.HEADER.size:])
+        nonce = authentication.parse_hello(hello[protocol.HEADER.size:])
         connection.dataReceived(attempt(nonce))
         self.assertTrue(transport.disconnecting)
         return transport.value()
@@ -431,7 +434,7 @@ class ReceiverHandshakeTests(SynchronousTestCase):
     def test_wrong_secret_is_refused_and_noted(self):
         transfer = self.server.arm("5", "/nonexistent")
         self.connection.dataReceived(self._auth(b"wrong"))
-        self.assertEqual(self._answer(), (Kind.REFUSE, protocol.NOT_AUTHENTICATED.encode()))
+        self.assertEqual(self._answer(), (Kind.REFUSE, authentication.NOT_AUTHENTICATED.encode()))
         self.assertTrue(self.transport.disconnecting)
         self.assertIn("different SeedTransferSecret", transfer.last_refusal)  # the detail stays here
         self.assertFalse(transfer.done)
@@ -440,13 +443,14 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.server.arm("5", "/nonexistent")
 
         def wrong_secret(seed_id):
-            return lambda nonce: protocol.auth(protocol.Session.derive(b"wrong", seed_id, nonce, protocol.new_nonce()))
+            return lambda nonce: authentication.auth(
+                authentication.Session.derive(b"wrong", seed_id, nonce, authentication.new_nonce()))
 
         refusals = {self._refusal_to_a_new_connection(attempt) for attempt in (
             wrong_secret("5"), wrong_secret("6"),
             lambda nonce: protocol.reason_frame(Kind.FAIL, "seed protocol version 1"),
             lambda nonce: b"GET / HTTP/1.1\r\n\r\n")}
-        self.assertEqual(refusals, {protocol.reason_frame(Kind.REFUSE, protocol.NOT_AUTHENTICATED)})
+        self.assertEqual(refusals, {protocol.reason_frame(Kind.REFUSE, authentication.NOT_AUTHENTICATED)})
 
     def test_an_armed_receive_fails_when_no_sender_authenticates_in_time(self):
         transfer = self.server.arm("5", "/nonexistent")
@@ -465,7 +469,7 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.clock.advance(29)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
-        self.assertEqual(self._answer(), (Kind.REFUSE, protocol.NOT_AUTHENTICATED.encode()))
+        self.assertEqual(self._answer(), (Kind.REFUSE, authentication.NOT_AUTHENTICATED.encode()))
         self.assertTrue(self.transport.disconnecting)
 
     def test_a_second_armed_receive_for_one_seed_conflicts(self):

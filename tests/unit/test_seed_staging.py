@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import protocol, staging
 from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
-from orchagent.seed.tree import TreeWriter
+from orchagent.seed.writer import TreeWriter
 from tests.support.seed_trees import SESSION, describe_tree, tree_stream, writer_into
 
 

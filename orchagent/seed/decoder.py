@@ -1,0 +1,162 @@
+"""The receiving side's stream decoder: bytes in any chunking to handler calls, authenticated."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Protocol
+
+from orchagent.seed.authentication import TAG_BYTES, StreamMac
+from orchagent.seed.protocol import (COUNTS, DATA_OFFSET, DATA_START, HEADER, MAX_DATA_PAYLOAD, MAX_META_PAYLOAD,
+                                     ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError, TransferFailed, kind_of,
+                                     parse_counts, parse_entry)
+
+
+class StreamHandler(Protocol):
+    """What :class:`StreamDecoder` calls, in stream order."""
+
+    def totals(self, files: int, nbytes: int) -> None: ...
+
+    def entry(self, entry: Entry) -> None: ...
+
+    def data(self, offset: int, piece: memoryview) -> None: ...
+
+    def file_end(self) -> None: ...
+
+    def end(self, files: int, nbytes: int) -> None: ...
+
+
+class StreamDecoder:
+    """Turns the sender's byte stream (any chunking) into handler calls, authenticating it.
+
+    Every file is checked at its FILE_END, before the handler hears of it, and the whole stream
+    at END.  DATA payloads are handed on as slices of the received chunks, never copied or
+    reassembled, so decoding costs one MAC update per piece.  A frame that lies whole in the chunk (nearly
+    all of them) is parsed in place; only one cut by a chunk boundary is collected byte-wise.
+    """
+
+    def __init__(self, handler: StreamHandler, mac: StreamMac) -> None:
+        self._handler = handler
+        self._mac = mac
+        self._pending = bytearray()  # an incomplete header or small frame
+        self._data_left = 0  # bytes of the current DATA payload still to come
+        self._data_at = 0  # file offset of the next data byte
+        self._file: Entry | None = None
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        at, size = 0, len(view)
+        while at < size:
+            if self._data_left:
+                take = min(self._data_left, size - at)
+                piece = view[at:at + take]
+                self._mac.update(piece)
+                self._handler.data(self._data_at, piece)
+                self._data_at += take
+                self._data_left -= take
+                at += take
+            elif not self._pending and size - at >= DATA_START:
+                at = self._take_whole_frame(view, at)
+            else:
+                at = self._take_frame(view, at)
+
+    def _take_whole_frame(self, view: memoryview, at: int) -> int:
+        """The fast path of :meth:`_take_frame`: the header, and a small payload, are all in ``view``."""
+        kind, length = HEADER.unpack_from(view, at)
+        if kind == Kind.DATA:
+            if not DATA_OFFSET.size <= length <= MAX_DATA_PAYLOAD:
+                raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+            self._start_data(bytes(view[at:at + DATA_START]), length - DATA_OFFSET.size)
+            return at + DATA_START
+        end = at + HEADER.size + length
+        if end > len(view):
+            return self._take_frame(view, at)
+        if length > MAX_META_PAYLOAD:
+            raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+        self._dispatch(kind_of(kind), bytes(view[at + HEADER.size:end]))
+        return end
+
+    def _take_frame(self, view: memoryview, at: int) -> int:
+        """Consume the header (and small payload) of one frame; return the new position."""
+        pending = self._pending
+        need = HEADER.size
+        if len(pending) >= HEADER.size:
+            kind, length = HEADER.unpack_from(pending)
+            need += DATA_OFFSET.size if kind == Kind.DATA else length
+        take = min(need - len(pending), len(view) - at)
+        pending += view[at:at + take]
+        at += take
+        if len(pending) == HEADER.size:
+            kind, length = HEADER.unpack_from(pending)
+            limit = MAX_DATA_PAYLOAD if kind == Kind.DATA else MAX_META_PAYLOAD
+            if length > limit or (kind == Kind.DATA and length < DATA_OFFSET.size):
+                raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
+            if kind != Kind.DATA and length == 0:
+                self._dispatch(kind_of(kind), b"")
+                pending.clear()
+            return at
+        if len(pending) < HEADER.size:
+            return at
+        kind, length = HEADER.unpack_from(pending)
+        if kind == Kind.DATA and len(pending) == HEADER.size + DATA_OFFSET.size:
+            self._start_data(bytes(pending), length - DATA_OFFSET.size)
+            pending.clear()
+        elif kind != Kind.DATA and len(pending) == HEADER.size + length:
+            self._dispatch(kind_of(kind), bytes(pending[HEADER.size:]))
+            pending.clear()
+        return at
+
+    def _start_data(self, header: bytes, length: int) -> None:
+        """``header``: the DATA frame's header and offset; ``length`` file bytes follow."""
+        if self._file is None:
+            raise ProtocolError("file data outside a file")
+        (offset,) = DATA_OFFSET.unpack_from(header, HEADER.size)
+        if offset + length > self._file.size:
+            raise ProtocolError(f"data beyond the end of {self._file.path!r}")
+        self._mac.update(header)
+        self._data_at, self._data_left = offset, length
+
+    def _dispatch(self, kind: Kind, payload: bytes) -> None:
+        if self.ended:
+            raise ProtocolError("frames after the end of the stream")
+        if kind == Kind.FAIL:
+            raise TransferFailed(f"the sender failed: {payload.decode('utf-8', 'replace')}")
+        if kind in (Kind.FILE_END, Kind.END):
+            self._check_tag(kind, payload)
+        else:
+            self._mac.update(HEADER.pack(kind, len(payload)) + payload)
+        if kind == Kind.ENTRY:
+            if self._file is not None:
+                raise ProtocolError(f"entry inside file {self._file.path!r}")
+            entry = parse_entry(payload)
+            if entry.kind == EntryKind.FILE:
+                self._file = entry
+            self._handler.entry(entry)
+        elif kind == Kind.FILE_END:
+            self._file = None
+            self._handler.file_end()
+        elif kind == Kind.TOTALS:
+            self._handler.totals(*parse_counts(payload))
+        elif kind == Kind.END:
+            self.ended = True
+            self._handler.end(*parse_counts(payload[:COUNTS.size]))
+        else:
+            raise ProtocolError(f"unexpected {kind.name} frame in the data stream")
+
+    def _check_tag(self, kind: Kind, payload: bytes) -> None:
+        """FILE_END and END: the tag at the payload's end must be the MAC of the stream up to it."""
+        if kind == Kind.FILE_END and self._file is None:
+            raise ProtocolError("file end outside a file")
+        if kind == Kind.END and self._file is not None:
+            raise ProtocolError(f"stream ended inside file {self._file.path!r}")
+        if len(payload) != (TAG_BYTES if kind == Kind.FILE_END else COUNTS.size + TAG_BYTES):
+            raise ProtocolError(f"malformed {kind.name} frame")
+        self._mac.update(HEADER.pack(kind, len(payload)) + payload[:-TAG_BYTES])
+        if hmac.compare_digest(self._mac.tag(), payload[-TAG_BYTES:]):
+            return
+        if kind == Kind.FILE_END:
+            raise ChecksumMismatch(f"{os.fsdecode(self._file.path)!r} is not authentic: its data or metadata "
+                                   "changed in transit (corrupted, or altered on the network path)")
+        raise ChecksumMismatch("the seed stream is not authentic: its directories, symlinks or frames "
+                               "changed in transit (corrupted, or altered on the network path)")

@@ -1,0 +1,220 @@
+"""Reading a directory tree into the seed stream (the sender's reader thread; blocking I/O).
+
+Walks without following symlinks, directories before their contents; sockets, fifos and devices
+are skipped (a datadir may hold ``mysql.sock``), hard links arrive as separate files, holes of
+sparse files are not sent.  Files are opened ahead and dropped from the page cache once read.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import grp
+import os
+import pwd
+import stat
+from typing import Iterator
+
+import attrs
+
+from orchagent.seed import authentication, protocol
+from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
+
+CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
+BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
+READ_AHEAD_FILES = 64  # the sender opens files this far ahead and starts reading them
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # of each file opened ahead (sequential read-ahead does the rest)
+
+
+@attrs.frozen
+class Batch:
+    """Frames to write in one go, and the progress they carry."""
+
+    parts: list[bytes]
+    data_bytes: int  # logical file bytes completed by these frames (holes included)
+    files: int  # files completed by these frames
+    totals: tuple[int, int] | None = None  # (files, bytes) of the whole tree, in the first batch
+    final: bool = False  # the END frame is in here
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
+
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+    """(relative path, absolute path, lstat) of everything below ``root``, parents first."""
+    stack = [b""]
+    while stack:
+        relative_dir = stack.pop()
+        directory = os.path.join(root, relative_dir) if relative_dir else root
+        with os.scandir(directory) as entries:
+            children = sorted(entries, key=lambda e: e.name)
+        for child in children:
+            relative = relative_dir + b"/" + child.name if relative_dir else child.name
+            st = child.stat(follow_symlinks=False)
+            yield relative, child.path, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(relative)
+
+
+def _opened_ahead(entries: Iterator[tuple[bytes, bytes, os.stat_result]], depth: int,
+                  ) -> Iterator[tuple[bytes, bytes, os.stat_result, int]]:
+    """The walk, with each regular file opened ``depth`` entries early and its reading started.
+
+    Reading thousands of small files one after the other waits for the disk once per file;
+    ``POSIX_FADV_WILLNEED`` queues the reads of the next files without waiting, so the disk
+    works on many at once while this thread hashes and sends.  The consumer owns (and closes)
+    the descriptor it is given (-1 for anything but a regular file).
+    """
+    ahead: collections.deque[tuple[bytes, bytes, os.stat_result, int]] = collections.deque()
+    try:
+        for relative, path, st in entries:
+            fd = -1
+            if stat.S_ISREG(st.st_mode):
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                os.posix_fadvise(fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+                if st.st_size > READ_AHEAD_BYTES:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            ahead.append((relative, path, st, fd))
+            if len(ahead) > depth:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
+    finally:
+        for *_, fd in ahead:
+            if fd >= 0:
+                os.close(fd)
+
+
+def count_tree(root: str) -> tuple[int, int]:
+    """(files, bytes) a transfer of ``root`` will carry: the quick walk behind the totals."""
+    files = nbytes = 0
+    for _, _, st in _walk(os.fsencode(root)):
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            nbytes += st.st_size
+    return files, nbytes
+
+
+class TreeReader:
+    """Yields the whole stream for one source directory as :class:`Batch` es."""
+
+    def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
+                 batch_bytes: int = BATCH_BYTES) -> None:
+        self._root = os.fsencode(root)
+        self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
+        self._chunk = chunk_bytes
+        self._batch = batch_bytes
+        self._names: dict[tuple[str, int], bytes] = {}
+        self._pending: list[bytes] = []
+        self._pending_size = self._pending_bytes = self._pending_files = 0
+
+    def batches(self) -> Iterator[Batch]:
+        if not os.path.isdir(self._root):
+            raise TransferFailed(f"seed source {os.fsdecode(self._root)!r} is not a directory")
+        totals = count_tree(os.fsdecode(self._root))
+        yield Batch([self._authenticated(protocol.counts_frame(Kind.TOTALS, *totals))], 0, 0, totals=totals)
+        entries = _opened_ahead(_walk(self._root), READ_AHEAD_FILES)
+        try:
+            yield from self._entries(entries)
+        finally:
+            entries.close()  # closes the files opened ahead when the transfer stops early
+
+    def _entries(self, entries: Iterator[tuple[bytes, bytes, os.stat_result, int]]) -> Iterator[Batch]:
+        files = nbytes = 0
+        for relative, path, st, fd in entries:
+            if stat.S_ISDIR(st.st_mode):
+                self._add(self._entry_frame(self._entry(EntryKind.DIR, relative, st)))
+            elif stat.S_ISLNK(st.st_mode):
+                entry = self._entry(EntryKind.SYMLINK, relative, st, target=os.readlink(path))
+                self._add(self._entry_frame(entry))
+            elif stat.S_ISREG(st.st_mode):
+                size = yield from self._file(relative, path, fd)
+                files += 1
+                nbytes += size
+            if self._pending_size >= self._batch:
+                yield from self._flush()
+        yield from self._flush()
+        yield Batch([self._mac.end(files, nbytes)], 0, 0, final=True)
+
+    def _file(self, relative: bytes, path: bytes, fd: int) -> Iterator[Batch]:
+        try:
+            st = os.fstat(fd)
+            self._add(self._entry_frame(self._entry(EntryKind.FILE, relative, st)))
+            sent = 0
+            for start, end in _extents(fd, st):
+                for offset in range(start, end, self._chunk):
+                    data = os.pread(fd, min(self._chunk, end - offset), offset)
+                    if not data:
+                        raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
+                    # Drop what was read, so a datadir streamed once does not push out what the source's
+                    # MySQL has cached; from the file's start, as the kernel only drops whole folios.
+                    if offset + len(data) < st.st_size:
+                        os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
+                    header = self._authenticated(protocol.data_header(offset, len(data)))
+                    self._mac.update(data)
+                    sent += len(data)
+                    if len(data) >= self._batch // 4:
+                        yield from self._flush()
+                        yield Batch([header, data], len(data), 0)
+                    else:
+                        self._add(header + data, len(data))
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            self._add(self._mac.file_end(), st.st_size - sent, 1)
+            return st.st_size
+        finally:
+            os.close(fd)
+
+    def _authenticated(self, part: bytes) -> bytes:
+        self._mac.update(part)
+        return part
+
+    def _entry_frame(self, entry: Entry) -> bytes:
+        return self._authenticated(protocol.frame(Kind.ENTRY, entry.encode()))
+
+    def _entry(self, kind: EntryKind, relative: bytes, st: os.stat_result, target: bytes = b"") -> Entry:
+        return Entry(kind, relative, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                     st.st_size if kind == EntryKind.FILE else 0, st.st_uid, st.st_gid,
+                     self._name("user", st.st_uid), self._name("group", st.st_gid), target)
+
+    def _name(self, kind: str, number: int) -> bytes:
+        key = (kind, number)
+        if key not in self._names:
+            try:
+                name = pwd.getpwuid(number).pw_name if kind == "user" else grp.getgrgid(number).gr_name
+            except KeyError:
+                name = ""
+            self._names[key] = name.encode()
+        return self._names[key]
+
+    def _add(self, part: bytes, data_bytes: int = 0, files: int = 0) -> None:
+        self._pending.append(part)
+        self._pending_size += len(part)
+        self._pending_bytes += data_bytes
+        self._pending_files += files
+
+    def _flush(self) -> Iterator[Batch]:
+        if self._pending:
+            yield Batch(self._pending, self._pending_bytes, self._pending_files)
+        self._pending = []
+        self._pending_size = self._pending_bytes = self._pending_files = 0
+
+
+def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data regions of a file; one region unless the file has holes."""
+    if st.st_blocks * 512 >= st.st_size:
+        if st.st_size:
+            yield 0, st.st_size
+        return
+    offset = 0
+    while offset < st.st_size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), st.st_size)
+        yield start, end
+        offset = end

@@ -1,0 +1,351 @@
+"""The receiving side of the built-in seed transfer: the seed port, armed per seed id.
+
+    server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300, sender_ous=())
+    port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
+    transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
+
+Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
+learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
+within ``stall_timeout`` fails, naming the last refusal.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Collection
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from orchagent import logs
+from orchagent.connections import ConnectionCap
+from orchagent.errors import Conflict
+from orchagent.seed import authentication, protocol
+from orchagent.seed.channel import SocketChannel
+from orchagent.seed.pipe import Pipe
+from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
+from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
+from orchagent.seed.writer import TreeWriter
+from orchagent.tls import peer_ous
+
+log = logs.logger(__name__)
+
+TLS_CHUNK_BYTES = 1024 * 1024  # what the receiver's reactor hands its writer at once (TLS)
+
+
+class _ReceiveTransfer(Transfer):
+    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float) -> None:
+        super().__init__(reactor, seed_id, "receive", stall_timeout)
+        self.datadir = datadir
+        self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
+        self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
+        self._incoming_bytes = 0
+        self._hand_over_call: Any = None
+
+    def _no_sender(self) -> None:
+        """Armed for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
+        refused = f"; last {self.last_refusal}" if self.last_refusal else ""
+        self.conclude(TransferFailed(f"no sender authenticated for seed {self.seed_id} within "
+                                     f"{self._stall_timeout:g} s{refused}"))
+
+    def conclude(self, error: TransferFailed | None) -> None:
+        for call in (self._sender_due, self._hand_over_call):
+            if call is not None and call.active():
+                call.cancel()
+        super().conclude(error)
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def attach(self, connection: _ReceiverProtocol, early: bytes, mac: authentication.StreamMac) -> None:
+        """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
+        self._sender_due.cancel()
+        self.connection_opened(connection)
+        self._begin()
+        self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
+                                           f"seed {self.seed_id} stalled: the sender did not send data "
+                                           f"for {self._stall_timeout:g} seconds")
+        writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac)
+        if self._channel is None:
+            self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
+            source = self._pipe.get_wait
+        else:
+            connection.pause_reading()  # the worker reads the socket from now on
+            connection.setTimeout(None)  # and notices a stall itself
+            source = lambda: self._channel.receive(writer.free_buffer())  # noqa: E731
+        self._start_worker(self._write, writer, early, source)
+
+    def received(self, data: bytes) -> None:
+        """From the reactor (TLS): stream bytes for the writer.
+
+        The TLS layer hands them over in pieces of at most 32 KB.  They go to the writer joined
+        into chunks of about a MB (or what one reactor turn brought), so its thread wakes,
+        decodes and writes once per chunk rather than per piece.
+        """
+        if self._concluded or self._pipe is None:
+            return  # or bytes after the end of the stream (plain TCP): nothing reads them
+        self._incoming.append(data)
+        self._incoming_bytes += len(data)
+        if self._incoming_bytes >= TLS_CHUNK_BYTES:
+            self._hand_over()
+        elif self._hand_over_call is None:
+            self._hand_over_call = self._reactor.callLater(0, self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self._hand_over_call is not None:
+            if self._hand_over_call.active():
+                self._hand_over_call.cancel()
+            self._hand_over_call = None
+        if not self._incoming or self._concluded:
+            return
+        chunk, size = b"".join(self._incoming), self._incoming_bytes
+        self._incoming, self._incoming_bytes = [], 0
+        if self._pipe.put(chunk, size):
+            self._connection.pause_reading()
+
+    def connection_closed(self) -> None:
+        if self._pipe is not None:
+            self._hand_over()
+            self._pipe.finish()  # the writer decides: whole tree received, or cut short
+        super().connection_closed()
+
+    def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any]) -> None:
+        """Worker thread: everything that touches the target disk.
+
+        ``source`` gives the next piece of the stream (None at its end): the pipe's items, or
+        views of the writer's reused buffers, which it takes back once written.
+        """
+        try:
+            writer.start()
+            writer.feed(early)
+            while not writer.ended:
+                chunk = source()
+                if chunk is None:
+                    break
+                writer.feed(chunk)
+            self._reactor.callFromThread(self._finishing)
+            writer.finish(lambda: self._concluded)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def _finishing(self) -> None:
+        if not self._concluded:
+            self.state = "finishing"
+            self._connection.setTimeout(None)  # no data is due any more; keepalives go on
+            if self._channel is not None:
+                self._connection.resume_reading()  # notice the sender leaving
+
+    def _worker_succeeded(self) -> None:
+        self.conclude(None)
+
+
+class _ReceiverProtocol(Connection):
+    def __init__(self, server: SeedReceiverServer) -> None:
+        super().__init__(server.reactor, server.stall_timeout)
+        self._server = server
+        self._nonce = authentication.new_nonce()
+        self._transfer: _ReceiveTransfer | None = None
+        self._session: authentication.Session | None = None  # once the sender is accepted
+        self._keepalive: LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The stall timer restarts on every byte; this one does not, so a trickle cannot hold the port.
+        self._handshake_due = self._reactor.callLater(self._server.handshake_timeout, self._handshake_expired)
+        self.transport.write(authentication.hello(self._nonce))
+
+    def _handshake_expired(self) -> None:
+        if self._transfer is None and not self._closed:
+            self._refuse(f"the sender did not authenticate within {self._server.handshake_timeout:g} seconds "
+                         "(SeedHandshakeTimeoutSeconds)")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.resetTimeout()
+        if self._transfer is not None:
+            self._transfer.received(data)
+            return
+        self._frames.feed(data)
+        try:
+            for kind, payload in self._frames.frames():
+                if kind == Kind.FAIL:  # e.g. a sender of another protocol version
+                    raise ProtocolError(f"the sender gave up: {payload.decode('utf-8', 'replace')}")
+                if kind != Kind.AUTH:
+                    raise ProtocolError(f"expected authentication, got {kind.name}")
+                self._authenticate(authentication.parse_auth(payload))
+                break
+        except ProtocolError as e:
+            self._refuse(str(e))
+            return
+        if self._transfer is not None:
+            self._handshake_due.cancel()
+            self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
+
+    def _authenticate(self, auth: authentication.Auth) -> None:
+        """Accept the sender, or refuse it.
+
+        Whether the seed id is armed is looked at only once the sender has proved itself, and
+        the same work is done for any seed id before that: a peer without the secret gets the
+        same refusal, as fast, for an armed seed as for any other.
+        """
+        tls_material = tls_keying_material(self.transport)
+        session = self._server.session(auth, self._nonce, tls_material)
+        transfer = self._server.armed(auth.seed_id)
+        problem = self._server.certificate_problem(self.transport)
+        if problem is None and not auth.valid(session):
+            problem = "the sender's proof is wrong: the agents have different SeedTransferSecret values"
+            if tls_material:
+                problem += " (or something between them terminates and relays the TLS connection)"
+        if problem is not None:
+            armed = "" if transfer is not None else ", which is not armed here"
+            self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
+        elif transfer is None:
+            self._refuse(f"no receive is armed for seed {auth.seed_id}", authenticated=True)
+        elif transfer.connected:
+            self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer,
+                         authenticated=True)
+        else:
+            log.info("seed {seed_id}: receiving into {datadir} from {peer}",
+                     seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
+            self.transport.write(authentication.accept(session))
+            self._transfer, self._session = transfer, session
+            self._keepalive = LoopingCall(self._send_progress)
+            self._keepalive.clock = self._reactor
+            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
+
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False) -> None:
+        """Log ``reason`` and close; a peer that did not prove itself is only told
+        :data:`~orchagent.seed.authentication.NOT_AUTHENTICATED`, whatever the reason."""
+        log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
+        if transfer is not None:
+            transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
+        self._closed = True
+        told = reason if authenticated else authentication.NOT_AUTHENTICATED
+        self.transport.write(protocol.reason_frame(Kind.REFUSE, told))
+        self.transport.loseConnection()
+
+    def _send_progress(self) -> None:
+        progress = self._transfer.progress
+        self.transport.write(protocol.counts_frame(Kind.PROGRESS, progress.files_done, progress.bytes_done))
+
+    def resume(self) -> None:
+        """The writer made room in the pipe: read again (and that counts as progress)."""
+        if not self._closed:
+            self.resetTimeout()
+            self.transport.resumeProducing()
+
+    def timeoutConnection(self) -> None:
+        what = "authenticate" if self._transfer is None else "send data"
+        reason = f"the sender did not {what} for {self._stall_timeout:g} seconds"
+        if self._transfer is None:
+            self._refuse(reason)
+        else:
+            self._transfer.conclude(TransferFailed(f"seed {self._transfer.seed_id} stalled: {reason}"))
+
+    def close(self, error: TransferFailed | None) -> None:
+        if not self._closed and error is None:
+            self.transport.write(authentication.done(self._session))
+        super().close(error)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._server.connections.closed()
+        if self._handshake_due.active():
+            self._handshake_due.cancel()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._transfer is not None:
+            self._transfer.connection_closed()
+
+
+class _ReceiverFactory(Factory):
+    def __init__(self, server: SeedReceiverServer) -> None:
+        self._server = server
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._server.connections.build(lambda _: _ReceiverProtocol(self._server), addr)
+
+
+class SeedReceiverServer:
+    """The one seed listener of an agent; receives are armed per seed id."""
+
+    def __init__(self, reactor: Any, secret: bytes, tls: Any = None, stall_timeout: float = 300,
+                 sender_ous: Collection[str] = (), max_connections: int = 256, handshake_timeout: float = 30) -> None:
+        """``tls``: an ``IOpenSSLServerConnectionCreator`` (e.g. ``CertificateOptions``) or None;
+        ``sender_ous``: when given, a sender's certificate (``tls`` must verify it) needs one;
+        ``max_connections`` open at once (new ones beyond are closed), each authenticated within
+        ``handshake_timeout`` seconds."""
+        if not secret and not sender_ous:
+            raise ValueError("the built-in seed transfer needs SeedTransferSecret or SeedTransferValidOUs")
+        if sender_ous and tls is None:
+            raise ValueError("checking the sender's certificate (SeedTransferValidOUs) needs TLS")
+        self.reactor = reactor
+        self._secret = secret
+        self._tls = tls
+        self._sender_ous = frozenset(sender_ous)
+        self.stall_timeout = stall_timeout
+        self.connections = ConnectionCap(max_connections, "seed receiver")
+        self.handshake_timeout = handshake_timeout
+        self._armed: dict[str, _ReceiveTransfer] = {}
+        self._port: Any = None
+
+    def listen(self, endpoint: interfaces.IStreamServerEndpoint) -> Deferred:
+        """Start listening; fires with the listening port."""
+        factory: Factory = _ReceiverFactory(self)
+        if self._tls is not None:
+            factory = TLSMemoryBIOFactory(self._tls, False, factory)
+
+        def listening(port: Any) -> Any:
+            self._port = port
+            return port
+
+        return endpoint.listen(factory).addCallback(listening)
+
+    def stopListening(self) -> Deferred:
+        port, self._port = self._port, None
+        return succeed(None) if port is None else port.stopListening()
+
+    def arm(self, seed_id: str, datadir: str) -> Transfer:
+        """Accept one sender for ``seed_id``, writing into ``datadir``; disarmed when it ends."""
+        current = self._armed.get(seed_id)
+        if current is not None and not current.done:
+            raise Conflict(f"a receive for seed {seed_id} is already armed")
+        transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout)
+        self._armed[seed_id] = transfer
+        transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
+        return transfer
+
+    def armed(self, seed_id: str) -> _ReceiveTransfer | None:
+        """The receive armed for ``seed_id``, if there is one."""
+        return self._armed.get(seed_id)
+
+    def session(self, auth: authentication.Auth, receiver_nonce: bytes,
+                tls_material: bytes) -> authentication.Session:
+        """The session a sender that sent ``auth`` shares with us if it holds our secret."""
+        return authentication.Session.derive(self._secret, auth.seed_id, receiver_nonce, auth.sender_nonce,
+                                             tls_material)
+
+    def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
+        if self._armed.get(seed_id) is transfer:
+            del self._armed[seed_id]
+
+    def certificate_problem(self, transport: Any) -> str | None:
+        """Why the sender on ``transport`` may not send, by its certificate (None: it may)."""
+        if not self._sender_ous:
+            return None
+        ous = peer_ous(transport)
+        if ous is None:
+            return ("the sender presented no client certificate; SeedTransferValidOUs requires one "
+                    "(set SSLCertFile and SSLPrivateKeyFile on the source agent)")
+        if not ous & self._sender_ous:
+            shown = ", ".join(sorted(ous)) or "none"
+            return (f"the sender's certificate has no OU from SeedTransferValidOUs "
+                    f"(its OUs: {shown})")
+        return None

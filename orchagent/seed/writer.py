@@ -1,0 +1,279 @@
+"""Restoring a directory tree from the seed stream into a datadir (the receiver's worker thread).
+
+The tree is written into a staging directory (:mod:`orchagent.seed.staging`) through directory
+descriptors only, each file under a hidden partial name renamed once its MAC matched; entries
+get the datadir's owner and lose set-uid, set-gid and sticky bits.  Everything is made durable
+(:mod:`orchagent.seed.durability`) before the tree moves into the datadir.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+from typing import Callable
+
+from orchagent.seed import authentication, decoder
+from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
+from orchagent.seed.pipe import Closed
+from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
+from orchagent.seed.staging import Staging, open_own_directory
+from orchagent.seed.transfer import Progress
+
+WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
+BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
+RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
+
+
+class TreeWriter:
+    """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
+
+    def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
+                 mac: authentication.StreamMac) -> None:
+        self._staging = Staging(datadir, seed_id)
+        self.datadir = self._staging.datadir
+        self.progress = progress if progress is not None else Progress()
+        self._decoder = decoder.StreamDecoder(self, mac)
+        self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
+        self._disk: DiskThread | None = None
+        self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
+        self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
+        self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
+        self._as_root = os.geteuid() == 0
+        self._directory_open: tuple[bytes, int] | None = None  # (relative path, descriptor) last written into
+        self._file: Entry | None = None
+        self._fd = -1
+        self._written = self._flushed = self._end = 0  # bytes written, of them flushed; end of the data
+        self._temp = b""
+        self._partial_serial = 0
+        self._ended: tuple[int, int] | None = None
+        self._received_files = self._received_bytes = 0
+        self._syncer: BackgroundSync | None = None
+        self._unsynced = 0  # bytes written since the last background sync was asked for
+
+    def start(self) -> None:
+        """Create a fresh staging directory (a stale one from a crash is removed first)."""
+        self._staging.create()
+        self._syncer = BackgroundSync(self._staging.fd)
+        self._disk = DiskThread()
+        for _ in range(RECEIVE_BUFFERS):
+            buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
+            self._ring[id(buffer.obj)] = buffer
+            self._buffers.put(buffer)
+
+    def free_buffer(self) -> memoryview:
+        """A buffer to receive the next chunk into; waits while the disk thread holds all of them."""
+        return self._buffers.get()
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Decode and verify ``chunk`` in this thread; the disk thread does its file-system work.
+
+        A chunk that is a view of a :meth:`free_buffer` goes back to the free buffers once the
+        disk thread is done with it.  Any other chunk is first copied into free buffers, so the
+        disk thread's backlog never holds more than those, however far behind the disk is.
+        """
+        buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
+        if buffer is None:
+            for start in range(0, len(chunk), RECEIVE_BUFFER_BYTES):
+                piece = memoryview(chunk)[start:start + RECEIVE_BUFFER_BYTES]
+                view = self.free_buffer()[:len(piece)]
+                view[:] = piece
+                self.feed(view)
+            return
+        try:
+            self._decoder.feed(chunk)
+        finally:
+            calls, self._calls = self._calls, []
+            self._disk.submit(calls, functools.partial(self._buffers.put, buffer))
+        self._disk.check()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    # StreamHandler
+
+    def totals(self, files: int, nbytes: int) -> None:
+        self.progress.files_total, self.progress.bytes_total = files, nbytes
+
+    def entry(self, entry: Entry) -> None:
+        """Check the entry against the stream so far here; the disk thread creates it."""
+        parent = entry.path.rpartition(b"/")[0]
+        if parent not in self._directories:
+            raise ProtocolError(f"{os.fsdecode(entry.path)!r} arrived before its directory")
+        if entry.kind == EntryKind.DIR:
+            self._directories[entry.path] = (entry.mode, entry.mtime_ns)
+        self._calls.append((self._write_entry, (entry,)))
+
+    def data(self, offset: int, piece: memoryview) -> None:
+        self._calls.append((self._write_data, (offset, piece)))
+
+    def file_end(self) -> None:
+        """The decoder authenticated the file before this; the disk thread gives it its name."""
+        self._calls.append((self._complete_file, ()))
+
+    def end(self, files: int, nbytes: int) -> None:
+        self._ended = (files, nbytes)
+
+    # the disk thread's work, in stream order
+
+    def _write_entry(self, entry: Entry) -> None:
+        parent, _, name = entry.path.rpartition(b"/")
+        directory = self._directory(parent)
+        if entry.kind == EntryKind.DIR:
+            os.mkdir(name, 0o700, dir_fd=directory)  # the agent's, closed to others, until finish()
+        elif entry.kind == EntryKind.SYMLINK:
+            os.symlink(entry.target, name, dir_fd=directory)
+            if self._as_root:
+                os.chown(name, *self._staging.owner, dir_fd=directory, follow_symlinks=False)
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=directory, follow_symlinks=False)
+        else:
+            self._temp, self._fd = self._create_partial(directory)
+            self._file = entry
+            self._written = self._flushed = self._end = 0
+
+    def _write_data(self, offset: int, piece: memoryview) -> None:
+        while piece:
+            written = os.pwrite(self._fd, piece, offset)
+            piece, offset = piece[written:], offset + written
+            self._written += written
+            self.progress.bytes_done += written
+        self._end = offset
+        if self._written - self._flushed >= WRITEBACK_BYTES:
+            # Start write-back now (non-blocking) so the disk works while data still arrives,
+            # instead of all at the final sync.  The pages are dirty yet, so they stay cached:
+            # the target's MySQL is stopped, and it reads them first when it starts.
+            os.posix_fadvise(self._fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self._written
+
+    def _complete_file(self) -> None:
+        entry, fd = self._file, self._fd
+        self._file, self._fd = None, -1
+        try:
+            if self._end != entry.size:
+                os.ftruncate(fd, entry.size)  # trailing holes
+            if self._as_root:
+                os.fchown(fd, *self._staging.owner)
+            os.fchmod(fd, entry.mode & PERMISSION_BITS)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+        parent, _, name = entry.path.rpartition(b"/")
+        directory = self._directory(parent)
+        os.rename(self._temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        self.progress.bytes_done += entry.size - self._written
+        self.progress.files_done += 1
+        self._received_files += 1
+        self._received_bytes += entry.size
+        self._unsynced += self._written
+        if self._unsynced >= BACKGROUND_SYNC_BYTES:
+            self._syncer.request()
+            self._unsynced = 0
+
+    # the end
+
+    def finish(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """After END: check the counts, make everything durable, move it into the datadir.
+
+        ``cancelled`` is asked just before the move: an aborted receive never fills the datadir.
+        """
+        if self._ended is None:
+            raise TransferFailed("the connection ended before the sender finished the tree")
+        self._stop_disk(discard=False)
+        if self._ended != (self._received_files, self._received_bytes):
+            raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
+                                f"{self._received_files} files ({self._received_bytes} bytes) arrived")
+        self._close_directory()
+        # Children before parents, so each directory is handed over after everything on its way
+        # was opened as the agent's own.
+        for relative in sorted(self._directories, reverse=True):
+            if relative:
+                mode, mtime_ns = self._directories[relative]
+                fd = self._open_directory(relative)
+                try:
+                    if self._as_root:
+                        os.fchown(fd, *self._staging.owner)
+                    os.fchmod(fd, mode & PERMISSION_BITS)
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
+        self._syncer.close()
+        syncfs(self._staging.fd)
+        if cancelled():
+            raise Closed()
+        self._staging.move_into_datadir()
+
+    def discard(self) -> None:
+        """Remove everything this receive wrote (after a failure or an abort)."""
+        if self._disk is not None:
+            self._stop_disk(discard=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._syncer is not None:
+            try:
+                self._syncer.close()
+            except OSError:
+                pass  # the data is being thrown away
+        self._close_directory()
+        self._staging.remove()
+
+    # helpers
+
+    def _stop_disk(self, discard: bool) -> None:
+        """End the disk thread and drop the receive buffers at once.
+
+        A finished transfer may live on in reference cycles until the cyclic collector runs,
+        which a few large buffers do not prompt; without this each seed would leave its
+        buffers behind for a while.
+        """
+        try:
+            self._disk.close(discard)
+        finally:
+            self._buffers = queue.SimpleQueue()
+            self._ring.clear()
+
+    def _create_partial(self, directory: int) -> tuple[bytes, int]:
+        """(name, descriptor) of a new empty file, hidden, in ``directory``.
+
+        In the file's own directory, not one for all: ext4 without a journal scans past recently
+        deleted inodes near the directory's for each file it creates (``bench/RESULTS.md``).
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            self._partial_serial += 1
+            name = b".orchagent-partial-%d" % self._partial_serial
+            try:
+                return name, os.open(name, flags, 0o600, dir_fd=directory)
+            except FileExistsError:
+                continue  # the tree itself has a file of that name
+
+    def _directory(self, relative: bytes) -> int:
+        """A descriptor of the staging tree's directory ``relative``, kept while entries go there.
+
+        The sender sends a directory's entries together, so this opens each directory about once.
+        """
+        if self._directory_open is not None and self._directory_open[0] == relative:
+            return self._directory_open[1]
+        fd = self._open_directory(relative)
+        self._close_directory()
+        self._directory_open = (relative, fd)
+        return fd
+
+    def _close_directory(self) -> None:
+        if self._directory_open is not None:
+            os.close(self._directory_open[1])
+            self._directory_open = None
+
+    def _open_directory(self, relative: bytes) -> int:
+        """Open a directory of the staging tree step by step from the tree's descriptor."""
+        fd = os.dup(self._staging.tree_fd)
+        for name in relative.split(b"/") if relative else ():
+            try:
+                child = open_own_directory(name, fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
