@@ -301,6 +301,10 @@ class SeedManager(Service):
 
     async def _source_directory(self) -> str:
         mount = await self._snapshots.current_mount()
+        if mount.virtual:
+            # the live datadir is no consistent copy: only the backup tool's stream may carry it
+            raise Conflict(f"{mount.lv_path} is a hot-backup volume: sending it through the seed transfer (the "
+                           f"backup tool's stream) is not implemented yet; seed from a snapshot or a stopped server")
         if mount.is_mounted:
             if not mount.mysql_data_path:
                 raise Conflict(f"a snapshot is mounted at {mount.path} but no MySQL datadir was found in it")
