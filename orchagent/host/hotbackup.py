@@ -174,7 +174,9 @@ def parse_variables(text: str) -> dict[str, str]:
     return variables
 
 
-_TIMESTAMP_PREFIX = re.compile(r"^(\[\d+\]\s+)?(\d{4}-\d{2}-\d{2}\s+\d{1,2}:\d{2}:\d{2}\s+)?(\d+\s+)?")
+#: "[00] 2026-11-29 07:07:42 " (mariabackup), "2025-07-28T01:01:33.001122+03:00 0 " (xtrabackup 8.0)
+_TIMESTAMP_PREFIX = re.compile(
+    r"^(\[\d+\]\s+)?(\d{4}-\d{2}-\d{2}[T ]\s*\d{1,2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?\s+)?(\d+\s+)?")
 _ERROR_WORDS = re.compile(r"error|fail|denied|cannot|can't|unknown|not found|refused|invalid", re.IGNORECASE)
 
 
@@ -195,6 +197,11 @@ def tool_error(text: str) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
+
+
+def check_private_file(path: str, what: str) -> None:
+    """Conflict unless ``path`` is a root-only file whose path only root can change.  Blocking."""
+    os.close(safepath.open_private_file(path, what=what, fixed=True))
 
 
 def volume_path(datadir: str) -> str:
@@ -269,8 +276,7 @@ class HotBackupBackend:
     async def defaults_file(self) -> str:
         """``HotBackupDefaultsFile``, once it shows itself private (Conflict otherwise)."""
         path = self._config.hot_backup_defaults_file
-        fd = await self._defer_to_thread(safepath.open_private_file, path, what="HotBackupDefaultsFile", fixed=True)
-        os.close(fd)
+        await self._defer_to_thread(check_private_file, path, "HotBackupDefaultsFile")
         return path
 
     async def check(self) -> ToolVersion:
