@@ -24,6 +24,7 @@ import attrs
 from orchagent import logs, safepath
 from orchagent.config import HOT_BACKUP_VOLUME
 from orchagent.errors import AgentError, Conflict, InvalidInput
+from orchagent.host.btrfs import same_directory
 from orchagent.host.lvm import LogicalVolume
 from orchagent.host.mounts import MountEntry
 from orchagent.process import CommandFailed
@@ -250,8 +251,8 @@ class HotBackupBackend:
 
     async def mount(self, volume: LogicalVolume, mount_point: str) -> None:
         """Check that a backup can run now; then the volume reads as mounted."""
-        datadir = await self._mysql.datadir()
         version = await self.check()
+        datadir = await self._mysql.datadir()
         self._mounted = VirtualMount(volume, datadir, self._tool.name)
         log.info("hot-backup volume {volume} ready: {tool} {version} can back up {datadir}",
                  volume=volume.path, tool=self._tool.name, version=version.version, datadir=datadir)
@@ -280,7 +281,8 @@ class HotBackupBackend:
         return path
 
     async def check(self) -> ToolVersion:
-        """The tool answers, the credentials reach the server, the binary log is on when replication is wanted."""
+        """The tool answers, the credentials reach this datadir's server, the binary log is on when replication
+        is wanted."""
         tool = self._tool
         try:
             result = await self._runner.run(version_argv(tool), parsed=True, timeout=60)
@@ -298,6 +300,12 @@ class HotBackupBackend:
             raise Conflict(f"the backup user of HotBackupDefaultsFile {defaults_file} cannot reach the server: "
                            f"{said}; fix the user, password or socket there") from None
         variables = parse_variables(result.text())
+        datadir = await self._mysql.datadir()
+        served = os.path.normpath(variables.get("datadir") or "/")
+        if served != datadir and not await self._defer_to_thread(same_directory, served, datadir):
+            # the option file reaches another server than the one whose datadir the agent seeds
+            raise Conflict(f"the server HotBackupDefaultsFile {defaults_file} reaches keeps its data in {served}, "
+                           f"not in the datadir {datadir}: point its socket (or host and port) at this server")
         if self._config.seed_start_replication and variables.get("log_bin", "").upper() not in ("ON", "1"):
             raise Conflict("the binary log is off on this server (log_bin), so a backup records no position "
                            "to replicate from, and targets have SeedStartReplication: turn log_bin on")

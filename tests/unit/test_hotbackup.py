@@ -166,6 +166,11 @@ class BackendTests(SynchronousTestCase):
         self.assertIn("Access denied for user 'nobody'", str(error))
         self.assertFalse(self.resolve(snapshots.current_mount()).is_mounted)
 
+    def test_credentials_reaching_another_server_are_refused(self):
+        self.runner.stdout["mariadb"] = b"datadir\t/srv/other/\nlog_bin\tON\n"
+        error = self.fail_with(self.snapshots().mount_volume("hot-backup"), Conflict)
+        self.assertIn("keeps its data in /srv/other, not in the datadir /var/lib/mysql", str(error))
+
     def test_missing_tool(self):
         self.runner.exit_codes["mariabackup"] = 127
         self.runner.stderr["mariabackup"] = b"setsid: failed to execute mariabackup: No such file or directory\n"
@@ -173,7 +178,7 @@ class BackendTests(SynchronousTestCase):
         self.assertIn("install it (HotBackupTool mariabackup)", str(error))
 
     def test_binary_log_needed_for_replication(self):
-        self.runner.stdout["mariadb"] = b"log_bin\tOFF\n"
+        self.runner.stdout["mariadb"] = b"datadir\t/var/lib/mysql/\nlog_bin\tOFF\n"
         self.resolve(self.snapshots().mount_volume("hot-backup"))  # no replication wanted: fine
         error = self.fail_with(self.snapshots(seed_start_replication=True).mount_volume("hot-backup"), Conflict)
         self.assertIn("turn log_bin on", str(error))
