@@ -178,26 +178,62 @@ def parse_variables(text: str) -> dict[str, str]:
 #: "[00] 2026-11-29 07:07:42 " (mariabackup), "2025-07-28T01:01:33.001122+03:00 0 " (xtrabackup 8.0)
 _TIMESTAMP_PREFIX = re.compile(
     r"^(\[\d+\]\s+)?(\d{4}-\d{2}-\d{2}[T ]\s*\d{1,2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?\s+)?(\d+\s+)?")
+_ERROR_MARK = re.compile(r"\[ERROR\]")
+_NOISE = re.compile(r"my_thread_global_end|files and \d+ streams is left open")
 _ERROR_WORDS = re.compile(r"error|fail|denied|cannot|can't|unknown|not found|refused|invalid", re.IGNORECASE)
 
 
 def tool_error(text: str) -> str:
     """The line of a tool's stderr that says what went wrong, without its thread and time prefix.
 
-    mariabackup and xtrabackup log progress to stderr too; the last line naming an error is the
-    cause more often than the last line (which is often "Error: ... failed" or a shutdown note).
+    mariabackup and xtrabackup log progress to stderr too, and their last lines are often noise
+    ("Error in my_thread_global_end()"): the last ``[ERROR]`` line is the cause, else the last line
+    naming an error, else the last line.
     """
     lines = [_TIMESTAMP_PREFIX.sub("", line).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    for line in reversed(lines):
-        if _ERROR_WORDS.search(line):
-            return line
+    lines = [line for line in lines if line and not _NOISE.search(line)]
+    for wanted in (_ERROR_MARK, _ERROR_WORDS):
+        for line in reversed(lines):
+            if wanted.search(line):
+                return line
     return lines[-1] if lines else ""
 
 
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
+
+
+MAX_BINLOG_INFO_BYTES = 1 << 16
+
+
+def read_binlog_info(directory: str) -> BinlogPosition | None:
+    """The coordinates of an extracted backup in ``directory``; None when it has no binlog info (log_bin
+    off on the source).  Opened without following a link.  Blocking."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in BINLOG_INFO_FILES:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                return parse_binlog_info(f.read(MAX_BINLOG_INFO_BYTES).decode("utf-8", "replace"))
+        return None
+    finally:
+        os.close(dir_fd)
+
+
+async def prepare_copy(runner, tool: Tool, directory: str, memory_mb: int, defer_to_thread: Callable,
+                       *, timeout: float | None) -> BinlogPosition | None:
+    """Prepare an extracted backup (a damaged copy fails here, with the tool's own words, never later
+    at the server's start) and read where it stands in the source's binary log."""
+    try:
+        await runner.run(prepare_argv(tool, directory, memory_mb), timeout=timeout)
+    except CommandFailed as e:
+        said = tool_error(e.result.stderr.decode("utf-8", "replace")) or str(e)
+        raise AgentError(f"{tool.name} --prepare failed: {said}") from None
+    return await defer_to_thread(read_binlog_info, directory)
 
 
 def check_private_file(path: str, what: str) -> None:

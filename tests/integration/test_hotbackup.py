@@ -20,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from orchagent.config import Config
-from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, parse_binlog_info, prepare_argv
+from orchagent.errors import AgentError
+from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, prepare_copy
 from orchagent.host.replication import ReplicationSetup, sql_string
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
@@ -170,11 +171,9 @@ class BackupPrepareReplicateTests(TestCase):
         pipeline = (f"set -o pipefail; {shlex.join(backup_argv(MARIABACKUP, defaults, temp, source.datadir))} "
                     f"| {shlex.join(extract_argv(MARIABACKUP, replica.datadir))}")
         await runner.run(["bash", "-c", pipeline], name="mariabackup | mbstream")
-        with open(os.path.join(replica.datadir, "xtrabackup_binlog_info")) as f:
-            position = parse_binlog_info(f.read())
+        position = await prepare_copy(runner, MARIABACKUP, replica.datadir, 64, thread_runner(reactor), timeout=120)
         self.assertEqual(position.flavor, "mariadb")
         self.assertEqual(position.gtid, source.sql("SELECT @@gtid_binlog_pos").strip())
-        await runner.run(prepare_argv(MARIABACKUP, replica.datadir, 64))
 
         replica.start()
         self.addCleanup(replica.stop)
@@ -200,6 +199,29 @@ class BackupPrepareReplicateTests(TestCase):
             await _sleep(0.2)
         self.assertEqual(replica.sql("CHECKSUM TABLE shop.orders"), checksum)
         self.assertEqual(replica.sql("SELECT COUNT(*) FROM shop.orders"), "5\n")
+
+
+class DamagedCopyTests(TestCase):
+    """A damaged copy fails at --prepare, with the tool's own words, not later at the server's start."""
+
+    timeout = 120
+
+    @inline
+    async def test_prepare_fails_on_a_damaged_copy(self):
+        directory = root_only_directory(self)
+        source = source_with_users(directory)
+        self.addCleanup(source.stop)
+        copy = os.path.join(directory, "copy")
+        os.mkdir(copy)
+        runner = ProcessRunner(reactor, default_timeout=120)
+        defaults = defaults_file(directory, source, BACKUP_PASSWORD)
+        pipeline = (f"set -o pipefail; {shlex.join(backup_argv(MARIABACKUP, defaults, directory + '/t', source.datadir))}"
+                    f" | {shlex.join(extract_argv(MARIABACKUP, copy))}")
+        await runner.run(["bash", "-c", pipeline], name="mariabackup | mbstream")
+        os.truncate(os.path.join(copy, "ib_logfile0"), 1024)  # the copied redo log, cut short
+        with self.assertRaises(AgentError) as caught:
+            await prepare_copy(runner, MARIABACKUP, copy, 64, thread_runner(reactor), timeout=120)
+        self.assertEqual(str(caught.exception), "mariabackup --prepare failed: [ERROR] InnoDB: File ./ib_logfile0 is too small")
 
 
 def _sleep(seconds: float):

@@ -115,6 +115,8 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(tool_error(fixture("xtrabackup-8.0-cannot-connect.stderr")),
                          "[ERROR] [MY-011825] [Xtrabackup] Failed to connect to MySQL server: Can't connect to "
                          "local MySQL server through socket")
+        self.assertEqual(tool_error(fixture("mariabackup-10.11-prepare-damaged.stderr")),
+                         "[ERROR] InnoDB: File ./ib_logfile0 is too small")
         self.assertEqual(tool_error(""), "")
 
 
