@@ -226,3 +226,44 @@ class DamagedCopyTests(TestCase):
 
 def _sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
+
+
+class KilledBackupTests(TestCase):
+    """A backup killed mid-stream (abort) leaves the source as before: no process, connection or backup stage."""
+
+    timeout = 120
+
+    @inline
+    async def test_killed_mid_stream(self):
+        directory = root_only_directory(self)
+        source = source_with_users(directory)
+        self.addCleanup(source.stop)
+        defaults = defaults_file(directory, source, BACKUP_PASSWORD)
+        # a reader that never reads: the backup blocks once the pipe is full, in the middle of its copy
+        fifo = os.path.join(directory, "stream")
+        os.mkfifo(fifo, 0o600)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        runner = ProcessRunner(reactor, default_timeout=120, kill_grace=1)
+        temp = os.path.join(directory, "t")
+        backup = runner.start(backup_argv(MARIABACKUP, defaults, temp, source.datadir),
+                              stdout_path=fifo, timeout=None, check=False)
+        backup.result.addErrback(lambda failure: None)
+        deadline = time.monotonic() + 30
+        while "backup" not in source.sql("SELECT user FROM information_schema.PROCESSLIST") and \
+                time.monotonic() < deadline:
+            await _sleep(0.1)
+        self.assertIn("backup", source.sql("SELECT user FROM information_schema.PROCESSLIST"))
+
+        await backup.terminate()  # mariabackup blocked on its stream outlives SIGTERM: SIGKILL after kill_grace
+        self.assertEqual(subprocess.run(["pgrep", "-g", str(backup.pid)], capture_output=True).stdout, b"")
+        deadline = time.monotonic() + 10
+        while "backup" in source.sql("SELECT user FROM information_schema.PROCESSLIST") and \
+                time.monotonic() < deadline:
+            await _sleep(0.1)
+        self.assertNotIn("backup", source.sql("SELECT user FROM information_schema.PROCESSLIST"))
+        # no stage or lock left behind: another backup could take every stage at once
+        source.sql("SET SESSION lock_wait_timeout=2; BACKUP STAGE START; BACKUP STAGE FLUSH; "
+                   "BACKUP STAGE BLOCK_DDL; BACKUP STAGE BLOCK_COMMIT; BACKUP STAGE END;")
+        source.sql("INSERT INTO shop.orders (item) VALUES ('after the abort')")
+        self.assertEqual(os.listdir(temp) if os.path.exists(temp) else [], [])  # no temporary files left
