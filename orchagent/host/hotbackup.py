@@ -273,10 +273,6 @@ class HotBackupBackend:
         self._defer_to_thread = defer_to_thread
         self._mounted: VirtualMount | None = None
 
-    @property
-    def tool(self) -> Tool:
-        return self._tool
-
     async def list_volumes(self) -> list[LogicalVolume]:
         path = volume_path(await self._mysql.datadir())
         return [LogicalVolume(name=HOT_BACKUP_VOLUME, group_name=self._tool.name, path=path, is_snapshot=True,
