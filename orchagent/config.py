@@ -27,6 +27,10 @@ DEFAULT_CONFIG_FILES = (
 )
 
 
+#: The name of the one volume ``SnapshotBackend: "hotbackup"`` lists.
+HOT_BACKUP_VOLUME = "hot-backup"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; ``problems`` are one line each, saying where and why."""
 
@@ -154,6 +158,12 @@ class Config:
     http_header_timeout_seconds: int = _key("HTTPHeaderTimeoutSeconds", 15, _uint)
     seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 256, _uint)
     seed_handshake_timeout_seconds: int = _key("SeedHandshakeTimeoutSeconds", 30, _uint)
+    hot_backup_tool: str = _key("HotBackupTool", "mariabackup", _string)
+    hot_backup_defaults_file: str = _key("HotBackupDefaultsFile", "", _string)
+    hot_backup_prepare_memory_mb: int = _key("HotBackupPrepareMemoryMB", 256, _uint)
+    seed_start_replication: bool = _key("SeedStartReplication", False, _bool)
+    seed_replication_user: str = _key("SeedReplicationUser", "", _string)
+    seed_replication_password_file: str = _key("SeedReplicationPasswordFile", "", _string)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:
@@ -281,8 +291,27 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
             fail(field, "must be at least 1 (0 would refuse every connection)")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
-    if config.snapshot_backend not in ("lvm", "btrfs"):
-        fail("snapshot_backend", f"must be \"lvm\" or \"btrfs\", got {config.snapshot_backend!r}")
+    if config.snapshot_backend not in ("lvm", "btrfs", "hotbackup"):
+        fail("snapshot_backend", f"must be \"lvm\", \"btrfs\" or \"hotbackup\", got {config.snapshot_backend!r}")
+    if config.hot_backup_tool not in ("mariabackup", "xtrabackup"):
+        fail("hot_backup_tool", f"must be \"mariabackup\" or \"xtrabackup\", got {config.hot_backup_tool!r}")
+    if config.snapshot_backend == "hotbackup":
+        if not os.path.isabs(config.hot_backup_defaults_file):
+            fail("snapshot_backend", "SnapshotBackend \"hotbackup\" needs HotBackupDefaultsFile, the absolute path "
+                 "of a root-only option file with the backup user's [client] user and password, got "
+                 f"{config.hot_backup_defaults_file!r}")
+        if config.snapshot_volumes_filter not in HOT_BACKUP_VOLUME:
+            fail("snapshot_volumes_filter", f"SnapshotBackend \"hotbackup\" lists one volume, {HOT_BACKUP_VOLUME!r}; "
+                 f"SnapshotVolumesFilter {config.snapshot_volumes_filter!r} would hide it (leave it empty)")
+    if config.hot_backup_prepare_memory_mb < 16:
+        fail("hot_backup_prepare_memory_mb", "must be at least 16 (MB of memory for the backup's --prepare)")
+    if config.seed_start_replication:
+        if not config.seed_replication_user:
+            fail("seed_start_replication", "SeedStartReplication needs SeedReplicationUser (the source's "
+                 "replication user, with REPLICATION SLAVE)")
+        if not os.path.isabs(config.seed_replication_password_file):
+            fail("seed_start_replication", "SeedStartReplication needs SeedReplicationPasswordFile, the absolute "
+                 "path of a root-only file holding that user's password")
     if config.snapshot_backend == "btrfs" and not os.path.isabs(config.btrfs_snapshot_directory):
         fail("snapshot_backend", "SnapshotBackend \"btrfs\" needs BtrfsSnapshotDirectory, an absolute "
              f"path on the datadir's btrfs file system, got {config.btrfs_snapshot_directory!r}")

@@ -94,6 +94,52 @@ def open_path(path: str, flags: int, *, what: str, fixed: bool = False, mode: in
             os.close(fd)
 
 
+def open_private_file(path: str, *, what: str, fixed: bool = False) -> int:
+    """A read-only descriptor for a secret file (a token, a password, client credentials).
+
+    Refused (Conflict naming ``what``, the configuration key) unless it is a regular file, not a
+    symlink, owned by root or the agent's user, and neither readable nor writable by group or
+    others; the checks are made on what was opened.  With ``fixed``, every directory on the way
+    must be one only trusted users can change, so the path keeps naming this file when a tool
+    opens it again (``--defaults-extra-file``).  Blocking (a few system calls).
+    """
+    def refuse(problem: str) -> Conflict:
+        return Conflict(f"{what} {path!r}: {problem}")
+
+    if fixed:
+        directory, name = os.path.split(path)
+        dir_fd = open_path(directory or "/", os.O_PATH | os.O_DIRECTORY, what=what, fixed=True)
+    else:
+        dir_fd, name = None, path
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise refuse(f"is a symbolic link; point {what} at the file itself") from None
+            raise refuse(f"cannot open: {e.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise refuse("is not a regular file")
+            if info.st_uid not in trusted_owners():
+                raise refuse(f"is owned by uid {info.st_uid}; it must belong to root or to the agent's user")
+            if info.st_mode & 0o077:
+                raise refuse(f"has mode {stat.S_IMODE(info.st_mode):04o}; others may not read or change it "
+                             f"(chmod 600)")
+            if dir_fd is not None and not is_fixed(os.fstat(dir_fd), info):
+                raise refuse("is in a directory that a user other than root can change; move it to one "
+                             "only root can change")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
 def real_path(fd: int) -> str:
     """The path the kernel knows for an open descriptor (where it was found, without links)."""
     return os.readlink(f"/proc/self/fd/{fd}")

@@ -15,6 +15,7 @@ from orchagent import connections, logs, tls
 from orchagent.web.audit import AuditLog
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
+from orchagent.host.replication import ReplicationSetup
 from orchagent.web.metrics import Metrics
 from orchagent.process import ProcessRunner
 from orchagent.registrar import QuietConnectionPool, Registrar
@@ -59,7 +60,9 @@ def make_service(config: Config, reactor, token: Token | None = None) -> MultiSe
     mysql_api = make_mysql_api(config, runner, mysql)
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
                         eraser=storage.datadir, disk=storage.disk, runner=runner,
-                        store=SeedStore(config.state_directory), defer_to_thread=in_thread)
+                        store=SeedStore(config.state_directory), defer_to_thread=in_thread,
+                        replication=ReplicationSetup(config, runner, reactor, in_thread))
+    mysql.after_start(seeds.start_replication)
     storage.datadir.watch(seeds)
     metrics = Metrics(commands=runner, registration=registrar, mysql=mysql, disk=storage.disk, seeds=seeds)
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,

@@ -1,6 +1,5 @@
 """The access token orchestrator presents on every call (contract A.3.1): per start, or fixed (``TokenFile``)."""
 
-import errno
 import hashlib
 import hmac
 import os
@@ -73,32 +72,20 @@ class Token:
 def read_token_file(path: str) -> Token:
     """The fixed token of ``TokenFile``, from a file only root (or the agent's user) can read.
 
-    The file itself is opened without following a symlink and checked after opening (owner,
-    mode, a regular file), so what is checked is what is read.  Messages never quote the token.
+    The file is checked after opening (:func:`orchagent.safepath.open_private_file`), so what is
+    checked is what is read.  Messages never quote the token.
     """
-    def refuse(problem: str) -> ConfigError:
-        return ConfigError(f"TokenFile {path!r}: {problem}")
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise refuse("is a symbolic link; point TokenFile at the file itself") from None
-        raise refuse(f"cannot open: {e.strerror}") from None
+        fd = safepath.open_private_file(path, what="TokenFile")
+    except Conflict as e:
+        raise ConfigError(str(e)) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise refuse("is not a regular file")
-        if info.st_uid not in (0, os.geteuid()):
-            raise refuse(f"is owned by uid {info.st_uid}; it must belong to root or to the agent's user")
-        if info.st_mode & 0o077:
-            raise refuse(f"has mode {stat.S_IMODE(info.st_mode):04o}; others may not read or change it "
-                         f"(chmod 600)")
         content = os.read(fd, 1024)
     finally:
         os.close(fd)
     value = content.decode("ascii", "replace").strip()
     if not _FIXED_TOKEN.fullmatch(value):
-        raise refuse("must hold one token of 16 to 128 characters from A-Z, a-z, 0-9, '-' and '_' "
-                     "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ConfigError(f"TokenFile {path!r}: must hold one token of 16 to 128 characters from A-Z, a-z, 0-9, "
+                          "'-' and '_' (e.g. the output of: python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))')")
     return Token(value)

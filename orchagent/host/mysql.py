@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import socket
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 
 from orchagent import logs
@@ -59,6 +59,7 @@ class MySQL:
         self._option_files_must_exist = bool(config.mysql_config_file)
         self._compiled_datadir = compiled_datadir
         self._probe = probe_host
+        self._after_start: list[Callable[[], Awaitable[None]]] = []
 
     def in_thread(self, function, *args):
         """Run blocking file work off the reactor thread; a Deferred of its result."""
@@ -193,9 +194,18 @@ class MySQL:
                             socket=os.path.join(datadir, socket_path), port=port,
                             addresses=_connect_addresses(options.get("bind_address")))
 
+    def after_start(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` after each successful ``start`` (the seed manager's replication set-up)."""
+        self._after_start.append(step)
+
     async def start(self) -> None:
         self._facts.invalidate()
         await self._run_service_command("mysql_service_start_command", "MySQLServiceStartCommand")
+        for step in self._after_start:
+            try:
+                await step()
+            except Exception:  # the server did start: a failed step must not fail mysql-start
+                log.failure("a step after starting MySQL failed")
 
     async def stop(self) -> None:
         self._facts.invalidate()

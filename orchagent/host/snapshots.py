@@ -5,6 +5,9 @@ module adds what is the same for both: the name filter, validation against the l
 guards (nothing mounted over an occupied mount point, no removal of a mounted snapshot), one lock
 so mount/umount/remove/create never interleave, and V1's ``Mount`` answer.
 
+The ``hotbackup`` backend's volume is no file system (:mod:`orchagent.host.hotbackup`): it keeps
+what is "mounted" itself, and the mount point is not used.
+
 ``SnapshotMountPoint`` is resolved once per call, by descriptors: every directory on its way must
 be one only root can change (so the path cannot be swapped before ``mount`` runs), a symlink
 others could have placed is refused, and the resolved path is the one mounted on, unmounted and
@@ -14,7 +17,7 @@ looked up in mountinfo, so a second mount can never stack on the first one under
 from __future__ import annotations
 
 import os
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import DeferredLock
@@ -22,6 +25,7 @@ from twisted.internet.defer import DeferredLock
 from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict, NotFound
 from orchagent.host.btrfs import BtrfsBackend
+from orchagent.host.hotbackup import HotBackupBackend, VirtualMount
 from orchagent.host.lvm import LogicalVolume, LvmBackend
 from orchagent.host.mounts import MOUNTINFO, MountEntry, mount_at, read_mountinfo
 
@@ -45,6 +49,8 @@ class Mount:
     disk_usage: int = 0
     mysql_data_path: str = ""
     mysql_disk_usage: int = 0
+    #: The hotbackup backend's volume: the live datadir, to be copied by the backup tool, never as files.
+    virtual: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -72,7 +78,18 @@ class SnapshotBackend(Protocol):
         """Take a snapshot of the datadir without ``CreateSnapshotCommand``."""
 
 
-def make_backend(config, runner, clock, defer_to_thread: Callable) -> SnapshotBackend:
+@runtime_checkable
+class VirtualBackend(SnapshotBackend, Protocol):
+    """A backend whose volume is no file system: it keeps what is "mounted" itself."""
+
+    async def mounted(self) -> VirtualMount | None: ...
+
+    async def unmount(self) -> None: ...
+
+
+def make_backend(config, runner, clock, defer_to_thread: Callable, mysql) -> SnapshotBackend:
+    if config.snapshot_backend == "hotbackup":
+        return HotBackupBackend(config, runner, mysql, defer_to_thread)
     if config.snapshot_backend == "btrfs":
         return BtrfsBackend(runner, clock, defer_to_thread, config.btrfs_snapshot_directory,
                             config.snapshot_volumes_filter)
@@ -126,6 +143,7 @@ class Snapshots:
         self._defer_to_thread = defer_to_thread
         self._mountinfo_path = mountinfo_path
         self._lock = DeferredLock()
+        self._virtual = backend if isinstance(backend, VirtualBackend) else None
 
     # --- listing ---
 
@@ -166,6 +184,8 @@ class Snapshots:
 
     async def current_mount(self) -> Mount:
         """What is mounted at ``SnapshotMountPoint``, with V1's disk usage and datadir heuristics."""
+        if self._virtual is not None:
+            return await self._virtual_mount()
         mount_point = self._config.snapshot_mount_point
         if not mount_point:
             return Mount(path="")
@@ -191,6 +211,9 @@ class Snapshots:
     async def mount_volume(self, identifier: str) -> Mount:
         await self._lock.acquire()
         try:
+            if self._virtual is not None:
+                await self._virtual.mount(await self._snapshot_volume(identifier), "")
+                return await self._virtual_mount()
             mount_point = await self._resolved_mount_point()
             volume = await self._snapshot_volume(identifier)
             occupant = mount_at(read_mountinfo(self._mountinfo_path), mount_point)
@@ -206,6 +229,9 @@ class Snapshots:
         """Unmount ``SnapshotMountPoint``; nothing to do (and no error) when nothing is mounted there."""
         await self._lock.acquire()
         try:
+            if self._virtual is not None:
+                await self._virtual.unmount()
+                return await self._virtual_mount()
             mount_point = await self._resolved_mount_point()
             if mount_at(read_mountinfo(self._mountinfo_path), mount_point) is not None:
                 await self._runner.run(("umount", mount_point), privileged=True, parsed=True)
@@ -243,6 +269,16 @@ class Snapshots:
             self._lock.release()
 
     # --- helpers ---
+
+    async def _virtual_mount(self) -> Mount:
+        """V1's Mount of the virtual volume: its path, and the live datadir with its size."""
+        mounted = await self._virtual.mounted()
+        if mounted is None:
+            return Mount(path=self._config.snapshot_mount_point)
+        usage = await self._usage_or_zero(mounted.datadir)
+        return Mount(path=mounted.volume.path, device=mounted.volume.name, lv_path=mounted.volume.path,
+                     file_system=mounted.tool, is_mounted=True, disk_usage=usage,
+                     mysql_data_path=mounted.datadir, mysql_disk_usage=usage, virtual=True)
 
     async def _resolved_mount_point(self) -> str:
         """``SnapshotMountPoint`` as the kernel finds it, when nobody but root can change what it means."""

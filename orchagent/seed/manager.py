@@ -28,6 +28,7 @@ from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.datadir import checked_datadir
+from orchagent.host.hotbackup import BinlogPosition
 from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
@@ -56,7 +57,9 @@ class _Job:
 
 class SeedManager(Service):
     def __init__(self, *, config: Config, reactor, mysql, snapshots, eraser, disk, runner,
-                 store: SeedStore, defer_to_thread: Callable[..., Deferred], send: Callable[..., Any] = send_tree):
+                 store: SeedStore, defer_to_thread: Callable[..., Deferred], send: Callable[..., Any] = send_tree,
+                 replication=None):
+        """``replication``: an :class:`orchagent.host.replication.ReplicationSetup`, for SeedStartReplication."""
         self._config = config
         self._reactor = reactor
         self._mysql = mysql
@@ -67,6 +70,7 @@ class SeedManager(Service):
         self._store = store
         self._send = send
         self._defer_to_thread = defer_to_thread
+        self._replication = replication
         self._records: dict[int, SeedRecord] = {}
         self._jobs: dict[int, _Job] = {}
         self._receiver: SeedReceiverServer | None = None
@@ -191,8 +195,12 @@ class SeedManager(Service):
         """The wall time seed records are kept in."""
         return self._reactor.seconds()
 
-    async def check_post_copy(self) -> None:
-        """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole."""
+    async def check_post_copy(self, source_host: str | None = None) -> None:
+        """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole.
+
+        Orchestrator names the seed's source there (``sourceHost``, validated): the host a hot seed's
+        replication connects to.
+        """
         datadir = await self._mysql.datadir()
         self._datadirs.refuse_second_receive(datadir)
         holder = self._datadirs.holder(datadir)
@@ -208,6 +216,43 @@ class SeedManager(Service):
             raise Conflict(f"seed {holder.seed_id} is {state} (the datadir {datadir} holds its data "
                            f"{holder.data}); refusing to run the post-copy step on a datadir that did not "
                            f"receive a whole seed")
+        if source_host and record.source_host != source_host:
+            record.source_host = source_host
+            await self._save(record)
+
+    async def start_replication(self) -> None:
+        """After ``mysql-start``, with SeedStartReplication: once per seed, point the server at the source of
+        the hot seed whose whole copy the datadir holds, from the position the backup recorded.
+
+        Never raises (mysql-start has succeeded either way); what was configured, or why nothing was,
+        goes to the seed's record (seed-status shows it) and to the log.
+        """
+        if self._replication is None or not self._config.seed_start_replication:
+            return
+        try:
+            datadir = await self._mysql.datadir()
+        except AgentError as e:
+            log.warn("SeedStartReplication: cannot tell which seed the datadir holds: {error}", error=str(e))
+            return
+        holder = self._datadirs.holder(datadir)
+        record = self._records.get(holder.seed_id) if holder is not None and holder.data == COMPLETE else None
+        if record is None or not record.succeeded or record.replication:
+            return  # no seed here, or replication was set up after it already: a restart must not rewind it
+        if not record.has_coordinates:
+            record.replication = ("replication not configured: this seed carried no binlog coordinates (a snapshot "
+                                  "or file copy, not a hot backup); configure it by hand")
+        elif not record.source_host:
+            record.replication = ("replication not configured: the source host is unknown (orchestrator's "
+                                  "post-copy/?sourceHost= did not name it)")
+        else:
+            position = BinlogPosition(record.binlog_file, record.binlog_position or 0, record.gtid)
+            try:
+                report = await self._replication.start(record.source_host, record.source_port, position)
+                record.replication = str(report)
+            except Exception as e:
+                record.replication = f"replication not configured: {e}"
+        log.info("seed {seed_id}: {replication}", seed_id=record.seed_id, replication=record.replication)
+        await self._save(record)
 
     # --- what the datadir eraser asks (DatadirWatcher) ---------------------------------------
 
@@ -288,6 +333,10 @@ class SeedManager(Service):
 
     async def _source_directory(self) -> str:
         mount = await self._snapshots.current_mount()
+        if mount.virtual:
+            # the live datadir is no consistent copy: only the backup tool's stream may carry it
+            raise Conflict(f"{mount.lv_path} is a hot-backup volume: sending it through the seed transfer (the "
+                           f"backup tool's stream) is not implemented yet; seed from a snapshot or a stopped server")
         if mount.is_mounted:
             if not mount.mysql_data_path:
                 raise Conflict(f"a snapshot is mounted at {mount.path} but no MySQL datadir was found in it")

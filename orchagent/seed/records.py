@@ -36,6 +36,19 @@ class SeedRecord:
     error: str = ""
     ended_at: float | None = None
     data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)
+    # A hot seed's receive: where the copy stands in the source's binary log (the backup's binlog info)
+    # and the source's MySQL port, both sent with the stream; the source host from post-copy's sourceHost.
+    source_host: str = ""
+    source_port: int | None = None
+    binlog_file: str = ""
+    binlog_position: int | None = None
+    gtid: str = ""
+    replication: str = ""  # what mysql-start configured after this seed (SeedStartReplication), or why not
+
+    @property
+    def has_coordinates(self) -> bool:
+        """Whether the copy stands at a known binlog position (a hot seed), unlike a snapshot's."""
+        return self.source_port is not None and bool(self.gtid or self.binlog_file)
 
     @property
     def completed(self) -> bool:

@@ -44,7 +44,8 @@ class SeedAPI:
         return [_status(record, now) for record in self._seeds.records(limit=MAX_LISTED)]
 
     async def post_copy(self, req):
-        await self._seeds.check_post_copy()
+        source_host = req.arg("sourceHost")
+        await self._seeds.check_post_copy(validate.host(source_host, "sourceHost") if source_host else None)
         return await self._post_copy(req)
 
 
@@ -66,6 +67,7 @@ def _status(record, now: float) -> dict:
         "BytesPerSecond": record.rate(now),
         "EtaSeconds": record.eta(now),
         "Error": record.error,
+        "Replication": record.replication,
         "StartedAt": _timestamp(record.started_at),
         "EndedAt": _timestamp(record.ended_at),
     }

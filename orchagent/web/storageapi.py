@@ -102,7 +102,7 @@ def make_storage(config, runner, reactor, mysql, *, mountinfo_path: str = MOUNTI
     defer_to_thread = defer_to_thread or thread_runner(reactor)
 
     disk = DiskUsage(runner, reactor)
-    backend = make_backend(config, runner, reactor, defer_to_thread)
+    backend = make_backend(config, runner, reactor, defer_to_thread, mysql)
     snapshots = Snapshots(config, backend, runner, disk, mysql, defer_to_thread, mountinfo_path)
     datadir = DatadirEraser(config, runner, mysql, disk, defer_to_thread, mountinfo_path)
     return StorageAPI(config, mysql, snapshots, disk, datadir)

@@ -167,9 +167,20 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"AgentsServer": "orch:3000"}, "AgentsServer", "http://")
         self.assertConfigError({"AgentsServerPort": "3001"}, "AgentsServerPort", '":3001"')
         self.assertConfigError({"StatusEndpoint": "status"}, "StatusEndpoint", "starting with '/'")
-        self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm" or "btrfs"')
+        self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm", "btrfs" or "hotbackup"')
         self.assertConfigError({"HTTPAuthUser": "u"}, "HTTPAuthUser", "HTTPAuthPassword")
         self.assertConfigError({"SnapshotBackend": "btrfs"}, "BtrfsSnapshotDirectory", "absolute")
+
+    def test_hot_backup_cross_checks(self):
+        """The hotbackup backend and replication set-up name the keys they lack."""
+        self.assertConfigError({"SnapshotBackend": "hotbackup"}, "HotBackupDefaultsFile", "absolute")
+        self.assertConfigError({"SnapshotBackend": "hotbackup", "HotBackupDefaultsFile": "/etc/b.cnf",
+                                "SnapshotVolumesFilter": "snap"}, "SnapshotVolumesFilter", "hot-backup")
+        self.assertConfigError({"HotBackupTool": "mysqldump"}, "HotBackupTool", '"mariabackup" or "xtrabackup"')
+        self.assertConfigError({"HotBackupPrepareMemoryMB": 1}, "HotBackupPrepareMemoryMB", "at least 16")
+        self.assertConfigError({"SeedStartReplication": True}, "SeedReplicationUser")
+        self.assertConfigError({"SeedStartReplication": True, "SeedReplicationUser": "repl"},
+                               "SeedReplicationPasswordFile", "absolute")
 
     def test_invalid_json_and_non_object(self):
         self.assertConfigError("{not json", "not valid JSON")

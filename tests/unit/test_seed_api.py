@@ -44,7 +44,7 @@ class RecordingSeeds:
     def records(self, limit=None):
         return list(self.by_id.values())[:limit]
 
-    async def check_post_copy(self):
+    async def check_post_copy(self, source_host=None):
         raise Conflict("seed 7 is failed")
 
 

@@ -123,7 +123,7 @@ class SeedManagerTestCase(SynchronousTestCase):
         self.snapshots = FakeSnapshots(Mount(path="/mnt/snap", is_mounted=True, mysql_data_path="/mnt/snap/mysql"))
         self.transfers = []
 
-    def manager(self, **config):
+    def manager(self, replication=None, **config):
         def send(reactor, host, port, seed_id, source, **kwargs):
             self.transfers.append((host, port, seed_id, source, kwargs))
             return self.transfer
@@ -134,7 +134,7 @@ class SeedManagerTestCase(SynchronousTestCase):
         manager = SeedManager(config=Config(**settings), reactor=self.clock, mysql=self.mysql,
                               snapshots=self.snapshots, eraser=self.eraser, disk=self.disk, runner=self.runner,
                               store=SeedStore(self.state), defer_to_thread=lambda f, *a: succeed(f(*a)),
-                              send=send)
+                              send=send, replication=replication)
         manager.startService()
         self.addCleanup(lambda: manager.running and manager.stopService())
         return manager
