@@ -17,7 +17,8 @@ Rules (contract "Our rules" 3 and 4):
 * At most ``max_running`` commands run at once; beyond that `Busy` (503) is raised, never a
   queue.  ``essential`` commands (the facts orchestrator's status poll and the safety checks
   read) may also use a small reserve, so a flood of custom commands cannot starve them.
-* A failure message quotes stderr's tail with secrets redacted (`errors.redact`).
+* Results and failures are :mod:`orchagent.commands`' types; a failure message quotes
+  stderr's tail with the runner's ``secrets`` redacted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import shutil
 import signal
 from typing import Mapping, Sequence
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
@@ -36,95 +36,18 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.errors import AgentError, Busy, redact
+from orchagent.commands import CommandFailed, CommandResult, CommandTimedOut
+from orchagent.errors import AgentError, Busy
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
 
 STDERR_KEPT = 64 * 1024  # the tail of stderr a failure message can quote from
-FAILURE_TAIL_CHARS = 500  # how much of that tail goes into a message
 SYSTEM_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")  # where the admin tools live
 KILL_BACKUP_SECONDS = 10.0  # after SIGKILL, how long to wait before giving up on a group
 GROUP_POLL_SECONDS = 0.05  # how often a dying group is checked for survivors
 ESSENTIAL_RESERVE = 4  # slots beyond max_running that only essential commands may use
 BUSY_RETRY_SECONDS = 5  # Retry-After of a command refused for want of a slot
-
-
-@attrs.frozen
-class CommandResult:
-    name: str  # what messages call it: argv[0]'s basename, or the config key of a configured command
-    argv: tuple[str, ...]  # as requested (holds the command text of a configured command: never log it)
-    exit_code: int | None  # None when ended by a signal (or when it never ended, see below)
-    signal: int | None
-    stdout: bytes  # the first ``max_output`` bytes (empty when ``stdout_path`` was given)
-    stderr: bytes  # the last 64 KiB
-    stdout_truncated: bool
-    timed_out: bool
-    timeout: float | None = None  # the limit it ran under, for messages
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def abandoned(self) -> bool:
-        """True when it survived SIGKILL to its group and we stopped waiting for it."""
-        return self.exit_code is None and self.signal is None
-
-    def text(self) -> str:
-        """stdout decoded as UTF-8 (invalid bytes replaced)."""
-        return self.stdout.decode("utf-8", "replace")
-
-
-class CommandFailed(AgentError):
-    """A command exited non-zero or by a signal; the message names it and quotes stderr's tail.
-
-    ``secrets`` (the runner's: token, passwords) are redacted from the quoted stderr, as is
-    anything that looks like a password.
-    """
-
-    def __init__(self, result: CommandResult, secrets: tuple[str, ...] = ()):
-        super().__init__(_describe_failure(result, secrets))
-        self.result = result
-
-
-class CommandTimedOut(CommandFailed):
-    """A command ran past its timeout and was killed with its whole process group."""
-
-
-def _stderr_tail(stderr: bytes, secrets: tuple[str, ...]) -> str:
-    """The last lines of stderr, redacted, at most about FAILURE_TAIL_CHARS characters."""
-    # redacted before the cut, so a secret split by the cut cannot show its tail
-    text = redact(stderr.decode("utf-8", "replace"), secrets).strip()
-    if len(text) <= FAILURE_TAIL_CHARS:
-        return text
-    text = text[-FAILURE_TAIL_CHARS:]
-    first_break = text.find("\n")
-    if 0 <= first_break < len(text) - 1:
-        text = text[first_break + 1:]  # start at a whole line
-    return "..." + text.strip()
-
-
-def _describe_failure(result: CommandResult, secrets: tuple[str, ...]) -> str:
-    tail = _stderr_tail(result.stderr, secrets)
-    if result.abandoned:
-        what = "timed out and " if result.timed_out else ""
-        message = f"{result.name} {what}did not end even after SIGKILL to its process group"
-        return f"{message}: {tail}" if tail else message
-    if result.timed_out:
-        limit = "its timeout" if result.timeout is None else f"{_seconds(result.timeout)} s"
-        message = f"{result.name} timed out after {limit} and was killed with its process group"
-        return f"{message}; stderr: {tail}" if tail else message
-    if result.signal is not None:
-        message = f"{result.name} was killed by signal {result.signal}"
-        return f"{message}: {tail}" if tail else message
-    message = f"{result.name} failed with exit status {result.exit_code}"
-    return f"{message}: {tail}" if tail else f"{message} and wrote nothing to stderr"
-
-
-def _seconds(value: float) -> str:
-    """300 -> "300", 0.5 -> "0.5"."""
-    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def _live_group_member(pgid: int) -> bool:

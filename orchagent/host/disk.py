@@ -14,8 +14,8 @@ import re
 from typing import Callable
 
 from orchagent.cache import ShortCache
+from orchagent.commands import CommandFailed
 from orchagent.errors import AgentError, InvalidInput, NotFound
-from orchagent.process import CommandFailed
 
 CACHE_SECONDS = 5.0
 #: An older value is still answered at once (while a fresh walk starts) up to this age.

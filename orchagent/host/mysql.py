@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 
 from orchagent import logs
 from orchagent.cache import ShortCache
+from orchagent.commands import CommandFailed
 from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict
 from orchagent.host import errorlog
 from orchagent.host.liveness import (
     RUNNING, STOPPED, UNKNOWN, Findings, Liveness, ServerPlaces, Verdict, command_verdict, decide, probe)
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
-from orchagent.process import CommandFailed
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)

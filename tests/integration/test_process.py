@@ -13,8 +13,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from orchagent import logs
+from orchagent.commands import CommandFailed, CommandTimedOut
 from orchagent.errors import AgentError, Busy
-from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
+from orchagent.process import ProcessRunner
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
 

@@ -11,8 +11,8 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from orchagent.commands import CommandFailed, CommandResult, CommandTimedOut
 from orchagent.host.liveness import Findings
-from orchagent.process import CommandFailed, CommandResult, CommandTimedOut
 from orchagent.web.routes import route_table
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
