@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from orchagent import logs
 from orchagent.commands import CommandFailed, CommandResult, CommandTimedOut
 from orchagent.errors import AgentError, Busy
+from orchagent.interfaces import ThreadRunner
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
@@ -285,14 +286,16 @@ class ProcessRunner:
     when the agent was started with a minimal PATH.  ``kill_grace`` is how long a group gets
     between SIGTERM and SIGKILL.  ``max_running`` (None: no limit) caps the commands running at
     once, ``reserve`` more for essential ones.  ``secrets`` are redacted from failure messages.
+    ``in_thread`` (default: the reactor's pool) runs the /proc scans of dying groups.
     """
 
     def __init__(self, reactor, *, default_timeout: float, exec_with_sudo: bool = False,
                  max_output: int = 1 << 20, environ: Mapping[str, str] | None = None,
                  kill_grace: float = 5.0, max_running: int | None = None,
-                 reserve: int = ESSENTIAL_RESERVE, secrets: Sequence[str] = ()):
+                 reserve: int = ESSENTIAL_RESERVE, secrets: Sequence[str] = (),
+                 in_thread: ThreadRunner | None = None):
         self._reactor = reactor
-        self._in_thread = thread_runner(reactor)
+        self._in_thread = in_thread or thread_runner(reactor)
         self._default_timeout = default_timeout
         self._exec_with_sudo = exec_with_sudo
         self._max_output = max_output

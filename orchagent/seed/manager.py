@@ -213,6 +213,11 @@ class SeedManager(Service):
                            f"{holder.data}); refusing to run the post-copy step on a datadir that did not "
                            f"receive a whole seed")
 
+    async def post_copy(self, source_host: str | None) -> None:
+        """MySQL's ``PostCopyCommand``, once :meth:`check_post_copy` agrees."""
+        await self.check_post_copy()
+        await self._mysql.post_copy(source_host)
+
     # --- what the datadir eraser asks (DatadirWatcher) ---------------------------------------
 
     def refuse_emptying(self, datadir: str) -> None:
