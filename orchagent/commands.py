@@ -24,7 +24,8 @@ class CommandResult:
     stderr: bytes  # the last 64 KiB
     stdout_truncated: bool
     timed_out: bool
-    timeout: float | None = None  # the limit it ran under, for messages
+    timeout: float | None = None  # the limit it ran under (the one that fired, if one did), for messages
+    idle: bool = False  # the limit that fired was the idle timeout: no output for ``timeout`` seconds
 
     @property
     def ok(self) -> bool:
@@ -53,7 +54,8 @@ class CommandFailed(AgentError):
 
 
 class CommandTimedOut(CommandFailed):
-    """A command ran past its timeout and was killed with its whole process group."""
+    """A command ran past its timeout (or printed nothing for its idle timeout) and was killed with
+    its whole process group."""
 
 
 def _stderr_tail(stderr: bytes, secrets: tuple[str, ...]) -> str:
@@ -77,7 +79,8 @@ def _describe_failure(result: CommandResult, secrets: tuple[str, ...]) -> str:
         return f"{message}: {tail}" if tail else message
     if result.timed_out:
         limit = "its timeout" if result.timeout is None else f"{_seconds(result.timeout)} s"
-        message = f"{result.name} timed out after {limit} and was killed with its process group"
+        what = f"printed nothing for {limit}" if result.idle else f"timed out after {limit}"
+        message = f"{result.name} {what} and was killed with its process group"
         return f"{message}; stderr: {tail}" if tail else message
     if result.signal is not None:
         message = f"{result.name} was killed by signal {result.signal}"

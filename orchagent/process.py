@@ -9,9 +9,10 @@ Rules (contract "Our rules" 3 and 4):
   front of argv (Twisted >= 23.8 may spawn with ``posix_spawnp``, which skips any pre-exec
   hook).  Twisted's children are never group leaders, so ``setsid`` calls setsid(2) and execs
   in place: the pid we get is also the id of the new group.
-* Every command has a wall-clock timeout (unless the caller supervises it itself) and is
-  killed as a group: SIGTERM, SIGKILL after a grace period, then a backup timer that gives up
-  and says so.  This happens on timeout, on cancel/terminate and on shutdown (`stop_all`).
+* Every command has a wall-clock timeout (unless the caller supervises it itself), and may have
+  an idle timeout (no output for N seconds: a stalled stream); either kills it as a group:
+  SIGTERM, SIGKILL after a grace period, then a backup timer that gives up and says so.  This
+  happens on timeout, on cancel/terminate and on shutdown (`stop_all`).
 * stdout and stderr are captured separately and bounded, and the pipes are always drained, so
   a child never blocks on a full pipe and our memory stays flat whatever it prints.
 * At most ``max_running`` commands run at once; beyond that `Busy` (503) is raised, never a
@@ -83,6 +84,7 @@ class _OutputCollector(ProcessProtocol):
         self._stderr = bytearray()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._command._output_seen()
         if childFD == 1:
             room = self._max_output - self._stdout_size
             if len(data) > room:
@@ -116,20 +118,23 @@ class RunningCommand:
     """
 
     def __init__(self, runner: ProcessRunner, *, name: str, argv: Sequence[str],
-                 timeout: float | None, check: bool, max_output: int):
+                 timeout: float | None, idle_timeout: float | None, check: bool, max_output: int):
         self._runner = runner
         self._reactor = runner._reactor
         self.name = name
         self._argv = tuple(argv)
         self._timeout = timeout
+        self._idle_timeout = idle_timeout
         self._check = check
         self.pid: int | None = None
         self.result: Deferred = Deferred(self._cancel)
         self._output = _OutputCollector(self, max_output)
         self._transport = None
         self._started_at = self._reactor.seconds()
-        self._timeout_call = None
+        self._timeout_call = None  # the wall-clock timer
+        self._idle_call = None  # the no-output timer, pushed back by every chunk of output
         self._timed_out = False
+        self._idle = False  # ... and it was the no-output timer that fired
         self._exit: tuple[int | None, int | None] | None = None  # (exit code, signal) once ended
         self._terminating = False  # the kill sequence has started
         self._terminated = False  # ... and has finished
@@ -142,18 +147,28 @@ class RunningCommand:
         self._transport = transport
         self.pid = transport.pid
         if self._timeout is not None:
-            self._timeout_call = self._reactor.callLater(self._timeout, self._timed_out_now)
+            self._timeout_call = self._reactor.callLater(self._timeout, self._timed_out_now, False)
+        if self._idle_timeout is not None:
+            self._idle_call = self._reactor.callLater(self._idle_timeout, self._timed_out_now, True)
 
-    def _timed_out_now(self) -> None:
-        self._timeout_call = None
-        self._timed_out = True
-        log.warn("{name} (pid {pid}) timed out after {timeout} s; killing its process group",
-                 name=self.name, pid=self.pid, timeout=self._timeout)
+    def _output_seen(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+
+    def _timed_out_now(self, idle: bool) -> None:
+        self._cancel_timers()
+        self._timed_out, self._idle = True, idle
+        if idle:
+            log.warn("{name} (pid {pid}) printed nothing for {timeout} s; killing its process group",
+                     name=self.name, pid=self.pid, timeout=self._idle_timeout)
+        else:
+            log.warn("{name} (pid {pid}) timed out after {timeout} s; killing its process group",
+                     name=self.name, pid=self.pid, timeout=self._timeout)
         self._consume(self.terminate())
 
     def _leader_ended(self, exit_code: int | None, signal_number: int | None) -> None:
         self._exit = (exit_code, signal_number)
-        self._cancel_timeout()
+        self._cancel_timers()
         log.debug("{name} (pid {pid}) ended: exit status {exit_code}, signal {signal}, "
                   "after {elapsed:.3f} s", name=self.name, pid=self.pid, exit_code=exit_code,
                   signal=signal_number, elapsed=self._reactor.seconds() - self._started_at)
@@ -164,10 +179,11 @@ class RunningCommand:
             self._runner._forget(self)
             self._deliver()
 
-    def _cancel_timeout(self) -> None:
-        if self._timeout_call is not None and self._timeout_call.active():
-            self._timeout_call.cancel()
-        self._timeout_call = None
+    def _cancel_timers(self) -> None:
+        for call in (self._timeout_call, self._idle_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeout_call = self._idle_call = None
 
     def _cancel(self, _result: Deferred) -> None:
         self._consume(self.terminate())
@@ -181,7 +197,7 @@ class RunningCommand:
             name=self.name, argv=self._argv, exit_code=exit_code, signal=signal_number,
             stdout=self._output.stdout(), stderr=self._output.stderr(),
             stdout_truncated=self._output.stdout_truncated, timed_out=self._timed_out,
-            timeout=self._timeout)
+            timeout=self._idle_timeout if self._idle else self._timeout, idle=self._idle)
         if result.timed_out:
             self.result.errback(CommandTimedOut(result, self._runner._secrets))
         elif (self._check and not result.ok) or result.abandoned:
@@ -262,7 +278,7 @@ class RunningCommand:
             self._survivor = Failure(AgentError(
                 f"{self.name} (pid {self.pid}) did not end even after SIGKILL to its process "
                 f"group; it is probably stuck in the kernel (D state): check `pgrep -a -g {self.pid}`"))
-        self._cancel_timeout()
+        self._cancel_timers()
         self._runner._forget(self)
         self._deliver()
         waiters, self._terminate_waiters = self._terminate_waiters, []
@@ -310,12 +326,16 @@ class ProcessRunner:
     def run(self, argv: Sequence[str], *, name: str | None = None, timeout: float | None | object = ...,
             privileged: bool = False, essential: bool = False, parsed: bool = False,
             check: bool = True, stdin_path: str | None = None, stdout_path: str | None = None,
-            cwd: str | None = None, env: Mapping[str, str] | None = None) -> Deferred:
+            cwd: str | None = None, env: Mapping[str, str] | None = None,
+            idle_timeout: float | None = None) -> Deferred:
         """Run argv to completion; Deferred[CommandResult].
 
         ``timeout``: seconds of wall-clock time (default: the runner's), ``None`` for no limit
-        (only for work that supervises itself).  ``privileged`` adds ``sudo -n`` when the
-        runner was built with ``exec_with_sudo``.  ``essential`` lets it use the reserve slots.
+        (only for work that supervises itself).  ``idle_timeout``: seconds without output (on
+        stderr, or stdout unless ``stdout_path``) after which it is killed the same way, for
+        streaming commands whose silence means a stall; None: no such limit.  ``privileged``
+        adds ``sudo -n`` when the runner was built with ``exec_with_sudo``.  ``essential`` lets it
+        use the reserve slots.
         ``parsed`` sets LC_ALL=C for tools whose output we parse.  When every slot is taken it
         fails with Busy.  stdin is /dev/null unless ``stdin_path``; ``stdout_path`` appends
         stdout to that file (created mode 0600 if missing) instead of capturing it.  With
@@ -324,7 +344,7 @@ class ProcessRunner:
         """
         return _result_of(self.start, argv, name=name, timeout=timeout, privileged=privileged,
                           essential=essential, parsed=parsed, check=check, stdin_path=stdin_path,
-                          stdout_path=stdout_path, cwd=cwd, env=env)
+                          stdout_path=stdout_path, cwd=cwd, env=env, idle_timeout=idle_timeout)
 
     def run_configured(self, command: str, args: Sequence[str] = (), *, name: str, **options) -> Deferred:
         """Run an admin-written shell string with ``args`` as literal positional parameters.
@@ -361,7 +381,8 @@ class ProcessRunner:
                timeout: float | None | object = ..., privileged: bool = False,
                essential: bool = False, parsed: bool = False, check: bool = True,
                stdin_path: str | None = None, stdout_path: str | None = None,
-               cwd: str | None = None, env: Mapping[str, str] | None = None) -> RunningCommand:
+               cwd: str | None = None, env: Mapping[str, str] | None = None,
+               idle_timeout: float | None = None) -> RunningCommand:
         if not argv:
             raise ValueError("an empty argv")
         name = name or os.path.basename(argv[0])
@@ -380,8 +401,8 @@ class ProcessRunner:
             log.debug("running configured command {name} with arguments {args}",
                       name=name, args=list(shown_args))
 
-        command = RunningCommand(self, name=name, argv=argv, timeout=timeout, check=check,
-                                 max_output=self._max_output)
+        command = RunningCommand(self, name=name, argv=argv, timeout=timeout, idle_timeout=idle_timeout,
+                                 check=check, max_output=self._max_output)
         opened: list[int] = []
         try:
             stdin_fd = self._open(stdin_path or os.devnull, os.O_RDONLY, name, opened)

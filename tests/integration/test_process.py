@@ -87,6 +87,38 @@ class ProcessRunnerTests(TestCase):
         result = await runner.run(["sleep", "0.6"], timeout=None)
         self.assertEqual(result.exit_code, 0)
 
+    # -- the idle timeout: no output for N seconds -----------------------------------------
+
+    @inline
+    async def test_idle_timeout_kills_a_silent_group(self):
+        pid_file = self.path("pid")
+        started = time.monotonic()
+        d = self.runner.run(["bash", "-c", 'echo started; sleep 1000 & echo $! > "$1"; wait', "test", pid_file],
+                            name="SendSeedDataCommand", idle_timeout=0.5)
+        [sleeper] = await pids_from(pid_file, 1)
+        failure = await self.assertFailure(d, CommandTimedOut)
+        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the idle timeout")
+        result = failure.result
+        self.assertEqual((result.timed_out, result.idle, result.stdout), (True, True, b"started\n"))
+        self.assertEqual(str(failure), "SendSeedDataCommand printed nothing for 0.5 s and was killed "
+                                       "with its process group")
+        self.assertLess(time.monotonic() - started, 0.5 + GRACE + 1)
+
+    @inline
+    async def test_output_on_either_pipe_keeps_a_command_alive(self):
+        # 2 s of work, never silent for more than 0.2 s: stdout, then stderr only
+        script = ("for i in $(seq 10); do echo $i; sleep 0.1; done;"
+                  "for i in $(seq 10); do echo $i >&2; sleep 0.1; done")
+        result = await self.runner.run(["bash", "-c", script], idle_timeout=0.6)
+        self.assertEqual((result.exit_code, result.timed_out), (0, False))
+
+    @inline
+    async def test_wall_clock_timeout_still_applies_while_output_flows(self):
+        d = self.runner.run(["bash", "-c", "while :; do echo tick; sleep 0.05; done"], timeout=0.5, idle_timeout=5)
+        failure = await self.assertFailure(d, CommandTimedOut)
+        self.assertFalse(failure.result.idle)
+        self.assertIn("timed out after 0.5 s", str(failure))
+
     @inline
     async def test_cancel_kills_group_even_when_it_ignores_sigterm(self):
         pid_file = self.path("pids")
