@@ -32,7 +32,7 @@ class Clock(Protocol):
 
 
 class RunningCommand(Protocol):
-    """A long-running command (:class:`orchagent.process.RunningCommand`)."""
+    """A long-running command (:class:`orchagent.running.RunningCommand`)."""
 
     pid: int | None
     result: Deferred  # Deferred[CommandResult]
