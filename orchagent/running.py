@@ -93,8 +93,9 @@ class RunningCommand:
     """A spawned command: its ``pid`` (also its process group), its ``result`` and ``terminate``.
 
     ``result`` fires with a CommandResult or fails with CommandFailed/CommandTimedOut as
-    described on :meth:`orchagent.process.ProcessRunner.run`.  Cancelling it terminates the group (the Deferred fails
-    with CancelledError at once; :meth:`~orchagent.process.ProcessRunner.stop_all` still waits for the group).
+    described on :meth:`orchagent.process.ProcessRunner.run`.  Cancelling it terminates the
+    group (the Deferred fails with CancelledError at once; ``ProcessRunner.stop_all`` still
+    waits for the group).
     """
 
     def __init__(self, reactor, *, name: str, argv: Sequence[str], timeout: float | None,
