@@ -63,6 +63,8 @@ class MySQLServer(Protocol):
 
     async def require_stopped(self, action: str) -> None: ...
 
+    async def post_copy(self, source_host: str | None) -> None: ...
+
 
 class Disk(Protocol):
     """``du``/``df``, cached (:class:`orchagent.host.disk.DiskUsage`)."""

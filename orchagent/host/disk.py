@@ -16,6 +16,7 @@ from typing import Callable
 from orchagent.cache import ShortCache
 from orchagent.commands import CommandFailed
 from orchagent.errors import AgentError, InvalidInput, NotFound
+from orchagent.interfaces import Clock, ProcessRunner
 
 CACHE_SECONDS = 5.0
 #: An older value is still answered at once (while a fresh walk starts) up to this age.
@@ -73,7 +74,8 @@ def resolve_inside(path: str | None, roots: list[str]) -> str:
 class DiskUsage:
     """``du``/``df`` through the runner, with coalescing and a short cache keyed by command and path."""
 
-    def __init__(self, runner, clock, cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS):
+    def __init__(self, runner: ProcessRunner, clock: Clock, cache_seconds: float = CACHE_SECONDS,
+                 stale_seconds: float = STALE_SECONDS):
         self._runner = runner
         self._cache = ShortCache(clock, cache_seconds, stale_seconds)
         self._counters: dict[str, Callable[[], int]] = {}

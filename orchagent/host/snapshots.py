@@ -14,16 +14,18 @@ looked up in mountinfo, so a second mount can never stack on the first one under
 from __future__ import annotations
 
 import os
-from typing import Callable, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import DeferredLock
 
 from orchagent import logs, safepath
+from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict, NotFound
 from orchagent.host.btrfs import BtrfsBackend
 from orchagent.host.lvm import LogicalVolume, LvmBackend
 from orchagent.host.mounts import MOUNTINFO, MountEntry, mount_at, read_mountinfo
+from orchagent.interfaces import Clock, Disk, MySQLServer, ProcessRunner, ThreadRunner
 
 log = logs.logger(__name__)
 
@@ -72,7 +74,8 @@ class SnapshotBackend(Protocol):
         """Take a snapshot of the datadir without ``CreateSnapshotCommand``."""
 
 
-def make_backend(config, runner, clock, defer_to_thread: Callable) -> SnapshotBackend:
+def make_backend(config: Config, runner: ProcessRunner, clock: Clock,
+                 defer_to_thread: ThreadRunner) -> SnapshotBackend:
     if config.snapshot_backend == "btrfs":
         return BtrfsBackend(runner, clock, defer_to_thread, config.btrfs_snapshot_directory,
                             config.snapshot_volumes_filter)
@@ -116,7 +119,8 @@ def _resolve_mount_point(path: str) -> str:
 
 
 class Snapshots:
-    def __init__(self, config, backend: SnapshotBackend, runner, disk, mysql, defer_to_thread: Callable,
+    def __init__(self, config: Config, backend: SnapshotBackend, runner: ProcessRunner, disk: Disk,
+                 mysql: MySQLServer, defer_to_thread: ThreadRunner,
                  mountinfo_path: str = MOUNTINFO):
         self._config = config
         self._backend = backend

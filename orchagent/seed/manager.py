@@ -31,6 +31,7 @@ from orchagent import logs, tls
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.datadir import checked_datadir
+from orchagent.interfaces import DatadirEraser, Disk, MountedSnapshot, MySQLServer, ProcessRunner, ThreadRunner
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Holder,
                                     SeedRecord, SeedStore)
 from orchagent.seed.transfer import SeedReceiverServer, send_tree
@@ -56,8 +57,10 @@ class _Job:
 
 
 class SeedManager(Service):
-    def __init__(self, *, config: Config, reactor, mysql, snapshots, eraser, disk, runner,
-                 store: SeedStore, defer_to_thread: Callable[..., Deferred], send: Callable[..., Any] = send_tree):
+    def __init__(self, *, config: Config, reactor, mysql: MySQLServer, snapshots: MountedSnapshot,
+                 eraser: DatadirEraser, disk: Disk, runner: ProcessRunner, store: SeedStore,
+                 defer_to_thread: ThreadRunner, send: Callable[..., Any] = send_tree):
+        """``reactor``: time and timers, and the seed listener's endpoints."""
         self._config = config
         self._reactor = reactor
         self._mysql = mysql
