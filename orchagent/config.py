@@ -154,6 +154,7 @@ class Config:
     http_header_timeout_seconds: int = _key("HTTPHeaderTimeoutSeconds", 15, _uint)
     seed_transfer_max_connections: int = _key("SeedTransferMaxConnections", 256, _uint)
     seed_handshake_timeout_seconds: int = _key("SeedHandshakeTimeoutSeconds", 30, _uint)
+    send_seed_data_idle_timeout_seconds: int = _key("SendSeedDataIdleTimeoutSeconds", 0, _uint)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

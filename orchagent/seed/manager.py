@@ -159,7 +159,9 @@ class SeedManager(Service):
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
                 self._config.send_seed_data_command, (source, target_host, str(port)),
-                name="SendSeedDataCommand", timeout=None)
+                name="SendSeedDataCommand", timeout=None,
+                # silence means a stall only for a command that reports progress (SendSeedDataIdleTimeoutSeconds)
+                idle_timeout=self._config.send_seed_data_idle_timeout_seconds or None)
             job = _Job(running.result, running.terminate, lambda: (0, None, 0, None))
             mode = "command"
         else:

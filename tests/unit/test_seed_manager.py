@@ -260,6 +260,13 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual([record.seed_id for record in manager.records()], [6, 5, 7])
         self.assertEqual([record.seed_id for record in manager.records(limit=1)], [6])
 
+    def test_send_command_is_killed_after_silence_only_when_configured(self):
+        self.settle(self.manager(send_seed_data_command="my-send").send("db2", 1))
+        watched = self.manager(send_seed_data_command="my-send", send_seed_data_idle_timeout_seconds=60)
+        self.settle(watched.send("db2", 2))
+        limits = [(name, options["idle_timeout"], options["timeout"]) for name, _, _, options in self.runner.started]
+        self.assertEqual(limits, [("SendSeedDataCommand", None, None), ("SendSeedDataCommand", 60, None)])
+
     def test_abort_after_success_cannot_be_flipped_back(self):
         manager = self.manager()
         self.settle(manager.send("db2", 4))
