@@ -21,7 +21,6 @@ from orchagent.interfaces import Clock, ProcessRunner
 CACHE_SECONDS = 5.0
 #: An older value is still answered at once (while a fresh walk starts) up to this age.
 STALE_SECONDS = 60.0
-MAX_PATH_LENGTH = 4096
 
 _DF_ROW = re.compile(r"^(?P<source>.*?)\s+(?P<type>\S+)\s+(?P<size>\d+)\s+(?P<used>\d+)\s+(?P<available>\d+)"
                      r"\s+(?:\d+%|-)\s+(?P<mount_point>.*)$")
@@ -45,19 +44,14 @@ def parse_df(text: str) -> int | None:
     return None
 
 
-def resolve_inside(path: str | None, roots: list[str]) -> str:
-    """``path`` with symlinks resolved, if that lies inside one of ``roots`` (also resolved).
+def resolve_inside(path: str, roots: list[str]) -> str:
+    """``path`` (already checked by ``web.validate.absolute_path``) with symlinks resolved, if that
+    lies inside one of ``roots`` (also resolved).
 
-    InvalidInput for anything malformed or outside; NotFound when it does not exist.
+    InvalidInput when it is relative or outside; NotFound when it does not exist.
     """
-    if not path:
-        raise InvalidInput("path is missing: pass ?path=<absolute directory inside the datadir, the "
-                           "snapshot mount point or AllowedPathRoots>")
-    if len(path) > MAX_PATH_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in path):
-        raise InvalidInput("path must be an absolute path without control characters, at most "
-                           f"{MAX_PATH_LENGTH} characters")
     if not path.startswith("/"):
-        raise InvalidInput("path must be absolute")
+        raise InvalidInput("path must be absolute")  # a relative one would resolve against our cwd
     resolved = os.path.realpath(path)
     for root in roots:
         if not root.startswith("/"):
