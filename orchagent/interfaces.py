@@ -42,7 +42,12 @@ class RunningCommand(Protocol):
 
 class ProcessRunner(Protocol):
     """Every OS command (:class:`orchagent.process.ProcessRunner`); results are
-    :class:`orchagent.commands.CommandResult`, failures CommandFailed / CommandTimedOut."""
+    :class:`orchagent.commands.CommandResult`, failures CommandFailed / CommandTimedOut.
+
+    ``options`` as ``ProcessRunner.run`` documents them: ``name``, ``timeout``, ``idle_timeout``,
+    ``privileged``, ``essential``, ``parsed``, ``check``, ``stdin_path``, ``stdout_path``,
+    ``cwd``, ``env``.
+    """
 
     def run(self, argv: Sequence[str], **options: Any) -> Deferred: ...
 

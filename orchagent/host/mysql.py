@@ -24,7 +24,7 @@ from orchagent.host import errorlog
 from orchagent.host.liveness import (
     RUNNING, STOPPED, UNKNOWN, Findings, Liveness, ServerPlaces, Verdict, command_verdict, decide, probe)
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
-from orchagent.interfaces import Clock, ProcessRunner, ThreadRunner
+from orchagent.interfaces import ProcessRunner, ThreadRunner
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
@@ -42,7 +42,7 @@ class MySQL:
         self,
         config: Config,
         runner: ProcessRunner,
-        reactor: Clock,
+        reactor,  # its time for the caches, and its thread pool unless in_thread is given
         *,
         in_thread: ThreadRunner | None = None,
         hostname: Callable[[], str] = socket.gethostname,
