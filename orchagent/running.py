@@ -207,6 +207,7 @@ class RunningCommand:
         self._terminate_waiters.append(waiter)
         if not self._terminating:
             self._terminating = True
+            self._cancel_timers()  # a timer firing while the group dies would misreport why it ended
             Deferred.fromCoroutine(self._kill_group()).addBoth(self._killed)
         return waiter
 

@@ -113,6 +113,15 @@ class ProcessRunnerTests(TestCase):
         self.assertEqual((result.exit_code, result.timed_out), (0, False))
 
     @inline
+    async def test_a_terminated_command_does_not_time_out_while_it_dies(self):
+        pid_file = self.path("pids")
+        command = self.runner.start(["bash", "-c", STUBBORN_TREE, "test", pid_file], idle_timeout=GRACE / 5)
+        await pids_from(pid_file, 2)
+        await command.terminate()  # TERM is ignored: the group dies only at SIGKILL, GRACE later
+        failure = await self.assertFailure(command.result, CommandFailed)
+        self.assertEqual((failure.result.timed_out, failure.result.signal), (False, signal.SIGKILL))
+
+    @inline
     async def test_wall_clock_timeout_still_applies_while_output_flows(self):
         d = self.runner.run(["bash", "-c", "while :; do echo tick; sleep 0.05; done"], timeout=0.5, idle_timeout=5)
         failure = await self.assertFailure(d, CommandTimedOut)
