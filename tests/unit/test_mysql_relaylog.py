@@ -12,14 +12,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.errors import AgentError, InvalidInput, NotFound
 from orchagent.host.mysql import MySQL
-from orchagent.host.binlogfile import decode_relaylog, gzip_base64, header_end, log_bytes, verify_events
 from orchagent.host.relaylog import (
     BinlogCoordinates,
     ReplicationLogs,
     configured_index,
+    decode_relaylog,
     find_index,
+    gzip_base64,
+    header_end,
+    log_bytes,
     parse_index,
     resolve_listed,
+    verify_events,
 )
 from orchagent.threads import thread_runner
 from tests.support.mysql_fakes import (
