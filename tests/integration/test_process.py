@@ -106,10 +106,10 @@ class ProcessRunnerTests(TestCase):
 
     @inline
     async def test_output_on_either_pipe_keeps_a_command_alive(self):
-        # 2 s of work, never silent for more than 0.2 s: stdout, then stderr only
-        script = ("for i in $(seq 10); do echo $i; sleep 0.1; done;"
-                  "for i in $(seq 10); do echo $i >&2; sleep 0.1; done")
-        result = await self.runner.run(["bash", "-c", script], idle_timeout=0.6)
+        # 3 s of work, three times the idle timeout, never silent for long: stdout, then stderr only
+        script = ("for i in $(seq 15); do echo $i; sleep 0.1; done;"
+                  "for i in $(seq 15); do echo $i >&2; sleep 0.1; done")
+        result = await self.runner.run(["bash", "-c", script], idle_timeout=1)
         self.assertEqual((result.exit_code, result.timed_out), (0, False))
 
     @inline
