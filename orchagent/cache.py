@@ -15,12 +15,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from orchagent import logs
+from orchagent.interfaces import Clock
 
 log = logs.logger(__name__)
 
 
 class ShortCache:
-    def __init__(self, clock, fresh_seconds: float, stale_seconds: float | None = None):
+    def __init__(self, clock: Clock, fresh_seconds: float, stale_seconds: float | None = None):
         self._clock = clock
         self._fresh = fresh_seconds
         self._stale = fresh_seconds if stale_seconds is None else stale_seconds

@@ -164,6 +164,7 @@ class Config:
     seed_start_replication: bool = _key("SeedStartReplication", False, _bool)
     seed_replication_user: str = _key("SeedReplicationUser", "", _string)
     seed_replication_password_file: str = _key("SeedReplicationPasswordFile", "", _string)
+    send_seed_data_idle_timeout_seconds: int = _key("SendSeedDataIdleTimeoutSeconds", 0, _uint)
 
     @property
     def agents_urls(self) -> tuple[str, ...]:

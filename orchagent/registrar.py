@@ -21,6 +21,7 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from orchagent import logs
 from orchagent.errors import redact
+from orchagent.interfaces import Clock
 
 log = logs.logger(__name__)
 
@@ -39,7 +40,7 @@ class QuietConnectionPool(HTTPConnectionPool):
 
 
 class Registrar(Service):
-    def __init__(self, *, client: HTTPClient, clock, urls: tuple[str, ...], hostname: str,
+    def __init__(self, *, client: HTTPClient, clock: Clock, urls: tuple[str, ...], hostname: str,
                  http_port: int, token: str, poll_seconds: int, resubmit_minutes: int,
                  status_bad_seconds: int, timeout: float, jitter: Callable[[], float] = random.random):
         self._client = client

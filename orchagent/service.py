@@ -1,4 +1,9 @@
-"""The service tree: API listener, registrar, seeds, and an orderly shutdown of running commands."""
+"""The service tree: API listener, registrar, seeds, and an orderly shutdown of running commands.
+
+:func:`make_service` builds the whole object graph, top to bottom: the one process runner and
+thread runner, the registrar, the host objects (:mod:`orchagent.graph`), the seed manager, the
+metrics, the web handlers over them, the site.  Read it to see what talks to what.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +17,24 @@ from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from orchagent import connections, logs, tls
-from orchagent.web.audit import AuditLog
 from orchagent.config import Config
+from orchagent.graph import make_host, mysql_api, storage_api
 from orchagent.host.mysql import MySQL
 from orchagent.host.replication import ReplicationSetup
-from orchagent.web.metrics import Metrics
 from orchagent.process import ProcessRunner
 from orchagent.registrar import QuietConnectionPool, Registrar
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedStore
 from orchagent.threads import thread_runner
 from orchagent.token import Token
+from orchagent.web.audit import AuditLog
 from orchagent.web.coreapi import CoreAPI
-from orchagent.web.resource import ApiResource, Guard
-from orchagent.web.mysqlapi import make_mysql_api
+from orchagent.web.metrics import Metrics
 from orchagent.web.openapi import with_openapi
+from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
 from orchagent.web.site import ApiSite
-from orchagent.web.storageapi import make_storage
 
 log = logs.logger(__name__)
 
@@ -40,7 +44,8 @@ LISTEN_BACKLOG = 1024
 def make_service(config: Config, reactor, token: Token | None = None) -> MultiService:
     """``token``: the fixed one of ``TokenFile`` (read at start-up); None draws a new one."""
     token = token or Token()
-    runner = ProcessRunner(reactor, default_timeout=config.command_timeout_seconds,
+    in_thread = thread_runner(reactor)  # the one thread runner: blocking file work, everyone's
+    runner = ProcessRunner(reactor, default_timeout=config.command_timeout_seconds, in_thread=in_thread,
                            exec_with_sudo=config.exec_with_sudo, max_running=config.max_concurrent_commands,
                            secrets=(token.value, config.http_auth_password, config.seed_transfer_secret))
     registrar = Registrar(
@@ -54,20 +59,18 @@ def make_service(config: Config, reactor, token: Token | None = None) -> MultiSe
         status_bad_seconds=config.status_bad_seconds,
         timeout=config.http_timeout_seconds or None,
     )
-    mysql = MySQL(config, runner, reactor)
-    in_thread = thread_runner(reactor)
-    storage = make_storage(config, runner, reactor, mysql, defer_to_thread=in_thread)
-    mysql_api = make_mysql_api(config, runner, mysql)
-    seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=storage.snapshots,
-                        eraser=storage.datadir, disk=storage.disk, runner=runner,
+    mysql = MySQL(config, runner, reactor, in_thread=in_thread)
+    host = make_host(config, runner, reactor, mysql, in_thread=in_thread)
+    seeds = SeedManager(config=config, reactor=reactor, mysql=host.mysql, snapshots=host.snapshots,
+                        eraser=host.datadir, disk=host.disk, runner=runner,
                         store=SeedStore(config.state_directory), defer_to_thread=in_thread,
                         replication=ReplicationSetup(config, runner, reactor, in_thread))
     mysql.after_start(seeds.start_replication)
-    storage.datadir.watch(seeds)
-    metrics = Metrics(commands=runner, registration=registrar, mysql=mysql, disk=storage.disk, seeds=seeds)
+    host.datadir.watch(seeds)
+    metrics = Metrics(commands=runner, registration=registrar, mysql=host.mysql, disk=host.disk, seeds=seeds)
     core = CoreAPI(hostname=config.agent_hostname, registrar=registrar, runner=runner,
                    custom_commands=config.custom_commands, metrics=metrics)
-    routes = with_openapi(route_table(core, storage, mysql_api, SeedAPI(seeds, mysql_api.post_copy),
+    routes = with_openapi(route_table(core, storage_api(config, host), mysql_api(config, host), SeedAPI(seeds),
                                       config.status_endpoint, config.apply_relaylog_max_bytes,
                                       metrics=config.metrics_enabled))
     observers = [AuditLog(config.audit_log_file)] + ([metrics] if config.metrics_enabled else [])

@@ -13,12 +13,12 @@ import fcntl
 import os
 import struct
 import time
-from typing import Callable
 
 from orchagent import logs
 from orchagent.errors import AgentError
 from orchagent.host.lvm import LogicalVolume
 from orchagent.host.mounts import MountEntry
+from orchagent.interfaces import Clock, ProcessRunner, ThreadRunner
 
 log = logs.logger(__name__)
 
@@ -91,7 +91,8 @@ def same_directory(first: str, second: str) -> bool:
 
 
 class BtrfsBackend:
-    def __init__(self, runner, clock, defer_to_thread: Callable, snapshot_directory: str, name_prefix: str):
+    def __init__(self, runner: ProcessRunner, clock: Clock, defer_to_thread: ThreadRunner, snapshot_directory: str,
+                 name_prefix: str):
         if not snapshot_directory.startswith("/"):
             raise AgentError("SnapshotBackend \"btrfs\" needs BtrfsSnapshotDirectory (an absolute path)")
         self._runner = runner

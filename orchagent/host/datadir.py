@@ -15,11 +15,13 @@ import functools
 import os
 import re
 import stat
-from typing import Callable, Collection, Protocol
+from typing import Collection, Protocol
 
 from orchagent import logs, safepath
+from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict
 from orchagent.host.mounts import MOUNTINFO, read_mountinfo
+from orchagent.interfaces import Disk, MySQLServer, ProcessRunner, ThreadRunner
 
 log = logs.logger(__name__)
 
@@ -192,7 +194,8 @@ class DatadirWatcher(Protocol):
 class DatadirEraser:
     """Empties the datadir for ``delete-mysql-datadir`` and for a seed that must start over."""
 
-    def __init__(self, config, runner, mysql, disk, defer_to_thread: Callable, mountinfo_path: str = MOUNTINFO):
+    def __init__(self, config: Config, runner: ProcessRunner, mysql: MySQLServer, disk: Disk,
+                 defer_to_thread: ThreadRunner, mountinfo_path: str = MOUNTINFO):
         self._command = config.mysql_delete_datadir_content_command
         self._runner = runner
         self._mysql = mysql

@@ -14,13 +14,13 @@ import re
 from typing import Callable
 
 from orchagent.cache import ShortCache
+from orchagent.commands import CommandFailed
 from orchagent.errors import AgentError, InvalidInput, NotFound
-from orchagent.process import CommandFailed
+from orchagent.interfaces import Clock, ProcessRunner
 
 CACHE_SECONDS = 5.0
 #: An older value is still answered at once (while a fresh walk starts) up to this age.
 STALE_SECONDS = 60.0
-MAX_PATH_LENGTH = 4096
 
 _DF_ROW = re.compile(r"^(?P<source>.*?)\s+(?P<type>\S+)\s+(?P<size>\d+)\s+(?P<used>\d+)\s+(?P<available>\d+)"
                      r"\s+(?:\d+%|-)\s+(?P<mount_point>.*)$")
@@ -44,19 +44,14 @@ def parse_df(text: str) -> int | None:
     return None
 
 
-def resolve_inside(path: str | None, roots: list[str]) -> str:
-    """``path`` with symlinks resolved, if that lies inside one of ``roots`` (also resolved).
+def resolve_inside(path: str, roots: list[str]) -> str:
+    """``path`` (already checked by ``web.validate.absolute_path``) with symlinks resolved, if that
+    lies inside one of ``roots`` (also resolved).
 
-    InvalidInput for anything malformed or outside; NotFound when it does not exist.
+    InvalidInput when it is relative or outside; NotFound when it does not exist.
     """
-    if not path:
-        raise InvalidInput("path is missing: pass ?path=<absolute directory inside the datadir, the "
-                           "snapshot mount point or AllowedPathRoots>")
-    if len(path) > MAX_PATH_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in path):
-        raise InvalidInput("path must be an absolute path without control characters, at most "
-                           f"{MAX_PATH_LENGTH} characters")
     if not path.startswith("/"):
-        raise InvalidInput("path must be absolute")
+        raise InvalidInput("path must be absolute")  # a relative one would resolve against our cwd
     resolved = os.path.realpath(path)
     for root in roots:
         if not root.startswith("/"):
@@ -73,7 +68,8 @@ def resolve_inside(path: str | None, roots: list[str]) -> str:
 class DiskUsage:
     """``du``/``df`` through the runner, with coalescing and a short cache keyed by command and path."""
 
-    def __init__(self, runner, clock, cache_seconds: float = CACHE_SECONDS, stale_seconds: float = STALE_SECONDS):
+    def __init__(self, runner: ProcessRunner, clock: Clock, cache_seconds: float = CACHE_SECONDS,
+                 stale_seconds: float = STALE_SECONDS):
         self._runner = runner
         self._cache = ShortCache(clock, cache_seconds, stale_seconds)
         self._counters: dict[str, Callable[[], int]] = {}

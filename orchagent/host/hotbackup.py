@@ -27,7 +27,7 @@ from orchagent.errors import AgentError, Conflict, InvalidInput
 from orchagent.host.btrfs import same_directory
 from orchagent.host.lvm import LogicalVolume
 from orchagent.host.mounts import MountEntry
-from orchagent.process import CommandFailed
+from orchagent.commands import CommandFailed
 from orchagent.web import validate
 
 log = logs.logger(__name__)

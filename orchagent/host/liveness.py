@@ -93,7 +93,7 @@ _CANNOT_TELL = re.compile(r"not been booted with systemd|failed to connect to bu
 
 
 def command_verdict(result) -> Verdict:
-    """Classify one run of ``MySQLServiceStatusCommand`` (a :class:`orchagent.process.CommandResult`)."""
+    """Classify one run of ``MySQLServiceStatusCommand`` (a :class:`orchagent.commands.CommandResult`)."""
     key, exit_code, stderr = "MySQLServiceStatusCommand", result.exit_code, result.stderr
     if result.timed_out:
         limit = f" after {result.timeout:g} s" if result.timeout else ""

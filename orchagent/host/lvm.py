@@ -15,6 +15,7 @@ import attrs
 from orchagent import logs
 from orchagent.errors import AgentError, Conflict
 from orchagent.host.mounts import MountEntry
+from orchagent.interfaces import ProcessRunner
 
 log = logs.logger(__name__)
 
@@ -98,7 +99,7 @@ def parse_blkid_type(text: str) -> str | None:
 class LvmBackend:
     """Snapshots are logical volumes; a mounted one is recognised by its device-mapper name."""
 
-    def __init__(self, runner):
+    def __init__(self, runner: ProcessRunner):
         self._runner = runner
 
     async def list_volumes(self) -> list[LogicalVolume]:

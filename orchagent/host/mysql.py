@@ -17,13 +17,14 @@ from typing import Awaitable, Callable, Sequence
 
 from orchagent import logs
 from orchagent.cache import ShortCache
+from orchagent.commands import CommandFailed
 from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict
 from orchagent.host import errorlog
 from orchagent.host.liveness import (
     RUNNING, STOPPED, UNKNOWN, Findings, Liveness, ServerPlaces, Verdict, command_verdict, decide, probe)
 from orchagent.host.optionfiles import DEFAULT_OPTION_FILES, OptionFileError, read_server_options
-from orchagent.process import CommandFailed
+from orchagent.interfaces import ProcessRunner, ThreadRunner
 from orchagent.threads import thread_runner
 
 log = logs.logger(__name__)
@@ -40,9 +41,10 @@ class MySQL:
     def __init__(
         self,
         config: Config,
-        runner,
-        reactor,
+        runner: ProcessRunner,
+        reactor,  # its time for the caches, and its thread pool unless in_thread is given
         *,
+        in_thread: ThreadRunner | None = None,
         hostname: Callable[[], str] = socket.gethostname,
         default_option_files: Sequence[str] = DEFAULT_OPTION_FILES,
         compiled_datadir: str = COMPILED_DATADIR,
@@ -50,7 +52,7 @@ class MySQL:
     ):
         self._config = config
         self._runner = runner
-        self._in_thread = thread_runner(reactor)
+        self._in_thread = in_thread or thread_runner(reactor)  # blocking file work
         # Orchestrator asks for these on every poll; each lookup may run a configured command.
         self._facts = ShortCache(reactor, FACTS_FRESH_SECONDS, FACTS_STALE_SECONDS)
         self._status = ShortCache(reactor, 0)
@@ -61,14 +63,10 @@ class MySQL:
         self._probe = probe_host
         self._after_start: list[Callable[[], Awaitable[None]]] = []
 
-    def in_thread(self, function, *args):
-        """Run blocking file work off the reactor thread; a Deferred of its result."""
-        return self._in_thread(function, *args)
-
     async def server_options(self) -> dict[str, str | None]:
         """The server's options from its option files (normalised names, last value wins)."""
         try:
-            return await self.in_thread(lambda: read_server_options(
+            return await self._in_thread(lambda: read_server_options(
                 self._option_files, must_exist=self._option_files_must_exist))
         except OptionFileError as e:
             raise AgentError(f"cannot read the MySQL option files: {e}") from None
@@ -86,7 +84,7 @@ class MySQL:
         value = options.get("datadir")
         if value:
             return _absolute_path(value, f"datadir in {self._files_text()}")
-        if await self.in_thread(os.path.isdir, self._compiled_datadir):
+        if await self._in_thread(os.path.isdir, self._compiled_datadir):
             return _absolute_path(self._compiled_datadir, "the compiled-in datadir")
         raise AgentError(f"cannot tell where MySQL keeps its data: no datadir in {self._files_text()} "
                          f"and no {self._compiled_datadir}; set MySQLDatadirCommand or MySQLConfigFile")
@@ -122,7 +120,7 @@ class MySQL:
 
     async def error_log_tail(self, lines: int) -> list[str]:
         path = await self.error_log_path()
-        return await self.in_thread(errorlog.tail_lines, path, lines)
+        return await self._in_thread(errorlog.tail_lines, path, lines)
 
     async def liveness(self) -> Liveness:
         """Whether a server uses the datadir, by :func:`orchagent.host.liveness.decide`.  Never raises.
@@ -180,7 +178,7 @@ class MySQL:
             places = await self._server_places()
         except AgentError as e:
             return Findings(unchecked=(f"cannot tell where a server would show itself: {e}",))
-        return await self.in_thread(self._probe, places)
+        return await self._in_thread(self._probe, places)
 
     async def _server_places(self) -> ServerPlaces:
         """The datadir, pid file, socket, port and listening addresses, as the server would use them."""

@@ -24,13 +24,17 @@ import os
 import re
 import tempfile
 import zlib
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Sequence
 
 import attrs
 
 from orchagent import logs
 from orchagent.errors import AgentError, InvalidInput, NotFound
 from orchagent.host.binlogfile import BINLOG_MAGIC, HEAD_BYTES, header_end, verify_events
+from orchagent.interfaces import ProcessRunner, ThreadRunner
+
+if TYPE_CHECKING:
+    from orchagent.host.mysql import MySQL  # its option files and datadir locate the indexes
 
 log = logs.logger(__name__)
 
@@ -246,10 +250,11 @@ def _read_range(f: BinaryIO, low: int, high: int) -> Iterator[bytes]:
 class ReplicationLogs:
     """The server's relay logs and binary logs, as orchestrator's relay-log routes need them."""
 
-    def __init__(self, mysql, runner, *, client_command: str, max_apply_bytes: int,
-                 temp_directory: str | None = None):
+    def __init__(self, mysql: MySQL, runner: ProcessRunner, *, in_thread: ThreadRunner, client_command: str,
+                 max_apply_bytes: int, temp_directory: str | None = None):
         self._mysql = mysql
         self._runner = runner
+        self._in_thread = in_thread
         self._client_command = client_command
         self._max_apply_bytes = max_apply_bytes
         self._temp_directory = temp_directory
@@ -262,13 +267,13 @@ class ReplicationLogs:
         return path
 
     async def relay_log_files(self) -> list[str]:
-        return await self._mysql.in_thread(read_index, await self.relay_index_file())
+        return await self._in_thread(read_index, await self.relay_index_file())
 
     async def relay_log_end_coordinates(self) -> BinlogCoordinates:
         files = await self.relay_log_files()
         if not files:
             raise NotFound(f"the relay log index {await self.relay_index_file()} lists no relay logs")
-        return BinlogCoordinates(files[-1], await self._mysql.in_thread(file_size, files[-1]))
+        return BinlogCoordinates(files[-1], await self._in_thread(file_size, files[-1]))
 
     async def binlog_text(self, names: Sequence[str], start: int, stop: int) -> str:
         """``mysqlbinlog`` output for the named logs, gzipped, in base64 (V1's binlog-contents)."""
@@ -279,14 +284,14 @@ class ReplicationLogs:
         output = self._temp_file(".txt")
         try:
             await self._runner.run(argv, name="mysqlbinlog", privileged=True, stdout_path=output)
-            return await self._mysql.in_thread(lambda: gzip_base64(file_chunks(output)))
+            return await self._in_thread(lambda: gzip_base64(file_chunks(output)))
         finally:
-            await self._mysql.in_thread(remove_files, [output])
+            await self._in_thread(remove_files, [output])
 
     async def binlog_bytes(self, names: Sequence[str], start: int, stop: int) -> str:
         """The raw bytes of the named logs (C.2.4), gzipped, in base64."""
         paths = await self._listed(names)
-        return await self._mysql.in_thread(lambda: gzip_base64(log_bytes(paths, start, stop)))
+        return await self._in_thread(lambda: gzip_base64(log_bytes(paths, start, stop)))
 
     async def relaylog_tail(self, name: str, start: int) -> str:
         """Raw bytes from ``start`` in relay log ``name`` to the end of the last relay log."""
@@ -294,7 +299,7 @@ class ReplicationLogs:
         files = await self.relay_log_files()
         first = resolve_listed(name, files)
         tail = files[files.index(first):]
-        return await self._mysql.in_thread(lambda: gzip_base64(log_bytes(tail, start, 0)))
+        return await self._in_thread(lambda: gzip_base64(log_bytes(tail, start, 0)))
 
     async def apply_relaylog(self, body: BinaryIO, size: int) -> None:
         """Decode base64(gzip(relay log)), verify its events, feed ``mysqlbinlog``'s SQL to
@@ -307,18 +312,18 @@ class ReplicationLogs:
             raise InvalidInput("the body is empty; send base64(gzip(relay log)) as the request body")
         relaylog, probe, statements = self._temp_file(".bin"), self._temp_file(".sql"), self._temp_file(".sql")
         try:
-            await self._mysql.in_thread(decode_relaylog, body, relaylog, self._max_apply_bytes)
-            events = await self._mysql.in_thread(verify_events, relaylog)
+            await self._in_thread(decode_relaylog, body, relaylog, self._max_apply_bytes)
+            events = await self._in_thread(verify_events, relaylog)
             for probe_input, safe_answer, fix in CLIENT_PROBES:
-                await self._mysql.in_thread(write_file, probe, probe_input)
+                await self._in_thread(write_file, probe, probe_input)
                 await self._probe_client(probe, safe_answer, fix)
-            await self._mysql.in_thread(write_file, statements, SANDBOX_LINE)
+            await self._in_thread(write_file, statements, SANDBOX_LINE)
             await self._runner.run(["mysqlbinlog", "--no-defaults", "--verify-binlog-checksum", relaylog],
                                    name="mysqlbinlog", stdout_path=statements)
             await self._runner.run_configured(self._client_command, name="MySQLClientCommand",
                                               stdin_path=statements)
         finally:
-            await self._mysql.in_thread(remove_files, [relaylog, probe, statements])
+            await self._in_thread(remove_files, [relaylog, probe, statements])
         log.info("applied a relay log of {events} events ({size} encoded bytes) through MySQLClientCommand "
                  "in sandbox mode", events=events, size=size)
 
@@ -334,18 +339,18 @@ class ReplicationLogs:
     async def _index(self, kind: str) -> str | None:
         datadir = await self._mysql.datadir()
         configured = configured_index(await self._mysql.server_options(), datadir, kind)
-        return await self._mysql.in_thread(find_index, configured, datadir, kind)
+        return await self._in_thread(find_index, configured, datadir, kind)
 
     async def _listed(self, names: Sequence[str]) -> list[str]:
         if not names:
-            raise InvalidInput("no binlog files provided: pass ?binlog=<file name>, once per file")
+            raise InvalidInput("no binlog files named")
         for name in names:
             check_log_name(name)
         listed = []
         for kind in ("binlog", "relay"):
             index = await self._index(kind)
             if index is not None:
-                listed += await self._mysql.in_thread(read_index, index)
+                listed += await self._in_thread(read_index, index)
         return [resolve_listed(name, listed) for name in names]
 
     def _temp_file(self, suffix: str) -> str:

@@ -28,7 +28,7 @@ from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict, InvalidInput, redact
 from orchagent.host.hotbackup import BinlogPosition
 from orchagent.host.relaylog import SANDBOX_LINE
-from orchagent.process import CommandFailed
+from orchagent.commands import CommandFailed
 from orchagent.web import validate
 
 log = logs.logger(__name__)

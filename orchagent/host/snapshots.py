@@ -17,17 +17,19 @@ looked up in mountinfo, so a second mount can never stack on the first one under
 from __future__ import annotations
 
 import os
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import DeferredLock
 
 from orchagent import logs, safepath
+from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict, NotFound
 from orchagent.host.btrfs import BtrfsBackend
 from orchagent.host.hotbackup import HotBackupBackend, VirtualMount
 from orchagent.host.lvm import LogicalVolume, LvmBackend
 from orchagent.host.mounts import MOUNTINFO, MountEntry, mount_at, read_mountinfo
+from orchagent.interfaces import Clock, Disk, MySQLServer, ProcessRunner, ThreadRunner
 
 log = logs.logger(__name__)
 
@@ -87,7 +89,8 @@ class VirtualBackend(SnapshotBackend, Protocol):
     async def unmount(self) -> None: ...
 
 
-def make_backend(config, runner, clock, defer_to_thread: Callable, mysql) -> SnapshotBackend:
+def make_backend(config: Config, runner: ProcessRunner, clock: Clock,
+                 defer_to_thread: ThreadRunner, mysql: MySQLServer) -> SnapshotBackend:
     if config.snapshot_backend == "hotbackup":
         return HotBackupBackend(config, runner, mysql, defer_to_thread)
     if config.snapshot_backend == "btrfs":
@@ -133,7 +136,8 @@ def _resolve_mount_point(path: str) -> str:
 
 
 class Snapshots:
-    def __init__(self, config, backend: SnapshotBackend, runner, disk, mysql, defer_to_thread: Callable,
+    def __init__(self, config: Config, backend: SnapshotBackend, runner: ProcessRunner, disk: Disk,
+                 mysql: MySQLServer, defer_to_thread: ThreadRunner,
                  mountinfo_path: str = MOUNTINFO):
         self._config = config
         self._backend = backend

@@ -29,6 +29,7 @@ from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.datadir import checked_datadir
 from orchagent.host.hotbackup import BinlogPosition
+from orchagent.interfaces import DatadirEraser, Disk, MountedSnapshot, MySQLServer, ProcessRunner, ThreadRunner
 from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
@@ -56,10 +57,11 @@ class _Job:
 
 
 class SeedManager(Service):
-    def __init__(self, *, config: Config, reactor, mysql, snapshots, eraser, disk, runner,
-                 store: SeedStore, defer_to_thread: Callable[..., Deferred], send: Callable[..., Any] = send_tree,
-                 replication=None):
-        """``replication``: an :class:`orchagent.host.replication.ReplicationSetup`, for SeedStartReplication."""
+    def __init__(self, *, config: Config, reactor, mysql: MySQLServer, snapshots: MountedSnapshot,
+                 eraser: DatadirEraser, disk: Disk, runner: ProcessRunner, store: SeedStore,
+                 defer_to_thread: ThreadRunner, send: Callable[..., Any] = send_tree, replication=None):
+        """``reactor``: time and timers, and the seed listener's endpoints.  ``replication``: an
+        :class:`orchagent.host.replication.ReplicationSetup`, for SeedStartReplication."""
         self._config = config
         self._reactor = reactor
         self._mysql = mysql
@@ -156,7 +158,9 @@ class SeedManager(Service):
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
                 self._config.send_seed_data_command, (source, target_host, str(port)),
-                name="SendSeedDataCommand", timeout=None)
+                name="SendSeedDataCommand", timeout=None,
+                # silence means a stall only for a command that reports progress (SendSeedDataIdleTimeoutSeconds)
+                idle_timeout=self._config.send_seed_data_idle_timeout_seconds or None)
             job = _Job(running.result, running.terminate, lambda: (0, None, 0, None))
             mode = "command"
         else:
@@ -253,6 +257,11 @@ class SeedManager(Service):
                 record.replication = f"replication not configured: {e}"
         log.info("seed {seed_id}: {replication}", seed_id=record.seed_id, replication=record.replication)
         await self._save(record)
+
+    async def post_copy(self, source_host: str | None) -> None:
+        """MySQL's ``PostCopyCommand``, once :meth:`check_post_copy` agrees."""
+        await self.check_post_copy(source_host)
+        await self._mysql.post_copy(source_host)
 
     # --- what the datadir eraser asks (DatadirWatcher) ---------------------------------------
 

@@ -1,14 +1,19 @@
 """Handlers for the agent's identity, health and whitelisted custom commands."""
 
+from __future__ import annotations
+
 from orchagent import __version__
 from orchagent.errors import NotFound
-from orchagent.web.metrics import CONTENT_TYPE
+from orchagent.interfaces import ProcessRunner
+from orchagent.registrar import Registrar
+from orchagent.web.metrics import CONTENT_TYPE, Metrics
 from orchagent.web.rendering import ok_envelope
 from orchagent.web.resource import Response
 
 
 class CoreAPI:
-    def __init__(self, *, hostname: str, registrar, runner, custom_commands: dict[str, str], metrics=None):
+    def __init__(self, *, hostname: str, registrar: Registrar, runner: ProcessRunner,
+                 custom_commands: dict[str, str], metrics: Metrics | None = None):
         self._hostname = hostname
         self._registrar = registrar
         self._runner = runner

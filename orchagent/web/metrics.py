@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from orchagent import logs
-from orchagent.seed.records import SeedRecord
+from orchagent.interfaces import Disk, MySQLServer, Seeds
 from orchagent.web.resource import Answered
 
 log = logs.logger(__name__)
@@ -36,26 +36,8 @@ class Registration(Protocol):
     def seconds_since_answer(self) -> float | None: ...
 
 
-class Host(Protocol):
-    async def is_running(self) -> bool: ...
-
-    async def datadir(self) -> str: ...
-
-
-class Disk(Protocol):
-    async def usage(self, path: str) -> int: ...
-
-    async def available(self, path: str) -> int: ...
-
-
-class Seeds(Protocol):
-    def records(self) -> list[SeedRecord]: ...
-
-    def now(self) -> float: ...
-
-
 class Metrics:
-    def __init__(self, *, commands: Commands, registration: Registration, mysql: Host, disk: Disk,
+    def __init__(self, *, commands: Commands, registration: Registration, mysql: MySQLServer, disk: Disk,
                  seeds: Seeds):
         self._commands = commands
         self._registration = registration

@@ -1,30 +1,21 @@
 """Handlers for the MySQL service, its error log, relay logs and binlogs (contract A.2 #16-20, 23, 29-35).
 
 Request values are validated here (orchagent.web.validate), before anything runs: integers must be
-integers, a host a hostname or an IP address, a log name a plain file name or absolute path; log
-names are then checked against the server's own indexes below.
+integers, a log name a plain file name or absolute path; log names are then checked against the
+server's own indexes (:mod:`orchagent.host.relaylog`).
 """
 
 from __future__ import annotations
 
 import os
 
-from orchagent.errors import InvalidInput
+from orchagent.host.mysql import MySQL
 from orchagent.host.relaylog import ReplicationLogs
 from orchagent.web import validate
 
-MAX_BINLOG_NAMES = 1000
-
-
-def make_mysql_api(config, runner, mysql) -> MySQLAPI:
-    """The MySQL routes' handlers, wired to the one runner and the host's ``MySQL``."""
-    logs = ReplicationLogs(mysql, runner, client_command=config.mysql_client_command,
-                           max_apply_bytes=config.apply_relaylog_max_bytes)
-    return MySQLAPI(mysql, logs, error_log_tail_lines=config.error_log_tail_lines)
-
 
 class MySQLAPI:
-    def __init__(self, mysql, replication_logs, *, error_log_tail_lines: int):
+    def __init__(self, mysql: MySQL, replication_logs: ReplicationLogs, *, error_log_tail_lines: int):
         self._mysql = mysql
         self._logs = replication_logs
         self._error_log_tail_lines = error_log_tail_lines
@@ -45,13 +36,6 @@ class MySQLAPI:
 
     async def start(self, req) -> bool:
         await self._mysql.start()
-        return True
-
-    async def post_copy(self, req) -> bool:
-        """Orchestrator calls ``post-copy/?sourceHost=<h>``; the host reaches PostCopyCommand as
-        ``$ORCHAGENT_SOURCE_HOST`` (V1 ignored it)."""
-        source_host = req.arg("sourceHost")
-        await self._mysql.post_copy(validate.host(source_host, "sourceHost") if source_host else None)
         return True
 
     async def relay_log_index_file(self, req) -> str:
@@ -86,8 +70,5 @@ class MySQLAPI:
 
 
 def _binlog_range(req) -> tuple[list[str], int, int]:
-    names = req.query.get("binlog", [])
-    if len(names) > MAX_BINLOG_NAMES:
-        raise InvalidInput(f"too many binlog files ({len(names)}); at most {MAX_BINLOG_NAMES} per request")
-    start, stop = validate.position(req.arg("start"), "start"), validate.position(req.arg("stop"), "stop")
-    return [validate.log_name(name) for name in names], start, stop
+    names = validate.log_names(req.query.get("binlog", []), "binlog")
+    return names, validate.position(req.arg("start"), "start"), validate.position(req.arg("stop"), "stop")

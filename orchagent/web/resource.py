@@ -23,8 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from orchagent import logs, tls
+from orchagent.commands import CommandFailed, CommandTimedOut
 from orchagent.errors import AgentError, Busy, Conflict, InvalidInput, NotFound
-from orchagent.process import CommandFailed, CommandTimedOut
 from orchagent.token import Token
 from orchagent.web.rendering import error_envelope, render_json
 from orchagent.web.routes import Route

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime
 
+from orchagent.interfaces import Seeds
 from orchagent.web import validate
 
 MAX_LISTED = 100  # seeds listed by /api/seeds, newest first
 
 
 class SeedAPI:
-    def __init__(self, seeds, post_copy):
-        """``post_copy`` is the MySQL API's handler, run only after :meth:`check_post_copy` agrees."""
+    def __init__(self, seeds: Seeds):
         self._seeds = seeds
-        self._post_copy = post_copy
 
     async def receive(self, req) -> bool:
         await self._seeds.receive(validate.seed_id(req.params["seedId"]))
@@ -43,10 +42,12 @@ class SeedAPI:
         now = self._seeds.now()
         return [_status(record, now) for record in self._seeds.records(limit=MAX_LISTED)]
 
-    async def post_copy(self, req):
+    async def post_copy(self, req) -> bool:
+        """Orchestrator calls ``post-copy/?sourceHost=<h>``; the host reaches PostCopyCommand as
+        ``$ORCHAGENT_SOURCE_HOST`` (V1 ignored it)."""
         source_host = req.arg("sourceHost")
-        await self._seeds.check_post_copy(validate.host(source_host, "sourceHost") if source_host else None)
-        return await self._post_copy(req)
+        await self._seeds.post_copy(validate.host(source_host, "sourceHost") if source_host else None)
+        return True
 
 
 def _status(record, now: float) -> dict:

@@ -14,6 +14,7 @@ from orchagent.errors import InvalidInput
 
 MAX_IDENTIFIER_LENGTH = 1024
 MAX_PATH_LENGTH = 4096
+MAX_LOG_NAMES = 1000  # binlog files named in one request
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
@@ -92,6 +93,15 @@ def log_name(value: str | None) -> str:
         return value
     raise InvalidInput(f"invalid log file name {_shown(value)}: give a file name from the server's index "
                        "(letters, digits and . _ + @ : , = -) or its absolute path")
+
+
+def log_names(values: list[str], what: str) -> list[str]:
+    """Log names, one per ``?{what}=``: at least one, at most MAX_LOG_NAMES, each a :func:`log_name`."""
+    if not values:
+        raise InvalidInput(f"no binlog files provided: pass ?{what}=<file name>, once per file")
+    if len(values) > MAX_LOG_NAMES:
+        raise InvalidInput(f"too many binlog files ({len(values)}); at most {MAX_LOG_NAMES} per request")
+    return [log_name(value) for value in values]
 
 
 def _shown(value: str | None) -> str:

@@ -13,10 +13,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
+from orchagent.graph import make_host, storage_api
 from orchagent.host.datadir import empty_directory
 from orchagent.host.mounts import read_mountinfo
 from orchagent.process import ProcessRunner
-from orchagent.web.storageapi import make_storage
+from orchagent.threads import thread_runner
 from tests.support.agent import start_agent
 from tests.support.btrfs import btrfs_filesystem
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
@@ -147,8 +148,9 @@ class MountPointTests(TestCase):
     def client(self, mount_point):
         config = Config(snapshot_backend="btrfs", btrfs_snapshot_directory=self.snapshots,
                         snapshot_volumes_filter="mysql-snap-", snapshot_mount_point=mount_point)
-        return LiveClient(self, make_storage(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db"))),
-                          reactor)
+        host = make_host(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db")),
+                         in_thread=thread_runner(reactor))
+        return LiveClient(self, storage_api(config, host), reactor)
 
     def mounted_at(self, path):
         return [entry for entry in read_mountinfo() if entry.mount_point == path]

@@ -26,8 +26,8 @@ from orchagent.errors import AgentError
 from orchagent.host.mysql import MySQL
 from orchagent.host.relaylog import ReplicationLogs
 from orchagent.process import ProcessRunner
+from orchagent.threads import thread_runner
 from orchagent.token import Token
-from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
 from tests.support.mariadb import MariaDBSandbox
 from tests.support.mysql_fakes import mysql_routes
@@ -65,8 +65,8 @@ class MariaDBThroughTheAPITests(TestCase):
         config = load_config([config_file])
         self.runner = RecordingRunner(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
         self.mysql = MySQL(config, self.runner, reactor)
-        site = Site(ApiResource(mysql_routes(make_mysql_api(config, self.runner, self.mysql)),
-                                Guard(token=Token(TOKEN)), reactor))
+        site = Site(ApiResource(mysql_routes(config, self.runner, reactor, self.mysql), Guard(token=Token(TOKEN)),
+                                reactor))
         listening = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.base = f"http://127.0.0.1:{listening.getHost().port}"
@@ -232,8 +232,8 @@ class MariaDBThroughTheAPITests(TestCase):
         """The real client without --local-infile=0 would let a statement read any file as root."""
         name, end = self.new_binlog("CREATE DATABASE IF NOT EXISTS loaded")
         encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
-        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(self.sandbox.client_argv()),
-                               max_apply_bytes=1 << 20)
+        logs = ReplicationLogs(self.mysql, self.runner, in_thread=thread_runner(reactor),
+                               client_command=shlex.join(self.sandbox.client_argv()), max_apply_bytes=1 << 20)
         self.sandbox.sql("DROP DATABASE loaded")
         before = len(self.runner.commands)
         with self.assertRaises(AgentError) as caught:
@@ -252,7 +252,8 @@ class MariaDBThroughTheAPITests(TestCase):
         encoded = (await self.ok(f"/api/mysql-binlog-binary-contents?binlog={name}&stop={end}")).encode()
         self.sandbox.sql("DROP DATABASE binary_mode")
         client = [*self.sandbox.client_argv(), "--binary-mode", "--local-infile=0"]
-        logs = ReplicationLogs(self.mysql, self.runner, client_command=shlex.join(client), max_apply_bytes=1 << 20)
+        logs = ReplicationLogs(self.mysql, self.runner, in_thread=thread_runner(reactor),
+                               client_command=shlex.join(client), max_apply_bytes=1 << 20)
         await logs.apply_relaylog(io.BytesIO(encoded), len(encoded))
         self.assertEqual(self.sandbox.sql("SELECT HEX(b) FROM binary_mode.t"), "000D0A5C21\n")
         self.sandbox.sql("DROP DATABASE binary_mode")

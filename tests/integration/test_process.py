@@ -13,8 +13,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from orchagent import logs
+from orchagent.commands import CommandFailed, CommandTimedOut
 from orchagent.errors import AgentError, Busy
-from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
+from orchagent.process import ProcessRunner
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
 
@@ -85,6 +86,47 @@ class ProcessRunnerTests(TestCase):
         runner = ProcessRunner(reactor, default_timeout=0.2)
         result = await runner.run(["sleep", "0.6"], timeout=None)
         self.assertEqual(result.exit_code, 0)
+
+    # -- the idle timeout: no output for N seconds -----------------------------------------
+
+    @inline
+    async def test_idle_timeout_kills_a_silent_group(self):
+        pid_file = self.path("pid")
+        started = time.monotonic()
+        d = self.runner.run(["bash", "-c", 'echo started; sleep 1000 & echo $! > "$1"; wait', "test", pid_file],
+                            name="SendSeedDataCommand", idle_timeout=0.5)
+        [sleeper] = await pids_from(pid_file, 1)
+        failure = await self.assertFailure(d, CommandTimedOut)
+        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the idle timeout")
+        result = failure.result
+        self.assertEqual((result.timed_out, result.idle, result.stdout), (True, True, b"started\n"))
+        self.assertEqual(str(failure), "SendSeedDataCommand printed nothing for 0.5 s and was killed "
+                                       "with its process group")
+        self.assertLess(time.monotonic() - started, 0.5 + GRACE + 1)
+
+    @inline
+    async def test_output_on_either_pipe_keeps_a_command_alive(self):
+        # 3 s of work, three times the idle timeout, never silent for long: stdout, then stderr only
+        script = ("for i in $(seq 15); do echo $i; sleep 0.1; done;"
+                  "for i in $(seq 15); do echo $i >&2; sleep 0.1; done")
+        result = await self.runner.run(["bash", "-c", script], idle_timeout=1)
+        self.assertEqual((result.exit_code, result.timed_out), (0, False))
+
+    @inline
+    async def test_a_terminated_command_does_not_time_out_while_it_dies(self):
+        pid_file = self.path("pids")
+        command = self.runner.start(["bash", "-c", STUBBORN_TREE, "test", pid_file], idle_timeout=GRACE / 5)
+        await pids_from(pid_file, 2)
+        await command.terminate()  # TERM is ignored: the group dies only at SIGKILL, GRACE later
+        failure = await self.assertFailure(command.result, CommandFailed)
+        self.assertEqual((failure.result.timed_out, failure.result.signal), (False, signal.SIGKILL))
+
+    @inline
+    async def test_wall_clock_timeout_still_applies_while_output_flows(self):
+        d = self.runner.run(["bash", "-c", "while :; do echo tick; sleep 0.05; done"], timeout=0.5, idle_timeout=5)
+        failure = await self.assertFailure(d, CommandTimedOut)
+        self.assertFalse(failure.result.idle)
+        self.assertIn("timed out after 0.5 s", str(failure))
 
     @inline
     async def test_cancel_kills_group_even_when_it_ignores_sigterm(self):

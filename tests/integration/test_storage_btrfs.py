@@ -8,9 +8,10 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
+from orchagent.graph import make_host, storage_api
 from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
-from orchagent.web.storageapi import make_storage
+from orchagent.threads import thread_runner
 from tests.support.btrfs import btrfs_filesystem
 from tests.support.mariadb import MariaDBSandbox
 from tests.support.storage import LiveClient, inline
@@ -30,8 +31,8 @@ class BtrfsSnapshotTests(TestCase):
                         mysql_config_file=self.sandbox.config_file)
         runner = ProcessRunner(reactor, default_timeout=60)
         self.addCleanup(runner.stop_all)
-        storage = make_storage(config, runner, reactor, MySQL(config, runner, reactor))
-        self.client = LiveClient(self, storage, reactor)
+        host = make_host(config, runner, reactor, MySQL(config, runner, reactor), in_thread=thread_runner(reactor))
+        self.client = LiveClient(self, storage_api(config, host), reactor)
 
     async def get_ok(self, path):
         code, body = await self.client.get(path)

@@ -7,8 +7,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
+from orchagent.graph import make_host, storage_api
 from orchagent.host.datadir import empty_directory
-from orchagent.web.storageapi import make_storage
+from orchagent.threads import thread_runner
 from tests.support.storage import LiveClient, StubMySQL, inline
 
 
@@ -32,8 +33,9 @@ class MountBoundaryTests(TestCase):
     @inline
     async def test_delete_mysql_datadir_route(self):
         mysql = StubMySQL(self.datadir)
-        storage = make_storage(Config(), None, reactor, mysql)
-        client = LiveClient(self, storage, reactor)
+        config = Config()
+        host = make_host(config, None, reactor, mysql, in_thread=thread_runner(reactor))
+        client = LiveClient(self, storage_api(config, host), reactor)
         mysql.running = True
         self.assertEqual((await client.get("/api/delete-mysql-datadir"))[0], 409)
         self.assertTrue(os.path.exists(os.path.join(self.datadir, "ibdata1")))

@@ -9,8 +9,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
+from orchagent.graph import make_host, storage_api
 from orchagent.process import ProcessRunner
-from orchagent.web.storageapi import make_storage
+from orchagent.threads import thread_runner
 from tests.support.fake_lvm import FakeLvm
 from tests.support.storage import LiveClient, RecordingRunner, StubMySQL, inline
 
@@ -34,8 +35,9 @@ class LvmTestsBase(TestCase):
         config = Config(snapshot_mount_point=self.mount_point, snapshot_volumes_filter="-snap-",
                         create_snapshot_command="touch created")
         self.mysql = StubMySQL(self.datadir)
-        storage = make_storage(config, self.runner, reactor, self.mysql, mountinfo_path=self.lvm.mountinfo_path)
-        self.client = LiveClient(self, storage, reactor)
+        host = make_host(config, self.runner, reactor, self.mysql, in_thread=thread_runner(reactor),
+                         mountinfo_path=self.lvm.mountinfo_path)
+        self.client = LiveClient(self, storage_api(config, host), reactor)
 
 
 class LvmFlowTests(LvmTestsBase):

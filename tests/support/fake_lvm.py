@@ -19,7 +19,7 @@ import sys
 
 from twisted.internet.defer import fail, succeed
 
-from orchagent.process import CommandFailed, CommandResult
+from orchagent.commands import CommandFailed, CommandResult
 from tests.support.fake_lvm_tools import REPO, TOOLS, fixture, run_tool
 
 

@@ -11,9 +11,14 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from orchagent.commands import CommandFailed, CommandResult, CommandTimedOut
+from orchagent.graph import make_host, mysql_api
 from orchagent.host.liveness import Findings
-from orchagent.process import CommandFailed, CommandResult, CommandTimedOut
+from orchagent.seed.manager import SeedManager
+from orchagent.seed.records import SeedStore
+from orchagent.threads import thread_runner
 from orchagent.web.routes import route_table
+from orchagent.web.seedapi import SeedAPI
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -146,7 +151,7 @@ class FakeProbe:
 
 class _OtherSections:
     """Handlers of the non-MySQL API sections: present so the route table builds, never called
-    (except those given, such as the seeds' post-copy that delegates to the MySQL API)."""
+    (except those given, such as the seeds' post-copy that runs MySQL's PostCopyCommand)."""
 
     def __init__(self, **handlers):
         self.__dict__.update(handlers)
@@ -157,9 +162,14 @@ class _OtherSections:
         return handler
 
 
-def mysql_routes(mysql_api):
-    """The real route table with ``mysql_api`` as its MySQL section."""
+def mysql_routes(config, runner, reactor, mysql):
+    """The real route table with the MySQL section live over ``mysql``, wired as the agent wires it,
+    and post-copy through a seed manager no seed ever came to."""
+    host = make_host(config, runner, reactor, mysql, in_thread=thread_runner(reactor))
+    seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=host.snapshots, eraser=host.datadir,
+                        disk=host.disk, runner=runner, store=SeedStore(config.state_directory),
+                        defer_to_thread=thread_runner(reactor))
     other = _OtherSections()
-    seeds = _OtherSections(post_copy=mysql_api.post_copy)
-    return route_table(other, other, mysql_api, seeds, "/api/status",
+    seed_section = _OtherSections(post_copy=SeedAPI(seeds).post_copy)
+    return route_table(other, other, mysql_api(config, host), seed_section, "/api/status",
                        apply_relaylog_max_bytes=0)  # the body limit is web.site's, not under test here

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
-from orchagent.web.storageapi import make_storage
+from orchagent.graph import make_host
 from tests.support.storage import StubMySQL, sync_thread
 
 
@@ -32,7 +32,7 @@ class WatcherTests(SynchronousTestCase):
         datadir = os.path.abspath(self.mktemp())
         os.makedirs(datadir)
         open(os.path.join(datadir, "ibdata1"), "w").close()
-        eraser = make_storage(Config(), None, Clock(), StubMySQL(datadir), defer_to_thread=sync_thread).datadir
+        eraser = make_host(Config(), None, Clock(), StubMySQL(datadir), in_thread=sync_thread).datadir
         watcher = RecordingWatcher()
         eraser.watch(watcher)
         self.failureResultOf(Deferred.fromCoroutine(eraser.delete_content()), Conflict)

@@ -4,9 +4,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.commands import CommandResult
 from orchagent.host.liveness import (
     RUNNING, STOPPED, UNKNOWN, Findings, ServerPlaces, Verdict, command_verdict, decide, locks_by_inode, probe)
-from orchagent.process import CommandResult
 
 OWN_PID = 999
 

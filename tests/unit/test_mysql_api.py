@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
 from orchagent.token import Token
-from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
 from tests.support.mysql_fakes import (
     FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
@@ -41,9 +40,9 @@ class MySQLRoutesTests(SynchronousTestCase):
                         mysql_service_start_command="start", mysql_service_stop_command="stop",
                         post_copy_command="post-copy", error_log_tail_lines=3, **keys)
         self.runner = runner or FakeRunner()
-        mysql = MySQL(config, self.runner, InlineThreadsReactor(), probe_host=FakeProbe())
-        resource = ApiResource(mysql_routes(make_mysql_api(config, self.runner, mysql)),
-                               Guard(token=Token(TOKEN)), Clock())
+        reactor = InlineThreadsReactor()
+        mysql = MySQL(config, self.runner, reactor, probe_host=FakeProbe())
+        resource = ApiResource(mysql_routes(config, self.runner, reactor, mysql), Guard(token=Token(TOKEN)), Clock())
         return StubTreq(resource)
 
     def call(self, path, method="GET", data=None, headers=None, client=None):

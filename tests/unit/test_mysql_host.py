@@ -5,11 +5,11 @@ import os
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.commands import CommandFailed
 from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.liveness import STOPPED, Findings, ServerPlaces
 from orchagent.host.mysql import MySQL
-from orchagent.process import CommandFailed
 from tests.support.mysql_fakes import FakeProbe, FakeRunner, InlineThreadsReactor
 
 

@@ -24,6 +24,7 @@ from orchagent.host.relaylog import (
     parse_index,
     resolve_listed,
 )
+from orchagent.threads import thread_runner
 from tests.support.mysql_fakes import (
     FIXTURES,
     HEADER,
@@ -243,8 +244,10 @@ class ReplicationLogsTests(SynchronousTestCase):
     def make(self, **options):
         config = Config(mysql_datadir_command="d", **options)
         self.runner.stdout["MySQLDatadirCommand"] = self.datadir.encode()
-        mysql = MySQL(config, self.runner, InlineThreadsReactor(), default_option_files=())
-        return ReplicationLogs(mysql, self.runner, client_command=config.mysql_client_command,
+        reactor = InlineThreadsReactor()
+        mysql = MySQL(config, self.runner, reactor, default_option_files=())
+        return ReplicationLogs(mysql, self.runner, in_thread=thread_runner(reactor),
+                               client_command=config.mysql_client_command,
                                max_apply_bytes=config.apply_relaylog_max_bytes, temp_directory=self.temp)
 
     def result(self, coroutine):

@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.commands import CommandFailed, CommandResult
 from orchagent.errors import Busy, redact
-from orchagent.process import CommandFailed, CommandResult
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import Route

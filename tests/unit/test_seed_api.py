@@ -44,19 +44,14 @@ class RecordingSeeds:
     def records(self, limit=None):
         return list(self.by_id.values())[:limit]
 
-    async def check_post_copy(self, source_host=None):
-        raise Conflict("seed 7 is failed")
+    async def post_copy(self, source_host):
+        raise Conflict("seed 7 is failed")  # the manager checks before anything runs
 
 
 class SeedApiTests(SynchronousTestCase):
     def setUp(self):
         self.seeds = RecordingSeeds()
-
-        async def post_copy(req):
-            self.seeds.calls.append(("post-copy",))
-            return True
-
-        api = SeedAPI(self.seeds, post_copy)
+        api = SeedAPI(self.seeds)
         routes = [
             Route("GET", "/api/receive-mysql-seed-data/:seedId", api.receive),
             Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", api.send),

@@ -110,6 +110,17 @@ class FakeTransfer:
         return succeed(None)
 
 
+class PostCopyMySQL(StubMySQL):
+    """Remembers each PostCopyCommand it was asked to run."""
+
+    def __init__(self, datadir):
+        super().__init__(datadir)
+        self.post_copies = []
+
+    async def post_copy(self, source_host):
+        self.post_copies.append(source_host)
+
+
 class SeedManagerTestCase(SynchronousTestCase):
     def setUp(self):
         self.state = self.mktemp()
@@ -249,6 +260,13 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual([record.seed_id for record in manager.records()], [6, 5, 7])
         self.assertEqual([record.seed_id for record in manager.records(limit=1)], [6])
 
+    def test_send_command_is_killed_after_silence_only_when_configured(self):
+        self.settle(self.manager(send_seed_data_command="my-send").send("db2", 1))
+        watched = self.manager(send_seed_data_command="my-send", send_seed_data_idle_timeout_seconds=60)
+        self.settle(watched.send("db2", 2))
+        limits = [(name, options["idle_timeout"], options["timeout"]) for name, _, _, options in self.runner.started]
+        self.assertEqual(limits, [("SendSeedDataCommand", None, None), ("SendSeedDataCommand", 60, None)])
+
     def test_abort_after_success_cannot_be_flipped_back(self):
         manager = self.manager()
         self.settle(manager.send("db2", 4))
@@ -266,6 +284,15 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual((record.state, record.error), ("failed", "ReceiveSeedDataCommand failed with exit status 1"))
         self.assertEqual((self.eraser.emptied, self.eraser.paths), (1, [self.datadir]))
         self.assertIn("seed 11 is failed", str(self.fail_with(manager.check_post_copy(), Conflict)))
+
+    def test_post_copy_runs_the_command_only_when_the_check_agrees(self):
+        self.mysql = PostCopyMySQL(self.datadir)
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.settle(manager.post_copy("db1"))  # no seed ever came here: a manual post-copy runs
+        self.settle(manager.receive(11))
+        self.runner.commands[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
+        self.assertIn("seed 11 is failed", str(self.fail_with(manager.post_copy("db2"), Conflict)))
+        self.assertEqual(self.mysql.post_copies, ["db1"])
 
     def test_stalled_command_mode_receive_is_killed(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_stall_timeout_seconds=30)

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
-from orchagent.web.storageapi import make_storage
+from orchagent.graph import make_host, storage_api
 from tests.support.fake_lvm import FakeLvm, FakeRunner
 from tests.support.storage import StubMySQL, SyncClient, sync_thread
 
@@ -33,9 +33,9 @@ class StorageApiTestsBase(SynchronousTestCase):
         self.lvm = FakeLvm(os.path.join(self.tmp, "host"), file_systems)
         self.runner = FakeRunner(self.lvm, configured)
         config = Config(**{"snapshot_mount_point": self.mount_point, "snapshot_volumes_filter": "-snap-", **settings})
-        self.storage = make_storage(config, self.runner, self.clock, self.mysql,
-                                    mountinfo_path=self.lvm.mountinfo_path, defer_to_thread=sync_thread)
-        self.client = SyncClient(self, self.storage, self.clock)
+        self.host = make_host(config, self.runner, self.clock, self.mysql, in_thread=sync_thread,
+                              mountinfo_path=self.lvm.mountinfo_path)
+        self.client = SyncClient(self, storage_api(config, self.host), self.clock)
         return self.client
 
     def not_mounted(self):
@@ -248,11 +248,11 @@ class CommandTests(StorageApiTestsBase):
         os.makedirs(os.path.join(self.datadir, "db1"))  # what a receive command extracted before it failed
         self.start()
         self.assertIn("(rule: a datadir or empty)", str(self.failureResultOf(
-            Deferred.fromCoroutine(self.storage.datadir.empty()), Conflict).value))
-        self.successResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)))
+            Deferred.fromCoroutine(self.host.datadir.empty()), Conflict).value))
+        self.successResultOf(Deferred.fromCoroutine(self.host.datadir.empty(after_failed_seed=True)))
         self.assertEqual(os.listdir(self.datadir), [])
         self.mysql.data_directory = "/usr/bin"  # the system rules still hold
-        self.failureResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)), Conflict)
+        self.failureResultOf(Deferred.fromCoroutine(self.host.datadir.empty(after_failed_seed=True)), Conflict)
 
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"

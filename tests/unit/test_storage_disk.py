@@ -5,8 +5,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.commands import CommandFailed, CommandResult
 from orchagent.host.disk import DiskUsage
-from orchagent.process import CommandFailed, CommandResult
 
 
 def result(stdout: bytes, exit_code: int = 0) -> CommandResult:
