@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 from orchagent import logs, safepath
 from orchagent.errors import AgentError, Conflict, InvalidInput, redact
 from orchagent.host.hotbackup import BinlogPosition
-from orchagent.host.relaylog import SANDBOX_LINE
 from orchagent.commands import CommandFailed
+from orchagent.host.relaylog import SANDBOX_LINE
 from orchagent.web import validate
 
 log = logs.logger(__name__)
@@ -146,6 +146,19 @@ class ReplicationSetup:
         self._clock = clock
         self._defer_to_thread = defer_to_thread
         self._wait_seconds = wait_seconds
+
+    async def configure(self, source_host: str, source_port: int | None, position: BinlogPosition | None) -> str:
+        """:meth:`start` for a seed: what was configured, or why nothing was.  Never raises."""
+        if position is None:
+            return ("replication not configured: this seed carried no binlog coordinates (a snapshot or file "
+                    "copy, not a hot backup); configure it by hand")
+        if not source_host:
+            return ("replication not configured: the source host is unknown (orchestrator's "
+                    "post-copy/?sourceHost= did not name it)")
+        try:
+            return str(await self.start(source_host, source_port, position))
+        except Exception as e:
+            return f"replication not configured: {e}"
 
     async def start(self, source_host: str, source_port: int, position: BinlogPosition) -> ReplicationReport:
         """Configure and start replication; the report says whether it runs (raises only when nothing could run)."""

@@ -21,7 +21,6 @@ from typing import Any, Callable
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.task import LoopingCall
 
 from orchagent import logs, tls
@@ -33,7 +32,8 @@ from orchagent.interfaces import DatadirEraser, Disk, MountedSnapshot, MySQLServ
 from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
-from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
+from orchagent.seed.listener import SeedListener, require_authentication
 from orchagent.seed.sender import send_tree
 
 log = logs.logger(__name__)
@@ -41,19 +41,6 @@ log = logs.logger(__name__)
 TICK_SECONDS = 2  # how often progress is sampled and stalls are checked
 SAVE_EVERY_TICKS = 5  # progress reaches the disk every 10 s (state changes at once)
 BUSY_RETRY_SECONDS = 60  # Retry-After of a seed refused because MaxConcurrentSeeds run
-
-
-@attrs.define
-class _Job:
-    """What the manager needs of a running seed, whatever carries the data."""
-
-    done: Deferred  # fires on success, fails with the reason
-    stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
-    progress: Callable[[], tuple[int, int | None, int, int | None]]  # bytes, bytes total, files, files total
-    watch_growth_of: str | None = None  # command-mode receive: the datadir whose growth shows progress
-    last_growth: float = 0.0
-    last_size: int = -1
-    unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
 
 
 class SeedManager(Service):
@@ -74,8 +61,8 @@ class SeedManager(Service):
         self._defer_to_thread = defer_to_thread
         self._replication = replication
         self._records: dict[int, SeedRecord] = {}
-        self._jobs: dict[int, _Job] = {}
-        self._receiver: SeedReceiverServer | None = None
+        self._jobs: dict[int, Job] = {}
+        self._listener = SeedListener(config, reactor)
         self._ticks = 0
         self._save_lock = DeferredLock()
         self._datadirs = DatadirHolders(
@@ -107,9 +94,7 @@ class SeedManager(Service):
             self._ticker.stop()
         jobs, self._jobs = list(self._jobs.values()), {}
         stopping = [job.stop() for job in jobs]
-        receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            stopping.append(receiver.stopListening())
+        stopping.append(self._listener.close())
         return DeferredList(stopping, consumeErrors=True)
 
     # --- what the API asks ----------------------------------------------------------------
@@ -123,7 +108,7 @@ class SeedManager(Service):
         datadir = await self._defer_to_thread(checked_datadir, await self._mysql.datadir())
         self._datadirs.refuse_second_receive(datadir)
         port = self._config.seed_transfer_port
-        receiver = None if self._config.receive_seed_data_command else await self._listening_receiver()
+        receiver = None if self._config.receive_seed_data_command else await self._listener.server()
         before = 0 if receiver is None else await self._usage_or_zero(datadir)
         self._refuse_reuse(seed_id)  # again after the last await: a concurrent request may have come in
         self._refuse_when_full(seed_id)
@@ -132,12 +117,12 @@ class SeedManager(Service):
             running = self._runner.start_configured(
                 self._config.receive_seed_data_command, (datadir, str(port)),
                 name="ReceiveSeedDataCommand", timeout=None)
-            job = _Job(running.result, running.terminate, lambda: (self._last_size(seed_id), None, 0, None),
-                       watch_growth_of=datadir, last_growth=self._reactor.seconds())
+            job = command_job(running, Growth(self._disk, datadir, self._reactor,
+                                              self._config.seed_stall_timeout_seconds))
             mode = "command"
         else:
             transfer = receiver.arm(str(seed_id), datadir)
-            job = _transfer_job(transfer)
+            job = transfer_job(transfer)
             # mysql-du counts on from what du saw, so it never drops when the walk takes over again
             job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
@@ -161,16 +146,16 @@ class SeedManager(Service):
                 name="SendSeedDataCommand", timeout=None,
                 # silence means a stall only for a command that reports progress (SendSeedDataIdleTimeoutSeconds)
                 idle_timeout=self._config.send_seed_data_idle_timeout_seconds or None)
-            job = _Job(running.result, running.terminate, lambda: (0, None, 0, None))
+            job = command_job(running)
             mode = "command"
         else:
-            self._require_authentication()
+            require_authentication(self._config)
             transfer = self._send(
                 self._reactor, target_host, port, str(seed_id), source,
                 secret=self._config.seed_transfer_secret.encode(),
                 tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
                 stall_timeout=self._config.seed_stall_timeout_seconds)
-            job = _transfer_job(transfer)
+            job = transfer_job(transfer)
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now()), job)
 
@@ -242,19 +227,9 @@ class SeedManager(Service):
         record = self._records.get(holder.seed_id) if holder is not None and holder.data == COMPLETE else None
         if record is None or not record.succeeded or record.replication:
             return  # no seed here, or replication was set up after it already: a restart must not rewind it
-        if not record.has_coordinates:
-            record.replication = ("replication not configured: this seed carried no binlog coordinates (a snapshot "
-                                  "or file copy, not a hot backup); configure it by hand")
-        elif not record.source_host:
-            record.replication = ("replication not configured: the source host is unknown (orchestrator's "
-                                  "post-copy/?sourceHost= did not name it)")
-        else:
-            position = BinlogPosition(record.binlog_file, record.binlog_position or 0, record.gtid)
-            try:
-                report = await self._replication.start(record.source_host, record.source_port, position)
-                record.replication = str(report)
-            except Exception as e:
-                record.replication = f"replication not configured: {e}"
+        position = (BinlogPosition(record.binlog_file, record.binlog_position or 0, record.gtid)
+                    if record.has_coordinates else None)
+        record.replication = await self._replication.configure(record.source_host, record.source_port, position)
         log.info("seed {seed_id}: {replication}", seed_id=record.seed_id, replication=record.replication)
         await self._save(record)
 
@@ -297,33 +272,6 @@ class SeedManager(Service):
             raise Busy(f"seed {seed_id} not started: {len(self._jobs)} seeds are running, as many as "
                        f"MaxConcurrentSeeds allows; retry when one has ended", BUSY_RETRY_SECONDS)
 
-    def _require_authentication(self) -> None:
-        if not (self._config.seed_transfer_secret or self._config.seed_transfer_valid_ous):
-            raise AgentError("the built-in seed transfer needs SeedTransferSecret (the same on every "
-                             "agent) or, with UseSSL, SeedTransferValidOUs (agents authenticated by "
-                             "their certificates), or configure ReceiveSeedDataCommand/SendSeedDataCommand")
-
-    async def _listening_receiver(self) -> SeedReceiverServer:
-        """The seed listener runs only while a receive is armed: nothing listens otherwise."""
-        if self._receiver is None:
-            self._require_authentication()
-            config = self._config
-            receiver = SeedReceiverServer(
-                self._reactor, secret=config.seed_transfer_secret.encode(),
-                tls=tls.seed_server_options(config) if config.use_ssl else None,
-                stall_timeout=config.seed_stall_timeout_seconds, sender_ous=config.seed_transfer_valid_ous,
-                max_connections=config.seed_transfer_max_connections,
-                handshake_timeout=config.seed_handshake_timeout_seconds)
-            address = config.http_bind_address
-            endpoint_class = TCP6ServerEndpoint if ":" in address else TCP4ServerEndpoint
-            try:
-                await receiver.listen(endpoint_class(self._reactor, config.seed_transfer_port, interface=address))
-            except Exception as e:
-                raise AgentError(f"cannot listen for the seed on port {config.seed_transfer_port} "
-                                 f"(SeedTransferPort): {e}") from None
-            self._receiver = receiver
-        return self._receiver
-
     async def _usage_or_zero(self, path: str) -> int:
         try:
             return await self._disk.usage(path)
@@ -332,10 +280,8 @@ class SeedManager(Service):
             return 0
 
     async def _release_receiver(self) -> None:
-        if self._receiver is not None and not any(
-                r.role == "receive" and r.mode == "built-in" for r in self._active_records()):
-            receiver, self._receiver = self._receiver, None
-            await receiver.stopListening()
+        if not any(r.role == "receive" and r.mode == "built-in" for r in self._active_records()):
+            await self._listener.close()
 
     def _active_records(self) -> list[SeedRecord]:
         return [self._records[seed_id] for seed_id in self._jobs]
@@ -354,7 +300,7 @@ class SeedManager(Service):
                                           "SnapshotMountPoint; mount one with mountlv, or stop MySQL)")
         return await self._mysql.datadir()
 
-    def _begin(self, record: SeedRecord, job: _Job) -> Deferred:
+    def _begin(self, record: SeedRecord, job: Job) -> Deferred:
         """Track the job; the Deferred fires once its record is on disk, and the route answers only
         then, so orchestrator (which sends only after the receive answered) never has data flow
         for a seed that an agent killed a moment later would not know after its restart."""
@@ -366,7 +312,7 @@ class SeedManager(Service):
         Deferred.fromCoroutine(self._supervise(record, job))
         return saved
 
-    async def _supervise(self, record: SeedRecord, job: _Job) -> None:
+    async def _supervise(self, record: SeedRecord, job: Job) -> None:
         try:
             await job.done
             outcome, error = SUCCEEDED, ""
@@ -426,7 +372,7 @@ class SeedManager(Service):
         """Sample progress, catch stalled command-mode receives, persist now and then."""
         self._ticks += 1
         checks = [Deferred.fromCoroutine(self._check_growth(seed_id, job))
-                  for seed_id, job in list(self._jobs.items()) if job.watch_growth_of]
+                  for seed_id, job in list(self._jobs.items()) if job.growth]
         for seed_id in list(self._jobs):
             self._sample(seed_id)
             if self._ticks % SAVE_EVERY_TICKS == 0:
@@ -436,25 +382,17 @@ class SeedManager(Service):
                                        for ok, f in results if not ok])
         return d
 
-    async def _check_growth(self, seed_id: int, job: _Job) -> None:
-        size = await self._disk.usage(job.watch_growth_of)
-        now = self._reactor.seconds()
-        if size != job.last_size:
-            job.last_size, job.last_growth = size, now
-        elif now - job.last_growth > self._config.seed_stall_timeout_seconds and self._jobs.get(seed_id) is job:
+    async def _check_growth(self, seed_id: int, job: Job) -> None:
+        if await job.growth.stalled() and self._jobs.get(seed_id) is job:
             await self._end(seed_id, FAILED, f"stalled: the datadir did not grow for "
                             f"{self._config.seed_stall_timeout_seconds} s (SeedStallTimeoutSeconds)")
-
-    def _last_size(self, seed_id: int) -> int:
-        job = self._jobs.get(seed_id)
-        return max(job.last_size, 0) if job else 0
 
     def _sample(self, seed_id: int) -> None:
         job = self._jobs.get(seed_id)
         if job is not None:
             self._sample_job(self._records[seed_id], job)
 
-    def _sample_job(self, record: SeedRecord, job: _Job) -> None:
+    def _sample_job(self, record: SeedRecord, job: Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
         if record.bytes_done and record.data_started_at is None:
             record.data_started_at = self.now()  # rate and ETA count from the first byte
@@ -464,9 +402,3 @@ class SeedManager(Service):
         snapshot = attrs.evolve(record)
         return self._save_lock.run(self._defer_to_thread, self._store.save, snapshot)
 
-
-def _transfer_job(transfer) -> _Job:
-    def progress():
-        p = transfer.progress
-        return p.bytes_done, p.bytes_total, p.files_done, p.files_total
-    return _Job(transfer.when_done(), transfer.abort, progress)

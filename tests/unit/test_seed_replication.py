@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.host.hotbackup import BinlogPosition
 from orchagent.host.mysql import MySQL
-from orchagent.host.replication import ReplicationReport
+from orchagent.host.replication import ReplicationReport, ReplicationSetup
 from tests.support.mysql_fakes import FakeRunner
 from tests.unit.test_seed_manager import SeedManagerTestCase
 
@@ -19,6 +19,8 @@ class FakeReplication:
         self.calls = []
         self.report = report or ReplicationReport("replicating from repl@db1:3306 at GTID 0-1-3", True)
         self.error = error
+
+    configure = ReplicationSetup.configure  # the real report of what was configured, over this start
 
     async def start(self, host, port, position):
         self.calls.append((host, port, position))

@@ -1,0 +1,66 @@
+"""What the seed manager keeps of a running seed, whatever carries its data (the built-in transfer
+or a configured command), and how a command-mode receive shows progress: its datadir growing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from orchagent.interfaces import Clock, Disk
+
+#: bytes, bytes total, files, files total (None: not known)
+Progress = tuple[int, int | None, int, int | None]
+
+
+@attrs.define
+class Growth:
+    """A command-mode receive's datadir, measured now and then: its size is the seed's progress,
+    and a size that stops changing for ``stall_seconds`` means the command stalled."""
+
+    disk: Disk
+    datadir: str
+    clock: Clock
+    stall_seconds: float
+    size: int = -1
+    changed_at: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        self.changed_at = self.clock.seconds()
+
+    async def stalled(self) -> bool:
+        """Measure once more; True when nothing changed for ``stall_seconds``."""
+        size = await self.disk.usage(self.datadir)
+        now = self.clock.seconds()
+        if size != self.size:
+            self.size, self.changed_at = size, now
+            return False
+        return now - self.changed_at > self.stall_seconds
+
+    def progress(self) -> Progress:
+        return max(self.size, 0), None, 0, None
+
+
+@attrs.define
+class Job:
+    """A running seed as the manager sees it."""
+
+    done: Deferred  # fires on success, fails with the reason
+    stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
+    progress: Callable[[], Progress]
+    growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
+    unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
+
+
+def transfer_job(transfer) -> Job:
+    """A built-in transfer (either side) as a job."""
+    def progress() -> Progress:
+        p = transfer.progress
+        return p.bytes_done, p.bytes_total, p.files_done, p.files_total
+    return Job(transfer.when_done(), transfer.abort, progress)
+
+
+def command_job(running, growth: Growth | None = None) -> Job:
+    """A configured command as a job; without ``growth`` its progress is unknown (0)."""
+    return Job(running.result, running.terminate, growth.progress if growth else lambda: (0, None, 0, None), growth)
