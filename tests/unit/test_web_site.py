@@ -60,6 +60,25 @@ class EdgeTests(SynchronousTestCase):
             self.assertTrue(transport.disconnecting)
             channel.connectionLost(None)
 
+    def test_refusals_at_the_edge_reach_the_observers(self):
+        """Audit log and metrics see a request refused from its headers like any other answer."""
+        seen = []
+
+        class Observer:
+            def request_done(self, answered):
+                seen.append(answered)
+
+        self.site = ApiSite(ApiResource(ROUTES, Guard(token=Token(TOKEN)), self.clock, [Observer()]),
+                            reactor=self.clock, max_connections=2, header_timeout=5)
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /api/apply?token=wrong HTTP/1.1\r\nContent-Length: 400000000\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
+        [answered] = seen
+        self.assertEqual((answered.code, answered.route.pattern, answered.method, answered.client),
+                         (401, "/api/apply", "POST", "127.0.0.1"))
+        self.assertTrue(answered.message.startswith("Invalid token"))
+        self.assertEqual(answered.query, {})  # the token never reaches an observer
+
     def test_refused_request_is_never_handled(self):
         """Even if the body still arrives (TLS may deliver records read before the close)."""
         channel, transport = self.connect()
