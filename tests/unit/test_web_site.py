@@ -75,7 +75,7 @@ class EdgeTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 401"))
         [answered] = seen
         self.assertEqual((answered.code, answered.route.pattern, answered.method, answered.client),
-                         (401, "/api/apply", "POST", "127.0.0.1"))
+                         (401, "/api/apply", "POST", transport.getPeer().host))
         self.assertTrue(answered.message.startswith("Invalid token"))
         self.assertEqual(answered.query, {})  # the token never reaches an observer
 
