@@ -11,7 +11,9 @@ target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
   MySQL could start on, and ``post-copy`` refuses to run after it;
 * records are persisted, and a seed that was running when the agent died is failed at start;
 * one receive at a time per datadir, and a failed receive empties the datadir only while it
-  still holds that seed's partial data (:mod:`orchagent.seed.datadirs`).
+  still holds that seed's partial data (:mod:`orchagent.seed.datadirs`);
+* a built-in send is paced at ``SeedMaxBytesPerSecond``, changed for the running seed by
+  :meth:`SeedManager.throttle` (the source paces: that is whose disk and network it protects).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from twisted.internet.task import LoopingCall
 
 from orchagent import logs, tls
 from orchagent.config import Config
-from orchagent.errors import AgentError, Busy, Conflict, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, InvalidInput, NotFound
 from orchagent.host.datadir import checked_datadir
 from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
+from orchagent.seed.throttle import minimum_rate
 
 log = logs.logger(__name__)
 
@@ -52,6 +55,7 @@ class _Job:
     last_growth: float = 0.0
     last_size: int = -1
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
+    limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
 
 
 class SeedManager(Service):
@@ -149,6 +153,7 @@ class SeedManager(Service):
         self._refuse_reuse(seed_id)  # again after the last await, as in receive
         self._refuse_when_full(seed_id)
         port = self._config.seed_transfer_port
+        rate = None
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
                 self._config.send_seed_data_command, (source, target_host, str(port)),
@@ -157,14 +162,17 @@ class SeedManager(Service):
             mode = "command"
         else:
             self._require_authentication()
+            rate = self._config.seed_max_bytes_per_second
             transfer = self._send(
                 self._reactor, target_host, port, str(seed_id), source,
                 secret=self._config.seed_transfer_secret.encode(),
                 tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds)
+                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate)
             job = _transfer_job(transfer)
+            job.limit_rate = transfer.limit_rate
             mode = "built-in"
-        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now()), job)
+        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now(),
+                                     max_bytes_per_second=rate), job)
 
     async def abort(self, seed_id: int) -> None:
         """Kill whatever runs for the seed and wait for it; afterwards it reads completed, failed."""
@@ -174,6 +182,26 @@ class SeedManager(Service):
         elif record.state == SUCCEEDED:
             record.end(ABORTED, "aborted on request after it had completed", self.now())
             await self._save(record)
+
+    async def throttle(self, seed_id: int, max_bytes_per_second: int) -> None:
+        """Pace a running built-in send at ``max_bytes_per_second`` from now on (0: no limit)."""
+        record = self._record(seed_id)
+        job = self._jobs.get(seed_id)
+        if job is None or job.limit_rate is None:
+            what = (f"{record.state}" if job is None else
+                    "a receive here: the source paces the transfer, throttle it on the source's agent"
+                    if record.role == "receive" else f"a {record.mode}-mode send (SendSeedDataCommand paces itself)")
+            raise Conflict(f"seed {seed_id} cannot be throttled: it is {what}; only a running built-in send can")
+        minimum = minimum_rate(self._config.seed_stall_timeout_seconds)
+        if 0 < max_bytes_per_second < minimum:
+            raise InvalidInput(f"bytesPerSecond must be 0 (no limit) or at least {minimum}: slower, the pauses "
+                               f"between 1 MB batches come near SeedStallTimeoutSeconds "
+                               f"({self._config.seed_stall_timeout_seconds} s), got {max_bytes_per_second}")
+        job.limit_rate(max_bytes_per_second)
+        record.max_bytes_per_second = max_bytes_per_second
+        log.info("seed {seed_id}: send throttled to {rate} bytes per second (0: no limit)",
+                 seed_id=seed_id, rate=max_bytes_per_second)
+        await self._save(record)
 
     def record(self, seed_id: int) -> SeedRecord:
         """The seed's record with live progress (404 when this agent never heard of it)."""

@@ -36,6 +36,7 @@ class SeedRecord:
     error: str = ""
     ended_at: float | None = None
     data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)
+    max_bytes_per_second: int | None = None  # a built-in send's pacing (0: none); None: not paced here
 
     @property
     def completed(self) -> bool:
