@@ -1,9 +1,11 @@
-"""The seed throttle between two real agents: the source's rate follows SeedMaxBytesPerSecond and
-the seed-throttle route, changed mid-seed, and the seed still arrives whole and verified.
+"""The seed throttle: the source's rate follows SeedMaxBytesPerSecond and the seed-throttle route,
+changed mid-seed, and the seed still arrives whole and verified.
 
-The agents serve plain directories (``MySQLDatadirCommand: echo <dir>``, MySQL reported stopped),
-so the source sends its datadir itself; 64 MB of incompressible data over loopback, which moves
-hundreds of MB/s unthrottled, so any rate measured here is the throttle's.
+Between two real agents (plain TCP: the sending thread paces), serving plain directories
+(``MySQLDatadirCommand: echo <dir>``, MySQL reported stopped), so the source sends its datadir
+itself; and over TLS with both engine sides in this process (the reactor paces).  The data is
+incompressible and loopback moves hundreds of MB/s unthrottled, so any rate measured here is the
+throttle's.
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ import shutil
 import tempfile
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from orchagent.config import Config
+from orchagent.seed.receiver import SeedReceiverServer
+from orchagent.seed.sender import send_tree
+from orchagent.tls import client_creator, seed_server_options
 from tests.support.agent import free_port, start_agent
 from tests.support.orchestrator import HostAgent, Orchestrator
+from tests.support.pki import CertificateAuthority
+from tests.support.storage import inline
 
 MB = 1024 * 1024
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
@@ -111,3 +122,42 @@ class SeedThrottleTests(SynchronousTestCase):
             message = self.call(self.source, "seed-throttle/1?bytesPerSecond=" + value, status=400)["Message"]
             self.assertIn("bytesPerSecond", message)
         self.assertEqual(self.call(self.source, "seed-status/1")["MaxBytesPerSecond"], SECOND_RATE)
+
+
+class TLSThrottleTests(TestCase):
+    """Over TLS the reactor sends: it holds the pace, and a change reschedules a paused pump at once."""
+
+    timeout = 30
+
+    @inline
+    async def test_the_reactor_paces_and_a_lifted_limit_lets_the_rest_go_at_once(self):
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        os.makedirs(os.path.join(source, "db"))
+        os.makedirs(target)
+        with open(os.path.join(source, "db", "t.ibd"), "wb") as f:
+            f.write(os.urandom(24 * MB))
+        ca = CertificateAuthority(self.mktemp())
+        issued = ca.issue("receiver")
+        server_tls = seed_server_options(Config(use_ssl=True, ssl_cert_file=issued.cert,
+                                                ssl_private_key_file=issued.key, ssl_ca_file=ca.cert))
+        server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=10, tls=server_tls)
+        port = (await server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))).getHost().port
+        self.addCleanup(server.stopListening)
+        receiving = server.arm("7", target)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(),
+                            tls=client_creator(Config(use_ssl=True, ssl_ca_file=ca.cert), "localhost"),
+                            stall_timeout=10, max_bytes_per_second=FIRST_RATE)
+        self.addCleanup(sending.abort)
+        await deferLater(reactor, 0.5, lambda: None)
+        before = sending.progress.bytes_done
+        await deferLater(reactor, 2, lambda: None)
+        rate = (sending.progress.bytes_done - before) / 2
+        self.assertTrue(2.5 * MB < rate < 6 * MB, f"{rate / MB:.2f} MB/s under a 4 MB/s limit")
+        sending.limit_rate(0)
+        self.assertEqual(sending.max_bytes_per_second, 0)
+        started = reactor.seconds()
+        await sending.when_done()
+        await receiving.when_done()
+        self.assertLess(reactor.seconds() - started, 5)  # about 13 MB left: unthrottled, well under a second
+        self.assertEqual(digest(os.path.join(target, "db", "t.ibd")), digest(os.path.join(source, "db", "t.ibd")))
