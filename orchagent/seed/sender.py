@@ -96,14 +96,15 @@ class _SendTransfer(Transfer):
         """Sending thread (plain TCP): from the pipe straight onto the socket."""
         while (batch := self._pipe.get_wait()) is not None:
             self._throttle.wait()
-            self._throttle.spend(_paced_bytes(batch))
+            self._throttle.spend(batch.size)
             self._count(batch)
             self._channel.send(batch.parts)
 
     def pump(self) -> None:
         """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
+        if self._paused_pump is not None and self._paused_pump.active():
+            return  # the throttle holds the data until then (limit_rate reschedules it)
         connection = self._connection
-        self._paused_pump = None
         while not connection.paused and not self.concluded:
             if pause := self._throttle.delay():
                 self._paused_pump = self._reactor.callLater(pause, self.pump)
@@ -111,7 +112,7 @@ class _SendTransfer(Transfer):
             batch = self._pipe.get()
             if batch is None:
                 return
-            self._throttle.spend(_paced_bytes(batch))
+            self._throttle.spend(batch.size)
             connection.write_batch(batch.parts)
             self._count(batch)
 
@@ -134,11 +135,6 @@ class _SendTransfer(Transfer):
             self._paused_pump.cancel()
         self._throttle.close()
         super().conclude(error)
-
-
-def _paced_bytes(batch: Batch) -> int:
-    """What a batch costs in the throttle: neither file bytes nor bytes sent exceed the limit."""
-    return max(batch.size, batch.data_bytes)
 
 
 @implementer(interfaces.IPushProducer)
