@@ -188,9 +188,12 @@ class SeedManager(Service):
         record = self._record(seed_id)
         job = self._jobs.get(seed_id)
         if job is None or job.limit_rate is None:
-            what = (f"{record.state}" if job is None else
-                    "a receive here: the source paces the transfer, throttle it on the source's agent"
-                    if record.role == "receive" else f"a {record.mode}-mode send (SendSeedDataCommand paces itself)")
+            if job is None:
+                what = record.state
+            elif record.role == "receive":
+                what = "a receive here: the source paces the transfer, throttle it on the source's agent"
+            else:
+                what = "a command-mode send (SendSeedDataCommand paces itself)"
             raise Conflict(f"seed {seed_id} cannot be throttled: it is {what}; only a running built-in send can")
         minimum = minimum_rate(self._config.seed_stall_timeout_seconds)
         if 0 < max_bytes_per_second < minimum:
