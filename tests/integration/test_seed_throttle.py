@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from orchagent.config import Config
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
+from orchagent.seed.throttle import minimum_rate
 from orchagent.tls import client_creator, seed_server_options
 from tests.support.agent import free_port, start_agent
 from tests.support.orchestrator import HostAgent, Orchestrator
@@ -124,19 +125,41 @@ class SeedThrottleTests(SynchronousTestCase):
         self.assertEqual(self.call(self.source, "seed-status/1")["MaxBytesPerSecond"], SECOND_RATE)
 
 
-class TLSThrottleTests(TestCase):
-    """Over TLS the reactor sends: it holds the pace, and a change reschedules a paused pump at once."""
+class EngineThrottleTests(TestCase):
+    """Both engine sides in this process: over TLS the reactor holds the pace and follows a change;
+    at the lowest rate a stall timer allows, the seed does not stall."""
 
     timeout = 30
 
-    @inline
-    async def test_the_reactor_paces_and_a_lifted_limit_lets_the_rest_go_at_once(self):
+    def trees(self, size: int) -> tuple[str, str]:
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(os.path.join(source, "db"))
         os.makedirs(target)
         with open(os.path.join(source, "db", "t.ibd"), "wb") as f:
-            f.write(os.urandom(24 * MB))
+            f.write(os.urandom(size))
+        return source, target
+
+    @inline
+    async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer(self):
+        stall = 2  # seconds: the minimum rate is then 2 MiB/s, a pause of about half a second per batch
+        source, target = self.trees(6 * MB)
+        server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=stall)
+        port = (await server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))).getHost().port
+        self.addCleanup(server.stopListening)
+        receiving = server.arm("7", target)
+        started = reactor.seconds()
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(),
+                            stall_timeout=stall, max_bytes_per_second=minimum_rate(stall))
+        self.addCleanup(sending.abort)
+        await sending.when_done()
+        await receiving.when_done()
+        self.assertGreater(reactor.seconds() - started, 2)  # it was paced: 6 MB at 2 MiB/s, less the burst
+        self.assertEqual(digest(os.path.join(target, "db", "t.ibd")), digest(os.path.join(source, "db", "t.ibd")))
+
+    @inline
+    async def test_the_reactor_paces_and_a_lifted_limit_lets_the_rest_go_at_once(self):
+        source, target = self.trees(24 * MB)
         ca = CertificateAuthority(self.mktemp())
         issued = ca.issue("receiver")
         server_tls = seed_server_options(Config(use_ssl=True, ssl_cert_file=issued.cert,
