@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
+from orchagent.seed.throttle import MAX_BYTES_PER_SECOND, minimum_rate
+
 #: Where V1 looked when no ``--config`` was given, decoded in order, later files on top.
 #: orchagent's own path sits after V1's system-wide file.
 DEFAULT_CONFIG_FILES = (
@@ -147,6 +149,7 @@ class Config:
     seed_transfer_secret: str = _key("SeedTransferSecret", "", _string)
     seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
+    seed_max_bytes_per_second: int = _key("SeedMaxBytesPerSecond", 0, _uint)
     local_seed_source_hosts: tuple[str, ...] = _key("LocalSeedSourceHosts", (), _string_list)
     remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
     metrics_enabled: bool = _key("MetricsEnabled", True, _bool)
@@ -290,6 +293,11 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
                   "seed_handshake_timeout_seconds"):
         if getattr(config, field) < 1:
             fail(field, "must be at least 1 (0 would refuse every connection)")
+    minimum = minimum_rate(config.seed_stall_timeout_seconds)
+    if config.seed_max_bytes_per_second and not minimum <= config.seed_max_bytes_per_second <= MAX_BYTES_PER_SECOND:
+        fail("seed_max_bytes_per_second", f"must be 0 (no limit) or from {minimum} (slower, the pauses between "
+             f"1 MB batches come near SeedStallTimeoutSeconds) to {MAX_BYTES_PER_SECOND}, "
+             f"got {config.seed_max_bytes_per_second}")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
     if config.snapshot_backend not in ("lvm", "btrfs", "hotbackup"):

@@ -36,6 +36,7 @@ examples:
   orchagent-ctl --token-file /var/lib/orchagent/token status db1 db2:3003
   orchagent-ctl seed db1 db2                # source, then target; Ctrl-C aborts on both
   orchagent-ctl seed-status db2 1764400000 --follow
+  orchagent-ctl throttle db1 1764400000 20M  # the source's running send, 20 MiB/s (0: no limit)
   orchagent-ctl --https --ca /etc/ssl/our-ca.pem mysql stop db2
 """
 
@@ -103,6 +104,13 @@ def parser() -> argparse.ArgumentParser:
     abort.add_argument("host", metavar="HOST", type=_address_text)
     abort.add_argument("seed_id", metavar="ID", type=_positive_int)
 
+    throttle = command("throttle", "pace a running seed's send on its source at RATE bytes per second "
+                       "from now on (0: no limit)")
+    throttle.add_argument("host", metavar="HOST", type=_address_text, help="the seed's source")
+    throttle.add_argument("seed_id", metavar="ID", type=_positive_int)
+    throttle.add_argument("rate", metavar="RATE", type=_rate,
+                          help="bytes per second, with an optional K, M or G suffix (KiB, MiB, GiB)")
+
     snapshots = command("snapshots", "the snapshots an agent lists, and what is mounted")
     snapshots.add_argument("host", metavar="HOST", type=_address_text)
 
@@ -124,6 +132,17 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def _rate(text: str) -> int:
+    """Bytes per second: digits with an optional K, M or G (powers of 1024)."""
+    digits, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if not digits.isdigit() or unit not in _RATE_UNITS:
+        raise argparse.ArgumentTypeError(f"must be bytes per second, e.g. 0, 5000000, 512K, 20M or 1G, got {text!r}")
+    return int(digits) * _RATE_UNITS[unit]
+
+
+_RATE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 
 
 def read_token(args, environ) -> str:

@@ -189,6 +189,20 @@ async def cmd_abort(ctx: Context) -> int:
     return EXIT_OK if status["Completed"] and not status["Succeeded"] else EXIT_FAILED
 
 
+async def cmd_throttle(ctx: Context) -> int:
+    agent, seed_id = ctx.client(ctx.args.host), ctx.args.seed_id
+    await agent.get(f"seed-throttle/{seed_id}", (("bytesPerSecond", str(ctx.args.rate)),))
+    status = await agent.get(f"seed-status/{seed_id}")
+    if ctx.args.json:
+        ctx.json(status)
+    else:
+        limit = status["MaxBytesPerSecond"]
+        ctx.print(f"seed {seed_id} on {agent.address}: sending at most "
+                  f"{progress.human_bytes(limit) + '/s' if limit else 'as fast as it can (no limit)'}; "
+                  f"now {progress.human_bytes(status['BytesPerSecond'])}/s on average")
+    return EXIT_OK
+
+
 async def cmd_snapshots(ctx: Context) -> int:
     agent = ctx.client(ctx.args.host)
     volumes = await agent.get("lvs-snapshots")
@@ -228,7 +242,7 @@ async def cmd_mysql(ctx: Context) -> int:
 
 COMMANDS: dict[str, Callable] = {
     "status": cmd_status, "seed": cmd_seed, "seed-status": cmd_seed_status, "abort": cmd_abort,
-    "snapshots": cmd_snapshots, "mysql": cmd_mysql,
+    "throttle": cmd_throttle, "snapshots": cmd_snapshots, "mysql": cmd_mysql,
 }
 
 

@@ -51,6 +51,7 @@ class Job:
     progress: Callable[[], Progress]
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
+    limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
 
 
 def transfer_job(transfer) -> Job:

@@ -11,7 +11,9 @@ target's ``seed-command-completed`` / ``-succeeded`` and ``mysql-du``.  So:
   MySQL could start on, and ``post-copy`` refuses to run after it;
 * records are persisted, and a seed that was running when the agent died is failed at start;
 * one receive at a time per datadir, and a failed receive empties the datadir only while it
-  still holds that seed's partial data (:mod:`orchagent.seed.datadirs`).
+  still holds that seed's partial data (:mod:`orchagent.seed.datadirs`);
+* a built-in send is paced at ``SeedMaxBytesPerSecond``, changed for the running seed by
+  :meth:`SeedManager.throttle` (the source paces: that is whose disk and network it protects).
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from twisted.internet.task import LoopingCall
 
 from orchagent import logs, tls
 from orchagent.config import Config
-from orchagent.errors import AgentError, Busy, Conflict, NotFound
+from orchagent.errors import Busy, Conflict, InvalidInput, NotFound
 from orchagent.host.datadir import checked_datadir
-from orchagent.host.hotbackup import BinlogPosition
 from orchagent.interfaces import DatadirEraser, Disk, MountedSnapshot, MySQLServer, ProcessRunner, ThreadRunner
+from orchagent.seed.aftercopy import AfterCopy
 from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
 from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
 from orchagent.seed.listener import SeedListener, require_authentication
 from orchagent.seed.sender import send_tree
+from orchagent.seed.throttle import minimum_rate
 
 log = logs.logger(__name__)
 
@@ -59,7 +62,6 @@ class SeedManager(Service):
         self._store = store
         self._send = send
         self._defer_to_thread = defer_to_thread
-        self._replication = replication
         self._records: dict[int, SeedRecord] = {}
         self._jobs: dict[int, Job] = {}
         self._listener = SeedListener(config, reactor)
@@ -67,6 +69,8 @@ class SeedManager(Service):
         self._save_lock = DeferredLock()
         self._datadirs = DatadirHolders(
             lambda holders: self._save_lock.run(self._defer_to_thread, self._store.save_holders, holders))
+        self._after_copy = AfterCopy(config=config, mysql=mysql, datadirs=self._datadirs,
+                                     records=lambda: self._records, save=self._save, replication=replication)
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
 
@@ -140,6 +144,7 @@ class SeedManager(Service):
         self._refuse_reuse(seed_id)  # again after the last await, as in receive
         self._refuse_when_full(seed_id)
         port = self._config.seed_transfer_port
+        rate = None
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
                 self._config.send_seed_data_command, (source, target_host, str(port)),
@@ -150,14 +155,17 @@ class SeedManager(Service):
             mode = "command"
         else:
             require_authentication(self._config)
+            rate = self._config.seed_max_bytes_per_second
             transfer = self._send(
                 self._reactor, target_host, port, str(seed_id), source,
                 secret=self._config.seed_transfer_secret.encode(),
                 tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds)
+                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate)
             job = transfer_job(transfer)
+            job.limit_rate = transfer.limit_rate
             mode = "built-in"
-        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now()), job)
+        await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now(),
+                                     max_bytes_per_second=rate), job)
 
     async def abort(self, seed_id: int) -> None:
         """Kill whatever runs for the seed and wait for it; afterwards it reads completed, failed."""
@@ -167,6 +175,29 @@ class SeedManager(Service):
         elif record.state == SUCCEEDED:
             record.end(ABORTED, "aborted on request after it had completed", self.now())
             await self._save(record)
+
+    async def throttle(self, seed_id: int, max_bytes_per_second: int) -> None:
+        """Pace a running built-in send at ``max_bytes_per_second`` from now on (0: no limit)."""
+        record = self._record(seed_id)
+        job = self._jobs.get(seed_id)
+        if job is None or job.limit_rate is None:
+            if job is None:
+                what = record.state
+            elif record.role == "receive":
+                what = "a receive here: the source paces the transfer, throttle it on the source's agent"
+            else:
+                what = "a command-mode send (SendSeedDataCommand paces itself)"
+            raise Conflict(f"seed {seed_id} cannot be throttled: it is {what}; only a running built-in send can")
+        minimum = minimum_rate(self._config.seed_stall_timeout_seconds)
+        if 0 < max_bytes_per_second < minimum:
+            raise InvalidInput(f"bytesPerSecond must be 0 (no limit) or at least {minimum}: slower, the pauses "
+                               f"between 1 MB batches come near SeedStallTimeoutSeconds "
+                               f"({self._config.seed_stall_timeout_seconds} s), got {max_bytes_per_second}")
+        job.limit_rate(max_bytes_per_second)
+        record.max_bytes_per_second = max_bytes_per_second
+        log.info("seed {seed_id}: send throttled to {rate} bytes per second (0: no limit)",
+                 seed_id=seed_id, rate=max_bytes_per_second)
+        await self._save(record)
 
     def record(self, seed_id: int) -> SeedRecord:
         """The seed's record with live progress (404 when this agent never heard of it)."""
@@ -185,53 +216,12 @@ class SeedManager(Service):
         return self._reactor.seconds()
 
     async def check_post_copy(self, source_host: str | None = None) -> None:
-        """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole.
-
-        Orchestrator names the seed's source there (``sourceHost``, validated): the host a hot seed's
-        replication connects to.
-        """
-        datadir = await self._mysql.datadir()
-        self._datadirs.refuse_second_receive(datadir)
-        holder = self._datadirs.holder(datadir)
-        if holder is None:
-            if any(r.role == "receive" and r.path == datadir for r in self._records.values()):
-                raise Conflict(f"no record of which seed's data is in the datadir {datadir}; refusing to "
-                               f"run the post-copy step (seed it again)")
-            return  # no seed ever came here: a manual post-copy is allowed
-        record = self._records.get(holder.seed_id)
-        if record is None or not record.succeeded or holder.data != COMPLETE:
-            state = f"{record.state}: {record.error}" if record is not None and record.error else (
-                record.state if record is not None else "unknown here")
-            raise Conflict(f"seed {holder.seed_id} is {state} (the datadir {datadir} holds its data "
-                           f"{holder.data}); refusing to run the post-copy step on a datadir that did not "
-                           f"receive a whole seed")
-        if source_host and record.source_host != source_host:
-            record.source_host = source_host
-            await self._save(record)
+        """``post-copy`` must not prepare a datadir unless the seed whose data it holds arrived whole."""
+        await self._after_copy.check(source_host)
 
     async def start_replication(self) -> None:
-        """After ``mysql-start``, with SeedStartReplication: once per seed, point the server at the source of
-        the hot seed whose whole copy the datadir holds, from the position the backup recorded.
-
-        Never raises (mysql-start has succeeded either way); what was configured, or why nothing was,
-        goes to the seed's record (seed-status shows it) and to the log.
-        """
-        if self._replication is None or not self._config.seed_start_replication:
-            return
-        try:
-            datadir = await self._mysql.datadir()
-        except AgentError as e:
-            log.warn("SeedStartReplication: cannot tell which seed the datadir holds: {error}", error=str(e))
-            return
-        holder = self._datadirs.holder(datadir)
-        record = self._records.get(holder.seed_id) if holder is not None and holder.data == COMPLETE else None
-        if record is None or not record.succeeded or record.replication:
-            return  # no seed here, or replication was set up after it already: a restart must not rewind it
-        position = (BinlogPosition(record.binlog_file, record.binlog_position or 0, record.gtid)
-                    if record.has_coordinates else None)
-        record.replication = await self._replication.configure(record.source_host, record.source_port, position)
-        log.info("seed {seed_id}: {replication}", seed_id=record.seed_id, replication=record.replication)
-        await self._save(record)
+        """After ``mysql-start`` (SeedStartReplication): see :meth:`AfterCopy.start_replication`."""
+        await self._after_copy.start_replication()
 
     async def post_copy(self, source_host: str | None) -> None:
         """MySQL's ``PostCopyCommand``, once :meth:`check_post_copy` agrees."""

@@ -44,6 +44,7 @@ class SeedRecord:
     binlog_position: int | None = None
     gtid: str = ""
     replication: str = ""  # what mysql-start configured after this seed (SeedStartReplication), or why not
+    max_bytes_per_second: int | None = None  # a built-in send's pacing (0: none); None: not paced here
 
     @property
     def has_coordinates(self) -> bool:

@@ -3,8 +3,9 @@
     transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
 
 A reader thread walks, reads and MACs the source into a bounded pipe; on plain TCP a sending
-thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does.  The
-transfer succeeds only with the receiver's authenticated DONE.
+thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does, both
+paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPerSecond``, changed
+on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.reader import Batch, TreeReader
+from orchagent.seed.throttle import Throttle
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
 
 log = logs.logger(__name__)
@@ -32,11 +34,27 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 
 class _SendTransfer(Transfer):
-    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float) -> None:
+    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
+                 max_bytes_per_second: int) -> None:
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
         self._secret = secret
         self._connecting: Deferred | None = None
+        self._throttle = Throttle(max_bytes_per_second)
+        self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
+
+    @property
+    def max_bytes_per_second(self) -> int:
+        """The pacing in force (0: none)."""
+        return self._throttle.rate
+
+    def limit_rate(self, max_bytes_per_second: int) -> None:
+        """Reactor: pace the rest of the transfer at ``max_bytes_per_second`` (0: no limit)."""
+        self._throttle.set_rate(max_bytes_per_second)  # wakes a waiting sending thread
+        if self._paused_pump is not None and self._paused_pump.active():
+            self._paused_pump.cancel()
+            self._paused_pump = None
+            self.pump()  # TLS: recomputed at the new rate
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
         self._connecting = connectProtocol(endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
@@ -77,16 +95,24 @@ class _SendTransfer(Transfer):
     def _send(self) -> None:
         """Sending thread (plain TCP): from the pipe straight onto the socket."""
         while (batch := self._pipe.get_wait()) is not None:
+            self._throttle.wait()
+            self._throttle.spend(batch.size)
             self._count(batch)
             self._channel.send(batch.parts)
 
     def pump(self) -> None:
         """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
+        if self._paused_pump is not None and self._paused_pump.active():
+            return  # the throttle holds the data until then (limit_rate reschedules it)
         connection = self._connection
         while not connection.paused and not self.concluded:
+            if pause := self._throttle.delay():
+                self._paused_pump = self._reactor.callLater(pause, self.pump)
+                return
             batch = self._pipe.get()
             if batch is None:
                 return
+            self._throttle.spend(batch.size)
             connection.write_batch(batch.parts)
             self._count(batch)
 
@@ -105,6 +131,9 @@ class _SendTransfer(Transfer):
     def conclude(self, error: TransferFailed | None) -> None:
         if self._connecting is not None and self._connection is None:
             self._connecting.cancel()
+        if self._paused_pump is not None and self._paused_pump.active():
+            self._paused_pump.cancel()
+        self._throttle.close()
         super().conclude(error)
 
 
@@ -211,13 +240,13 @@ class _SenderProtocol(Connection):
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-              ) -> Transfer:
+              max_bytes_per_second: int = 0) -> _SendTransfer:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
-    or None for plain TCP.
+    or None for plain TCP.  ``max_bytes_per_second``: the pacing (0: none), see :meth:`limit_rate`.
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout)
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)

@@ -119,6 +119,8 @@ def route_table(core, storage, mysql, seeds, status_endpoint: str, apply_relaylo
               summary="Send the mounted snapshot (or stopped datadir) to targetHost"),
         Route("GET", "/api/abort-seed/:seedId", seeds.abort, changes=True,
               summary="Stop everything of the seed; it then reads completed and failed"),
+        Route("GET", "/api/seed-throttle/:seedId", seeds.throttle, changes=True, query=("bytesPerSecond",),
+              summary="On the source: pace the running built-in send at bytesPerSecond (0: no limit)"),
         Route("GET", "/api/seed-command-completed/:seedId", seeds.completed, summary="Whether the seed ended"),
         Route("GET", "/api/seed-command-succeeded/:seedId", seeds.succeeded, summary="Whether the seed succeeded"),
         Route("GET", "/api/seed-status/:seedId", seeds.status,

@@ -27,6 +27,12 @@ class SeedAPI:
         await self._seeds.abort(validate.seed_id(req.params["seedId"]))
         return True
 
+    async def throttle(self, req) -> bool:
+        """Pace a running built-in send (on the source) at ``?bytesPerSecond=N`` from now on (0: no limit)."""
+        rate = validate.bytes_per_second(req.arg("bytesPerSecond"), "bytesPerSecond")
+        await self._seeds.throttle(validate.seed_id(req.params["seedId"]), rate)
+        return True
+
     async def completed(self, req) -> bool:
         return self._seeds.record(validate.seed_id(req.params["seedId"])).completed
 
@@ -66,6 +72,7 @@ def _status(record, now: float) -> dict:
         "FilesDone": record.files_done,
         "FilesTotal": record.files_total,
         "BytesPerSecond": record.rate(now),
+        "MaxBytesPerSecond": record.max_bytes_per_second,
         "EtaSeconds": record.eta(now),
         "Error": record.error,
         "Replication": record.replication,

@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from orchagent.errors import InvalidInput
+from orchagent.seed.throttle import MAX_BYTES_PER_SECOND
 
 MAX_IDENTIFIER_LENGTH = 1024
 MAX_PATH_LENGTH = 4096
@@ -22,6 +23,7 @@ _DIGITS_AND_DOTS = re.compile(r"[0-9.]+")
 _ZONE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SEED_ID = re.compile(r"[0-9]{1,18}")
 _POSITION = re.compile(r"[0-9]{1,18}")
+_RATE = re.compile(r"[0-9]{1,16}")
 # A path segment: letters, digits and _ . + @ : , = -, never starting with "-", never "." or ".."
 _SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9_.][A-Za-z0-9_.+@:,=-]*"
 _ABSOLUTE_PATH = re.compile(rf"/|(/{_SEGMENT})+/?")
@@ -61,6 +63,14 @@ def position(value: str | None, what: str) -> int:
         return 0
     if not _POSITION.fullmatch(value):
         raise InvalidInput(f"{what} must be a non-negative integer, got {_shown(value)}")
+    return int(value)
+
+
+def bytes_per_second(value: str | None, what: str) -> int:
+    """A rate limit: a non-negative integer (0: no limit), at most MAX_BYTES_PER_SECOND."""
+    if value is None or not _RATE.fullmatch(value) or int(value) > MAX_BYTES_PER_SECOND:
+        raise InvalidInput(f"{what} must be a whole number of bytes per second from 0 (no limit) to "
+                           f"{MAX_BYTES_PER_SECOND}, got {_shown(value)}")
     return int(value)
 
 

@@ -140,6 +140,11 @@ class ConfigTests(SynchronousTestCase):
                     "SeedHandshakeTimeoutSeconds"):
             self.assertConfigError({key: 0}, key, "at least 1")
 
+    def test_seed_rate_limit_is_zero_or_above_what_the_stall_timer_allows(self):
+        self.assertConfigError({"SeedMaxBytesPerSecond": 1000}, "SeedMaxBytesPerSecond", "or from 65536")
+        self.assertConfigError({"SeedMaxBytesPerSecond": 100_000, "SeedStallTimeoutSeconds": 10},
+                               "SeedMaxBytesPerSecond", "SeedStallTimeoutSeconds", "419431")
+
     def test_ssl_without_cert_and_key(self):
         self.assertConfigError({"UseSSL": True}, "UseSSL", "SSLCertFile")
         message = self.assertConfigError({"UseSSL": True, "SSLCertFile": "/etc/hostname"},

@@ -435,3 +435,31 @@ class SequenceTests(SynchronousTestCase):
         self.assertEqual([(e.path, e.kind) for e in effects[-3:]],
                          [("abort-seed/1", CLEANUP), ("abort-seed/1", CLEANUP), ("umount", CLEANUP)])
         self.assertEqual(effects[0], State("getting target agent info for t"))
+
+
+class ThrottleCommandTests(SynchronousTestCase):
+    """``throttle HOST ID RATE`` takes K/M/G rates, calls seed-throttle on the source, then shows the limit."""
+
+    def test_rates(self):
+        parse = cli.parser().parse_args
+        self.assertEqual(parse(["throttle", "db1", "7", "20M"]).rate, 20 * 1024 * 1024)
+        self.assertEqual(parse(["throttle", "db1", "7", "512k"]).rate, 512 * 1024)
+        self.assertEqual(parse(["throttle", "db1", "7", "0"]).rate, 0)
+        for bad in ("1.5M", "-1", "M", "20T", "", "0x10"):
+            err = io.StringIO()
+            self.patch(cli.sys, "stderr", err)
+            with self.assertRaises(SystemExit, msg=bad):
+                parse(["throttle", "db1", "7", bad])
+            self.assertIn("bytes per second", err.getvalue())
+
+    def test_calls_the_route_and_shows_the_new_limit(self):
+        api = FakeApi({"seed-throttle/7": (200, True),
+                       "seed-status/7": (200, {**STATUS, "MaxBytesPerSecond": 20 * 1024 * 1024,
+                                               "BytesPerSecond": 4 * 1024 * 1024})})
+        out, err = io.StringIO(), io.StringIO()
+        args = cli.parser().parse_args(["--token", TOKEN, "throttle", "db1", "7", "20M"])
+        code = self.successResultOf(Deferred.fromCoroutine(
+            cli.run(Clock(), args, http=StubTreq(api), environ={}, out=out, err=err)))
+        self.assertEqual((code, err.getvalue()), (EXIT_OK, ""))
+        self.assertEqual(api.requests[0], ("seed-throttle/7", {"bytesPerSecond": ["20971520"], "token": [TOKEN]}))
+        self.assertEqual(out.getvalue(), "seed 7 on db1:3002: sending at most 20.0 MiB/s; now 4.0 MiB/s on average\n")

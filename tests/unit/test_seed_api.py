@@ -35,6 +35,9 @@ class RecordingSeeds:
     async def abort(self, seed_id):
         self.calls.append(("abort", seed_id))
 
+    async def throttle(self, seed_id, rate):
+        self.calls.append(("throttle", seed_id, rate))
+
     def record(self, seed_id):
         return self.by_id[seed_id]
 
@@ -56,6 +59,7 @@ class SeedApiTests(SynchronousTestCase):
             Route("GET", "/api/receive-mysql-seed-data/:seedId", api.receive),
             Route("GET", "/api/send-mysql-seed-data/:targetHost/:seedId", api.send),
             Route("GET", "/api/abort-seed/:seedId", api.abort),
+            Route("GET", "/api/seed-throttle/:seedId", api.throttle),
             Route("GET", "/api/seed-status/:seedId", api.status),
             Route("GET", "/api/post-copy", api.post_copy),
             Route("GET", "/api/seeds", api.seeds),
@@ -70,8 +74,11 @@ class SeedApiTests(SynchronousTestCase):
         self.assertEqual(self.get("/api/receive-mysql-seed-data/12"), (200, True))
         self.assertEqual(self.get("/api/send-mysql-seed-data/db-2.example.com/12"), (200, True))
         self.assertEqual(self.get("/api/send-mysql-seed-data/127.0.0.2/13"), (200, True))
+        self.assertEqual(self.get("/api/seed-throttle/12?bytesPerSecond=4194304"), (200, True))
+        self.assertEqual(self.get("/api/seed-throttle/12?bytesPerSecond=0"), (200, True))
         self.assertEqual(self.seeds.calls, [("receive", 12), ("send", "db-2.example.com", 12),
-                                            ("send", "127.0.0.2", 13)])
+                                            ("send", "127.0.0.2", 13), ("throttle", 12, 4194304),
+                                            ("throttle", 12, 0)])
 
     def test_hostile_values_get_400_and_change_nothing(self):
         def quoted(value):
@@ -80,6 +87,10 @@ class SeedApiTests(SynchronousTestCase):
         paths = [f"/api/{route}/{quoted(value)}" for value in NOT_SEED_IDS
                  for route in ("receive-mysql-seed-data", "abort-seed", "seed-status", "send-mysql-seed-data/db2")]
         paths += [f"/api/send-mysql-seed-data/{quoted(value)}/5" for value in HOSTILE]
+        paths += [f"/api/seed-throttle/{quoted(value)}?bytesPerSecond=1000000" for value in NOT_SEED_IDS]
+        paths += [f"/api/seed-throttle/5?bytesPerSecond={quoted(value)}" for value in
+                  ["1;touch /tmp/x", "$(id)", "1\nid", "-1", "1.5", "4M", " 1", "", "99999999999999999999"]]
+        paths += ["/api/seed-throttle/5"]
         for path in paths:
             with self.subTest(path=path):
                 code, body = self.get(path)
@@ -93,6 +104,7 @@ class SeedApiTests(SynchronousTestCase):
         self.assertEqual((body["State"], body["Completed"], body["BytesDone"], body["BytesTotal"]),
                          ("running", False, 500, 1000))
         self.assertEqual((body["BytesPerSecond"], body["EtaSeconds"]), (50, 10))
+        self.assertIsNone(body["MaxBytesPerSecond"])  # a receive: the source paces
         self.assertEqual(body["StartedAt"], "1970-01-01T00:16:40+00:00")
 
     def test_seeds_lists_each_as_seed_status_shows_it(self):

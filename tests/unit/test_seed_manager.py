@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
-from orchagent.errors import AgentError, Busy, Conflict, NotFound
+from orchagent.errors import AgentError, Busy, Conflict, InvalidInput, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
@@ -94,6 +94,10 @@ class FakeTransfer:
         self.progress = Progress(bytes_done=10, bytes_total=100, files_done=1, files_total=4)
         self.waiters = []
         self.aborted = False
+        self.rates = []
+
+    def limit_rate(self, max_bytes_per_second):
+        self.rates.append(max_bytes_per_second)
 
     def when_done(self):
         self.waiters.append(Deferred())
@@ -204,6 +208,32 @@ class SeedManagerTests(SeedManagerTestCase):
         self.mysql.running = False
         self.settle(manager.send("db2", 8))
         self.assertEqual(self.transfers[0][3], self.datadir)
+
+    def test_throttle_changes_a_running_built_in_send_and_is_kept_in_its_record(self):
+        manager = self.manager(seed_max_bytes_per_second=4_000_000)
+        self.settle(manager.send("db2", 7))
+        self.assertEqual(self.transfers[0][4]["max_bytes_per_second"], 4_000_000)
+        self.assertEqual(manager.record(7).max_bytes_per_second, 4_000_000)
+        self.settle(manager.throttle(7, 16_000_000))
+        self.settle(manager.throttle(7, 0))
+        self.assertEqual(self.transfer.rates, [16_000_000, 0])
+        self.assertEqual(self.stored(7)["max_bytes_per_second"], 0)
+
+    def test_throttle_refuses_unknown_ended_receiving_command_mode_and_too_slow(self):
+        manager = self.manager(receive_seed_data_command="my-receive")
+        self.fail_with(manager.throttle(5, 1_000_000), NotFound)
+        self.settle(manager.receive(6))
+        self.assertIn("the source paces", str(self.fail_with(manager.throttle(6, 1_000_000), Conflict)))
+        self.settle(manager.send("db2", 7))
+        error = self.fail_with(manager.throttle(7, 1000), InvalidInput)
+        self.assertIn("SeedStallTimeoutSeconds", str(error))
+        self.transfer.finish()
+        self.assertIn("succeeded", str(self.fail_with(manager.throttle(7, 1_000_000), Conflict)))
+        self.assertEqual(self.transfer.rates, [])
+        command = self.manager(send_seed_data_command="my-send")
+        self.settle(command.send("db2", 8))
+        self.assertIn("command-mode", str(self.fail_with(command.throttle(8, 1_000_000), Conflict)))
+        self.assertIsNone(command.record(8).max_bytes_per_second)
 
     def test_record_times_come_from_the_reactor_clock(self):
         """One clock: started, first byte and end are the injected reactor's times."""

@@ -18,6 +18,7 @@ VALIDATORS = {
     "host": lambda value: validate.host(value, "host"),
     "seed_id": validate.seed_id,
     "position": lambda value: validate.position(value, "start"),
+    "bytes_per_second": lambda value: validate.bytes_per_second(value, "bytesPerSecond"),
     "volume_identifier": lambda value: validate.volume_identifier(value, "lv"),
     "absolute_path": lambda value: validate.absolute_path(value, "path"),
     "log_name": validate.log_name,
@@ -58,6 +59,19 @@ class HostTests(SynchronousTestCase):
                       "db1.example.com%eth0", "-db1", "db_1", "999.1.1.1", "a..b", "", None, "x" * 254]:
             with self.assertRaises(InvalidInput, msg=repr(value)):
                 validate.host(value, "host")
+
+
+class RateTests(SynchronousTestCase):
+    """A rate limit is a whole number of bytes per second from 0 to a bound, nothing else."""
+
+    def test_accepted(self):
+        self.assertEqual(validate.bytes_per_second("0", "bytesPerSecond"), 0)
+        self.assertEqual(validate.bytes_per_second("4194304", "bytesPerSecond"), 4194304)
+
+    def test_refused(self):
+        for value in [None, "", "-1", "1.5", "4M", " 1", "0x10", "9" * 17, str(2 ** 50 + 1)]:
+            with self.assertRaises(InvalidInput, msg=repr(value)):
+                validate.bytes_per_second(value, "bytesPerSecond")
 
 
 class PathTests(SynchronousTestCase):
