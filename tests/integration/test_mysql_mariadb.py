@@ -31,7 +31,8 @@ from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
 from tests.support.mariadb import MariaDBSandbox
 from tests.support.mysql_fakes import mysql_routes
-from tests.support.storage import RecordingRunner, inline
+from tests.support.fake_runner import FakeRunner
+from tests.support.storage import inline
 
 TOKEN = "ef" * 32
 
@@ -63,7 +64,7 @@ class MariaDBThroughTheAPITests(TestCase):
             json.dump({**self.sandbox.config_values(),
                        "PostCopyCommand": f'touch {self.markers}/post-copy-"$ORCHAGENT_SOURCE_HOST"'}, f)
         config = load_config([config_file])
-        self.runner = RecordingRunner(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
+        self.runner = FakeRunner.around(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
         self.mysql = MySQL(config, self.runner, reactor)
         site = Site(ApiResource(mysql_routes(make_mysql_api(config, self.runner, self.mysql)),
                                 Guard(token=Token(TOKEN)), reactor))

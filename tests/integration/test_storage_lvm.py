@@ -12,7 +12,8 @@ from orchagent.config import Config
 from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
 from tests.support.fake_lvm import FakeLvm
-from tests.support.storage import LiveClient, RecordingRunner, StubMySQL, inline
+from tests.support.fake_runner import FakeRunner
+from tests.support.storage import LiveClient, StubMySQL, inline
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"
@@ -30,7 +31,7 @@ class LvmTestsBase(TestCase):
         self.lvm = FakeLvm(os.path.join(self.tmp, "host"))
         runner = ProcessRunner(reactor, default_timeout=20, environ=self.lvm.environ())
         self.addCleanup(runner.stop_all)
-        self.runner = RecordingRunner(runner)
+        self.runner = FakeRunner.around(runner)
         config = Config(snapshot_mount_point=self.mount_point, snapshot_volumes_filter="-snap-",
                         create_snapshot_command="touch created")
         self.mysql = StubMySQL(self.datadir)

@@ -47,22 +47,6 @@ def inline(coroutine_function):
     return test
 
 
-class RecordingRunner:
-    """A real ProcessRunner that also remembers what it was asked to run."""
-
-    def __init__(self, runner):
-        self._runner = runner
-        self.commands: list[list[str]] = []
-
-    def run(self, argv, **options):
-        self.commands.append(list(argv))
-        return self._runner.run(argv, **options)
-
-    def run_configured(self, command, args=(), *, name, **options):
-        self.commands.append(["configured", name, *args])
-        return self._runner.run_configured(command, args, name=name, **options)
-
-
 class _NotUnderTest:
     """Handlers of the other API sections: present so the route table builds, never called here."""
 

@@ -7,7 +7,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.cache import ShortCache
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
-from tests.support.mysql_fakes import FakeRunner, InlineThreadsReactor
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import InlineThreadsReactor
 
 
 class ShortCacheTests(SynchronousTestCase):

@@ -15,8 +15,9 @@ from orchagent.host.mysql import MySQL
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
+from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import (
-    FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
+    FIXTURES, HEADER, FakeProbe, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
 
 TOKEN = "12" * 32
 

@@ -2,7 +2,7 @@
 
 import os
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
@@ -10,7 +10,8 @@ from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.liveness import STOPPED, Findings, ServerPlaces
 from orchagent.host.mysql import MySQL
 from orchagent.process import CommandFailed
-from tests.support.mysql_fakes import FakeProbe, FakeRunner, InlineThreadsReactor
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import FakeProbe, InlineThreadsReactor
 
 
 class MySQLTestCase(SynchronousTestCase):
@@ -202,11 +203,8 @@ class ServiceTests(MySQLTestCase):
         self.assertTrue(self.result(self.mysql().is_running()))  # no datadir known: cannot tell
         self.assertEqual(self.probe.places, [])
 
-        class Broken(FakeRunner):
-            def run_configured(self, *args, **kwargs):
-                return fail(AgentError("cannot start"))
-
-        mysql = self.mysql(Broken(), my_cnf=self.MY_CNF, mysql_service_status_command="st")
+        broken = FakeRunner(errors={"MySQLServiceStatusCommand": AgentError("cannot start")})
+        mysql = self.mysql(broken, my_cnf=self.MY_CNF, mysql_service_status_command="st")
         self.assertTrue(self.result(mysql.is_running()))
         self.assertIn("could not run: cannot start", self.refusal(mysql))
 
@@ -227,11 +225,8 @@ class ServiceTests(MySQLTestCase):
         self.assertEqual(self.probe.places[0].pid_file, "/srv/db/base.pid")
 
     def test_status_check_refused_for_want_of_a_slot_is_unknown_not_stopped(self):
-        class Full(FakeRunner):
-            def run_configured(self, *args, **kwargs):
-                return fail(Busy("no slot", 5))
-
-        mysql = self.mysql(Full(), my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
+        full = FakeRunner(errors={"MySQLServiceStatusCommand": Busy("no slot", 5)})
+        mysql = self.mysql(full, my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
         self.assertTrue(self.result(mysql.is_running()))
         self.assertIn("no slot", self.refusal(mysql))
 

@@ -25,10 +25,10 @@ from orchagent.host.relaylog import (
     resolve_listed,
     verify_events,
 )
+from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import (
     FIXTURES,
     HEADER,
-    FakeRunner,
     InlineThreadsReactor,
     binlog,
     event,

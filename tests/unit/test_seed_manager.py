@@ -18,6 +18,7 @@ from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
+from tests.support.fake_runner import FakeRunner
 from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
 
@@ -61,30 +62,6 @@ class FakeDisk:
 
     def invalidate(self):
         pass
-
-
-class FakeCommand:
-    """A started command: ``result`` fires when it ends; ``terminate`` ends it."""
-
-    def __init__(self):
-        self.result = Deferred()
-        self.terminated = False
-
-    def terminate(self):
-        self.terminated = True
-        if not self.result.called:
-            self.result.errback(RuntimeError("killed"))
-        return succeed(None)
-
-
-class FakeRunner:
-    def __init__(self):
-        self.started = []
-
-    def start_configured(self, command, args, *, name, **options):
-        self.started.append((name, command, tuple(args), options))
-        self.commands = getattr(self, "commands", []) + [FakeCommand()]
-        return self.commands[-1]
 
 
 class FakeTransfer:
@@ -227,16 +204,16 @@ class SeedManagerTests(SeedManagerTestCase):
     def test_command_mode_passes_arguments_as_argv_without_a_wall_clock_timeout(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_transfer_port=4444)
         self.settle(manager.receive(5))
-        self.assertEqual(self.runner.started, [("ReceiveSeedDataCommand", "my-receive", (self.datadir, "4444"),
-                                                {"timeout": None})])
-        self.runner.commands[0].result.callback(None)
+        self.assertEqual([(call.name, call.argv[2], call.args, call.options) for call in self.runner.calls],
+                         [("ReceiveSeedDataCommand", "my-receive", (self.datadir, "4444"), {"timeout": None})])
+        self.runner.started[0].result.callback(None)
         self.assertTrue(manager.record(5).succeeded)
 
     def test_abort_kills_then_reads_completed_not_succeeded_and_clears_the_datadir(self):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(9))
         self.settle(manager.abort(9))
-        self.assertTrue(self.runner.commands[0].terminated)
+        self.assertTrue(self.runner.started[0].terminated)
         record = manager.record(9)
         self.assertEqual((record.completed, record.succeeded, record.state), (True, False, "aborted"))
         self.assertEqual(self.eraser.emptied, 1)
@@ -261,7 +238,7 @@ class SeedManagerTests(SeedManagerTestCase):
         self.settle(manager.check_post_copy())  # no seed yet: a manual post-copy is allowed
         self.settle(manager.receive(11))
         self.fail_with(manager.check_post_copy(), Conflict)  # still running
-        self.runner.commands[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
         record = manager.record(11)
         self.assertEqual((record.state, record.error), ("failed", "ReceiveSeedDataCommand failed with exit status 1"))
         self.assertEqual((self.eraser.emptied, self.eraser.paths), (1, [self.datadir]))
@@ -279,7 +256,7 @@ class SeedManagerTests(SeedManagerTestCase):
         record = manager.record(12)
         self.assertEqual(record.state, "failed")
         self.assertIn("stalled", record.error)
-        self.assertTrue(self.runner.commands[0].terminated)
+        self.assertTrue(self.runner.started[0].terminated)
         self.assertEqual(record.bytes_done, 10000)
 
     def test_seeds_beyond_max_concurrent_seeds_are_busy_and_leave_no_trace(self):
@@ -351,7 +328,7 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         cleared.callback(None)
         self.successResultOf(aborting)
         self.settle(manager.receive(2))
-        self.runner.commands[1].result.callback(None)
+        self.runner.started[1].result.callback(None)
         self.assertEqual(self.holders(), {self.datadir: Holder(2, "complete")})
         self.settle(manager.check_post_copy())
         self.assertEqual((manager.record(1).state, manager.record(2).state), ("aborted", "succeeded"))
@@ -387,7 +364,7 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
         manager._holders[self.datadir] = Holder(7, "complete")  # as if another seed's data were there
-        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("exit status 1"))
         self.assertEqual(self.eraser.emptied, 0)
         self.assertEqual(manager.record(1).state, "failed")
 
@@ -396,10 +373,10 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         os.makedirs(other)
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
-        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("exit status 1"))
         self.mysql.data_directory = other  # a later seed went to another datadir, and succeeded
         self.settle(manager.receive(2))
-        self.runner.commands[1].result.callback(None)
+        self.runner.started[1].result.callback(None)
         self.settle(manager.check_post_copy())
         self.mysql.data_directory = self.datadir  # back: this datadir holds seed 1's failed copy
         error = self.fail_with(manager.check_post_copy(), Conflict)
@@ -421,13 +398,13 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         error = self.assertRaises(Conflict, manager.refuse_emptying, self.datadir)
         self.assertIn("abort-seed/1", str(error))
         manager.refuse_emptying(self.mktemp())  # another datadir: fine
-        self.runner.commands[0].result.callback(None)
+        self.runner.started[0].result.callback(None)
         manager.refuse_emptying(self.datadir)
 
     def test_post_copy_refused_once_the_seeded_datadir_was_emptied(self):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
-        self.runner.commands[0].result.callback(None)
+        self.runner.started[0].result.callback(None)
         self.settle(manager.check_post_copy())
         self.settle(manager.emptied(self.datadir))  # delete-mysql-datadir
         self.assertEqual(self.holders(), {self.datadir: Holder(1, "emptied")})

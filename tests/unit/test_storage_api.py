@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.config import Config
 from orchagent.errors import Conflict
 from orchagent.web.storageapi import make_storage
-from tests.support.fake_lvm import FakeLvm, FakeRunner
+from tests.support.fake_lvm import FakeLvm
+from tests.support.fake_runner import FakeRunner
 from tests.support.storage import StubMySQL, SyncClient, sync_thread
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
@@ -31,7 +32,10 @@ class StorageApiTestsBase(SynchronousTestCase):
 
     def start(self, file_systems=None, configured=None, **settings):
         self.lvm = FakeLvm(os.path.join(self.tmp, "host"), file_systems)
-        self.runner = FakeRunner(self.lvm, configured)
+        configured = configured or {}
+        self.runner = FakeRunner(stdout={name: out for name, (code, out) in configured.items()},
+                                 exit_codes={name: code for name, (code, out) in configured.items()},
+                                 tool=self.lvm.run_in_process)
         config = Config(**{"snapshot_mount_point": self.mount_point, "snapshot_volumes_filter": "-snap-", **settings})
         self.storage = make_storage(config, self.runner, self.clock, self.mysql,
                                     mountinfo_path=self.lvm.mountinfo_path, defer_to_thread=sync_thread)
