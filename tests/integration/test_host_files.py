@@ -20,7 +20,8 @@ from orchagent.web.storageapi import make_storage
 from tests.support.agent import start_agent
 from tests.support.btrfs import btrfs_filesystem
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
-from tests.support.storage import LiveClient, StubMySQL, inline
+from tests.support.deferreds import inline
+from tests.support.storage import LiveClient, StubMySQL
 
 
 def get(agent, path):

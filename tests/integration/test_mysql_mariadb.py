@@ -32,7 +32,7 @@ from orchagent.web.resource import ApiResource, Guard
 from tests.support.mariadb import MariaDBSandbox
 from tests.support.mysql_fakes import mysql_routes
 from tests.support.fake_runner import FakeRunner
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 TOKEN = "ef" * 32
 

@@ -1,13 +1,12 @@
 """ProcessRunner against real processes: process groups, literal arguments, bounded output."""
 
-import functools
 import os
 import resource
 import signal
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -15,16 +14,9 @@ from twisted.trial.unittest import TestCase
 from orchagent import logs
 from orchagent.errors import AgentError, Busy
 from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
+from tests.support.deferreds import inline
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
-
-
-def inline(coroutine_function):
-    """Let a trial test be written as ``async def`` (trial on Twisted 22.4 wants a Deferred)."""
-    @functools.wraps(coroutine_function)
-    def test(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-    return test
 
 
 def running(pid: int) -> bool:

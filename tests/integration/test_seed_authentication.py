@@ -22,7 +22,7 @@ from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_mitm import RewritingRelay
 from tests.support.seed_trees import build_tree
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 SECRET = b"correct horse battery staple"
 MARKER = b"the row as the source wrote it. "

@@ -30,7 +30,7 @@ from tests.support.agent import free_port, start_agent
 from tests.support.orchestrator import HostAgent, Orchestrator
 from tests.support.seed_trees import build_tree, describe_tree
 from tests.support.seeding import SeedTarget, transfer_settings
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 SECRET = b"receive safety"
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX

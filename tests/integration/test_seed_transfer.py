@@ -19,7 +19,7 @@ from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tre
 from orchagent.tls import client_creator, seed_server_options
 from tests.support.pki import CertificateAuthority
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 SECRET = b"correct horse battery staple"
 AGENTS_OU = "mysql-agents"

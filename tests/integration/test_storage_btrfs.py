@@ -13,7 +13,8 @@ from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
 from tests.support.btrfs import btrfs_filesystem
 from tests.support.mariadb import MariaDBSandbox
-from tests.support.storage import LiveClient, inline
+from tests.support.deferreds import inline
+from tests.support.storage import LiveClient
 
 FILTER = "mysql-snap-"
 

@@ -9,7 +9,8 @@ from twisted.trial.unittest import TestCase
 from orchagent.config import Config
 from orchagent.host.datadir import empty_directory
 from orchagent.web.storageapi import make_storage
-from tests.support.storage import LiveClient, StubMySQL, inline
+from tests.support.deferreds import inline
+from tests.support.storage import LiveClient, StubMySQL
 
 
 class MountBoundaryTests(TestCase):

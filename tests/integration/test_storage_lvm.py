@@ -13,7 +13,8 @@ from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
 from tests.support.fake_lvm import FakeLvm
 from tests.support.fake_runner import FakeRunner
-from tests.support.storage import LiveClient, StubMySQL, inline
+from tests.support.deferreds import inline
+from tests.support.storage import LiveClient, StubMySQL
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -37,14 +36,6 @@ class StubMySQL:
     async def require_stopped(self, action: str) -> None:
         if self.running:
             raise Conflict(f"refusing to {action}: MySQL is running (stand-in)")
-
-
-def inline(coroutine_function):
-    """Let a trial test be written as ``async def`` (trial on Twisted 22.4 wants a Deferred)."""
-    @functools.wraps(coroutine_function)
-    def test(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-    return test
 
 
 class _NotUnderTest:

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.cache import ShortCache
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
+from tests.support.deferreds import Settling
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import InlineThreadsReactor
 
@@ -66,17 +67,17 @@ class ShortCacheTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(after), "new")
 
 
-class MySQLFactsTests(SynchronousTestCase):
+class MySQLFactsTests(Settling, SynchronousTestCase):
     def test_poll_facts_run_their_commands_once_until_service_changes(self):
         runner = FakeRunner({"MySQLDatadirCommand": b"/var/lib/mysql\n", "MySQLPortCommand": b"3306\n"})
         mysql = MySQL(Config(mysql_datadir_command="d", mysql_port_command="p", mysql_service_stop_command="s"),
                       runner, InlineThreadsReactor())
 
         def facts():
-            return [self.successResultOf(Deferred.fromCoroutine(c)) for c in (mysql.datadir(), mysql.port())]
+            return [self.settle(c) for c in (mysql.datadir(), mysql.port())]
 
         self.assertEqual(facts() + facts(), ["/var/lib/mysql", 3306] * 2)
         self.assertEqual(runner.names(), ["MySQLDatadirCommand", "MySQLPortCommand"])
-        self.successResultOf(Deferred.fromCoroutine(mysql.stop()))
+        self.settle(mysql.stop())
         facts()
         self.assertEqual(runner.names().count("MySQLDatadirCommand"), 2)

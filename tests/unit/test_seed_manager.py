@@ -18,6 +18,7 @@ from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
+from tests.support.deferreds import Settling
 from tests.support.fake_runner import FakeRunner
 from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
@@ -87,7 +88,7 @@ class FakeTransfer:
         return succeed(None)
 
 
-class SeedManagerTestCase(SynchronousTestCase):
+class SeedManagerTestCase(Settling, SynchronousTestCase):
     def setUp(self):
         self.state = self.mktemp()
         self.datadir = os.path.realpath(self.mktemp())
@@ -115,12 +116,6 @@ class SeedManagerTestCase(SynchronousTestCase):
         manager.startService()
         self.addCleanup(lambda: manager.running and manager.stopService())
         return manager
-
-    def settle(self, coroutine):
-        return self.successResultOf(Deferred.fromCoroutine(coroutine))
-
-    def fail_with(self, coroutine, error_class):
-        return self.failureResultOf(Deferred.fromCoroutine(coroutine), error_class).value
 
     def stored(self, seed_id):
         with open(os.path.join(self.state, "seeds", f"{seed_id}.json")) as f:

@@ -3,13 +3,13 @@ fake LVM tools run in-process (``FakeRunner``), a fake clock and file work on th
 
 import os
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
 from orchagent.web.storageapi import make_storage
+from tests.support.deferreds import Settling
 from tests.support.fake_lvm import FakeLvm
 from tests.support.fake_runner import FakeRunner
 from tests.support.storage import StubMySQL, SyncClient, sync_thread
@@ -20,7 +20,7 @@ FIXTURE_DU = 123456789012
 FIXTURE_DF_AVAILABLE = 413151978988
 
 
-class StorageApiTestsBase(SynchronousTestCase):
+class StorageApiTestsBase(Settling, SynchronousTestCase):
     def setUp(self):
         self.tmp = os.path.abspath(self.mktemp())
         self.mount_point = os.path.join(self.tmp, "mount")
@@ -251,12 +251,11 @@ class CommandTests(StorageApiTestsBase):
         os.rmdir(os.path.join(self.datadir, "mysql"))
         os.makedirs(os.path.join(self.datadir, "db1"))  # what a receive command extracted before it failed
         self.start()
-        self.assertIn("(rule: a datadir or empty)", str(self.failureResultOf(
-            Deferred.fromCoroutine(self.storage.datadir.empty()), Conflict).value))
-        self.successResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)))
+        self.assertIn("(rule: a datadir or empty)", str(self.fail_with(self.storage.datadir.empty(), Conflict)))
+        self.settle(self.storage.datadir.empty(after_failed_seed=True))
         self.assertEqual(os.listdir(self.datadir), [])
         self.mysql.data_directory = "/usr/bin"  # the system rules still hold
-        self.failureResultOf(Deferred.fromCoroutine(self.storage.datadir.empty(after_failed_seed=True)), Conflict)
+        self.fail_with(self.storage.datadir.empty(after_failed_seed=True), Conflict)
 
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"
