@@ -20,8 +20,8 @@ from orchagent.ctl import cli, progress
 from orchagent.ctl.client import AgentAddress, AgentClient, CtlError, HttpStatusError, status_poll
 from orchagent.ctl.seed import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SeedRunner
 from orchagent.ctl.sequence import (
-from tests.support.deferreds import Settling
     BAILING_OUT, CLEANUP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State)
+from tests.support.deferreds import Settling
 
 TOKEN = "s3cret-token-0123456789"
 
