@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.support.mariadb import MariaDBSandbox  # noqa: E402
+from testbed.mariadb import MariaDBSandbox  # noqa: E402
 
 COMPLETE = ".complete"  # marks a data set whose build finished
 

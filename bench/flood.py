@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from poll import (NULL_ROUTES, POLL_ROUTES, REPO, Poller, agent_settings, machine, ms,  # noqa: E402
                   p50_p99, percentile, record)
 
-from tests.support.agent import start_agent  # noqa: E402
-from tests.support.flood import Flood, open_files, raise_open_files  # noqa: E402
+from testbed.agent import start_agent  # noqa: E402
+from testbed.flood import Flood, open_files, raise_open_files  # noqa: E402
 
 SECTION_HEADING = "## Flood: API latency with 2,000 hostile connections (issue 11)"
 GOAL_MS = 100

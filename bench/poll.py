@@ -47,7 +47,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.support.agent import RunningAgent, start_agent  # noqa: E402
+from testbed.agent import RunningAgent, start_agent  # noqa: E402
 
 #: B.1.2, in orchestrator's order.
 POLL_ROUTES = (

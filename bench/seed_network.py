@@ -4,7 +4,7 @@
                                   [--methods ...] [--repeat 1] [--record] [--keep-data]
 
 Both ends run inside a private network namespace whose loopback is shaped with ``tbf`` to the
-link's rate (``tests/support/netns.py``): the source on 127.0.0.1, the target on 127.0.0.2, so
+link's rate (``testbed/netns.py``): the source on 127.0.0.1, the target on 127.0.0.2, so
 every byte crosses the link, and nothing leaves the namespace.  Data sets: (1) a MariaDB datadir
 prepared by ``sysbench oltp_read_write`` (real InnoDB pages, which compress about 3x with
 ``zstd -1``), (2) the half-random datadir-like tree of ``seed_transfer`` (incompressible).
@@ -38,10 +38,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bench.datasets import build_sysbench_datadir, build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
 from bench.machine import machine, peak_rss_mb, reset_peak_rss  # noqa: E402
-from tests.support.agent import REPO, free_port, start_agent  # noqa: E402
-from tests.support.netns import NetworkNamespace  # noqa: E402
-from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
-from tests.support.pki import CertificateAuthority  # noqa: E402
+from testbed.agent import REPO, free_port, start_agent  # noqa: E402
+from testbed.netns import NetworkNamespace  # noqa: E402
+from testbed.orchestrator import HostAgent, Orchestrator  # noqa: E402
+from testbed.pki import CertificateAuthority  # noqa: E402
 
 SOURCE, TARGET = "127.0.0.1", "127.0.0.2"
 SECRET = "bench-network-secret"

@@ -56,9 +56,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bench.datasets import build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
 from bench.machine import cpu_seconds, machine, peak_rss_mb, reset_peak_rss  # noqa: E402
-from tests.support.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
-from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
-from tests.support.pki import CertificateAuthority  # noqa: E402
+from testbed.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
+from testbed.orchestrator import HostAgent, Orchestrator  # noqa: E402
+from testbed.pki import CertificateAuthority  # noqa: E402
 
 
 def free_port() -> int:

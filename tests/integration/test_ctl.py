@@ -31,11 +31,11 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import REPO, free_port, start_agent, twistd_command
-from tests.support.orchestrator import HostAgent, Orchestrator
-from tests.support.pki import CertificateAuthority
-from tests.support.seed_link import SlowLink
-from tests.support.seeding import SeedSource, SeedTarget, table_checksums, transfer_settings
+from testbed.agent import REPO, free_port, start_agent, twistd_command
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.pki import CertificateAuthority
+from testbed.seed_link import SlowLink
+from testbed.seeding import SeedSource, SeedTarget, table_checksums, transfer_settings
 
 CTL = [sys.executable, "-m", "orchagent.ctl"]
 FIXED_TOKEN = "ctl-test-fixed-token-0123456789"

@@ -17,8 +17,8 @@ from twisted.web.server import Site
 
 from orchagent import tls
 from orchagent.config import Config
-from tests.support.agent import REPO, start_agent, twistd_command
-from tests.support.pki import CertificateAuthority
+from testbed.agent import REPO, start_agent, twistd_command
+from testbed.pki import CertificateAuthority
 
 
 class FakeOrchestrator(Resource):

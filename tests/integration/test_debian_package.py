@@ -30,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import orchagent
 from orchagent.config import Config
 from orchagent.connections import RESERVED_FILES
-from tests.support.agent import REPO, free_port
+from testbed.agent import REPO, free_port
 
 #: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -167,7 +167,7 @@ class DebianPackageTests(SynchronousTestCase):
             parts = path.split("/")
             self.assertFalse(
                 {"dropin.cache", ".hypothesis", ".pytest_cache", "__pycache__"} & set(parts)
-                or any(part.startswith("_trial_temp") or part == "tests" for part in parts),
+                or any(part.startswith("_trial_temp") or part in ("tests", "testbed", "bench") for part in parts),
                 f"{path} must not be in the package")
         self.assertNotIn("/usr/lib/python3/dist-packages/twisted/__init__.py", paths)
         self.assertNotIn(PLUGINS + "/__init__.py", paths)

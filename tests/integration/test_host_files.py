@@ -17,10 +17,10 @@ from orchagent.host.datadir import empty_directory
 from orchagent.host.mounts import read_mountinfo
 from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
-from tests.support.agent import start_agent
-from tests.support.btrfs import btrfs_filesystem
-from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
+from testbed.agent import start_agent
+from testbed.btrfs import btrfs_filesystem
 from tests.support.deferreds import inline
+from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
 from tests.support.storage import LiveClient, StubMySQL
 
 

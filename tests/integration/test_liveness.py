@@ -22,8 +22,8 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from orchagent.host.liveness import UNKNOWN, Findings, decide
-from tests.support.agent import REPO, free_port, start_agent
-from tests.support.mariadb import MariaDBSandbox
+from testbed.agent import REPO, free_port, start_agent
+from testbed.mariadb import MariaDBSandbox
 
 SECRET = "liveness-test-secret"
 

@@ -29,10 +29,10 @@ from orchagent.process import ProcessRunner
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
-from tests.support.mariadb import MariaDBSandbox
-from tests.support.mysql_fakes import mysql_routes
-from tests.support.fake_runner import FakeRunner
+from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import mysql_routes
 
 TOKEN = "ef" * 32
 

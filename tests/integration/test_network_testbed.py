@@ -15,9 +15,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.netns import NetworkNamespace, network_namespace
-from tests.support.orchestrator import HostAgent, Orchestrator
+from testbed.agent import free_port, start_agent
+from testbed.netns import NetworkNamespace, network_namespace
+from testbed.orchestrator import HostAgent, Orchestrator
 
 MB = 1024 * 1024
 RATE_BYTES = 100 * 1000 * 1000 / 8  # 100mbit

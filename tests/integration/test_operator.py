@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 import orchagent
+from testbed.agent import REPO, free_port, start_agent, twistd_command
 from tests.integration.test_daemon import AgentTestCase, plain_http, wait_for
-from tests.support.agent import REPO, free_port, start_agent, twistd_command
 
 MAX_COMMANDS = 3
 

@@ -22,9 +22,9 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import STATUS_POLL, HostAgent, Orchestrator
-from tests.support.seeding import (
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
+from testbed.seeding import (
     SeedSource, SeedTarget, table_checksums, transfer_settings)
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"

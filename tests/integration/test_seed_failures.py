@@ -24,11 +24,11 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.btrfs import btrfs_filesystem
-from tests.support.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
-from tests.support.seed_link import SlowLink
-from tests.support.seeding import (
+from testbed.agent import free_port, start_agent
+from testbed.btrfs import btrfs_filesystem
+from testbed.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
+from testbed.seed_link import SlowLink
+from testbed.seeding import (
     SeedSource, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
     tree_listing, write_ballast)
 

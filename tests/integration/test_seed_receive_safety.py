@@ -25,12 +25,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.seeding import SeedTarget, transfer_settings
 from tests.support import datadir_attacker
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import HostAgent, Orchestrator
-from tests.support.seed_trees import build_tree, describe_tree
-from tests.support.seeding import SeedTarget, transfer_settings
 from tests.support.deferreds import inline
+from tests.support.seed_trees import build_tree, describe_tree
 
 SECRET = b"receive safety"
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX

@@ -17,9 +17,9 @@ from orchagent.config import Config
 from orchagent.seed import protocol
 from orchagent.seed.transfer import SeedReceiverServer, TransferFailed, send_tree
 from orchagent.tls import client_creator, seed_server_options
-from tests.support.pki import CertificateAuthority
-from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
+from testbed.pki import CertificateAuthority
 from tests.support.deferreds import inline
+from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 
 SECRET = b"correct horse battery staple"
 AGENTS_OU = "mysql-agents"

@@ -11,8 +11,8 @@ from orchagent.config import Config
 from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
-from tests.support.btrfs import btrfs_filesystem
-from tests.support.mariadb import MariaDBSandbox
+from testbed.btrfs import btrfs_filesystem
+from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
 from tests.support.storage import LiveClient
 

@@ -11,9 +11,9 @@ from twisted.trial.unittest import TestCase
 from orchagent.config import Config
 from orchagent.process import ProcessRunner
 from orchagent.web.storageapi import make_storage
+from tests.support.deferreds import inline
 from tests.support.fake_lvm import FakeLvm
 from tests.support.fake_runner import FakeRunner
-from tests.support.deferreds import inline
 from tests.support.storage import LiveClient, StubMySQL
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"

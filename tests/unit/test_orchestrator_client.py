@@ -6,7 +6,7 @@ orchestrator cannot decode; these cases pin its strictness.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.orchestrator import (
+from testbed.orchestrator import (
     BOOL, FLOAT64, INT64, LOGICAL_VOLUME, MOUNT, STATUS_POLL, STRING, ContractViolation, GoSlice, HostAgent,
     command_url, error_message, go_decode, zero_value)
 

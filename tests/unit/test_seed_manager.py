@@ -18,9 +18,9 @@ from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed.tree import Progress
+from testbed.pki import CertificateAuthority
 from tests.support.deferreds import Settling
 from tests.support.fake_runner import FakeRunner
-from tests.support.pki import CertificateAuthority
 from tests.support.storage import StubMySQL
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from tests.support.btrfs import BtrfsFileSystem
-from tests.support.mariadb import MariaDBSandbox
+from testbed.btrfs import BtrfsFileSystem
+from testbed.mariadb import MariaDBSandbox
 
 SNAPSHOT_FILTER = "mysql-snap-"
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")

@@ -18,7 +18,7 @@ import os
 import shlex
 import subprocess
 
-from tests.support.agent import free_port
+from testbed.agent import free_port
 
 INSTALL_FLAGS = ("--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db", "--user=root")
 

@@ -190,7 +190,7 @@ class HostAgent:
 
     @classmethod
     def of(cls, running) -> "HostAgent":
-        """From a :class:`tests.support.agent.RunningAgent` (its address is its hostname)."""
+        """From a :class:`testbed.agent.RunningAgent` (its address is its hostname)."""
         return cls(running.address, running.port, running.token, running.scheme)
 
 
