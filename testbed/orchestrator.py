@@ -37,8 +37,7 @@ from typing import Any, Callable
 
 import attrs
 
-from orchagent.ctl.sequence import (  # noqa: F401 (BAILING_OUT: for the tests)
-    BAILING_OUT, STEP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State)
+from orchagent.ctl.sequence import STEP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State
 
 GO_USER_AGENT = "Go-http-client/1.1"
 AGENT_HTTP_TIMEOUT_SECONDS = 60  # orchestrator's AgentHttpTimeoutSeconds (dial and header timeout)

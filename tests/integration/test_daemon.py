@@ -12,27 +12,13 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from orchagent import tls
 from orchagent.config import Config
 from testbed.agent import REPO, start_agent, twistd_command
 from testbed.pki import CertificateAuthority
-
-
-class FakeOrchestrator(Resource):
-    """Records the paths agents call on orchestrator's agents port."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.paths = []
-
-    def render_GET(self, request):
-        self.paths.append(request.path.decode())
-        return b'"OK"'
+from testbed.waiting import alive
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 
 def one_shot_pool():
@@ -52,15 +38,6 @@ async def wait_for(predicate, timeout=20.0, what="condition"):
         await deferLater(reactor, 0.05, lambda: None)
 
 
-def pid_alive(pid: int) -> bool:
-    """Running or stopped; a zombie (dead, waiting for init to reap it) does not count."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 class AgentTestCase(TestCase):
     timeout = 120
 
@@ -76,12 +53,7 @@ class AgentTestCase(TestCase):
 
     def orchestrator(self, context=None):
         fake = FakeOrchestrator()
-        site = Site(fake)
-        port = (reactor.listenSSL(0, site, context, interface="127.0.0.1") if context
-                else reactor.listenTCP(0, site, interface="127.0.0.1"))
-        self.addCleanup(port.stopListening)
-        scheme = "https" if context else "http"
-        return fake, f"{scheme}://127.0.0.1:{port.getHost().port}"
+        return fake, fake.listen(self, reactor, context)
 
     async def get(self, url, client=None, **kwargs):
         response = await (client or plain_http()).get(url, **kwargs)
@@ -129,7 +101,7 @@ class DaemonTests(AgentTestCase):
         pids = [int(p) for p in open(marker).read().split()]
         code = await deferToThread(agent.stop)
         self.assertEqual(code, 0, agent.log())
-        self.assertEqual([pid for pid in pids if pid_alive(pid)], [], "the whole group must be gone")
+        self.assertEqual([pid for pid in pids if alive(pid)], [], "the whole group must be gone")
         await request
 
     def test_bad_config_stops_at_start_naming_file_and_key(self):

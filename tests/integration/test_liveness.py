@@ -24,6 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from orchagent.host.liveness import UNKNOWN, Findings, decide
 from testbed.agent import REPO, free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
+from testbed.waiting import alive, wait_for
 
 SECRET = "liveness-test-secret"
 
@@ -57,23 +58,6 @@ def sleeper(argv0: str = "sleep", **options) -> subprocess.Popen:
 def stop_process(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while running(pid):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"pid {pid} still runs after {timeout} s")
-        time.sleep(0.05)
 
 
 class AgentTestCase(SynchronousTestCase):
@@ -185,7 +169,7 @@ class DetectionTests(AgentTestCase):
         with open(self.sandbox.pid_file) as f:
             pid = int(f.read())
         os.unlink(self.sandbox.pid_file)
-        self.addCleanup(wait_gone, pid)
+        self.addCleanup(wait_for, lambda: not alive(pid), what=f"pid {pid} to end")
         self.addCleanup(self.sandbox.stop)
         agent = self.agent()  # no status command either
         self.assertRefused(agent, f"pid {pid} (/usr/sbin/mariadbd) has its working directory in the datadir")

@@ -14,18 +14,10 @@ from twisted.trial.unittest import TestCase
 from orchagent import logs
 from orchagent.errors import AgentError, Busy
 from orchagent.process import CommandFailed, CommandTimedOut, ProcessRunner
+from testbed.waiting import alive
 from tests.support.deferreds import inline
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
-
-
-def running(pid: int) -> bool:
-    """Whether pid is a live process (a zombie is not: PID 1 here may never reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
 
 
 async def pids_from(path: str, count: int) -> list[int]:
@@ -64,9 +56,9 @@ class ProcessRunnerTests(TestCase):
         d = runner.run(["bash", "-c", 'sleep 1000 & echo $! > "$1"; wait', "test", pid_file],
                        name="create-snapshot")
         [sleeper] = await pids_from(pid_file, 1)
-        self.assertTrue(running(sleeper))
+        self.assertTrue(alive(sleeper))
         failure = await self.assertFailure(d, CommandTimedOut)
-        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the timeout")
+        self.assertFalse(alive(sleeper), "the backgrounded grandchild survived the timeout")
         self.assertTrue(failure.result.timed_out)
         self.assertEqual(str(failure), "create-snapshot timed out after 1 s and was killed "
                                        "with its process group")
@@ -86,7 +78,7 @@ class ProcessRunnerTests(TestCase):
         d.cancel()
         await self.assertFailure(d, CancelledError)
         await self.runner.stop_all()  # waits for the group the cancel is killing
-        self.assertEqual([pid for pid in pids if running(pid)], [])
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
 
     @inline
     async def test_terminate_fires_once_the_whole_group_is_gone(self):
@@ -96,7 +88,7 @@ class ProcessRunnerTests(TestCase):
         self.assertEqual(pids[0], command.pid)
         started = time.monotonic()
         await command.terminate()
-        self.assertEqual([pid for pid in pids if running(pid)], [])
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
         self.assertGreaterEqual(time.monotonic() - started, GRACE)  # TERM was not enough
         failure = await self.assertFailure(command.result, CommandFailed)
         self.assertEqual(failure.result.signal, signal.SIGKILL)
@@ -113,7 +105,7 @@ class ProcessRunnerTests(TestCase):
         self.addCleanup(os.kill, escaped, signal.SIGKILL)
         await command.terminate()
         self.assertEqual((await command.result).signal, signal.SIGTERM)
-        self.assertTrue(running(escaped))  # another session's process is not ours to kill
+        self.assertTrue(alive(escaped))  # another session's process is not ours to kill
 
     @inline
     async def test_stop_all_terminates_every_running_command(self):
@@ -126,7 +118,7 @@ class ProcessRunnerTests(TestCase):
                                    check=False)
         await pids_from(ready, 2)
         await self.runner.stop_all()
-        self.assertFalse(running(first.pid) or running(second.pid))
+        self.assertFalse(alive(first.pid) or alive(second.pid))
         failure = await self.assertFailure(first.result, CommandFailed)
         self.assertEqual(str(failure), f"sleep was killed by signal {int(signal.SIGTERM)}")
         self.assertEqual((await second.result).signal, signal.SIGTERM)
@@ -143,7 +135,7 @@ class ProcessRunnerTests(TestCase):
         self.addCleanup(os.kill, daemon, signal.SIGKILL)
         await command.terminate()
         await self.runner.stop_all()
-        self.assertTrue(running(daemon))
+        self.assertTrue(alive(daemon))
 
     # -- arguments ---------------------------------------------------------------------------
 

@@ -24,13 +24,15 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.ctl.sequence import BAILING_OUT
 from testbed.agent import free_port, start_agent
 from testbed.btrfs import btrfs_filesystem
-from testbed.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
+from testbed.orchestrator import BOOL, HostAgent, Orchestrator, SeedRun
 from testbed.seed_link import SlowLink
 from testbed.seeding import (
     SeedSource, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
     tree_listing, write_ballast)
+from testbed.waiting import wait_for
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 SECRET = "failure tests' shared secret"
@@ -41,16 +43,6 @@ TARGET_STALL_SECONDS = 3
 # orchestrator sleeps 30 s between copy rounds; with 1 s, its 10-rounds-without-progress rule still
 # leaves a seed about 10 s to fail for the reason under test.
 POLL_SECONDS = 1
-
-
-def wait_for(condition, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class BackgroundSeed:
