@@ -27,7 +27,6 @@ import sys
 import tempfile
 import termios
 import time
-from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -36,6 +35,7 @@ from testbed.orchestrator import HostAgent, Orchestrator
 from testbed.pki import CertificateAuthority
 from testbed.seed_link import SlowLink
 from testbed.seeding import SeedSource, SeedTarget, table_checksums, transfer_settings
+from tests.support.root import requires_root
 
 CTL = [sys.executable, "-m", "orchagent.ctl"]
 FIXED_TOKEN = "ctl-test-fixed-token-0123456789"
@@ -61,6 +61,8 @@ def write_token_file(directory: str) -> str:
 
 
 class AgentTests(SynchronousTestCase):
+    """orchagent-ctl against a real agent: status, MySQL start/stop, token handling and one-line errors."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-ctl-")
@@ -247,11 +249,12 @@ class PtyProcess:
         os.close(self.master)
 
 
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
 class SeedTests(SynchronousTestCase):
+    """orchagent-ctl seed between real agents: a progress bar on a terminal, and Ctrl-C aborts on both sides."""
+
     @classmethod
     def setUpClass(cls):
-        if os.geteuid() != 0:
-            raise SkipTest("seeds need root (a btrfs loop device for the source's snapshot)")
         cls.directory = tempfile.mkdtemp(prefix="orchagent-ctl-seed-")
         cls.agents = []
         cls.token_file = write_token_file(cls.directory)

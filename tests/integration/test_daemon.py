@@ -39,6 +39,8 @@ async def wait_for(predicate, timeout=20.0, what="condition"):
 
 
 class AgentTestCase(TestCase):
+    """Real agents started per test and stopped at cleanup, and a fake orchestrator for them to register with."""
+
     timeout = 120
 
     async def start(self, settings, **kwargs):
@@ -61,6 +63,8 @@ class AgentTestCase(TestCase):
 
 
 class DaemonTests(AgentTestCase):
+    """A real twistd registers and pings, serves the core routes, stops cleanly on SIGTERM and refuses bad config."""
+
     async def test_registers_pings_and_serves_core_routes(self):
         fake, url = self.orchestrator()
         agent = await self.start({
@@ -116,6 +120,8 @@ class DaemonTests(AgentTestCase):
 
 
 class TLSTests(AgentTestCase):
+    """HTTPS with a verifiable certificate, mutual TLS limited to allowed OUs, and a verified orchestrator."""
+
     def setUp(self):
         self.ca = CertificateAuthority(self.mktemp_dir())
         self.server = self.ca.issue("agent")

@@ -31,6 +31,7 @@ import orchagent
 from orchagent.config import Config
 from orchagent.connections import RESERVED_FILES
 from testbed.agent import REPO, free_port
+from tests.support.root import requires_root
 
 #: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -123,7 +124,10 @@ def get(url: str, deadline: float, process: subprocess.Popen) -> bytes:
             time.sleep(0.2)
 
 
+@requires_root("installing, upgrading and purging the package with dpkg")
 class DebianPackageTests(SynchronousTestCase):
+    """The built .deb: unit tests on Debian's Twisted, lintian-clean, clean contents, install/upgrade/purge."""
+
     deb: str
     build_log: str
 

@@ -25,6 +25,7 @@ from orchagent.host.liveness import UNKNOWN, Findings, decide
 from testbed.agent import REPO, free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.waiting import alive, wait_for
+from tests.support.root import requires_root
 
 SECRET = "liveness-test-secret"
 
@@ -61,6 +62,8 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 class AgentTestCase(SynchronousTestCase):
+    """Real agents asked to empty or receive into a datadir, and the assertion that they refused with evidence."""
+
     sandbox: MariaDBSandbox
 
     def agent(self, **settings):
@@ -83,6 +86,7 @@ class AgentTestCase(SynchronousTestCase):
         self.assertEqual(get(agent, "mysql-status"), (200, True))
 
 
+@requires_root("the MariaDB sandbox runs its server as root")
 class RunningServerTests(AgentTestCase):
     """A running MariaDB's datadir is never emptied nor received into, whatever the status command says."""
 
@@ -122,6 +126,7 @@ class RunningServerTests(AgentTestCase):
         self.assertRefusedAndServing(agent, "MySQLServiceStatusCommand cannot reach its service manager")
 
 
+@requires_root("the MariaDB sandbox runs its server as root")
 class DetectionTests(AgentTestCase):
     """Each sign of a server, alone, makes the agent refuse; a stale pid file does not."""
 
@@ -202,6 +207,7 @@ class DetectionTests(AgentTestCase):
         self.assertEqual(tree(self.sandbox.datadir), {})
 
 
+@requires_root("to run the probe as another user")
 class UnprivilegedProbeTests(SynchronousTestCase):
     """A probe that cannot read other users' processes cannot show a server stopped: unknown, never stopped."""
 
@@ -212,8 +218,6 @@ class UnprivilegedProbeTests(SynchronousTestCase):
              "print(json.dumps([findings.found, findings.unchecked]))\n")
 
     def test_as_nobody(self):
-        if os.geteuid() != 0:
-            raise SkipTest("needs root to run the probe as another user")
         datadir = tempfile.mkdtemp(prefix="orchagent-liveness-")
         self.addCleanup(os.rmdir, datadir)
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
@@ -226,6 +230,7 @@ class UnprivilegedProbeTests(SynchronousTestCase):
         self.assertEqual(decide(None, Findings(tuple(found), tuple(unchecked))).state, UNKNOWN)
 
 
+@requires_root("the MariaDB sandbox runs its server as root")
 class DevConfigTests(AgentTestCase):
     """``./run-agent``'s configuration works on a MariaDB of its own under .dev-state, never /var/lib/mysql."""
 

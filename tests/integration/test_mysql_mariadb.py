@@ -33,6 +33,7 @@ from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import mysql_routes
+from tests.support.root import requires_root
 
 TOKEN = "ef" * 32
 
@@ -41,7 +42,10 @@ def unpack(text: str) -> bytes:
     return gzip.decompress(base64.b64decode(text))
 
 
+@requires_root("the MariaDB sandbox runs its server as root")
 class MariaDBThroughTheAPITests(TestCase):
+    """The MySQL routes on a real MariaDB: service commands, option files, binlogs and relay logs, safe replay."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-mariadb-test-")

@@ -37,6 +37,8 @@ STUBBORN_TREE = 'trap "" TERM; sleep 1000 & echo $$ > "$1"; echo $! >> "$1"; wai
 
 
 class ProcessRunnerTests(TestCase):
+    """ProcessRunner on real processes: whole groups die on timeout or cancel, literal arguments, bounded output."""
+
     def setUp(self):
         self.dir = self.mktemp()
         os.makedirs(self.dir)

@@ -24,6 +24,8 @@ AGENTS_OU = "mysql-agents"
 
 
 class SeedCertificateTests(SynchronousTestCase):
+    """Agents with TLS certificates seed without a shared secret, and a source without the allowed OU is refused."""
+
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="orchagent-seed-certificates-")
         self.addCleanup(shutil.rmtree, self.directory, True)

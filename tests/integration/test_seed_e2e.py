@@ -26,6 +26,7 @@ from testbed.agent import free_port, start_agent
 from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
 from testbed.seeding import (
     SeedSource, SeedTarget, table_checksums, transfer_settings)
+from tests.support.root import requires_root
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 POLL = [command for command, _, _ in STATUS_POLL]
@@ -45,7 +46,10 @@ tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
 """
 
 
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
 class SeedEndToEndTests(SynchronousTestCase):
+    """A whole seed between real agents and MariaDB servers (built in, and socat/tar), driven as orchestrator does."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-e2e-")

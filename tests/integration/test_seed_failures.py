@@ -33,6 +33,7 @@ from testbed.seeding import (
     SeedSource, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
     tree_listing, write_ballast)
 from testbed.waiting import wait_for
+from tests.support.root import requires_root
 
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 SECRET = "failure tests' shared secret"
@@ -70,7 +71,10 @@ class BackgroundSeed:
         return self._result[0]
 
 
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
 class SeedFailureTests(SynchronousTestCase):
+    """Every failed seed ends completed-not-succeeded, nothing partial left on the target, the source untouched."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-failures-")

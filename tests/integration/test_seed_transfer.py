@@ -26,6 +26,8 @@ AGENTS_OU = "mysql-agents"
 
 
 class SeedTransferTests(TestCase):
+    """The built-in transfer on loopback: trees arrive identical, and only an authenticated, armed sender gets in."""
+
     timeout = 60
 
     async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10, tls=None, sender_ous=()) -> int:

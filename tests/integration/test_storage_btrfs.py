@@ -14,12 +14,16 @@ from orchagent.web.storageapi import make_storage
 from testbed.btrfs import btrfs_filesystem
 from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
+from tests.support.root import requires_root
 from tests.support.storage import LiveClient
 
 FILTER = "mysql-snap-"
 
 
+@requires_root("a btrfs file system on a loop device; a MariaDB sandbox")
 class BtrfsSnapshotTests(TestCase):
+    """The btrfs backend on a real loop device: snapshot lifecycle through the API; non-snapshots are not listed."""
+
     def setUp(self):
         self.fs = btrfs_filesystem(self)
         self.sandbox = MariaDBSandbox(self.fs.subvolume("mysql"))

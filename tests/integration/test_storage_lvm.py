@@ -22,6 +22,8 @@ LVS = ["lvs", "--noheading", "-o", "lv_name,vg_name,lv_path,snap_percent"]
 
 
 class LvmTestsBase(TestCase):
+    """The storage routes served for real with the fake LVM tools as executables on the runner's PATH."""
+
     def setUp(self):
         self.tmp = os.path.abspath(self.mktemp())
         self.mount_point = os.path.join(self.tmp, "mount")
@@ -41,6 +43,8 @@ class LvmTestsBase(TestCase):
 
 
 class LvmFlowTests(LvmTestsBase):
+    """Orchestrator's seed-source sequence on LVM with real processes: integers on the wire, tool errors as 502."""
+
     @inline
     async def test_orchestrator_seed_source_sequence(self):
         """lvs-snapshots, mountlv of the first, mount, umount, then removelv: exact argv and V1 JSON."""

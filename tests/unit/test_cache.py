@@ -13,6 +13,8 @@ from tests.support.mysql_fakes import InlineThreadsReactor
 
 
 class ShortCacheTests(SynchronousTestCase):
+    """ShortCache shares one computation among callers, answers stale while refreshing and forgets on invalidate."""
+
     def setUp(self):
         self.clock = Clock()
         self.cache = ShortCache(self.clock, fresh_seconds=5, stale_seconds=60)
@@ -68,6 +70,8 @@ class ShortCacheTests(SynchronousTestCase):
 
 
 class MySQLFactsTests(Settling, SynchronousTestCase):
+    """The datadir and port are asked of their commands once, and again after a service command."""
+
     def test_poll_facts_run_their_commands_once_until_service_changes(self):
         runner = FakeRunner({"MySQLDatadirCommand": b"/var/lib/mysql\n", "MySQLPortCommand": b"3306\n"})
         mysql = MySQL(Config(mysql_datadir_command="d", mysql_port_command="p", mysql_service_stop_command="s"),

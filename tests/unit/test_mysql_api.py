@@ -23,6 +23,8 @@ TOKEN = "12" * 32
 
 
 class MySQLRoutesTests(SynchronousTestCase):
+    """The MySQL routes through the real route table: V1 shapes, command failures as 502, relay log apply limits."""
+
     def setUp(self):
         self.datadir = os.path.abspath(self.mktemp())
         os.mkdir(self.datadir)

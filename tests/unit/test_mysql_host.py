@@ -16,6 +16,8 @@ from tests.support.mysql_fakes import FakeProbe, InlineThreadsReactor
 
 
 class MySQLTestCase(Settling, SynchronousTestCase):
+    """A MySQL host object on the fake runner and a fake liveness probe, with its option file written per test."""
+
     def mysql(self, runner=None, *, my_cnf=None, compiled_datadir="/nonexistent", hostname="db1.example.com",
               probe=None, **keys):
         self.runner = runner or FakeRunner()
@@ -37,6 +39,8 @@ class MySQLTestCase(Settling, SynchronousTestCase):
 
 
 class DatadirTests(MySQLTestCase):
+    """The datadir comes from the command, the option files or the compiled default, or is a clear error."""
+
     def test_from_the_command_normalised(self):
         for output, expected in [(b"/var/lib/mysql/\n", "/var/lib/mysql"), (b"//srv//db/./x/", "/srv/db/x"),
                                  (b"/", "/")]:
@@ -80,6 +84,8 @@ class DatadirTests(MySQLTestCase):
 
 
 class PortTests(MySQLTestCase):
+    """The port comes from the command or the option files, and nonsense output is an error."""
+
     def test_command(self):
         mysql = self.mysql(FakeRunner({"MySQLPortCommand": b" 3307\n"}), mysql_port_command="x")
         self.assertEqual(self.settle(mysql.port()), 3307)
@@ -96,6 +102,8 @@ class PortTests(MySQLTestCase):
 
 
 class ErrorLogTests(MySQLTestCase):
+    """The error log is found where the server writes it (log-error, datadir, hostname), or the config key is named."""
+
     def path(self, my_cnf, **keys):
         return self.settle(self.mysql(my_cnf=my_cnf, **keys).error_log_path())
 

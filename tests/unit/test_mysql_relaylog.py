@@ -44,6 +44,8 @@ def unpack(text: str) -> bytes:
 
 
 class IndexTests(SynchronousTestCase):
+    """Relay log index entries resolve relative to the index, absolute ones stay, and the index is found."""
+
     def test_fixture_index_entries_are_relative_to_the_index(self):
         with open(os.path.join(FIXTURES, "relay-bin.index")) as f:
             text = f.read()
@@ -137,6 +139,8 @@ class ExtractionTests(SynchronousTestCase):
 
 
 class DecodeTests(SynchronousTestCase):
+    """The relay log upload decodes what orchestrator encodes and refuses malformed bodies."""
+
     def decode(self, body: bytes, max_bytes: int = 1 << 20) -> bytes:
         path = self.mktemp()
         decode_relaylog(io.BytesIO(body), path, max_bytes)

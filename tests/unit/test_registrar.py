@@ -23,6 +23,8 @@ class RefusingClient:
 
 
 class RegistrarTests(SynchronousTestCase):
+    """Registration and heartbeats keep their schedule and survive every orchestrator failure."""
+
     def make(self, client, urls=("http://orch:3001",), poll=60, resubmit=60, bad=300):
         self.clock = Clock()
         self.clock.advance(1000)

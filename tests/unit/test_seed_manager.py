@@ -89,6 +89,8 @@ class FakeTransfer:
 
 
 class SeedManagerTestCase(Settling, SynchronousTestCase):
+    """A seed manager on a fake clock with stand-in data movers, runner, eraser and disk."""
+
     def setUp(self):
         self.state = self.mktemp()
         self.datadir = os.path.realpath(self.mktemp())

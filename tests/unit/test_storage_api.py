@@ -21,6 +21,8 @@ FIXTURE_DF_AVAILABLE = 413151978988
 
 
 class StorageApiTestsBase(Settling, SynchronousTestCase):
+    """The storage routes on the fake LVM tools in-process, a fake clock and file work on this thread."""
+
     def setUp(self):
         self.tmp = os.path.abspath(self.mktemp())
         self.mount_point = os.path.join(self.tmp, "mount")
@@ -48,6 +50,8 @@ class StorageApiTestsBase(Settling, SynchronousTestCase):
 
 
 class PollTests(StorageApiTestsBase):
+    """What orchestrator polls (snapshot hosts, lvs, mount, mysql-du) answers in V1 shapes and is cached briefly."""
+
     def test_snapshot_hosts_are_empty_lists_without_commands(self):
         client = self.start()
         self.assertEqual(client.get("/api/available-snapshots-local"), (200, []))
@@ -112,6 +116,8 @@ class PollTests(StorageApiTestsBase):
 
 
 class VolumeTests(StorageApiTestsBase):
+    """Logical volumes are listed, filtered and found by every name orchestrator may use."""
+
     def test_lvs_lists_everything_and_pattern_filters_by_name(self):
         client = self.start()
         self.assertEqual(len(client.get("/api/lvs")[1]), 4)
@@ -135,6 +141,8 @@ class VolumeTests(StorageApiTestsBase):
 
 
 class MountTests(StorageApiTestsBase):
+    """mountlv/umount/removelv mount only snapshots, on a free mount point, with the right options."""
+
     def test_mountlv_xfs_uses_nouuid_and_reports_the_v1_mount(self):
         os.makedirs(os.path.join(self.mount_point, "datadir"))
         open(os.path.join(self.mount_point, "datadir", "ibdata1"), "w").close()
@@ -200,6 +208,8 @@ class MountTests(StorageApiTestsBase):
 
 
 class CommandTests(StorageApiTestsBase):
+    """Snapshot creation and datadir deletion run their commands only when safe, and refuse what is not a datadir."""
+
     def test_create_snapshot_runs_the_configured_command(self):
         client = self.start(create_snapshot_command="make-snapshot")
         self.assertEqual(client.get("/api/create-snapshot"), (200, True))
@@ -265,6 +275,8 @@ class CommandTests(StorageApiTestsBase):
 
 
 class DuTests(StorageApiTestsBase):
+    """mysql-du answers only for paths inside the datadir, the mount point or the allowed roots."""
+
     def test_inside_the_datadir_or_the_mount_point(self):
         client = self.start()
         self.assertEqual(client.get("/api/du?path=" + self.datadir + "/mysql"), (200, FIXTURE_DU))

@@ -16,6 +16,8 @@ def result(stdout: bytes, exit_code: int = 0) -> CommandResult:
 
 
 class DiskUsageTests(SynchronousTestCase):
+    """One du walk serves all concurrent callers, results live a few seconds, and disk changes invalidate them."""
+
     def setUp(self):
         self.runner = FakeRunner(held=("du", "df"))
         self.clock = Clock()

@@ -47,6 +47,8 @@ async def _coro(value):
 
 
 class ConventionTests(SynchronousTestCase):
+    """Every route follows the web conventions: Go-compatible JSON, the error envelope, auth, gzip, methods."""
+
     def setUp(self):
         self.guard = Guard(token=Token(TOKEN))
 
