@@ -4,62 +4,18 @@ import json
 import os
 import stat
 import subprocess
-import time
 
 from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, ResponseFailed
 
 from orchagent import tls
 from orchagent.config import Config
-from testbed.agent import REPO, start_agent, twistd_command
+from testbed.agent import REPO, twistd_command
 from testbed.pki import CertificateAuthority
 from testbed.waiting import alive
-from tests.support.fake_orchestrator import FakeOrchestrator
-
-
-def one_shot_pool():
-    """No persistent connections: nothing may outlive a test."""
-    return HTTPConnectionPool(reactor, persistent=False)
-
-
-def plain_http():
-    return HTTPClient(Agent(reactor, pool=one_shot_pool()))
-
-
-async def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.05, lambda: None)
-
-
-class AgentTestCase(TestCase):
-    """Real agents started per test and stopped at cleanup, and a fake orchestrator for them to register with."""
-
-    timeout = 120
-
-    async def start(self, settings, **kwargs):
-        agent = await deferToThread(start_agent, settings, directory=self.mktemp_dir(), **kwargs)
-        self.addCleanup(lambda: deferToThread(agent.stop))
-        return agent
-
-    def mktemp_dir(self):
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
-        return path
-
-    def orchestrator(self, context=None):
-        fake = FakeOrchestrator()
-        return fake, fake.listen(self, reactor, context)
-
-    async def get(self, url, client=None, **kwargs):
-        response = await (client or plain_http()).get(url, **kwargs)
-        return response.code, await response.content()
+from tests.support.agents import AgentTestCase, one_shot_pool, plain_http, wait_for
 
 
 class DaemonTests(AgentTestCase):

@@ -11,7 +11,7 @@ from twisted.internet.threads import deferToThread
 
 import orchagent
 from testbed.agent import REPO, free_port, start_agent, twistd_command
-from tests.integration.test_daemon import AgentTestCase, plain_http, wait_for
+from tests.support.agents import AgentTestCase, plain_http, wait_for
 from tests.support.root import requires_root
 
 MAX_COMMANDS = 3
