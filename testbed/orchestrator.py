@@ -209,6 +209,7 @@ class Call:
     body: bytes
     gzipped: bool
     error: str = ""
+    seconds: float = attrs.field(default=0.0, eq=False)  # from sending the request to having the whole answer
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -278,6 +279,7 @@ class Orchestrator:
         """GET ``command`` as executeAgentCommand does (B.1.3), recorded and, as by orchestrator, not
         judged; a transport error becomes ``Call.error``."""
         url = command_url(agent, command)
+        started = time.monotonic()
         if agent.scheme == "https":
             connection = http.client.HTTPSConnection(agent.hostname, agent.port, timeout=self.timeout,
                                                      context=self._tls)
@@ -294,9 +296,11 @@ class Orchestrator:
             gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
             if gzipped:
                 body = gzip.decompress(body)
-            call = Call(agent.hostname, command, response.status, body, gzipped)
+            call = Call(agent.hostname, command, response.status, body, gzipped,
+                        seconds=time.monotonic() - started)
         except (OSError, http.client.HTTPException) as e:
-            call = Call(agent.hostname, command, None, b"", False, f"Get {url.split('?')[0]}: {e}")
+            call = Call(agent.hostname, command, None, b"", False, f"Get {url.split('?')[0]}: {e}",
+                        time.monotonic() - started)
         finally:
             connection.close()
         self.calls.append(call)
