@@ -14,9 +14,9 @@ from bench.machine import cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb
 from testbed.agent import RunningAgent, free_port, start_agent
 from testbed.orchestrator import HostAgent, Orchestrator
 from testbed.pki import CertificateAuthority
+from testbed.seeding import SOURCE_ADDRESS as SOURCE, TARGET_ADDRESS as TARGET
 from testbed.waiting import wait_for
 
-SOURCE, TARGET = "127.0.0.1", "127.0.0.2"
 SECRET = "bench-secret"
 POLL_SECONDS = 0.1
 

@@ -26,6 +26,7 @@ from testbed.agent import REPO, free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.waiting import alive, wait_for
 from tests.support.root import requires_root
+from tests.support.sandbox import SandboxPerClass
 
 SECRET = "liveness-test-secret"
 
@@ -87,20 +88,8 @@ class AgentTestCase(SynchronousTestCase):
 
 
 @requires_root("the MariaDB sandbox runs its server as root")
-class RunningServerTests(AgentTestCase):
+class RunningServerTests(SandboxPerClass, AgentTestCase):
     """A running MariaDB's datadir is never emptied nor received into, whatever the status command says."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-liveness-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"))
-        cls.sandbox.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
 
     def assertRefusedAndServing(self, agent, *evidence: str) -> None:
         self.assertRefused(agent, "refusing to", "MySQL is running", "mariadbd", *evidence)
@@ -127,25 +116,10 @@ class RunningServerTests(AgentTestCase):
 
 
 @requires_root("the MariaDB sandbox runs its server as root")
-class DetectionTests(AgentTestCase):
+class DetectionTests(SandboxPerClass, AgentTestCase):
     """Each sign of a server, alone, makes the agent refuse; a stale pid file does not."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-liveness-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"))
-        try:
-            cls.sandbox.start()  # once, so the datadir holds everything a server leaves behind
-            cls.sandbox.stop()
-        except BaseException:
-            shutil.rmtree(cls.directory)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
+    sandbox_running = False  # started once, so the datadir holds everything a server leaves behind
 
     def setUp(self):
         self.sandbox.install()  # again after the test that emptied the datadir

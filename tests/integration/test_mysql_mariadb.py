@@ -29,11 +29,11 @@ from orchagent.process import ProcessRunner
 from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
 from orchagent.web.resource import ApiResource, Guard
-from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import mysql_routes
 from tests.support.root import requires_root
+from tests.support.sandbox import SandboxPerClass
 
 TOKEN = "ef" * 32
 
@@ -43,20 +43,10 @@ def unpack(text: str) -> bytes:
 
 
 @requires_root("the MariaDB sandbox runs its server as root")
-class MariaDBThroughTheAPITests(TestCase):
+class MariaDBThroughTheAPITests(SandboxPerClass, TestCase):
     """The MySQL routes on a real MariaDB: service commands, option files, binlogs and relay logs, safe replay."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-mariadb-test-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"), log_bin=True)
-        cls.sandbox.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
+    sandbox_options = {"log_bin": True}
 
     def setUp(self):
         if not self.sandbox.is_running():

@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from testbed.agent import free_port, start_agent
 from testbed.orchestrator import HostAgent, Orchestrator
 from testbed.pki import CertificateAuthority
+from testbed.seeding import SOURCE_ADDRESS, TARGET_ADDRESS
 from tests.support.seed_trees import build_tree, describe_tree
 
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 AGENTS_OU = "mysql-agents"
 
 

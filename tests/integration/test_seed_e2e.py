@@ -25,10 +25,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from testbed.agent import free_port, start_agent
 from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
 from testbed.seeding import (
-    SeedSource, SeedTarget, table_checksums, transfer_settings)
+    SOURCE_ADDRESS, TARGET_ADDRESS, SeedSource, SeedTarget, table_checksums, transfer_settings)
 from tests.support.root import requires_root
 
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 POLL = [command for command, _, _ in STATUS_POLL]
 # orchestrator sleeps 30 s between copy rounds.  Much less than the agent's 5 s mysql-du cache
 # would let its 10-rounds-without-progress rule end a seed that is merely slow (a busy disk).
