@@ -125,8 +125,7 @@ class DatadirRootTests(AttackTestCase):
 
 
 class MountPointTests(TestCase):
-    """``SnapshotMountPoint`` on a real btrfs: resolved once, never through a link others could
-    plant, and one mount at a time whatever name the mount point has (needs root)."""
+    """``SnapshotMountPoint`` is resolved once, never through a planted link, and holds one mount at a time."""
 
     def setUp(self):
         reason = skip_reason()

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from orchagent.host.liveness import Findings
-from orchagent.web.routes import route_table
+from tests.support.routes import NotUnderTest, routes_for
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -85,22 +85,6 @@ class FakeProbe:
         return self.findings
 
 
-class _OtherSections:
-    """Handlers of the non-MySQL API sections: present so the route table builds, never called
-    (except those given, such as the seeds' post-copy that delegates to the MySQL API)."""
-
-    def __init__(self, **handlers):
-        self.__dict__.update(handlers)
-
-    def __getattr__(self, name):
-        async def handler(req):
-            raise AssertionError(f"{name} is not part of the MySQL tests")
-        return handler
-
-
 def mysql_routes(mysql_api):
-    """The real route table with ``mysql_api`` as its MySQL section."""
-    other = _OtherSections()
-    seeds = _OtherSections(post_copy=mysql_api.post_copy)
-    return route_table(other, other, mysql_api, seeds, "/api/status",
-                       apply_relaylog_max_bytes=0)  # the body limit is web.site's, not under test here
+    """The real route table with ``mysql_api`` as its MySQL section (and the seeds' post-copy, which delegates to it)."""
+    return routes_for(mysql=mysql_api, seeds=NotUnderTest(post_copy=mysql_api.post_copy))

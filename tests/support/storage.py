@@ -13,7 +13,7 @@ from twisted.web.server import Site
 from orchagent.errors import AgentError, Conflict
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
-from orchagent.web.routes import route_table
+from tests.support.routes import routes_for
 
 TOKEN = "cd" * 32
 
@@ -38,28 +38,13 @@ class StubMySQL:
             raise Conflict(f"refusing to {action}: MySQL is running (stand-in)")
 
 
-class _NotUnderTest:
-    """Handlers of the other API sections: present so the route table builds, never called here."""
-
-    def __getattr__(self, name):
-        async def handler(req):
-            raise AgentError(f"{name} is not part of the storage tests")
-        return handler
-
-
 def sync_thread(function, *args):
     """``defer_to_thread`` for unit tests: run at once, on this thread."""
     return maybeDeferred(function, *args)
 
 
-def storage_routes(storage):
-    other = _NotUnderTest()
-    return route_table(other, storage, other, other, "/api/status",
-                       apply_relaylog_max_bytes=0)  # the body limit is web.site's, not under test here
-
-
 def storage_resource(storage, clock) -> ApiResource:
-    return ApiResource(storage_routes(storage), Guard(token=Token(TOKEN)), clock)
+    return ApiResource(routes_for(storage=storage), Guard(token=Token(TOKEN)), clock)
 
 
 def with_token(path: str) -> str:
