@@ -323,6 +323,11 @@ class Orchestrator:
             return zero_value(go_type), error_message(call.body, f"{what} (status {call.status})")
         return go_decode(call.body, go_type, what), ""
 
+    def answer(self, running, command: str) -> tuple[int | None, Any]:
+        """(status, decoded JSON body) of ``command`` on a :class:`testbed.agent.RunningAgent`."""
+        call = self.command(HostAgent.of(running), command)
+        return call.status, call.json() if call.body else None
+
     # --- B.1.2: the status poll ---------------------------------------------------------------
 
     def get_agent(self, agent: HostAgent, record: list[Call] | None = None) -> Agent:

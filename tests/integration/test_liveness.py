@@ -16,27 +16,18 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from orchagent.host.liveness import UNKNOWN, Findings, decide
 from testbed.agent import REPO, free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
+from testbed.orchestrator import Orchestrator
 from testbed.waiting import alive, wait_for
 from tests.support.root import requires_root
 from tests.support.sandbox import SandboxPerClass
 
 SECRET = "liveness-test-secret"
-
-
-def get(agent, path: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(agent.url("/api/" + path), timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def tree(directory: str) -> dict[str, int]:
@@ -79,12 +70,12 @@ class AgentTestCase(SynchronousTestCase):
         """Every datadir-destroying route answers 409 naming ``evidence``; nothing changed; status is true."""
         before = tree(self.sandbox.datadir)
         for path in ("delete-mysql-datadir", "receive-mysql-seed-data/7", "send-mysql-seed-data/127.0.0.2/7"):
-            code, body = get(agent, path)
+            code, body = Orchestrator().answer(agent, path)
             self.assertEqual(code, 409, (path, body))
             for text in evidence:
                 self.assertIn(text, body["Message"], path)
         self.assertEqual(tree(self.sandbox.datadir), before)
-        self.assertEqual(get(agent, "mysql-status"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, True))
 
 
 @requires_root("the MariaDB sandbox runs its server as root")
@@ -175,9 +166,9 @@ class DetectionTests(SandboxPerClass, AgentTestCase):
         for pid in (ended.pid, other.pid):
             with open(self.sandbox.pid_file, "w") as f:
                 f.write(f"{pid}\n")
-            self.assertEqual(get(self._agent, "mysql-status"), (200, False))
+            self.assertEqual(Orchestrator().answer(self._agent, "mysql-status"), (200, False))
         self.assertTrue(tree(self.sandbox.datadir))
-        self.assertEqual(get(self._agent, "delete-mysql-datadir"), (200, True))
+        self.assertEqual(Orchestrator().answer(self._agent, "delete-mysql-datadir"), (200, True))
         self.assertEqual(tree(self.sandbox.datadir), {})
 
 
@@ -230,8 +221,8 @@ class DevConfigTests(AgentTestCase):
         with open(os.path.join(self.datadir, "mysql", "marker"), "w") as f:
             f.write("x")
         agent = self.dev_agent()
-        self.assertEqual(get(agent, "mysql-status"), (200, False))
-        self.assertEqual(get(agent, "delete-mysql-datadir"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, False))
+        self.assertEqual(Orchestrator().answer(agent, "delete-mysql-datadir"), (200, True))
         self.assertEqual(os.listdir(self.datadir), [])
         if host is not None:
             self.assertEqual(tree("/var/lib/mysql"), host)
@@ -250,8 +241,8 @@ class DevConfigTests(AgentTestCase):
             time.sleep(0.1)
         agent = self.dev_agent()
         before = tree(self.datadir)
-        code, body = get(agent, "delete-mysql-datadir")
+        code, body = Orchestrator().answer(agent, "delete-mysql-datadir")
         self.assertEqual(code, 409, body)
         self.assertIn("MySQLServiceStatusCommand exited 0", body["Message"])
         self.assertEqual(tree(self.datadir), before)
-        self.assertEqual(get(agent, "mysql-status"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, True))
