@@ -16,6 +16,14 @@ from orchagent.process import CommandFailed, CommandResult, CommandTimedOut
 Tool = Callable[[list], "tuple[int, bytes | str, bytes | str] | None"]
 
 
+def command_result(name: str = "command", argv=None, *, exit_code: int | None = 0, stdout: bytes = b"",
+                   stderr: bytes = b"", signal: int | None = None, timed_out: bool = False,
+                   timeout: float | None = None) -> CommandResult:
+    """What the real runner reports for a command that ended (``argv`` defaults to just ``name``)."""
+    return CommandResult(name=name, argv=tuple(argv or (name,)), exit_code=exit_code, signal=signal, stdout=stdout,
+                         stderr=stderr, stdout_truncated=False, timed_out=timed_out, timeout=timeout)
+
+
 @attrs.frozen
 class Call:
     """One command asked for: ``configured`` ones keep the config key's ``args`` apart from the shell."""
@@ -139,9 +147,9 @@ class FakeRunner:
                 f.write(stdout)
             stdout = b""
         timed_out = call.name in self.timeouts
-        result = CommandResult(name=call.name, argv=call.argv, exit_code=None if timed_out else code,
-                               signal=15 if timed_out else None, stdout=stdout, stderr=stderr,
-                               stdout_truncated=False, timed_out=timed_out, timeout=5.0)
+        result = command_result(call.name, call.argv, exit_code=None if timed_out else code,
+                                signal=15 if timed_out else None, stdout=stdout, stderr=stderr,
+                                timed_out=timed_out, timeout=5.0)
         if timed_out:
             return fail(CommandTimedOut(result))
         if not result.ok and options.get("check", True):

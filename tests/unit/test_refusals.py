@@ -12,6 +12,7 @@ from orchagent.process import CommandFailed, CommandResult
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import Route
+from tests.support.fake_runner import command_result
 
 TOKEN = "ab" * 32
 
@@ -64,8 +65,7 @@ class BusyAndRefusalLogTests(SynchronousTestCase):
 
 
 def _result(stderr: bytes) -> CommandResult:
-    return CommandResult(name="true", argv=("true",), exit_code=1, signal=None, stdout=b"", stderr=stderr,
-                         stdout_truncated=False, timed_out=False)
+    return command_result("true", exit_code=1, stderr=stderr)
 
 
 class RedactionTests(SynchronousTestCase):

@@ -7,12 +7,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.host.disk import DiskUsage
 from orchagent.process import CommandFailed, CommandResult
-from tests.support.fake_runner import FakeRunner
+from tests.support.fake_runner import FakeRunner, command_result
 
 
 def result(stdout: bytes, exit_code: int = 0) -> CommandResult:
-    return CommandResult(name="du", argv=("du",), exit_code=exit_code, signal=None, stdout=stdout,
-                         stderr=b"du: cannot access", stdout_truncated=False, timed_out=False)
+    return command_result("du", exit_code=exit_code, stdout=stdout, stderr=b"du: cannot access")
 
 
 class DiskUsageTests(SynchronousTestCase):
