@@ -1,4 +1,4 @@
-"""The real route table with only the API sections under test live."""
+"""Route tables for tests: the real one with only the API sections under test live, and handlers that fail."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ class NotUnderTest:
         async def handler(req):
             raise AgentError(f"{name} is not part of these tests")
         return handler
+
+
+def raising(error: Exception):
+    """A handler that fails with ``error``: what the error funnel makes of it is under test."""
+    async def handler(req):
+        raise error
+    return handler
 
 
 def routes_for(*, storage=None, mysql=None, seeds=None):

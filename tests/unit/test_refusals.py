@@ -13,14 +13,9 @@ from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import Route
 from tests.support.fake_runner import command_result
+from tests.support.routes import raising
 
 TOKEN = "ab" * 32
-
-
-def raising(error):
-    async def handler(req):
-        raise error
-    return handler
 
 
 class BusyAndRefusalLogTests(SynchronousTestCase):
