@@ -20,7 +20,8 @@ from testbed.btrfs import btrfs_filesystem
 from testbed.orchestrator import Orchestrator
 from tests.support.deferreds import inline
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
-from tests.support.storage import LiveClient, StubMySQL
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 
 class AttackTestCase(SynchronousTestCase):
@@ -137,8 +138,8 @@ class MountPointTests(TestCase):
     def client(self, mount_point):
         config = Config(snapshot_backend="btrfs", btrfs_snapshot_directory=self.snapshots,
                         snapshot_volumes_filter="mysql-snap-", snapshot_mount_point=mount_point)
-        return LiveClient(self, make_storage(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db"))),
-                          reactor)
+        storage = make_storage(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db")))
+        return LiveClient(self, routes_for(storage=storage), reactor)
 
     def mounted_at(self, path):
         return [entry for entry in read_mountinfo() if entry.mount_point == path]

@@ -15,10 +15,7 @@ import tempfile
 import zlib
 from urllib.parse import quote
 
-from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import load_config
@@ -26,16 +23,13 @@ from orchagent.errors import AgentError
 from orchagent.host.mysql import MySQL
 from orchagent.host.relaylog import ReplicationLogs
 from orchagent.process import ProcessRunner
-from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
-from orchagent.web.resource import ApiResource, Guard
 from tests.support.deferreds import inline
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import mysql_routes
 from tests.support.root import requires_root
+from tests.support.routes import LiveClient
 from tests.support.sandbox import SandboxPerClass
-
-TOKEN = "ef" * 32
 
 
 def unpack(text: str) -> bytes:
@@ -60,18 +54,10 @@ class MariaDBThroughTheAPITests(SandboxPerClass, TestCase):
         config = load_config([config_file])
         self.runner = FakeRunner.around(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
         self.mysql = MySQL(config, self.runner, reactor)
-        site = Site(ApiResource(mysql_routes(make_mysql_api(config, self.runner, self.mysql)),
-                                Guard(token=Token(TOKEN)), reactor))
-        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        self.base = f"http://127.0.0.1:{listening.getHost().port}"
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        self.client = LiveClient(self, mysql_routes(make_mysql_api(config, self.runner, self.mysql)), reactor)
 
     async def call(self, path: str, method: str = "GET", data: bytes | None = None):
-        url = self.base + path + ("&" if "?" in path else "?") + "token=" + TOKEN
-        response = await self.http.request(method, url, data=data)
-        body = await response.content()
-        return response.code, json.loads(body)
+        return await self.client.request(path, method, data)
 
     async def ok(self, path: str, method: str = "GET", data: bytes | None = None):
         code, body = await self.call(path, method, data)

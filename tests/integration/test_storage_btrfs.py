@@ -15,7 +15,7 @@ from testbed.btrfs import btrfs_filesystem
 from testbed.mariadb import MariaDBSandbox
 from tests.support.deferreds import inline
 from tests.support.root import requires_root
-from tests.support.storage import LiveClient
+from tests.support.routes import LiveClient, routes_for
 
 FILTER = "mysql-snap-"
 
@@ -36,7 +36,7 @@ class BtrfsSnapshotTests(TestCase):
         runner = ProcessRunner(reactor, default_timeout=60)
         self.addCleanup(runner.stop_all)
         storage = make_storage(config, runner, reactor, MySQL(config, runner, reactor))
-        self.client = LiveClient(self, storage, reactor)
+        self.client = LiveClient(self, routes_for(storage=storage), reactor)
 
     async def get_ok(self, path):
         code, body = await self.client.get(path)

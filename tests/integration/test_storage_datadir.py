@@ -11,7 +11,8 @@ from orchagent.host.datadir import empty_directory
 from orchagent.web.storageapi import make_storage
 from tests.support.deferreds import inline
 from tests.support.root import requires_root
-from tests.support.storage import LiveClient, StubMySQL
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 
 @requires_root("a tmpfs mounted inside the datadir")
@@ -38,7 +39,7 @@ class MountBoundaryTests(TestCase):
     async def test_delete_mysql_datadir_route(self):
         mysql = StubMySQL(self.datadir)
         storage = make_storage(Config(), None, reactor, mysql)
-        client = LiveClient(self, storage, reactor)
+        client = LiveClient(self, routes_for(storage=storage), reactor)
         mysql.running = True
         self.assertEqual((await client.get("/api/delete-mysql-datadir"))[0], 409)
         self.assertTrue(os.path.exists(os.path.join(self.datadir, "ibdata1")))

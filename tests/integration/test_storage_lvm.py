@@ -14,7 +14,8 @@ from orchagent.web.storageapi import make_storage
 from tests.support.deferreds import inline
 from tests.support.fake_lvm import FakeLvm
 from tests.support.fake_runner import FakeRunner
-from tests.support.storage import LiveClient, StubMySQL
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"
@@ -39,7 +40,7 @@ class LvmTestsBase(TestCase):
                         create_snapshot_command="touch created")
         self.mysql = StubMySQL(self.datadir)
         storage = make_storage(config, self.runner, reactor, self.mysql, mountinfo_path=self.lvm.mountinfo_path)
-        self.client = LiveClient(self, storage, reactor)
+        self.client = LiveClient(self, routes_for(storage=storage), reactor)
 
 
 class LvmFlowTests(LvmTestsBase):

@@ -6,20 +6,16 @@ import os
 import shutil
 from urllib.parse import quote
 
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
-from orchagent.token import Token
 from orchagent.web.mysqlapi import make_mysql_api
-from orchagent.web.resource import ApiResource, Guard
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import (
     FIXTURES, HEADER, FakeProbe, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
-
-TOKEN = "12" * 32
+from tests.support.routes import SyncClient
 
 
 class MySQLRoutesTests(SynchronousTestCase):
@@ -45,15 +41,10 @@ class MySQLRoutesTests(SynchronousTestCase):
                         post_copy_command="post-copy", error_log_tail_lines=3, **keys)
         self.runner = runner or FakeRunner()
         mysql = MySQL(config, self.runner, InlineThreadsReactor(), probe_host=FakeProbe())
-        resource = ApiResource(mysql_routes(make_mysql_api(config, self.runner, mysql)),
-                               Guard(token=Token(TOKEN)), Clock())
-        return StubTreq(resource)
+        return SyncClient(self, mysql_routes(make_mysql_api(config, self.runner, mysql)), Clock())
 
     def call(self, path, method="GET", data=None, headers=None, client=None):
-        client = client or self.client
-        url = "http://agent" + path + ("&" if "?" in path else "?") + "token=" + TOKEN
-        response = self.successResultOf(client.request(method, url, data=data, headers=headers))
-        return response.code, self.successResultOf(client.content(response))
+        return (client or self.client).request(path, method, data, headers)
 
     def test_poll_shapes(self):
         self.assertEqual(self.call("/api/mysql-status"), (200, b"true"))

@@ -12,7 +12,8 @@ from orchagent.web.storageapi import make_storage
 from tests.support.deferreds import Settling
 from tests.support.fake_lvm import FakeLvm
 from tests.support.fake_runner import FakeRunner
-from tests.support.storage import StubMySQL, SyncClient, sync_thread
+from tests.support.routes import SyncClient, routes_for
+from tests.support.storage import StubMySQL, sync_thread
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"
@@ -41,7 +42,7 @@ class StorageApiTestsBase(Settling, SynchronousTestCase):
         config = Config(**{"snapshot_mount_point": self.mount_point, "snapshot_volumes_filter": "-snap-", **settings})
         self.storage = make_storage(config, self.runner, self.clock, self.mysql,
                                     mountinfo_path=self.lvm.mountinfo_path, defer_to_thread=sync_thread)
-        self.client = SyncClient(self, self.storage, self.clock)
+        self.client = SyncClient(self, routes_for(storage=self.storage), self.clock)
         return self.client
 
     def not_mounted(self):
