@@ -33,6 +33,8 @@ def twistd_command() -> list[str]:
 
 @attrs.define
 class RunningAgent:
+    """A started ``twistd -n orchagent``: its process, address, port, token and directory."""
+
     process: subprocess.Popen
     address: str
     port: int

@@ -24,6 +24,8 @@ INSTALL_FLAGS = ("--no-defaults", "--auth-root-authentication-method=normal", "-
 
 
 class MariaDBSandbox:
+    """A MariaDB server of its own (datadir, socket, port, option file) under ``directory``."""
+
     def __init__(self, directory: str, *, port: int | None = None, log_bin: bool = False,
                  extra_options: dict[str, str] | None = None):
         self.directory = os.path.abspath(directory)

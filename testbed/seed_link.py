@@ -23,6 +23,8 @@ CHUNK = 64 * 1024
 
 
 class SlowLink:
+    """A TCP relay to ``upstream_port`` at ``rate`` bytes per second towards it, which a test can freeze."""
+
     def __init__(self, address: str, upstream_port: int, rate: float | None = None):
         self.address = address
         self.upstream_port = upstream_port

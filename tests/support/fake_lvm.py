@@ -22,6 +22,8 @@ from tests.support.fake_lvm_tools import REPO, TOOLS, fixture, run_tool
 
 
 class FakeLvm:
+    """The state of a small LVM host in a directory, and executables that change it as the real tools would."""
+
     def __init__(self, directory: str, file_systems: dict[str, str] | None = None):
         """``file_systems``: LV path -> what blkid reports (default xfs; "" for none)."""
         self.directory = directory

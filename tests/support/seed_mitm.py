@@ -27,6 +27,8 @@ _DATA_OFFSET_BYTES = 8
 
 
 class RewritingRelay:
+    """Passes the handshake on, rewrites file data and forges v1 checksums in the stream (see the module)."""
+
     def __init__(self, upstream_port: int, old: bytes, new: bytes, address: str = "127.0.0.1") -> None:
         if len(old) != len(new):
             raise ValueError("the replacement must keep the data's length")
