@@ -52,9 +52,9 @@ class FakeCommand:
 
 
 class FakeRunner:
-    """Answers ``run``/``run_configured`` with ``stdout[name]``, ``stderr[name]`` and
-    ``exit_codes[name]`` (default 0, empty output; text or bytes); commands named in ``timeouts`` time out and those
-    in ``errors`` fail with that error (e.g. Busy: no slot); those in ``held`` wait, as `FakeCommand`s in
+    """Answers ``run``/``run_configured`` with ``stdout[name]``, ``stderr[name]`` and ``exit_codes[name]``
+    (default 0, empty output; text or bytes).  Commands named in ``timeouts`` time out, those in
+    ``errors`` fail with that error (e.g. Busy: no slot), those in ``held`` wait, as `FakeCommand`s in
     ``started``, until the test fires their ``result``.  ``tool`` emulates programs in-process
     (``run`` only).  ``start``/``start_configured`` hand out `FakeCommand`s kept in ``started``.
 
