@@ -11,7 +11,7 @@ setup(
     description="Host agent for MySQL/MariaDB fleets, driven by orchestrator (drop-in for orchestrator-agent)",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    packages=find_packages(exclude=["tests*", "bench*", "testbed*"]) + ["twisted.plugins"],
     install_requires=[
         "twisted>=22.4",
         "treq>=22.2",

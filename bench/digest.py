@@ -19,10 +19,14 @@ import argparse
 import hashlib
 import hmac
 import os
-import platform
+import sys
 import threading
 import time
 from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.machine import machine  # noqa: E402
 
 KEY = os.urandom(32)
 HEADER = os.urandom(13)
@@ -92,14 +96,6 @@ def two_threads(new: Callable[[], object], megabytes: int) -> float:
     return (time.perf_counter() - started) / one
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=512)
@@ -108,9 +104,9 @@ def main() -> None:
     args = parser.parse_args()
     with open("/proc/cpuinfo") as f:
         sha_ni = " sha_ni " in f.read()
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, "
-          f"{'SHA-NI' if sha_ni else 'no SHA-NI'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-          f"Python {platform.python_version()}, {hashlib.sha256().name} from OpenSSL")
+    facts = machine()
+    print(f"{facts['date']}, {facts['cpu']}, {'SHA-NI' if sha_ni else 'no SHA-NI'}, {facts['nproc']} CPUs, "
+          f"load {facts['load']}, Python {facts['python']}, {hashlib.sha256().name} from OpenSSL")
     gigabytes = args.megabytes / 1024
     base_large = base_small = None
     print(f"{'digest':22} {'large: CPU-s/GB':>16} {'ratio':>6} {'small: us/file':>15} {'ratio':>6} {'2 threads':>10}")

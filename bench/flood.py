@@ -1,7 +1,7 @@
 """Flood benchmark (issue 11): API latency with and without 2,000 hostile connections.
 
     ./run-bench flood                # about 40 s
-    ./run-bench flood --no-record    # print only, leave bench/RESULTS.md alone
+    ./run-bench flood --record       # also write the figures into bench/RESULTS.md
 
 A real agent (``twistd orchagent``) on loopback, started with systemd's default soft limit of
 1,024 open files, as the poll benchmark configures it (commands for the datadir, port and status,
@@ -23,13 +23,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from poll import (NULL_ROUTES, POLL_ROUTES, REPO, Poller, agent_settings, machine, ms,  # noqa: E402
-                  p50_p99, percentile, record)
-
-from tests.support.agent import start_agent  # noqa: E402
-from tests.support.flood import Flood, open_files, raise_open_files  # noqa: E402
+from bench.machine import machine  # noqa: E402
+from bench.polling import NULL_ROUTES, POLL_ROUTES, Poller, agent_settings  # noqa: E402
+from bench.report import add_record_option, command, machine_line, ms, p50_p99, percentile, record, table  # noqa: E402
+from testbed.agent import start_agent  # noqa: E402
+from testbed.flood import Flood, open_files, raise_open_files  # noqa: E402
 
 SECTION_HEADING = "## Flood: API latency with 2,000 hostile connections (issue 11)"
 GOAL_MS = 100
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5, help="duration of each measurement")
     parser.add_argument("--hostile", type=int, default=2000, help="hostile connections during the flood")
-    parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
+    add_record_option(parser)
     args = parser.parse_args()
     raise_open_files(args.hostile + 500)
     workdir = tempfile.mkdtemp(prefix="orchagent-bench-flood-")
@@ -90,31 +90,28 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     lines = [SECTION_HEADING, "",
-             f"Measured {facts['date']} by `./run-bench flood` ({args.seconds:g} s per measurement).", "",
-             f"* Machine: {facts['nproc']} CPUs ({facts['cpu']}), {facts['memory']} RAM, Linux {facts['kernel']}, "
-             f"load average {facts['load']} at the start; Python {facts['python']}.",
+             f"Measured {facts['date']} by `{command('flood')}` ({args.seconds:g} s per measurement).", "",
+             machine_line(facts),
              "* Agent: a real `twistd orchagent` on 127.0.0.1, started with a soft limit of 1,024 open files "
              "(systemd's default; it raises its own to the hard limit), configured as the poll benchmark's "
              "\"commands\" agent, `HTTPHeaderTimeoutSeconds: 60`; default `HTTPMaxConnections` (4096).",
              f"* Flood: {args.hostile:,} connections, half idle, half slowloris (a header byte every 0.5 s); "
              f"the agent held {results['held']:,} descriptors while measured.",
-             "* Client: one `http.client` keep-alive connection, Go's headers, `?token=`; sequential.", "",
-             "| what | quiet p50 / p99 ms | flood p50 / p99 ms | ratio p50 / p99 (flood / quiet) "
-             "| rounds quiet / flood |",
-             "|---|---|---|---|---|"]
-    rows = (("status", "`/api/status`"), ("poll", "9-GET poll"), ("null", "null poll (9 x `/api/hostname`)"))
-    for key, label in rows:
+             "* Client: one `http.client` keep-alive connection, Go's headers, `?token=`; sequential.", ""]
+    rows = []
+    for key, label in (("status", "`/api/status`"), ("poll", "9-GET poll"), ("null", "null poll (9 x `/api/hostname`)")):
         quiet, flood = results["quiet"][key], results["flood"][key]
         ratios = [percentile(flood, q) / percentile(quiet, q) for q in (0.5, 0.99)]
-        lines.append(f"| {label} | {p50_p99(quiet)} | {p50_p99(flood)} | {ratios[0]:.2f} / {ratios[1]:.2f} "
-                     f"| {len(quiet)} / {len(flood)} |")
+        rows.append([label, p50_p99(quiet), p50_p99(flood), f"{ratios[0]:.2f} / {ratios[1]:.2f}",
+                     f"{len(quiet)} / {len(flood)}"])
+    lines += table(["what", "quiet p50 / p99 ms", "flood p50 / p99 ms", "ratio p50 / p99 (flood / quiet)",
+                    "rounds quiet / flood"], rows)
     worst = max(percentile(results["flood"][key], 0.99) for key in ("status", "poll"))
     lines += ["", f"Goal: under {GOAL_MS} ms under the flood; the worst p99 was {ms(worst)} ms "
               f"({'met' if worst * 1000 < GOAL_MS else 'missed'})."]
     print("\n".join(lines), flush=True)
-    if not args.no_record:
-        record(lines, os.path.join(REPO, "bench", "RESULTS.md"), SECTION_HEADING)
-        print("recorded in bench/RESULTS.md", flush=True)
+    if args.record:
+        record(lines, SECTION_HEADING)
 
 
 if __name__ == "__main__":

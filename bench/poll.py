@@ -29,13 +29,8 @@ CPU use is printed with every result so this can be checked.
 from __future__ import annotations
 
 import argparse
-import gzip
-import http.client
 import json
 import os
-import platform
-import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -44,270 +39,44 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.support.agent import RunningAgent, start_agent  # noqa: E402
+from bench.datasets import (  # noqa: E402
+    LARGE_FILES, SCHEMAS, TABLES_PER_SCHEMA, build_error_log, build_once, build_small_files_datadir, disk_size,
+    evict_from_page_cache)
+from bench.machine import cpu_seconds, machine, machine_busy_seconds, memory_kib  # noqa: E402
+from bench.polling import NULL_ROUTES, POLL_ROUTES, TAIL_LINES, Poller, agent_settings  # noqa: E402
+from bench.report import (  # noqa: E402
+    add_record_option, command, machine_line, ms, p50_p99, percentile, record, table)
+from testbed.agent import RunningAgent, start_agent  # noqa: E402
+from testbed.orchestrator import ContractViolation, HostAgent, Orchestrator  # noqa: E402
 
-#: B.1.2, in orchestrator's order.
-POLL_ROUTES = (
-    "/api/available-snapshots-local",
-    "/api/available-snapshots",
-    "/api/lvs-snapshots",
-    "/api/mount",
-    "/api/mysql-status",
-    "/api/mysql-port",
-    "/api/mysql-du",
-    "/api/mysql-datadir-available-space",
-    "/api/mysql-error-log-tail",
-)
-NULL_ROUTES = ("/api/hostname",) * len(POLL_ROUTES)
-#: What Go's http.Client sends (B.1.1).
-HEADERS = {"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"}
-MOUNT_KEYS = ("Path", "Device", "LVPath", "FileSystem", "IsMounted", "DiskUsage", "MySQLDataPath", "MySQLDiskUsage")
 SECTION_HEADING = "## Host facts: status poll and error-log tail (issue 3)"
 
-SCHEMAS = 1000
-TABLES_PER_SCHEMA = 50  # a .frm and an .ibd each: 100 files per schema directory
-LARGE_FILES = {"ibdata1": 96 << 20, "ib_logfile0": 48 << 20, "aria_log.00000001": 8 << 20, "ib_buffer_pool": 1 << 20}
-LOG_BLOCK_BYTES = 1 << 20
-TAIL_LINES = 20
 
-
-# --- the data ------------------------------------------------------------------------------
-
-
-def build_once(path: str, build) -> tuple[float, bool]:
-    """``build(path)`` unless an earlier run finished it; (seconds the build took, whether it was reused).
-
-    ``<path>.built`` records the seconds and the size, so an interrupted or different build is redone.
-    """
-    marker = path + ".built"
-    try:
-        with open(marker) as f:
-            seconds, size = f.read().split()
-        if int(size) == disk_size(path):
-            return float(seconds), True
-    except (FileNotFoundError, ValueError):
-        pass
-    started = time.monotonic()
-    build(path)
-    seconds = time.monotonic() - started
-    with open(marker, "w") as f:
-        f.write(f"{seconds:.1f} {disk_size(path)}\n")
-    return seconds, False
-
-
-def disk_size(path: str) -> int:
-    """A file's size, or the number of files in a directory tree (-1 if it does not exist)."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(len(files) for _, _, files in os.walk(path)) if os.path.isdir(path) else -1
-
-
-def build_datadir(root: str) -> None:
-    """A MariaDB-like datadir of 100k small files and a few large ones."""
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(os.path.join(root, "mysql"))
-    rng = random.Random(3)
-    noise = rng.randbytes(64 * 1024)
-    for name in ("db.opt", "user.frm", "global_priv.frm"):
-        with open(os.path.join(root, "mysql", name), "wb") as f:
-            f.write(noise[:rng.randrange(64, 4096)])
-    for name, size in LARGE_FILES.items():
-        with open(os.path.join(root, name), "wb") as f:
-            for offset in range(0, size, len(noise)):
-                f.write(noise[:min(len(noise), size - offset)])
-    for schema in range(SCHEMAS):
-        directory = os.path.join(root, f"schema_{schema:04d}")
-        os.mkdir(directory)
-        for table in range(TABLES_PER_SCHEMA):
-            for suffix, low, high in ((".frm", 600, 3000), (".ibd", 4096, 24576)):
-                with open(os.path.join(directory, f"t{table:03d}{suffix}"), "wb") as f:
-                    f.write(noise[:rng.randrange(low, high)])
-    os.sync()
-
-
-def log_block() -> bytes:
-    """About 1 MiB of realistic MariaDB 10.11 error-log lines (whole lines)."""
-    rng = random.Random(7)
-    templates = (
-        "{ts} {tid} [Warning] Aborted connection {tid} to db: 'shop' user: 'app' host: '10.0.{a}.{b}' "
-        "(Got timeout reading communication packets)",
-        "{ts} {tid} [Warning] Access denied for user 'monitor'@'10.0.{a}.{b}' (using password: YES)",
-        "{ts} {tid} [Note] Start binlog_dump to slave_server({a}), pos(mysql-bin.{n:06d}, {pos}), "
-        "using_gtid(1), gtid('0-1-{gtid}')",
-        "{ts} {tid} [ERROR] Slave SQL: Could not execute Write_rows_v1 event on table shop.orders; Duplicate "
-        "entry '{gtid}' for key 'PRIMARY', Error_code: 1062; handler error HA_ERR_FOUND_DUPP_KEY; the event's "
-        "master log mysql-bin.{n:06d}, end_log_pos {pos}, Gtid 0-1-{gtid}, Internal MariaDB error code: 1062",
-        "{ts} {tid} [Warning] Slave: Duplicate entry '{gtid}' for key 'PRIMARY' Error_code: 1062",
-        "{ts} 0 [Note] InnoDB: Buffer pool(s) load completed at 240514 {h:2d}:{m:02d}:{s:02d}",
-        "{ts} 0 [Note] InnoDB: Completed initialization of buffer pool",
-        "{ts} 0 [Note] /usr/sbin/mariadbd: ready for connections.",
-        "{ts} 0 [Note] Server socket created on IP: '0.0.0.0', port: '3306'.",
-        "{ts} {tid} [Note] Detected table cache mutex contention at instance 1: 31% waits. Additional table "
-        "cache instance activated. Number of instances after activation: 2.",
-        "{ts} 0 [Warning] InnoDB: A long wait (151 seconds) was observed for dict_sys.latch",
-    )
-    lines, size = [], 0
-    while True:
-        h, m, s = rng.randrange(24), rng.randrange(60), rng.randrange(60)
-        line = rng.choice(templates).format(
-            ts=f"2024-05-14 {h:2d}:{m:02d}:{s:02d}", tid=rng.randrange(1, 99999), a=rng.randrange(256),
-            b=rng.randrange(256), n=rng.randrange(1, 999), pos=rng.randrange(4, 1 << 30),
-            gtid=rng.randrange(1, 1 << 31), h=h, m=m, s=s) + "\n"
-        if size + len(line) > LOG_BLOCK_BYTES:
-            return "".join(lines).encode()
-        lines.append(line)
-        size += len(line)
-
-
-def build_error_log(path: str, gib: float) -> None:
-    """A log of ``gib`` GiB: the 1 MiB block repeated."""
-    block = log_block()
-    with open(path, "wb") as f:
-        for _ in range(int(gib * 1024)):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def evict_from_page_cache(path: str) -> None:
-    """Drop this one file's cached pages (clean after fsync), so the next read comes from disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-# --- the machine and the agent process -------------------------------------------------------
-
-
-def machine(directory: str) -> dict:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        memory_kib = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1))
-    df = subprocess.run(["df", "-PT", directory], capture_output=True, text=True).stdout.splitlines()[-1].split()
-    import twisted
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory": f"{memory_kib / (1 << 20):.1f} GiB",
-        "filesystem": f"{df[1]} on {df[0]} ({directory})",
-        "kernel": platform.release(),
-        "load": open("/proc/loadavg").read().split()[0],
-        "python": f"{platform.python_version()} ({sys.executable}), Twisted {twisted.__version__}",
-    }
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(the process's own user+system CPU, that of its reaped children) in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent on anything but idling since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    with open(f"/proc/{pid}/status") as f:
-        text = f.read()
-    return {key: int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) for key in ("VmRSS", "VmHWM")}
-
-
-# --- the client ------------------------------------------------------------------------------
-
-
-class Poller:
-    """One orchestrator-like client: sequential GETs on one keep-alive connection."""
-
-    def __init__(self, agent: RunningAgent):
-        self._agent = agent
-        self._connection = http.client.HTTPConnection(agent.address, agent.port, timeout=60)
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        target = path + "?token=" + self._agent.token
-        try:
-            self._connection.request("GET", target, headers=HEADERS)
-            response = self._connection.getresponse()
-        except (http.client.HTTPException, ConnectionError):
-            self._connection.close()  # the server closed an idle connection: retry once on a new one
-            self._connection.request("GET", target, headers=HEADERS)
-            response = self._connection.getresponse()
-        body = response.read()
-        if response.getheader("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        return response.status, body
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def _list_of_strings(value) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _integer(value) -> bool:
-    return type(value) is int  # Go's int64 takes no 1.0 and no true
-
-
-EXPECTED_TYPES = {
-    "/api/available-snapshots-local": ("[]string", _list_of_strings),
-    "/api/available-snapshots": ("[]string", _list_of_strings),
-    "/api/lvs-snapshots": ("[]LogicalVolume", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)),
-    "/api/mount": ("Mount", lambda v: isinstance(v, dict) and all(key in v for key in MOUNT_KEYS)),
-    "/api/mysql-status": ("bool", lambda v: isinstance(v, bool)),
-    "/api/mysql-port": ("int64", _integer),
-    "/api/mysql-du": ("int64", _integer),
-    "/api/mysql-datadir-available-space": ("int64", _integer),
-    "/api/mysql-error-log-tail": ("[]string", _list_of_strings),
-}
+# --- the measurements ------------------------------------------------------------------------
 
 
 def check_poll_routes(agent: RunningAgent, datadir_bytes: int, tail_lines: int) -> dict[str, float]:
-    """Every route answers 200 with orchestrator's type and the expected value; first-call seconds."""
-    poller = Poller(agent)
-    first = {}
-    problems = []
+    """Every route answers as orchestrator decodes it (its own client, Go's rules) with the expected
+    value; the first call's seconds per route."""
+    calls = []
     try:
-        for path in POLL_ROUTES:
-            started = time.perf_counter()
-            status, body = poller.get(path)
-            first[path] = time.perf_counter() - started
-            go_type, accepts = EXPECTED_TYPES[path]
-            try:
-                value = json.loads(body)
-            except ValueError:
-                value = None
-            if status != 200 or not accepts(value):
-                problems.append(f"{path}: {status} {body[:300]!r} (orchestrator decodes a {go_type})")
-                continue
-            expected = {"/api/mysql-status": True, "/api/mysql-port": 3306, "/api/mysql-du": datadir_bytes}.get(path)
-            if expected is not None and value != expected:
-                problems.append(f"{path}: {value!r}, expected {expected!r}")
-            if path == "/api/mysql-error-log-tail" and len(value) != tail_lines:
-                problems.append(f"{path}: {len(value)} lines, expected {tail_lines}")
-            if path == "/api/mount" and value["IsMounted"] is not False:
-                problems.append(f"{path}: {value!r}, expected nothing mounted")
-    finally:
-        poller.close()
+        facts = Orchestrator().get_agent(HostAgent.of(agent), record=calls)
+        problems = [f"{field}: {error}" for field, error in facts.errors.items()]
+    except ContractViolation as e:
+        facts, problems = None, [str(e)]
+    if facts is not None:
+        for field, value, expected in (("MySQLRunning", facts.MySQLRunning, True), ("MySQLPort", facts.MySQLPort, 3306),
+                                       ("MySQLDiskUsage", facts.MySQLDiskUsage, datadir_bytes),
+                                       ("MySQLErrorLogTail lines", len(facts.MySQLErrorLogTail), tail_lines),
+                                       ("MountPoint IsMounted", facts.MountPoint.get("IsMounted"), False)):
+            if value != expected:
+                problems.append(f"{field}: {value!r}, expected {expected!r}")
     if problems:
         raise SystemExit("the poll routes do not answer as orchestrator needs; numbers would be "
                          "meaningless:\n  " + "\n  ".join(problems) + "\nagent log:\n" + agent.log()[-3000:])
-    return first
+    return {"/api/" + call.command: call.seconds for call in calls}
 
 
 def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds: float) -> dict:
@@ -340,7 +109,8 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
     threads = [threading.Thread(target=poll_repeatedly, args=(i,), daemon=True) for i in range(pollers)]
     for thread in threads:
         thread.start()
-    agent_cpu_before = cpu_seconds(agent.process.pid)
+    pid = agent.process.pid
+    agent_cpu_before = cpu_seconds(pid), cpu_seconds(pid, children=True)
     client_cpu_before = sum(os.times()[:2])
     machine_before = machine_busy_seconds()
     deadline[0] = time.perf_counter() + seconds
@@ -349,7 +119,7 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
     for thread in threads:
         thread.join(seconds + 120)
     elapsed = time.perf_counter() - started
-    agent_cpu_after = cpu_seconds(agent.process.pid)
+    agent_cpu_after = cpu_seconds(pid), cpu_seconds(pid, children=True)
     client_cpu = sum(os.times()[:2]) - client_cpu_before
     machine_busy = machine_busy_seconds() - machine_before
     latencies = sorted(latency for mine in polls for latency in mine)
@@ -372,18 +142,6 @@ def run_load(agent: RunningAgent, routes: tuple[str, ...], pollers: int, seconds
     }
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}" if seconds < 10 else f"{seconds * 1000:.0f}"
-
-
 def timed_runs(argv: list[str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
@@ -396,17 +154,8 @@ def timed_runs(argv: list[str], runs: int) -> list[float]:
 # --- the report ------------------------------------------------------------------------------
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(row) + " |" for row in rows)]
-
-
 def built_text(seconds: float, reused: bool) -> str:
     return f"built in {seconds:.1f} s" + (" by an earlier run and reused." if reused else ".")
-
-
-def p50_p99(sorted_values: list[float]) -> str:
-    return f"{ms(percentile(sorted_values, 0.5))} / {ms(percentile(sorted_values, 0.99))}"
 
 
 def load_row(label: str, run: dict) -> list[str]:
@@ -459,9 +208,7 @@ def report(facts: dict) -> list[str]:
         "",
         f"Measured {m['date']} by `{facts['command']}` ({facts['total_seconds']:.0f} s in all).",
         "",
-        f"* Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, load average "
-        f"{m['load']} at the start; "
-        f"data on {m['filesystem']}; Python {m['python']}.",
+        machine_line(m),
         f"* Datadir: {facts['files']:,} files in {SCHEMAS:,} schema directories of {2 * TABLES_PER_SCHEMA} small "
         f"files (600 B-24 KiB) plus {len(LARGE_FILES)} large ones, {facts['datadir_bytes'] / 1e9:.2f} GB; "
         + built_text(*facts["datadir_build"]),
@@ -533,48 +280,7 @@ def report(facts: dict) -> list[str]:
     return lines
 
 
-def record(lines: list[str], path: str, heading: str = SECTION_HEADING) -> None:
-    """Put a section into RESULTS.md: replace it if an earlier run wrote it, append it otherwise."""
-    section = "\n".join(lines).rstrip("\n") + "\n"
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
-    start = text.find(heading)
-    if start < 0:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
-    else:
-        following = re.search(r"^## ", text[start + len(heading):], re.M)
-        end = start + len(heading) + following.start() if following else len(text)
-        text = text[:start] + section + ("\n" + text[end:] if following else "")
-    with open(path, "w") as f:
-        f.write(text)
-
-
 # --- the run ---------------------------------------------------------------------------------
-
-
-def agent_settings(workdir: str, agent_dir: str, datadir: str, error_log: str, variant: str) -> dict:
-    """The main variant reads the datadir and port from configured commands (as V1 setups do);
-    "optionfile" reads them from a my.cnf instead, so a poll runs one command instead of four."""
-    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
-    os.makedirs(snapshots, exist_ok=True)
-    os.makedirs(mount_point, exist_ok=True)
-    settings = {
-        "MySQLServiceStatusCommand": "true",
-        "MySQLErrorLogFile": error_log,
-        "ErrorLogTailLines": TAIL_LINES,
-        "SnapshotBackend": "btrfs",
-        "BtrfsSnapshotDirectory": snapshots,
-        "SnapshotMountPoint": mount_point,
-    }
-    if variant == "commands":
-        return {**settings, "MySQLDatadirCommand": f"echo {datadir}", "MySQLPortCommand": "echo 3306"}
-    option_file = os.path.join(workdir, "my.cnf")
-    with open(option_file, "w") as f:
-        f.write(f"[mysqld]\ndatadir = {datadir}\nport = 3306\nlog_error = {error_log}\n")
-    return {**settings, "MySQLConfigFile": option_file}
 
 
 def measure_error_log_tail(agent: RunningAgent, error_log: str, calls: int, memory: list) -> dict:
@@ -631,7 +337,7 @@ def main() -> None:
     parser.add_argument("--pollers", default="1,10,50", help="concurrent pollers per load level")
     parser.add_argument("--log-gib", type=float, default=2.0)
     parser.add_argument("--tail-calls", type=int, default=50)
-    parser.add_argument("--record", action="store_true", help="write the figures into bench/RESULTS.md")
+    add_record_option(parser)
     parser.add_argument("--keep-data", action="store_true",
                         help="keep the datadir and the log under --workdir for the next run (about a minute to build)")
     args = parser.parse_args()
@@ -640,14 +346,14 @@ def main() -> None:
 
     os.makedirs(args.workdir, exist_ok=True)
     facts: dict = {"machine": machine(args.workdir), "seconds": args.seconds, "notes": [],
-                   "command": "./run-bench poll" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")}
+                   "command": command("poll")}
     print(json.dumps(facts["machine"], indent=1), flush=True)
     if "tmpfs" in facts["machine"]["filesystem"]:
         print("warning: the work directory is on tmpfs, not on a disk; pass --workdir", flush=True)
 
     datadir = os.path.join(args.workdir, "datadir")
     print(f"building (or reusing) the datadir under {datadir} ...", flush=True)
-    facts["datadir_build"] = build_once(datadir, build_datadir)
+    facts["datadir_build"] = build_once(datadir, build_small_files_datadir)
     facts["files"] = disk_size(datadir)
     error_log = os.path.join(args.workdir, f"mariadb-error-{args.log_gib:g}GiB.log")
     print(f"building (or reusing) the {args.log_gib} GiB error log {error_log} ...", flush=True)
@@ -701,8 +407,7 @@ def main() -> None:
     lines = report(facts)
     print("\n" + "\n".join(lines), flush=True)
     if args.record:
-        record(lines, os.path.join(REPO, "bench", "RESULTS.md"))
-        print("recorded in bench/RESULTS.md", flush=True)
+        record(lines, SECTION_HEADING)
     if not args.keep_data:
         shutil.rmtree(args.workdir, ignore_errors=True)
 

@@ -4,7 +4,7 @@
                                   [--methods ...] [--repeat 1] [--record] [--keep-data]
 
 Both ends run inside a private network namespace whose loopback is shaped with ``tbf`` to the
-link's rate (``tests/support/netns.py``): the source on 127.0.0.1, the target on 127.0.0.2, so
+link's rate (``testbed/netns.py``): the source on 127.0.0.1, the target on 127.0.0.2, so
 every byte crosses the link, and nothing leaves the namespace.  Data sets: (1) a MariaDB datadir
 prepared by ``sysbench oltp_read_write`` (real InnoDB pages, which compress about 3x with
 ``zstd -1``), (2) the half-random datadir-like tree of ``seed_transfer`` (incompressible).
@@ -29,108 +29,20 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import build_sysbench_datadir, build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
-from bench.machine import machine, peak_rss_mb, reset_peak_rss  # noqa: E402
-from tests.support.agent import REPO, free_port, start_agent  # noqa: E402
-from tests.support.netns import NetworkNamespace  # noqa: E402
-from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
-from tests.support.pki import CertificateAuthority  # noqa: E402
+from bench.datasets import build_once, build_tree, drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
+from bench.machine import machine  # noqa: E402
+from bench.report import add_record_option, command, machine_line, ratio, record  # noqa: E402
+from bench.seed_methods import AgentPair, tar_socat, tls_files  # noqa: E402
+from testbed.netns import NetworkNamespace  # noqa: E402
 
-SOURCE, TARGET = "127.0.0.1", "127.0.0.2"
-SECRET = "bench-network-secret"
-POLL_SECONDS = 0.1
+SECTION_HEADING = "## Seeds over a shaped link (`bench/seed_network.py`)"
 LINK_BITS = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
 METHODS = "orchagent,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
-
-
-class AgentPair:
-    """A source and a target agent inside the namespace; :meth:`seed` is one round."""
-
-    def __init__(self, net: NetworkNamespace, workdir: str, source: str, target: str, tls: CertificateAuthority | None):
-        self.net = net
-        self.seed_id = 0
-        seed_port = net.call(free_port, TARGET)
-        self.agents = []
-        for address, datadir in ((SOURCE, source), (TARGET, target)):
-            directory = os.path.join(workdir, address)
-            os.makedirs(os.path.join(directory, "snapshots"))
-            os.makedirs(os.path.join(directory, "mnt"))
-            settings = {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-                        "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": os.path.join(directory, "snapshots"),
-                        "SnapshotMountPoint": os.path.join(directory, "mnt"),
-                        "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
-            if tls is not None:
-                issued = tls.issue(address, ips=(address,))
-                settings.update(UseSSL=True, SSLCertFile=issued.cert, SSLPrivateKeyFile=issued.key, SSLCAFile=tls.cert)
-            self.agents.append(start_agent(settings, address=address, directory=directory, namespace=net))
-        self.hosts = [HostAgent.of(agent) for agent in self.agents]
-        self.orchestrator = Orchestrator(ca_file=tls.cert if tls else None)
-
-    def call(self, host: HostAgent, command: str):
-        call = self.orchestrator.command(host, command)
-        self.orchestrator.calls.clear()
-        if call.status != 200:
-            raise RuntimeError(f"{host.hostname} {command}: {call.status} {call.error or call.body[:300]!r}")
-        return call.json()
-
-    def seed(self) -> dict:
-        self.seed_id += 1
-        source, target = self.hosts
-        for agent in self.agents:
-            reset_peak_rss(agent.process.pid)
-        started = time.monotonic()
-        self.call(target, f"receive-mysql-seed-data/{self.seed_id}")
-        self.call(source, f"send-mysql-seed-data/{TARGET}/{self.seed_id}")
-        while not self.call(target, f"seed-command-completed/{self.seed_id}"):
-            time.sleep(POLL_SECONDS)
-        subprocess.run(["sync"], check=True)
-        seconds = time.monotonic() - started
-        for host in self.hosts:
-            if not self.call(host, f"seed-command-succeeded/{self.seed_id}"):
-                raise RuntimeError(f"seed failed on {host.hostname}: {self.call(host, f'seed-status/{self.seed_id}')}")
-        return {"seconds": seconds, "rss_mb": [peak_rss_mb(agent.process.pid) for agent in self.agents]}
-
-    def stop(self) -> None:
-        for agent in self.agents:
-            agent.stop()
-
-
-def pipeline(net: NetworkNamespace, source: str, target: str, *, zstd: bool = False, tls: dict | None = None) -> dict:
-    """``tar | [zstd |] socat`` to ``socat | [zstd -d |] tar -x`` over the link."""
-    port = net.call(free_port, TARGET)
-    listen, connect = f"TCP-LISTEN:{port},bind={TARGET},reuseaddr", f"TCP:{TARGET}:{port}"
-    if tls:
-        listen = f"OPENSSL-LISTEN:{port},bind={TARGET},reuseaddr,cert={tls['both']},verify=0"
-        connect = f"OPENSSL:{TARGET}:{port},cafile={tls['ca']},commonname=localhost"
-    compress, decompress = (" | zstd -1 -T0 -q", "zstd -d -q | ") if zstd else ("", "")
-    receiver = net.popen(["bash", "-c", f'socat -u "$1" - | {decompress}tar -x -C "$2"', "bench", listen, target])
-    deadline = time.monotonic() + 10
-    while not net.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.strip():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the receiving socat did not listen")
-        time.sleep(0.02)
-    started = time.monotonic()
-    net.run(["bash", "-c", f'tar -c -C "$1" .{compress} | socat -u - "$2"', "bench", source, connect], check=True)
-    if receiver.wait() != 0:
-        raise RuntimeError("the receiving pipeline failed")
-    subprocess.run(["sync"], check=True)
-    return {"seconds": time.monotonic() - started}
-
-
-def tls_files(directory: str) -> tuple[CertificateAuthority, dict]:
-    ca = CertificateAuthority(directory)
-    receiver = ca.issue("receiver")
-    both = os.path.join(directory, "both.pem")
-    with open(receiver.cert) as cert, open(receiver.key) as key, open(both, "w") as f:
-        f.write(cert.read() + key.read())  # socat wants certificate and key in one file
-    return ca, {"ca": ca.cert, "both": both}
 
 
 def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca, socat_tls) -> dict[str, list]:
@@ -140,14 +52,14 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
     try:
         for method in ("orchagent", "orchagent_tls"):
             if method in args.methods:
-                pairs[method] = AgentPair(net, os.path.join(workdir, method), source, target,
-                                          ca if method.endswith("_tls") else None)
+                pairs[method] = AgentPair(os.path.join(workdir, method), source, target, net=net,
+                                          ca=ca if method.endswith("_tls") else None)
         runners = {
-            "orchagent": lambda: net.call(pairs["orchagent"].seed),
-            "orchagent_tls": lambda: net.call(pairs["orchagent_tls"].seed),
-            "tar_socat": lambda: pipeline(net, source, target),
-            "tar_zstd_socat": lambda: pipeline(net, source, target, zstd=True),
-            "tar_socat_tls": lambda: pipeline(net, source, target, tls=socat_tls),
+            "orchagent": lambda: pairs["orchagent"].seed(),
+            "orchagent_tls": lambda: pairs["orchagent_tls"].seed(),
+            "tar_socat": lambda: tar_socat(source, target, net=net),
+            "tar_zstd_socat": lambda: tar_socat(source, target, net=net, zstd=True),
+            "tar_socat_tls": lambda: tar_socat(source, target, net=net, tls=socat_tls),
         }
         for round_ in range(args.repeat):
             for method in args.methods:
@@ -155,13 +67,18 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = f"  rss {result['rss_mb']} MB" if "rss_mb" in result else ""
+                rss = f"  rss {peak_rss(result)} MB" if "source" in result else ""
                 print(f"  {link} round {round_ + 1} {method:15s} {result['seconds']:7.2f} s{rss}", flush=True)
     finally:
         for pair in pairs.values():
             pair.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def peak_rss(result: dict) -> list[float]:
+    """An agents round's peak RSS in MB, source and target."""
+    return [result[side]["peak_rss_mb"] for side in ("source", "target")]
 
 
 def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> list[str]:
@@ -171,13 +88,13 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
     for method, seconds in median.items():
         rate = nbytes / 1e6 / seconds
         share = f", {rate / link_mb:.0%} of the link" if link_mb else ""
-        rss = [r["rss_mb"] for r in results[method] if "rss_mb" in r]
+        rss = [peak_rss(r) for r in results[method] if "source" in r]
         peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
         lines.append(f"  {method:15s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
                            ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls")):
         if ours in median and baseline in median:
-            lines.append(f"  {ours} / {baseline}: {median[baseline] / median[ours]:.2f}x")
+            lines.append(f"  {ours} / {baseline}: {ratio(median[baseline], median[ours])}")
     return lines
 
 
@@ -191,27 +108,25 @@ def main() -> None:
     parser.add_argument("--sysbench-tables", type=int, default=4)
     parser.add_argument("--sysbench-rows", type=int, default=1_000_000, help="rows per table (1M: about 240 MB)")
     parser.add_argument("--tree-mb", type=int, default=1024)
-    parser.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
+    add_record_option(parser)
     parser.add_argument("--keep-data", action="store_true", help="keep the data sets for the next run")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     if os.geteuid() != 0:
         raise SystemExit("seed_network needs root: network namespaces, tc and dropping the page cache")
     os.makedirs(args.dir, exist_ok=True)
-    info = machine()
-    lines = [f"## Seeds over a shaped link ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {info['nproc']} cpus, {info['cpu']}, {info['memory_gb']} GB RAM, {info['filesystem']}; "
-             f"load at the start {' '.join(info['loadavg'])}. Command: `./run-bench seed_network "
-             f"{' '.join(sys.argv[1:])}`.", "", "```"]
+    info = machine(args.dir)
+    lines = [SECTION_HEADING, "", f"Measured {info['date']} by `{command('seed_network')}`.", "",
+             machine_line(info), "", "```"]
     datasets = {}
     if "sysbench" in args.datasets:
         print("building (or reusing) the sysbench datadir ...", flush=True)
-        datasets["sysbench"] = build_sysbench_datadir(os.path.join(args.dir, "sysbench"), args.sysbench_tables,
-                                                      args.sysbench_rows)
+        datasets["sysbench"] = sysbench_datadir(os.path.join(args.dir, "sysbench"), args.sysbench_tables,
+                                                args.sysbench_rows)
     if "tree" in args.datasets:
         print("building (or reusing) the tree ...", flush=True)
         datasets["tree"] = os.path.join(args.dir, f"tree-{args.tree_mb}mb")
-        build_tree(datasets["tree"], args.tree_mb)
+        build_once(datasets["tree"], lambda path: build_tree(path, args.tree_mb))
     target = os.path.join(args.dir, "target")
     ca, socat_tls = tls_files(os.path.join(args.dir, f"tls-{os.getpid()}"))
     try:
@@ -231,9 +146,7 @@ def main() -> None:
     lines.append("```")
     print("\n".join(lines))
     if args.record:
-        with open(os.path.join(REPO, "bench", "RESULTS.md"), "a") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
-        print("recorded in bench/RESULTS.md")
+        record(lines, SECTION_HEADING)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,42 +47,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "seed_runner.py")
-SECRET = "bench-secret"
-POLL_SECONDS = 0.1
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
-from bench.machine import cpu_seconds, machine, peak_rss_mb, reset_peak_rss  # noqa: E402
-from tests.support.agent import RunningAgent, free_port as free_port_on, start_agent  # noqa: E402
-from tests.support.orchestrator import HostAgent, Orchestrator  # noqa: E402
-from tests.support.pki import CertificateAuthority  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
-        if out.strip():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def tls_files(directory: str) -> dict[str, str]:
-    """A CA and a receiver certificate for 127.0.0.1, as PEM files: what the TLS methods use."""
-    ca = CertificateAuthority(directory)
-    receiver = ca.issue("receiver")
-    with open(receiver.cert) as cert, open(receiver.key) as key, open(os.path.join(directory, "both.pem"), "w") as both:
-        both.write(cert.read() + key.read())  # socat wants certificate and key in one file
-    return {"ca": ca.cert, "cert": receiver.cert, "key": receiver.key, "both": both.name}
+from bench.datasets import build_once, build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
+from bench.machine import load, machine  # noqa: E402
+from bench.seed_methods import SECRET, SOURCE, TARGET, AgentPair, tar_socat, tls_files  # noqa: E402
+from testbed.agent import free_port  # noqa: E402
 
 
 def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
@@ -108,109 +78,12 @@ def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -
     return {"seconds": receive["seconds"], "wall": wall, "send": send, "receive": receive}
 
 
-def run_tar_socat(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
-    port = free_port()
-    listen, connect = "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr", "TCP:127.0.0.1:$2"
-    listen_args, connect_args = [], []  # "$3" of each side
-    if tls:  # the same TLS checks as orchagent's: the receiver's certificate, verified by name
-        listen, connect = "OPENSSL-LISTEN:$1,bind=127.0.0.1,reuseaddr,cert=$3,verify=0", \
-            "OPENSSL:127.0.0.1:$2,cafile=$3,commonname=localhost"
-        listen_args, connect_args = [tls["both"]], [tls["ca"]]
-    receiver = subprocess.Popen(["bash", "-c", f'socat -u "{listen}" - | tar -x -C "$2"', "bench", str(port), target,
-                                 *listen_args])
-    wait_listening(port)
-    start = time.monotonic()
-    subprocess.run(["bash", "-c", f'tar -c -C "$1" . | socat -u - "{connect}"', "bench", source, str(port),
-                    *connect_args], check=True)
-    if receiver.wait() != 0:
-        raise RuntimeError("tar | socat receiver failed")
-    subprocess.run(["sync"], check=True)
-    return {"seconds": time.monotonic() - start}
-
-
 def run_cp(source: str, target: str) -> dict:
     os.rmdir(target)
     start = time.monotonic()
     subprocess.run(["cp", "-r", source, target], check=True)
     subprocess.run(["sync"], check=True)
     return {"seconds": time.monotonic() - start}
-
-
-def agent_settings(agent_dir: str, datadir: str, seed_port: int) -> dict:
-    """MySQL reads as stopped and no snapshot is mounted: the source sends its datadir itself."""
-    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
-    os.makedirs(snapshots, exist_ok=True)
-    os.makedirs(mount_point, exist_ok=True)
-    return {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-            "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": snapshots, "SnapshotMountPoint": mount_point,
-            "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
-
-
-class AgentPair:
-    """A source and a target agent, started once for the whole run; :meth:`seed` is one round."""
-
-    def __init__(self, workdir: str, source: str, target: str):
-        self.workdir = workdir
-        self.seed_id = 0
-        self.peak_reset = True
-        seed_port = free_port_on(TARGET_ADDRESS)
-        self.agents: list[RunningAgent] = []
-        for address, datadir in ((SOURCE_ADDRESS, source), (TARGET_ADDRESS, target)):
-            agent_dir = os.path.join(workdir, address)
-            os.makedirs(agent_dir)
-            self.agents.append(start_agent(agent_settings(agent_dir, datadir, seed_port), address=address,
-                                           directory=agent_dir))
-        self.source, self.target = self.agents
-        self.orchestrator = Orchestrator()
-        self.started_rss_mb = {side: self.rss_mb(agent) for side, agent in self.sides()}
-
-    def sides(self):
-        return (("source", self.source), ("target", self.target))
-
-    @staticmethod
-    def rss_mb(agent: RunningAgent) -> float:
-        with open(f"/proc/{agent.process.pid}/status") as f:
-            return round(next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024, 1)
-
-    def call(self, agent: RunningAgent, command: str):
-        call = self.orchestrator.command(HostAgent.of(agent), command)
-        self.orchestrator.calls.clear()  # the client records every call; keep memory flat
-        if call.status != 200:
-            raise RuntimeError(f"{agent.address} {command}: {call.status} {call.error or call.body[:300]!r}")
-        return call.json()
-
-    def wait_completed(self, agent: RunningAgent, seed_id: int) -> None:
-        while not self.call(agent, f"seed-command-completed/{seed_id}"):
-            time.sleep(POLL_SECONDS)
-
-    def seed(self, source: str, target: str) -> dict:
-        self.seed_id += 1
-        seed_id = self.seed_id
-        self.call(self.target, "delete-mysql-datadir")  # what orchestrator does first (the target is empty)
-        pids = {side: agent.process.pid for side, agent in self.sides()}
-        for pid in pids.values():
-            self.peak_reset = reset_peak_rss(pid) and self.peak_reset
-        cpu_before = {side: cpu_seconds(pid) for side, pid in pids.items()}
-        start = time.monotonic()
-        self.call(self.target, f"receive-mysql-seed-data/{seed_id}")
-        self.call(self.source, f"send-mysql-seed-data/{TARGET_ADDRESS}/{seed_id}")
-        self.wait_completed(self.target, seed_id)
-        subprocess.run(["sync"], check=True)
-        seconds = time.monotonic() - start
-        self.wait_completed(self.source, seed_id)  # its CPU is read once it is done too
-        result = {"seconds": seconds}
-        for side, agent in self.sides():
-            if not self.call(agent, f"seed-command-succeeded/{seed_id}"):
-                status = self.call(agent, f"seed-status/{seed_id}")
-                raise RuntimeError(f"seed {seed_id} failed on the {side}: {status['Error']}")
-            result[side] = {"peak_rss_mb": peak_rss_mb(pids[side]),
-                            "cpu_seconds": round(cpu_seconds(pids[side]) - cpu_before[side], 2)}
-        return result
-
-    def stop(self) -> None:
-        for agent in self.agents:
-            agent.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def identical(a: str, b: str) -> bool:
@@ -235,6 +108,8 @@ def main() -> None:
         if not args.keep_data:
             os.chdir("/")
             shutil.rmtree(os.path.join(args.dir, f"source-{args.size_mb}mb"), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(args.dir, f"source-{args.size_mb}mb.built"))
             with contextlib.suppress(OSError):
                 os.rmdir(args.dir)  # only when nothing else is left in it
 
@@ -244,24 +119,24 @@ def run(args, pairs: list) -> None:
     os.makedirs(args.dir, exist_ok=True)
     os.chdir(args.dir)
     source, target = os.path.join(args.dir, f"source-{args.size_mb}mb"), os.path.join(args.dir, "target")
-    build_tree(source, args.size_mb)
+    build_once(source, lambda path: build_tree(path, args.size_mb))
     files, nbytes = tree_bytes(source)
-    info = machine()
-    print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['memory_gb']} GB RAM, {info['filesystem']}, "
-          f"load {' '.join(info['loadavg'])}")
+    info = machine(args.dir)
+    print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['memory']} RAM, {info['filesystem']}, "
+          f"load {info['load']}")
     print(f"data: {files} files, {nbytes / 1e6:.0f} MB in {source}")
-    runners = {"orchagent": run_orchagent, "tar_socat": run_tar_socat, "cp": run_cp}
+    runners = {"orchagent": run_orchagent, "tar_socat": tar_socat, "cp": run_cp}
     methods = args.methods.split(",")
     tls_dir = os.path.join(args.dir, f"tls-{os.getpid()}")
     if any(m.endswith("_tls") for m in methods):
-        tls = tls_files(tls_dir)
+        _, tls = tls_files(tls_dir)
         runners["orchagent_tls"] = functools.partial(run_orchagent, tls=tls)
-        runners["tar_socat_tls"] = functools.partial(run_tar_socat, tls=tls)
+        runners["tar_socat_tls"] = functools.partial(tar_socat, tls=tls)
     if "agents" in methods:
         os.makedirs(target, exist_ok=True)
         pairs.append(AgentPair(os.path.join(args.dir, f"agents-{os.getpid()}"), source, target))
-        runners["agents"] = pairs[0].seed
-        print(f"agents: source {SOURCE_ADDRESS} (pid {pairs[0].source.process.pid}), target {TARGET_ADDRESS} "
+        runners["agents"] = lambda source, target: pairs[0].seed()
+        print(f"agents: source {SOURCE} (pid {pairs[0].source.process.pid}), target {TARGET} "
               f"(pid {pairs[0].target.process.pid}); RSS after start: "
               + ", ".join(f"{side} {mb} MB" for side, mb in pairs[0].started_rss_mb.items()))
     results: dict[str, list[dict]] = {m: [] for m in methods}
@@ -284,9 +159,8 @@ def run(args, pairs: list) -> None:
             if method == "agents":
                 extra = "  " + "  ".join(f"{side}: rss {result[side]['peak_rss_mb']} MB cpu "
                                          f"{result[side]['cpu_seconds']:.2f} s" for side in ("source", "target"))
-            load = " ".join(open("/proc/loadavg").read().split()[:3])
             print(f"round {round_ + 1} {method:10s} {result['seconds']:6.2f} s "
-                  f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}  load {load}", flush=True)
+                  f"{nbytes / 1e6 / result['seconds']:6.0f} MB/s{extra}  load {load()}", flush=True)
     shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(tls_dir, ignore_errors=True)
     print(f"page cache dropped before every run: {'yes' if dropped else 'no (not permitted)'}")
@@ -323,7 +197,7 @@ def run(args, pairs: list) -> None:
             print(f"agent {side}: peak RSS {peak} MB (after start {pair.started_rss_mb[side]} MB, peak "
                   f"{'reset every round' if pair.peak_reset else 'over the whole run: reset not permitted'}); "
                   f"CPU {cpu / (nbytes / 1e9):.2f} s per GB (median)")
-    print(f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"load average at the end: {load()}")
 
 
 if __name__ == "__main__":

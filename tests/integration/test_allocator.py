@@ -37,6 +37,8 @@ PROBE = textwrap.dedent("""
 
 
 class AllocatorTests(SynchronousTestCase):
+    """Once tuned, a seed's chunk buffers come from the heap, not from fresh mmaps that cost page faults."""
+
     def test_mb_sized_buffers_come_from_the_heap_once_tuned(self):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(allocator.__file__)))
         out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,

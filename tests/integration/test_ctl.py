@@ -27,19 +27,18 @@ import sys
 import tempfile
 import termios
 import time
-from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import REPO, free_port, start_agent, twistd_command
-from tests.support.orchestrator import HostAgent, Orchestrator
-from tests.support.pki import CertificateAuthority
-from tests.support.seed_link import SlowLink
-from tests.support.seeding import SeedSource, SeedTarget, table_checksums, transfer_settings
+from testbed.agent import REPO, free_port, start_agent, twistd_command
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.pki import CertificateAuthority
+from testbed.seeding import SOURCE_ADDRESS, TARGET_ADDRESS, SeedTarget, table_checksums, transfer_settings
+from tests.support.linked_seeds import LinkedSeedTestCase
+from tests.support.root import requires_root
 
 CTL = [sys.executable, "-m", "orchagent.ctl"]
 FIXED_TOKEN = "ctl-test-fixed-token-0123456789"
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 MB = 1024 * 1024
 
 
@@ -61,6 +60,8 @@ def write_token_file(directory: str) -> str:
 
 
 class AgentTests(SynchronousTestCase):
+    """orchagent-ctl against a real agent: status, MySQL start/stop, token handling and one-line errors."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-ctl-")
@@ -247,36 +248,18 @@ class PtyProcess:
         os.close(self.master)
 
 
-class SeedTests(SynchronousTestCase):
-    @classmethod
-    def setUpClass(cls):
-        if os.geteuid() != 0:
-            raise SkipTest("seeds need root (a btrfs loop device for the source's snapshot)")
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-ctl-seed-")
-        cls.agents = []
-        cls.token_file = write_token_file(cls.directory)
-        cls.source = SeedSource(cls.directory, size_mb=300, rows=1000, ballast_bytes=64 * MB)
-        try:
-            cls.target_seed_port = free_port(TARGET_ADDRESS)
-            cls.link = SlowLink(TARGET_ADDRESS, cls.target_seed_port, rate=16 * MB)
-            source = start_agent({**cls.source.settings(), **transfer_settings(cls.link.port, "ctl secret"),
-                                  "TokenFile": cls.token_file},
-                                 address=SOURCE_ADDRESS, directory=tempfile.mkdtemp(dir=cls.directory))
-            cls.agents.append(source)
-            cls.source_agent = HostAgent.of(source)
-            assert Orchestrator().command(cls.source_agent, "create-snapshot").status == 200
-        except BaseException:
-            cls.tearDownClass()
-            raise
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
+class SeedTests(LinkedSeedTestCase):
+    """orchagent-ctl seed between real agents: a progress bar on a terminal, and Ctrl-C aborts on both sides."""
+
+    source_options = {"size_mb": 300, "rows": 1000, "ballast_bytes": 64 * MB}
 
     @classmethod
-    def tearDownClass(cls):
-        for agent in cls.agents:
-            agent.stop()
-        if hasattr(cls, "link"):
-            cls.link.close()
-        cls.source.destroy()
-        shutil.rmtree(cls.directory, ignore_errors=True)
+    def build(cls):
+        cls.token_file = write_token_file(cls.directory)
+        cls.source_agent = cls.start_agent({**cls.source.settings(), **transfer_settings(cls.link.port, "ctl secret"),
+                                            "TokenFile": cls.token_file}, SOURCE_ADDRESS)
+        assert Orchestrator().command(cls.source_agent, "create-snapshot").status == 200
 
     def setUp(self):
         workdir = tempfile.mkdtemp(dir=self.directory)

@@ -4,91 +4,23 @@ import json
 import os
 import stat
 import subprocess
-import time
 
 from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.client import Agent, ResponseFailed
 
 from orchagent import tls
 from orchagent.config import Config
-from tests.support.agent import REPO, start_agent, twistd_command
-from tests.support.pki import CertificateAuthority
-
-
-class FakeOrchestrator(Resource):
-    """Records the paths agents call on orchestrator's agents port."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.paths = []
-
-    def render_GET(self, request):
-        self.paths.append(request.path.decode())
-        return b'"OK"'
-
-
-def one_shot_pool():
-    """No persistent connections: nothing may outlive a test."""
-    return HTTPConnectionPool(reactor, persistent=False)
-
-
-def plain_http():
-    return HTTPClient(Agent(reactor, pool=one_shot_pool()))
-
-
-async def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.05, lambda: None)
-
-
-def pid_alive(pid: int) -> bool:
-    """Running or stopped; a zombie (dead, waiting for init to reap it) does not count."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-class AgentTestCase(TestCase):
-    timeout = 120
-
-    async def start(self, settings, **kwargs):
-        agent = await deferToThread(start_agent, settings, directory=self.mktemp_dir(), **kwargs)
-        self.addCleanup(lambda: deferToThread(agent.stop))
-        return agent
-
-    def mktemp_dir(self):
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
-        return path
-
-    def orchestrator(self, context=None):
-        fake = FakeOrchestrator()
-        site = Site(fake)
-        port = (reactor.listenSSL(0, site, context, interface="127.0.0.1") if context
-                else reactor.listenTCP(0, site, interface="127.0.0.1"))
-        self.addCleanup(port.stopListening)
-        scheme = "https" if context else "http"
-        return fake, f"{scheme}://127.0.0.1:{port.getHost().port}"
-
-    async def get(self, url, client=None, **kwargs):
-        response = await (client or plain_http()).get(url, **kwargs)
-        return response.code, await response.content()
+from testbed.agent import REPO, twistd_command
+from testbed.pki import CertificateAuthority
+from testbed.waiting import alive
+from tests.support.agents import AgentTestCase, one_shot_pool, plain_http, wait_for
 
 
 class DaemonTests(AgentTestCase):
+    """A real twistd registers and pings, serves the core routes, stops cleanly on SIGTERM and refuses bad config."""
+
     async def test_registers_pings_and_serves_core_routes(self):
         fake, url = self.orchestrator()
         agent = await self.start({
@@ -129,7 +61,7 @@ class DaemonTests(AgentTestCase):
         pids = [int(p) for p in open(marker).read().split()]
         code = await deferToThread(agent.stop)
         self.assertEqual(code, 0, agent.log())
-        self.assertEqual([pid for pid in pids if pid_alive(pid)], [], "the whole group must be gone")
+        self.assertEqual([pid for pid in pids if alive(pid)], [], "the whole group must be gone")
         await request
 
     def test_bad_config_stops_at_start_naming_file_and_key(self):
@@ -144,6 +76,8 @@ class DaemonTests(AgentTestCase):
 
 
 class TLSTests(AgentTestCase):
+    """HTTPS with a verifiable certificate, mutual TLS limited to allowed OUs, and a verified orchestrator."""
+
     def setUp(self):
         self.ca = CertificateAuthority(self.mktemp_dir())
         self.server = self.ca.issue("agent")

@@ -30,7 +30,8 @@ from twisted.trial.unittest import SynchronousTestCase
 import orchagent
 from orchagent.config import Config
 from orchagent.connections import RESERVED_FILES
-from tests.support.agent import REPO, free_port
+from testbed.agent import REPO, free_port
+from tests.support.root import requires_root
 
 #: The PATH systemd gives a system service, which is also sudo's secure_path on Debian.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -123,7 +124,10 @@ def get(url: str, deadline: float, process: subprocess.Popen) -> bytes:
             time.sleep(0.2)
 
 
+@requires_root("installing, upgrading and purging the package with dpkg")
 class DebianPackageTests(SynchronousTestCase):
+    """The built .deb: unit tests on Debian's Twisted, lintian-clean, clean contents, install/upgrade/purge."""
+
     deb: str
     build_log: str
 
@@ -167,7 +171,7 @@ class DebianPackageTests(SynchronousTestCase):
             parts = path.split("/")
             self.assertFalse(
                 {"dropin.cache", ".hypothesis", ".pytest_cache", "__pycache__"} & set(parts)
-                or any(part.startswith("_trial_temp") or part == "tests" for part in parts),
+                or any(part.startswith("_trial_temp") or part in ("tests", "testbed", "bench") for part in parts),
                 f"{path} must not be in the package")
         self.assertNotIn("/usr/lib/python3/dist-packages/twisted/__init__.py", paths)
         self.assertNotIn(PLUGINS + "/__init__.py", paths)

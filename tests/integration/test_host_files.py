@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -18,19 +16,13 @@ from orchagent.host.datadir import empty_directory
 from orchagent.host.mounts import read_mountinfo
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
-from tests.support.agent import start_agent
-from tests.support.btrfs import btrfs_filesystem
+from testbed.agent import start_agent
+from testbed.btrfs import btrfs_filesystem
+from testbed.orchestrator import Orchestrator
+from tests.support.deferreds import inline
 from tests.support.mysql_user import as_mysql, mysql_directory, skip_reason
-from tests.support.storage import LiveClient, StubMySQL, inline
-
-
-def get(agent, path):
-    """(status, decoded JSON body) of a GET on the real agent."""
-    try:
-        with urllib.request.urlopen(agent.url(path), timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 
 class AttackTestCase(SynchronousTestCase):
@@ -55,7 +47,7 @@ class ErrorLogTests(AttackTestCase):
 
     def assertRefused(self, *words):
         started = time.monotonic()
-        status, body = get(self.agent, "/api/mysql-error-log-tail")
+        status, body = Orchestrator().answer(self.agent, "mysql-error-log-tail")
         self.assertLess(time.monotonic() - started, 5)  # a fifo must not hang the request
         self.assertEqual(status, 409, body)
         for word in words:
@@ -63,7 +55,7 @@ class ErrorLogTests(AttackTestCase):
         self.assertNotIn("root:", json.dumps(body))
 
     def test_the_real_log_is_read(self):
-        self.assertEqual(get(self.agent, "/api/mysql-error-log-tail"), (200, ["2026-01-01 [Note] ready"]))
+        self.assertEqual(Orchestrator().answer(self.agent, "mysql-error-log-tail"), (200, ["2026-01-01 [Note] ready"]))
 
     def test_log_replaced_by_a_symlink_to_shadow(self):
         as_mysql('rm "$1"; ln -s /etc/shadow "$1"', self.log)
@@ -83,7 +75,7 @@ class ErrorLogTests(AttackTestCase):
         as_mysql('mkdir "$1"; printf "x\\n" > "$1/shadow"', inner)
         self.agent.stop()
         self.agent = start_agent({"MySQLErrorLogFile": os.path.join(inner, "shadow")})
-        self.assertEqual(get(self.agent, "/api/mysql-error-log-tail")[0], 200)
+        self.assertEqual(Orchestrator().answer(self.agent, "mysql-error-log-tail")[0], 200)
         as_mysql('mv "$1" "$1.old"; ln -s /etc "$1"', inner)
         self.assertRefused("'inner' is a symlink")
 
@@ -125,8 +117,7 @@ class DatadirRootTests(AttackTestCase):
 
 
 class MountPointTests(TestCase):
-    """``SnapshotMountPoint`` on a real btrfs: resolved once, never through a link others could
-    plant, and one mount at a time whatever name the mount point has (needs root)."""
+    """``SnapshotMountPoint`` is resolved once, never through a planted link, and holds one mount at a time."""
 
     def setUp(self):
         reason = skip_reason()
@@ -150,7 +141,7 @@ class MountPointTests(TestCase):
                         snapshot_volumes_filter="mysql-snap-", snapshot_mount_point=mount_point)
         host = make_host(config, self.runner, reactor, StubMySQL(self.fs.subvolume("db")),
                          in_thread=thread_runner(reactor))
-        return LiveClient(self, storage_api(config, host), reactor)
+        return LiveClient(self, routes_for(storage=storage_api(config, host)), reactor)
 
     def mounted_at(self, path):
         return [entry for entry in read_mountinfo() if entry.mount_point == path]

@@ -25,9 +25,9 @@ from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, prepare_c
 from orchagent.host.replication import ReplicationSetup, sql_string
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
-from tests.support.agent import start_agent
-from tests.support.mariadb import MariaDBSandbox
-from tests.support.orchestrator import HostAgent, Orchestrator
+from testbed.agent import start_agent
+from testbed.mariadb import MariaDBSandbox
+from testbed.orchestrator import HostAgent, Orchestrator
 from tests.support.storage import inline
 
 MARIABACKUP = TOOLS["mariabackup"]

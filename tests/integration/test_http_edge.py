@@ -10,8 +10,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import start_agent
-from tests.support.pki import CertificateAuthority
+from testbed.agent import start_agent
+from testbed.pki import CertificateAuthority
 
 #: A body no agent should ever read from a stranger (the issue's 400 MB).
 HUGE = 400 * 1024 * 1024

@@ -8,9 +8,9 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import start_agent
-from tests.support.flood import Flood, open_files, raise_open_files
-from tests.support.orchestrator import HostAgent, Orchestrator
+from testbed.agent import start_agent
+from testbed.flood import Flood, open_files, raise_open_files
+from testbed.orchestrator import HostAgent, Orchestrator
 
 HOSTILE = 2000
 #: Generous: the benchmark (bench/flood.py) measures the latency; this only says the agent answers.

@@ -16,24 +16,18 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from orchagent.host.liveness import UNKNOWN, Findings, decide
-from tests.support.agent import REPO, free_port, start_agent
-from tests.support.mariadb import MariaDBSandbox
+from testbed.agent import REPO, free_port, start_agent
+from testbed.mariadb import MariaDBSandbox
+from testbed.orchestrator import Orchestrator
+from testbed.waiting import alive, wait_for
+from tests.support.root import requires_root
+from tests.support.sandbox import SandboxPerClass
 
 SECRET = "liveness-test-secret"
-
-
-def get(agent, path: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(agent.url("/api/" + path), timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def tree(directory: str) -> dict[str, int]:
@@ -59,24 +53,9 @@ def stop_process(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while running(pid):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"pid {pid} still runs after {timeout} s")
-        time.sleep(0.05)
-
-
 class AgentTestCase(SynchronousTestCase):
+    """Real agents asked to empty or receive into a datadir, and the assertion that they refused with evidence."""
+
     sandbox: MariaDBSandbox
 
     def agent(self, **settings):
@@ -91,28 +70,17 @@ class AgentTestCase(SynchronousTestCase):
         """Every datadir-destroying route answers 409 naming ``evidence``; nothing changed; status is true."""
         before = tree(self.sandbox.datadir)
         for path in ("delete-mysql-datadir", "receive-mysql-seed-data/7", "send-mysql-seed-data/127.0.0.2/7"):
-            code, body = get(agent, path)
+            code, body = Orchestrator().answer(agent, path)
             self.assertEqual(code, 409, (path, body))
             for text in evidence:
                 self.assertIn(text, body["Message"], path)
         self.assertEqual(tree(self.sandbox.datadir), before)
-        self.assertEqual(get(agent, "mysql-status"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, True))
 
 
-class RunningServerTests(AgentTestCase):
+@requires_root("the MariaDB sandbox runs its server as root")
+class RunningServerTests(SandboxPerClass, AgentTestCase):
     """A running MariaDB's datadir is never emptied nor received into, whatever the status command says."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-liveness-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"))
-        cls.sandbox.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
 
     def assertRefusedAndServing(self, agent, *evidence: str) -> None:
         self.assertRefused(agent, "refusing to", "MySQL is running", "mariadbd", *evidence)
@@ -138,25 +106,11 @@ class RunningServerTests(AgentTestCase):
         self.assertRefusedAndServing(agent, "MySQLServiceStatusCommand cannot reach its service manager")
 
 
-class DetectionTests(AgentTestCase):
+@requires_root("the MariaDB sandbox runs its server as root")
+class DetectionTests(SandboxPerClass, AgentTestCase):
     """Each sign of a server, alone, makes the agent refuse; a stale pid file does not."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-liveness-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"))
-        try:
-            cls.sandbox.start()  # once, so the datadir holds everything a server leaves behind
-            cls.sandbox.stop()
-        except BaseException:
-            shutil.rmtree(cls.directory)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
+    sandbox_running = False  # started once, so the datadir holds everything a server leaves behind
 
     def setUp(self):
         self.sandbox.install()  # again after the test that emptied the datadir
@@ -185,7 +139,7 @@ class DetectionTests(AgentTestCase):
         with open(self.sandbox.pid_file) as f:
             pid = int(f.read())
         os.unlink(self.sandbox.pid_file)
-        self.addCleanup(wait_gone, pid)
+        self.addCleanup(wait_for, lambda: not alive(pid), what=f"pid {pid} to end")
         self.addCleanup(self.sandbox.stop)
         agent = self.agent()  # no status command either
         self.assertRefused(agent, f"pid {pid} (/usr/sbin/mariadbd) has its working directory in the datadir")
@@ -212,12 +166,13 @@ class DetectionTests(AgentTestCase):
         for pid in (ended.pid, other.pid):
             with open(self.sandbox.pid_file, "w") as f:
                 f.write(f"{pid}\n")
-            self.assertEqual(get(self._agent, "mysql-status"), (200, False))
+            self.assertEqual(Orchestrator().answer(self._agent, "mysql-status"), (200, False))
         self.assertTrue(tree(self.sandbox.datadir))
-        self.assertEqual(get(self._agent, "delete-mysql-datadir"), (200, True))
+        self.assertEqual(Orchestrator().answer(self._agent, "delete-mysql-datadir"), (200, True))
         self.assertEqual(tree(self.sandbox.datadir), {})
 
 
+@requires_root("to run the probe as another user")
 class UnprivilegedProbeTests(SynchronousTestCase):
     """A probe that cannot read other users' processes cannot show a server stopped: unknown, never stopped."""
 
@@ -228,8 +183,6 @@ class UnprivilegedProbeTests(SynchronousTestCase):
              "print(json.dumps([findings.found, findings.unchecked]))\n")
 
     def test_as_nobody(self):
-        if os.geteuid() != 0:
-            raise SkipTest("needs root to run the probe as another user")
         datadir = tempfile.mkdtemp(prefix="orchagent-liveness-")
         self.addCleanup(os.rmdir, datadir)
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
@@ -242,6 +195,7 @@ class UnprivilegedProbeTests(SynchronousTestCase):
         self.assertEqual(decide(None, Findings(tuple(found), tuple(unchecked))).state, UNKNOWN)
 
 
+@requires_root("the MariaDB sandbox runs its server as root")
 class DevConfigTests(AgentTestCase):
     """``./run-agent``'s configuration works on a MariaDB of its own under .dev-state, never /var/lib/mysql."""
 
@@ -267,8 +221,8 @@ class DevConfigTests(AgentTestCase):
         with open(os.path.join(self.datadir, "mysql", "marker"), "w") as f:
             f.write("x")
         agent = self.dev_agent()
-        self.assertEqual(get(agent, "mysql-status"), (200, False))
-        self.assertEqual(get(agent, "delete-mysql-datadir"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, False))
+        self.assertEqual(Orchestrator().answer(agent, "delete-mysql-datadir"), (200, True))
         self.assertEqual(os.listdir(self.datadir), [])
         if host is not None:
             self.assertEqual(tree("/var/lib/mysql"), host)
@@ -287,8 +241,8 @@ class DevConfigTests(AgentTestCase):
             time.sleep(0.1)
         agent = self.dev_agent()
         before = tree(self.datadir)
-        code, body = get(agent, "delete-mysql-datadir")
+        code, body = Orchestrator().answer(agent, "delete-mysql-datadir")
         self.assertEqual(code, 409, body)
         self.assertIn("MySQLServiceStatusCommand exited 0", body["Message"])
         self.assertEqual(tree(self.datadir), before)
-        self.assertEqual(get(agent, "mysql-status"), (200, True))
+        self.assertEqual(Orchestrator().answer(agent, "mysql-status"), (200, True))

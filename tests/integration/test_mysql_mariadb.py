@@ -15,10 +15,7 @@ import tempfile
 import zlib
 from urllib.parse import quote
 
-from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import load_config
@@ -27,31 +24,23 @@ from orchagent.host.mysql import MySQL
 from orchagent.host.relaylog import ReplicationLogs
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
-from orchagent.token import Token
-from orchagent.web.resource import ApiResource, Guard
-from tests.support.mariadb import MariaDBSandbox
+from tests.support.deferreds import inline
+from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import mysql_routes
-from tests.support.storage import RecordingRunner, inline
-
-TOKEN = "ef" * 32
+from tests.support.root import requires_root
+from tests.support.routes import LiveClient
+from tests.support.sandbox import SandboxPerClass
 
 
 def unpack(text: str) -> bytes:
     return gzip.decompress(base64.b64decode(text))
 
 
-class MariaDBThroughTheAPITests(TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-mariadb-test-")
-        cls.sandbox = MariaDBSandbox(os.path.join(cls.directory, "server"), log_bin=True)
-        cls.sandbox.start()
+@requires_root("the MariaDB sandbox runs its server as root")
+class MariaDBThroughTheAPITests(SandboxPerClass, TestCase):
+    """The MySQL routes on a real MariaDB: service commands, option files, binlogs and relay logs, safe replay."""
 
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sandbox.is_running():
-            cls.sandbox.stop()
-        shutil.rmtree(cls.directory)
+    sandbox_options = {"log_bin": True}
 
     def setUp(self):
         if not self.sandbox.is_running():
@@ -63,20 +52,12 @@ class MariaDBThroughTheAPITests(TestCase):
             json.dump({**self.sandbox.config_values(),
                        "PostCopyCommand": f'touch {self.markers}/post-copy-"$ORCHAGENT_SOURCE_HOST"'}, f)
         config = load_config([config_file])
-        self.runner = RecordingRunner(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
+        self.runner = FakeRunner.around(ProcessRunner(reactor, default_timeout=60, kill_grace=1))
         self.mysql = MySQL(config, self.runner, reactor)
-        site = Site(ApiResource(mysql_routes(config, self.runner, reactor, self.mysql), Guard(token=Token(TOKEN)),
-                                reactor))
-        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        self.base = f"http://127.0.0.1:{listening.getHost().port}"
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        self.client = LiveClient(self, mysql_routes(config, self.runner, reactor, self.mysql), reactor)
 
     async def call(self, path: str, method: str = "GET", data: bytes | None = None):
-        url = self.base + path + ("&" if "?" in path else "?") + "token=" + TOKEN
-        response = await self.http.request(method, url, data=data)
-        body = await response.content()
-        return response.code, json.loads(body)
+        return await self.client.request(path, method, data)
 
     async def ok(self, path: str, method: str = "GET", data: bytes | None = None):
         code, body = await self.call(path, method, data)

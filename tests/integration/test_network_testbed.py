@@ -15,9 +15,10 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.netns import NetworkNamespace, network_namespace
-from tests.support.orchestrator import HostAgent, Orchestrator
+from testbed.agent import free_port, start_agent
+from testbed.netns import NetworkNamespace, network_namespace
+from testbed.orchestrator import HostAgent, Orchestrator
+from tests.support.root import requires_root
 
 MB = 1024 * 1024
 RATE_BYTES = 100 * 1000 * 1000 / 8  # 100mbit
@@ -28,12 +29,11 @@ def namespaces() -> list[str]:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
 
 
+@requires_root("network namespaces and qdiscs")
 class NetworkTestBedTests(SynchronousTestCase):
     """A 100 Mbit/s link between 127.0.0.1 and 127.0.0.2, used by socat and by two real agents."""
 
     def setUp(self):
-        if os.geteuid() != 0:
-            self.skipTest("network namespaces need root (CI runs as root)")
         self.directory = tempfile.mkdtemp(prefix="orchagent-netns-")
         self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
 

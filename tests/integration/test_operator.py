@@ -10,8 +10,9 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 import orchagent
-from tests.integration.test_daemon import AgentTestCase, plain_http, wait_for
-from tests.support.agent import REPO, free_port, start_agent, twistd_command
+from testbed.agent import REPO, free_port, start_agent, twistd_command
+from tests.support.agents import AgentTestCase, plain_http, wait_for
+from tests.support.root import requires_root
 
 MAX_COMMANDS = 3
 
@@ -138,12 +139,13 @@ class StartupTests(AgentTestCase):
         self.assertEqual((result.returncode, result.stdout), (0, f"orchagent {orchagent.__version__}\n"))
 
 
+@requires_root("a namespace to give twistd its own host name and /etc/hosts")
 class RegisteredNameTests(AgentTestCase):
     """Without AgentHostname the agent never registers a loopback name (needs root for namespaces)."""
 
     def setUp(self):
-        if os.geteuid() != 0 or not shutil.which("unshare"):
-            self.skipTest("needs root and unshare to give twistd its own host name and /etc/hosts")
+        if not shutil.which("unshare"):
+            self.skipTest("needs unshare (util-linux) to give twistd its own host name and /etc/hosts")
 
     async def test_fqdn_on_loopback_falls_back_to_the_kernel_host_name(self):
         fake, url = self.orchestrator()

@@ -1,13 +1,12 @@
 """ProcessRunner against real processes: process groups, literal arguments, bounded output."""
 
-import functools
 import os
 import resource
 import signal
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -16,25 +15,10 @@ from orchagent import logs
 from orchagent.commands import CommandFailed, CommandTimedOut
 from orchagent.errors import AgentError, Busy
 from orchagent.process import ProcessRunner
+from testbed.waiting import alive
+from tests.support.deferreds import inline
 
 GRACE = 0.5  # short SIGTERM grace so the SIGKILL paths stay fast
-
-
-def inline(coroutine_function):
-    """Let a trial test be written as ``async def`` (trial on Twisted 22.4 wants a Deferred)."""
-    @functools.wraps(coroutine_function)
-    def test(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-    return test
-
-
-def running(pid: int) -> bool:
-    """Whether pid is a live process (a zombie is not: PID 1 here may never reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
 
 
 async def pids_from(path: str, count: int) -> list[int]:
@@ -54,6 +38,8 @@ STUBBORN_TREE = 'trap "" TERM; sleep 1000 & echo $$ > "$1"; echo $! >> "$1"; wai
 
 
 class ProcessRunnerTests(TestCase):
+    """ProcessRunner on real processes: whole groups die on timeout or cancel, literal arguments, bounded output."""
+
     def setUp(self):
         self.dir = self.mktemp()
         os.makedirs(self.dir)
@@ -73,9 +59,9 @@ class ProcessRunnerTests(TestCase):
         d = runner.run(["bash", "-c", 'sleep 1000 & echo $! > "$1"; wait', "test", pid_file],
                        name="create-snapshot")
         [sleeper] = await pids_from(pid_file, 1)
-        self.assertTrue(running(sleeper))
+        self.assertTrue(alive(sleeper))
         failure = await self.assertFailure(d, CommandTimedOut)
-        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the timeout")
+        self.assertFalse(alive(sleeper), "the backgrounded grandchild survived the timeout")
         self.assertTrue(failure.result.timed_out)
         self.assertEqual(str(failure), "create-snapshot timed out after 1 s and was killed "
                                        "with its process group")
@@ -97,7 +83,7 @@ class ProcessRunnerTests(TestCase):
                             name="SendSeedDataCommand", idle_timeout=0.5)
         [sleeper] = await pids_from(pid_file, 1)
         failure = await self.assertFailure(d, CommandTimedOut)
-        self.assertFalse(running(sleeper), "the backgrounded grandchild survived the idle timeout")
+        self.assertFalse(alive(sleeper), "the backgrounded grandchild survived the idle timeout")
         result = failure.result
         self.assertEqual((result.timed_out, result.idle, result.stdout), (True, True, b"started\n"))
         self.assertEqual(str(failure), "SendSeedDataCommand printed nothing for 0.5 s and was killed "
@@ -136,7 +122,7 @@ class ProcessRunnerTests(TestCase):
         d.cancel()
         await self.assertFailure(d, CancelledError)
         await self.runner.stop_all()  # waits for the group the cancel is killing
-        self.assertEqual([pid for pid in pids if running(pid)], [])
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
 
     @inline
     async def test_terminate_fires_once_the_whole_group_is_gone(self):
@@ -146,7 +132,7 @@ class ProcessRunnerTests(TestCase):
         self.assertEqual(pids[0], command.pid)
         started = time.monotonic()
         await command.terminate()
-        self.assertEqual([pid for pid in pids if running(pid)], [])
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
         self.assertGreaterEqual(time.monotonic() - started, GRACE)  # TERM was not enough
         failure = await self.assertFailure(command.result, CommandFailed)
         self.assertEqual(failure.result.signal, signal.SIGKILL)
@@ -163,7 +149,7 @@ class ProcessRunnerTests(TestCase):
         self.addCleanup(os.kill, escaped, signal.SIGKILL)
         await command.terminate()
         self.assertEqual((await command.result).signal, signal.SIGTERM)
-        self.assertTrue(running(escaped))  # another session's process is not ours to kill
+        self.assertTrue(alive(escaped))  # another session's process is not ours to kill
 
     @inline
     async def test_stop_all_terminates_every_running_command(self):
@@ -176,7 +162,7 @@ class ProcessRunnerTests(TestCase):
                                    check=False)
         await pids_from(ready, 2)
         await self.runner.stop_all()
-        self.assertFalse(running(first.pid) or running(second.pid))
+        self.assertFalse(alive(first.pid) or alive(second.pid))
         failure = await self.assertFailure(first.result, CommandFailed)
         self.assertEqual(str(failure), f"sleep was killed by signal {int(signal.SIGTERM)}")
         self.assertEqual((await second.result).signal, signal.SIGTERM)
@@ -193,7 +179,7 @@ class ProcessRunnerTests(TestCase):
         self.addCleanup(os.kill, daemon, signal.SIGKILL)
         await command.terminate()
         await self.runner.stop_all()
-        self.assertTrue(running(daemon))
+        self.assertTrue(alive(daemon))
 
     # -- arguments ---------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from orchagent.seed.protocol import HEADER, Kind, TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
 from orchagent.tls import client_creator, seed_server_options
-from tests.support.pki import CertificateAuthority
+from testbed.pki import CertificateAuthority
+from tests.support.deferreds import inline
 from tests.support.seed_mitm import RewritingRelay
 from tests.support.seed_trees import build_tree
-from tests.support.storage import inline
 
 SECRET = b"correct horse battery staple"
 MARKER = b"the row as the source wrote it. "

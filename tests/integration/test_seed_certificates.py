@@ -14,16 +14,18 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import HostAgent, Orchestrator
-from tests.support.pki import CertificateAuthority
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.pki import CertificateAuthority
+from testbed.seeding import SOURCE_ADDRESS, TARGET_ADDRESS
 from tests.support.seed_trees import build_tree, describe_tree
 
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 AGENTS_OU = "mysql-agents"
 
 
 class SeedCertificateTests(SynchronousTestCase):
+    """Agents with TLS certificates seed without a shared secret, and a source without the allowed OU is refused."""
+
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="orchagent-seed-certificates-")
         self.addCleanup(shutil.rmtree, self.directory, True)

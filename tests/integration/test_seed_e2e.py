@@ -22,12 +22,12 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import STATUS_POLL, HostAgent, Orchestrator
-from tests.support.seeding import (
-    SeedSource, SeedTarget, table_checksums, transfer_settings)
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
+from testbed.seeding import (
+    SOURCE_ADDRESS, TARGET_ADDRESS, SeedSource, SeedTarget, table_checksums, transfer_settings)
+from tests.support.root import requires_root
 
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 POLL = [command for command, _, _ in STATUS_POLL]
 # orchestrator sleeps 30 s between copy rounds.  Much less than the agent's 5 s mysql-du cache
 # would let its 10-rounds-without-progress rule end a seed that is merely slow (a busy disk).
@@ -45,7 +45,10 @@ tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
 """
 
 
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
 class SeedEndToEndTests(SynchronousTestCase):
+    """A whole seed between real agents and MariaDB servers (built in, and socat/tar), driven as orchestrator does."""
+
     @classmethod
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-e2e-")

@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import tempfile
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.support.agent import free_port, start_agent
-from tests.support.btrfs import btrfs_filesystem
-from tests.support.orchestrator import BAILING_OUT, BOOL, HostAgent, Orchestrator, SeedRun
-from tests.support.seed_link import SlowLink
-from tests.support.seeding import (
-    SeedSource, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
+from orchagent.ctl.sequence import BAILING_OUT
+from testbed.btrfs import btrfs_filesystem
+from testbed.orchestrator import BOOL, HostAgent, Orchestrator, SeedRun
+from testbed.seeding import (
+    SOURCE_ADDRESS, TARGET_ADDRESS, SeedTarget, entries_outside_staging, table_checksums, transfer_settings,
     tree_listing, write_ballast)
+from testbed.waiting import wait_for
+from tests.support.linked_seeds import LinkedSeedTestCase
+from tests.support.root import requires_root
 
-SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 SECRET = "failure tests' shared secret"
 MB = 1024 * 1024
 BALLAST_BYTES = 96 * MB
@@ -41,16 +39,6 @@ TARGET_STALL_SECONDS = 3
 # orchestrator sleeps 30 s between copy rounds; with 1 s, its 10-rounds-without-progress rule still
 # leaves a seed about 10 s to fail for the reason under test.
 POLL_SECONDS = 1
-
-
-def wait_for(condition, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class BackgroundSeed:
@@ -78,24 +66,16 @@ class BackgroundSeed:
         return self._result[0]
 
 
-class SeedFailureTests(SynchronousTestCase):
+@requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
+class SeedFailureTests(LinkedSeedTestCase):
+    """Every failed seed ends completed-not-succeeded, nothing partial left on the target, the source untouched."""
+
+    source_options = {"size_mb": 400, "rows": 1000, "ballast_bytes": BALLAST_BYTES}
+    link_rate = LINK_RATE
+
     @classmethod
-    def setUpClass(cls):
-        cls.directory = tempfile.mkdtemp(prefix="orchagent-seed-failures-")
-        cls.agents = []
-        cls.source = SeedSource(cls.directory, size_mb=400, rows=1000, ballast_bytes=BALLAST_BYTES)
+    def build(cls):
         cls.source_checksums = cls.source.checksums
-        try:
-            cls._build()
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def _build(cls):
-
-        cls.target_seed_port = free_port(TARGET_ADDRESS)
-        cls.link = SlowLink(TARGET_ADDRESS, cls.target_seed_port, rate=LINK_RATE)
         cls.source_agent = cls.start_source_agent(SECRET)
         cls.target_dir = os.path.join(cls.directory, "target")
         cls.target_agent = cls.start_target_agent(SeedTarget(cls.target_dir))
@@ -109,14 +89,6 @@ class SeedFailureTests(SynchronousTestCase):
         cls.seed_ids = iter(range(100, 200))
 
     @classmethod
-    def start_agent(cls, settings: dict, address: str, directory: str | None = None) -> HostAgent:
-        """Stopped at the end of the class (a test may kill one earlier)."""
-        agent = start_agent(settings, address=address,
-                            directory=directory or tempfile.mkdtemp(dir=cls.directory, prefix="agent-"))
-        cls.agents.append(agent)
-        return HostAgent.of(agent)
-
-    @classmethod
     def start_source_agent(cls, secret: str) -> HostAgent:
         """The source sends to the link, which forwards to the target's seed port."""
         return cls.start_agent({**cls.source.settings(), **transfer_settings(cls.link.port, secret)}, SOURCE_ADDRESS)
@@ -126,20 +98,6 @@ class SeedFailureTests(SynchronousTestCase):
         settings = {**target.settings(), **extra,
                     **transfer_settings(cls.target_seed_port, SECRET, SeedStallTimeoutSeconds=TARGET_STALL_SECONDS)}
         return cls.start_agent(settings, TARGET_ADDRESS, directory)
-
-    @classmethod
-    def running_agent(cls, host: HostAgent):
-        return next(agent for agent in cls.agents if agent.port == host.port)
-
-    @classmethod
-    def tearDownClass(cls):
-        for agent in getattr(cls, "agents", []):
-            if agent.process.poll() is None:
-                agent.stop()
-        if hasattr(cls, "link"):
-            cls.link.close()
-        cls.source.destroy()
-        shutil.rmtree(cls.directory, ignore_errors=True)
 
     def setUp(self):
         self.orchestrator = Orchestrator()

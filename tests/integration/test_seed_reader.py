@@ -19,6 +19,8 @@ def resident_bytes(path: str) -> int:
 
 
 class SourcePageCacheTests(SynchronousTestCase):
+    """What a seed reads on the source does not stay in the page cache."""
+
     def test_what_a_seed_reads_leaves_the_page_cache(self):
         source = self.mktemp()
         os.makedirs(source)

@@ -27,20 +27,22 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.seeding import SeedTarget, transfer_settings
 from tests.support import datadir_attacker
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import HostAgent, Orchestrator
+from tests.support.deferreds import inline
+from tests.support.root import root_skip_reason
 from tests.support.seed_trees import build_tree, describe_tree
-from tests.support.seeding import SeedTarget, transfer_settings
-from tests.support.storage import inline
 
 SECRET = b"receive safety"
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
 def mysql_user() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        raise SkipTest("needs root: the receiver must be root and the attacker another user")
+    reason = root_skip_reason("the receiver must be root and the attacker another user")
+    if reason:
+        raise SkipTest(reason)
     for name in ("mysql", "nobody"):
         try:
             return pwd.getpwnam(name)

@@ -26,9 +26,9 @@ from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
 from orchagent.seed.throttle import minimum_rate
 from orchagent.tls import client_creator, seed_server_options
-from tests.support.agent import free_port, start_agent
-from tests.support.orchestrator import HostAgent, Orchestrator
-from tests.support.pki import CertificateAuthority
+from testbed.agent import free_port, start_agent
+from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.pki import CertificateAuthority
 from tests.support.storage import inline
 
 MB = 1024 * 1024

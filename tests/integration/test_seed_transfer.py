@@ -19,15 +19,17 @@ from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
 from orchagent.tls import client_creator, seed_server_options
-from tests.support.pki import CertificateAuthority
+from testbed.pki import CertificateAuthority
+from tests.support.deferreds import inline
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
-from tests.support.storage import inline
 
 SECRET = b"correct horse battery staple"
 AGENTS_OU = "mysql-agents"
 
 
 class SeedTransferTests(TestCase):
+    """The built-in transfer on loopback: trees arrive identical, and only an authenticated, armed sender gets in."""
+
     timeout = 60
 
     async def _listen(self, secret: bytes = SECRET, stall_timeout: float = 10, tls=None, sender_ous=()) -> int:

@@ -12,14 +12,19 @@ from orchagent.graph import make_host, storage_api
 from orchagent.host.mysql import MySQL
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
-from tests.support.btrfs import btrfs_filesystem
-from tests.support.mariadb import MariaDBSandbox
-from tests.support.storage import LiveClient, inline
+from testbed.btrfs import btrfs_filesystem
+from testbed.mariadb import MariaDBSandbox
+from tests.support.deferreds import inline
+from tests.support.root import requires_root
+from tests.support.routes import LiveClient, routes_for
 
 FILTER = "mysql-snap-"
 
 
+@requires_root("a btrfs file system on a loop device; a MariaDB sandbox")
 class BtrfsSnapshotTests(TestCase):
+    """The btrfs backend on a real loop device: snapshot lifecycle through the API; non-snapshots are not listed."""
+
     def setUp(self):
         self.fs = btrfs_filesystem(self)
         self.sandbox = MariaDBSandbox(self.fs.subvolume("mysql"))
@@ -32,7 +37,7 @@ class BtrfsSnapshotTests(TestCase):
         runner = ProcessRunner(reactor, default_timeout=60)
         self.addCleanup(runner.stop_all)
         host = make_host(config, runner, reactor, MySQL(config, runner, reactor), in_thread=thread_runner(reactor))
-        self.client = LiveClient(self, storage_api(config, host), reactor)
+        self.client = LiveClient(self, routes_for(storage=storage_api(config, host)), reactor)
 
     async def get_ok(self, path):
         code, body = await self.client.get(path)

@@ -10,10 +10,16 @@ from orchagent.config import Config
 from orchagent.graph import make_host, storage_api
 from orchagent.host.datadir import empty_directory
 from orchagent.threads import thread_runner
-from tests.support.storage import LiveClient, StubMySQL, inline
+from tests.support.deferreds import inline
+from tests.support.root import requires_root
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 
+@requires_root("a tmpfs mounted inside the datadir")
 class MountBoundaryTests(TestCase):
+    """Emptying a datadir never crosses into a file system mounted inside it."""
+
     def setUp(self):
         self.datadir = os.path.abspath(self.mktemp())
         self.inner = os.path.join(self.datadir, "db", "binlogs")
@@ -35,7 +41,7 @@ class MountBoundaryTests(TestCase):
         mysql = StubMySQL(self.datadir)
         config = Config()
         host = make_host(config, None, reactor, mysql, in_thread=thread_runner(reactor))
-        client = LiveClient(self, storage_api(config, host), reactor)
+        client = LiveClient(self, routes_for(storage=storage_api(config, host)), reactor)
         mysql.running = True
         self.assertEqual((await client.get("/api/delete-mysql-datadir"))[0], 409)
         self.assertTrue(os.path.exists(os.path.join(self.datadir, "ibdata1")))

@@ -12,8 +12,11 @@ from orchagent.config import Config
 from orchagent.graph import make_host, storage_api
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
+from tests.support.deferreds import inline
 from tests.support.fake_lvm import FakeLvm
-from tests.support.storage import LiveClient, RecordingRunner, StubMySQL, inline
+from tests.support.fake_runner import FakeRunner
+from tests.support.routes import LiveClient, routes_for
+from tests.support.storage import StubMySQL
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"
@@ -21,6 +24,8 @@ LVS = ["lvs", "--noheading", "-o", "lv_name,vg_name,lv_path,snap_percent"]
 
 
 class LvmTestsBase(TestCase):
+    """The storage routes served for real with the fake LVM tools as executables on the runner's PATH."""
+
     def setUp(self):
         self.tmp = os.path.abspath(self.mktemp())
         self.mount_point = os.path.join(self.tmp, "mount")
@@ -31,16 +36,18 @@ class LvmTestsBase(TestCase):
         self.lvm = FakeLvm(os.path.join(self.tmp, "host"))
         runner = ProcessRunner(reactor, default_timeout=20, environ=self.lvm.environ())
         self.addCleanup(runner.stop_all)
-        self.runner = RecordingRunner(runner)
+        self.runner = FakeRunner.around(runner)
         config = Config(snapshot_mount_point=self.mount_point, snapshot_volumes_filter="-snap-",
                         create_snapshot_command="touch created")
         self.mysql = StubMySQL(self.datadir)
         host = make_host(config, self.runner, reactor, self.mysql, in_thread=thread_runner(reactor),
                          mountinfo_path=self.lvm.mountinfo_path)
-        self.client = LiveClient(self, storage_api(config, host), reactor)
+        self.client = LiveClient(self, routes_for(storage=storage_api(config, host)), reactor)
 
 
 class LvmFlowTests(LvmTestsBase):
+    """Orchestrator's seed-source sequence on LVM with real processes: integers on the wire, tool errors as 502."""
+
     @inline
     async def test_orchestrator_seed_source_sequence(self):
         """lvs-snapshots, mountlv of the first, mount, umount, then removelv: exact argv and V1 JSON."""

@@ -6,8 +6,9 @@ prints, starting from the recorded fixture; a mountinfo file) and writes executa
 outputs, change that state as the real tools would, and append their argv (JSON, one line per
 call) to ``directory/argv.log``.  Put ``bin`` first on the runner's PATH with :meth:`environ`.
 
-``FakeRunner`` runs the same tools in-process (plus ``du``/``df`` replaying their fixtures) for
-unit tests that may not spawn processes; configured commands answer from a dict.
+:meth:`FakeLvm.run_in_process` runs the same tools in-process (plus ``du``/``df`` replaying their
+fixtures): the ``tool`` of a ``tests.support.fake_runner.FakeRunner`` in unit tests that may not spawn
+processes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import os
 import stat
 import sys
 
-from twisted.internet.defer import fail, succeed
-
-from orchagent.commands import CommandFailed, CommandResult
 from tests.support.fake_lvm_tools import REPO, TOOLS, fixture, run_tool
 
 
 class FakeLvm:
+    """The state of a small LVM host in a directory, and executables that change it as the real tools would."""
+
     def __init__(self, directory: str, file_systems: dict[str, str] | None = None):
         """``file_systems``: LV path -> what blkid reports (default xfs; "" for none)."""
         self.directory = directory
@@ -53,47 +53,17 @@ class FakeLvm:
         with open(self.log_path) as f:
             return [json.loads(line) for line in f]
 
+    def run_in_process(self, argv: list[str]) -> tuple[int, str, str]:
+        """The ``tool`` of a `FakeRunner`: these tools in-process, ``du``/``df`` replaying their fixtures."""
+        tool = argv[0]
+        if tool == "du":
+            return 0, fixture("du-sb.txt").replace("/var/lib/mysql", argv[-1]), ""
+        if tool == "df":
+            return 0, fixture("df-PT-B1.txt"), ""
+        if tool in TOOLS:
+            return run_tool(self.directory, argv)
+        return 127, "", f"{tool}: not faked\n"
+
     def _write(self, name: str, text: str) -> None:
         with open(os.path.join(self.directory, name), "w") as f:
             f.write(text)
-
-
-class FakeRunner:
-    """The ProcessRunner API, in-process: fake LVM tools, fixture ``du``/``df``, canned configured commands.
-
-    ``configured`` maps a config key to ``(exit code, stdout)``.  ``commands`` records every argv
-    (and ``["configured", name, *args]``) it was asked to run.
-    """
-
-    def __init__(self, lvm: FakeLvm, configured: dict[str, tuple[int, str]] | None = None):
-        self._lvm = lvm
-        self.configured = configured or {}
-        self.commands: list[list[str]] = []
-
-    def run(self, argv, *, name=None, check=True, **options):
-        argv = list(argv)
-        self.commands.append(argv)
-        tool = argv[0]
-        if tool == "du":
-            code, out, err = 0, fixture("du-sb.txt").replace("/var/lib/mysql", argv[-1]), ""
-        elif tool == "df":
-            code, out, err = 0, fixture("df-PT-B1.txt"), ""
-        elif tool in TOOLS:
-            code, out, err = run_tool(self._lvm.directory, argv)
-        else:
-            code, out, err = 127, "", f"{tool}: not faked\n"
-        return self._result(name or tool, argv, code, out, err, check)
-
-    def run_configured(self, command, args=(), *, name, check=True, **options):
-        self.commands.append(["configured", name, *args])
-        code, out = self.configured.get(name, (0, ""))
-        return self._result(name, ["bash", "-c", command, *args], code, out, "", check)
-
-    @staticmethod
-    def _result(name, argv, code, out, err, check):
-        result = CommandResult(name=name, argv=tuple(argv), exit_code=code, signal=None,
-                               stdout=out.encode(), stderr=err.encode(), stdout_truncated=False,
-                               timed_out=False)
-        if check and code != 0:
-            return fail(CommandFailed(result))
-        return succeed(result)

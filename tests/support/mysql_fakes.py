@@ -1,24 +1,21 @@
-"""Test doubles for the MySQL host layer: synthetic binlogs, a recording process runner, an
-inline "thread pool", and the route table with only the MySQL section live."""
+"""Test doubles for the MySQL host layer: synthetic binlogs, an inline "thread pool", a liveness probe,
+and the route table with only the MySQL section live (the process runner is ``fake_runner.FakeRunner``)."""
 
 from __future__ import annotations
 
 import os
 import zlib
 
-import attrs
-from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from orchagent.commands import CommandFailed, CommandResult, CommandTimedOut
 from orchagent.graph import make_host, mysql_api
 from orchagent.host.liveness import Findings
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import SeedStore
 from orchagent.threads import thread_runner
-from orchagent.web.routes import route_table
 from orchagent.web.seedapi import SeedAPI
+from tests.support.routes import NotUnderTest, routes_for
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -81,62 +78,6 @@ class InlineThreadsReactor(Clock):
         function(*args, **kwargs)
 
 
-@attrs.frozen
-class Call:
-    name: str
-    argv: tuple[str, ...]
-    options: dict
-
-
-class FakeRunner:
-    """Records every command; answers with ``stdout[name]``, ``stderr[name]`` and ``exit_codes[name]``
-    (default 0); the commands named in ``timeouts`` time out.
-
-    ``stdin_seen[name]`` keeps what a ``stdin_path`` held when the command "ran".
-    """
-
-    def __init__(self, stdout: dict[str, bytes] | None = None, exit_codes: dict[str, int] | None = None,
-                 stderr: dict[str, bytes] | None = None, timeouts: tuple[str, ...] = ()):
-        self.stdout = stdout or {}
-        self.exit_codes = exit_codes or {}
-        self.stderr = stderr or {}  # name -> bytes, or a function of what stdin held
-        self.timeouts = timeouts
-        self.calls: list[Call] = []
-        self.stdin_seen: dict[str, bytes] = {}
-
-    def names(self) -> list[str]:
-        return [call.name for call in self.calls]
-
-    def run(self, argv, *, name=None, **options):
-        return self._answer(name or os.path.basename(argv[0]), tuple(argv), options)
-
-    def run_configured(self, command, args=(), *, name, **options):
-        return self._answer(name, ("bash", "-c", command, "orchagent", *args), options)
-
-    def _answer(self, name, argv, options):
-        self.calls.append(Call(name, argv, options))
-        if options.get("stdin_path"):
-            with open(options["stdin_path"], "rb") as f:
-                self.stdin_seen[name] = f.read()
-        stderr = self.stderr.get(name, b"")
-        if callable(stderr):
-            stderr = stderr(self.stdin_seen.get(name, b""))
-        stdout = self.stdout.get(name, b"")
-        if options.get("stdout_path"):
-            with open(options["stdout_path"], "ab") as f:
-                f.write(stdout)
-            stdout = b""
-        timed_out = name in self.timeouts
-        result = CommandResult(name=name, argv=argv, exit_code=None if timed_out else self.exit_codes.get(name, 0),
-                               signal=15 if timed_out else None, stdout=stdout, stderr=stderr,
-                               stdout_truncated=False, timed_out=timed_out, timeout=5.0)
-        if timed_out:
-            return fail(CommandTimedOut(result))
-        if not result.ok and options.get("check", True):
-            return fail(CommandFailed(result))
-        return succeed(result)
-
-
 class FakeProbe:
     """Stands in for :func:`orchagent.host.liveness.probe`: answers ``findings``, keeps where it looked."""
 
@@ -149,19 +90,6 @@ class FakeProbe:
         return self.findings
 
 
-class _OtherSections:
-    """Handlers of the non-MySQL API sections: present so the route table builds, never called
-    (except those given, such as the seeds' post-copy that runs MySQL's PostCopyCommand)."""
-
-    def __init__(self, **handlers):
-        self.__dict__.update(handlers)
-
-    def __getattr__(self, name):
-        async def handler(req):
-            raise AssertionError(f"{name} is not part of the MySQL tests")
-        return handler
-
-
 def mysql_routes(config, runner, reactor, mysql):
     """The real route table with the MySQL section live over ``mysql``, wired as the agent wires it,
     and post-copy through a seed manager no seed ever came to."""
@@ -169,7 +97,4 @@ def mysql_routes(config, runner, reactor, mysql):
     seeds = SeedManager(config=config, reactor=reactor, mysql=mysql, snapshots=host.snapshots, eraser=host.datadir,
                         disk=host.disk, runner=runner, store=SeedStore(config.state_directory),
                         defer_to_thread=thread_runner(reactor))
-    other = _OtherSections()
-    seed_section = _OtherSections(post_copy=SeedAPI(seeds).post_copy)
-    return route_table(other, other, mysql_api(config, host), seed_section, "/api/status",
-                       apply_relaylog_max_bytes=0)  # the body limit is web.site's, not under test here
+    return routes_for(mysql=mysql_api(config, host), seeds=NotUnderTest(post_copy=SeedAPI(seeds).post_copy))

@@ -12,13 +12,15 @@ import shutil
 import subprocess
 import tempfile
 
+from tests.support.root import IS_ROOT, root_skip_reason
+
 MYSQL_USER = "mysql"
 
 
 def skip_reason() -> str | None:
     """Why attacks by the mysql user cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (to act as the mysql user and to run the agent as root)"
+    if not IS_ROOT:
+        return root_skip_reason("to act as the mysql user and to run the agent as root")
     try:
         pwd.getpwnam(MYSQL_USER)
     except KeyError:

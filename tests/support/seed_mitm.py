@@ -21,11 +21,14 @@ import socket
 import threading
 
 from orchagent.seed.protocol import HEADER, Kind
+from testbed.seed_link import close_socket
 
 _DATA_OFFSET_BYTES = 8
 
 
 class RewritingRelay:
+    """Passes the handshake on, rewrites file data and forges v1 checksums in the stream (see the module)."""
+
     def __init__(self, upstream_port: int, old: bytes, new: bytes, address: str = "127.0.0.1") -> None:
         if len(old) != len(new):
             raise ValueError("the replacement must keep the data's length")
@@ -41,7 +44,7 @@ class RewritingRelay:
     def close(self) -> None:
         self._listener.close()
         for s in self._sockets:
-            _close(s)
+            close_socket(s)
         for thread in self._threads:
             thread.join(10)
 
@@ -68,7 +71,7 @@ class RewritingRelay:
                 writer.sendall(HEADER.pack(kind, len(payload)) + payload)
             writer.shutdown(socket.SHUT_WR)
         except OSError:
-            _close(writer)
+            close_socket(writer)
 
     def _rewrite(self, reader: socket.socket, writer: socket.socket) -> None:
         """Sender to receiver: AUTH untouched, then every frame parsed and maybe rewritten."""
@@ -94,7 +97,7 @@ class RewritingRelay:
                 writer.sendall(HEADER.pack(kind, len(payload)) + payload)
             writer.shutdown(socket.SHUT_WR)
         except OSError:
-            _close(writer)
+            close_socket(writer)
 
 
 def _read_frame(reader: socket.socket) -> tuple[int, bytes] | None:
@@ -118,11 +121,3 @@ def _read_exactly(reader: socket.socket, count: int) -> bytes | None:
             return None
         buffer += data
     return bytes(buffer)
-
-
-def _close(s: socket.socket) -> None:
-    for end in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
-        try:
-            end()
-        except OSError:
-            pass

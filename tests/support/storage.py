@@ -1,22 +1,10 @@
-"""Stand-ins and a client for testing the storage routes through the real route table and resource."""
+"""Stand-ins for the storage layer's collaborators: MySQL as storage and seeds see it, and work "on a thread"."""
 
 from __future__ import annotations
 
-import functools
-import json
-
-from treq.client import HTTPClient
-from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
+from twisted.internet.defer import maybeDeferred
 
 from orchagent.errors import AgentError, Conflict
-from orchagent.token import Token
-from orchagent.web.resource import ApiResource, Guard
-from orchagent.web.routes import route_table
-
-TOKEN = "cd" * 32
 
 
 class StubMySQL:
@@ -39,85 +27,6 @@ class StubMySQL:
             raise Conflict(f"refusing to {action}: MySQL is running (stand-in)")
 
 
-def inline(coroutine_function):
-    """Let a trial test be written as ``async def`` (trial on Twisted 22.4 wants a Deferred)."""
-    @functools.wraps(coroutine_function)
-    def test(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-    return test
-
-
-class RecordingRunner:
-    """A real ProcessRunner that also remembers what it was asked to run."""
-
-    def __init__(self, runner):
-        self._runner = runner
-        self.commands: list[list[str]] = []
-
-    def run(self, argv, **options):
-        self.commands.append(list(argv))
-        return self._runner.run(argv, **options)
-
-    def run_configured(self, command, args=(), *, name, **options):
-        self.commands.append(["configured", name, *args])
-        return self._runner.run_configured(command, args, name=name, **options)
-
-
-class _NotUnderTest:
-    """Handlers of the other API sections: present so the route table builds, never called here."""
-
-    def __getattr__(self, name):
-        async def handler(req):
-            raise AgentError(f"{name} is not part of the storage tests")
-        return handler
-
-
 def sync_thread(function, *args):
     """``defer_to_thread`` for unit tests: run at once, on this thread."""
     return maybeDeferred(function, *args)
-
-
-def storage_routes(storage):
-    other = _NotUnderTest()
-    return route_table(other, storage, other, other, "/api/status",
-                       apply_relaylog_max_bytes=0)  # the body limit is web.site's, not under test here
-
-
-def storage_resource(storage, clock) -> ApiResource:
-    return ApiResource(storage_routes(storage), Guard(token=Token(TOKEN)), clock)
-
-
-def with_token(path: str) -> str:
-    return path + ("&" if "?" in path else "?") + "token=" + TOKEN
-
-
-class SyncClient:
-    """GETs through StubTreq for SynchronousTestCase: every handler must finish synchronously."""
-
-    def __init__(self, testcase, storage, clock):
-        self._testcase = testcase
-        self._treq = StubTreq(storage_resource(storage, clock))
-
-    def get(self, path: str) -> tuple[int, object]:
-        response = self._testcase.successResultOf(self._treq.get("http://agent" + with_token(path)))
-        body = self._testcase.successResultOf(self._treq.content(response))
-        return response.code, json.loads(body)
-
-
-class LiveClient:
-    """The storage routes served on 127.0.0.1 by a real Site, for trial TestCases on the real reactor."""
-
-    def __init__(self, testcase, storage, reactor):
-        site = Site(storage_resource(storage, reactor))
-        site.noisy = False
-        self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self._client = HTTPClient(Agent(reactor, pool=pool))
-        testcase.addCleanup(self._port.stopListening)
-        testcase.addCleanup(pool.closeCachedConnections)
-
-    async def get(self, path: str) -> tuple[int, object]:
-        url = f"http://127.0.0.1:{self._port.getHost().port}" + with_token(path)
-        response = await self._client.get(url.encode("ascii"))
-        body = await response.content()
-        return response.code, json.loads(body)

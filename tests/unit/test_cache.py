@@ -7,10 +7,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.cache import ShortCache
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
-from tests.support.mysql_fakes import FakeRunner, InlineThreadsReactor
+from tests.support.deferreds import Settling
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import InlineThreadsReactor
 
 
 class ShortCacheTests(SynchronousTestCase):
+    """ShortCache shares one computation among callers, answers stale while refreshing and forgets on invalidate."""
+
     def setUp(self):
         self.clock = Clock()
         self.cache = ShortCache(self.clock, fresh_seconds=5, stale_seconds=60)
@@ -65,17 +69,19 @@ class ShortCacheTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(after), "new")
 
 
-class MySQLFactsTests(SynchronousTestCase):
+class MySQLFactsTests(Settling, SynchronousTestCase):
+    """The datadir and port are asked of their commands once, and again after a service command."""
+
     def test_poll_facts_run_their_commands_once_until_service_changes(self):
         runner = FakeRunner({"MySQLDatadirCommand": b"/var/lib/mysql\n", "MySQLPortCommand": b"3306\n"})
         mysql = MySQL(Config(mysql_datadir_command="d", mysql_port_command="p", mysql_service_stop_command="s"),
                       runner, InlineThreadsReactor())
 
         def facts():
-            return [self.successResultOf(Deferred.fromCoroutine(c)) for c in (mysql.datadir(), mysql.port())]
+            return [self.settle(c) for c in (mysql.datadir(), mysql.port())]
 
         self.assertEqual(facts() + facts(), ["/var/lib/mysql", 3306] * 2)
         self.assertEqual(runner.names(), ["MySQLDatadirCommand", "MySQLPortCommand"])
-        self.successResultOf(Deferred.fromCoroutine(mysql.stop()))
+        self.settle(mysql.stop())
         facts()
         self.assertEqual(runner.names().count("MySQLDatadirCommand"), 2)

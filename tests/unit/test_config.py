@@ -10,6 +10,8 @@ from orchagent.config import Config, ConfigError, config_keys, load_config
 
 
 class ConfigTests(SynchronousTestCase):
+    """Config loads V1 files unchanged and reports every bad key in one line naming file, key and problem."""
+
     def write(self, document, name="agent.conf.json"):
         directory = self.mktemp()
         os.makedirs(directory)

@@ -21,6 +21,7 @@ from orchagent.ctl.client import AgentAddress, AgentClient, CtlError, HttpStatus
 from orchagent.ctl.seed import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SeedRunner
 from orchagent.ctl.sequence import (
     BAILING_OUT, CLEANUP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State)
+from tests.support.deferreds import Settling
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -169,7 +170,7 @@ class FakeApi(Resource):
         return json.dumps(body).encode()
 
 
-class ClientTests(SynchronousTestCase):
+class ClientTests(Settling, SynchronousTestCase):
     """The token travels as ?token=, answers decode, every failure is one line without the token."""
 
     def client(self, answers: dict, token: str = TOKEN) -> tuple[AgentClient, FakeApi, Clock]:
@@ -177,10 +178,10 @@ class ClientTests(SynchronousTestCase):
         return AgentClient(StubTreq(api), AgentAddress("db1"), token, timeout=5, clock=clock), api, clock
 
     def result(self, client: AgentClient, path: str, query=()):
-        return self.successResultOf(Deferred.fromCoroutine(client.get(path, query)))
+        return self.settle(client.get(path, query))
 
     def failure(self, client: AgentClient, path: str) -> CtlError:
-        return self.failureResultOf(Deferred.fromCoroutine(client.get(path)), CtlError).value
+        return self.fail_with(client.get(path), CtlError)
 
     def test_answer_and_token(self):
         client, api, _ = self.client({"mountlv": (200, {"IsMounted": True})})
@@ -232,7 +233,7 @@ class ClientTests(SynchronousTestCase):
             ("mysql-du", 1234), ("mysql-datadir-available-space", 99)]}
         answers["mysql-error-log-tail"] = (404, {"Code": "ERROR", "Message": "no error log", "Details": None})
         client, api, _ = self.client(answers)
-        facts = self.successResultOf(Deferred.fromCoroutine(status_poll(client)))
+        facts = self.settle(status_poll(client))
         self.assertEqual((facts.AvailableSnapshots, facts.MySQLRunning, facts.MySQLDiskUsage, facts.MySQLErrorLogTail),
                          (["db2"], True, 1234, []))
         self.assertEqual(facts.errors, {"MySQLErrorLogTail": "no error log"})
@@ -324,7 +325,7 @@ class Hosts:
         return True
 
 
-class SeedRunnerTests(SynchronousTestCase):
+class SeedRunnerTests(Settling, SynchronousTestCase):
     """orchestrator's calls in order, progress from seed-status, an early end, Ctrl-C aborting both sides."""
 
     def setUp(self):
@@ -383,7 +384,7 @@ class SeedRunnerTests(SynchronousTestCase):
         hosts.target.respond = lambda path: refused if path == "delete-mysql-datadir" else answer("target", path)
         out = io.StringIO()
         runner = SeedRunner(SeedSequence(8, hosts.target, hosts.source), progress.LineDisplay(out), clock)
-        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(runner.run())), EXIT_FAILED)
+        self.assertEqual(self.settle(runner.run()), EXIT_FAILED)
         self.assertEqual(hosts.source.calls[-1], "umount")
         self.assertEqual(out.getvalue().splitlines()[-1],
                          "seed 8 failed: db2:3002: delete-mysql-datadir failed (HTTP 409): MySQL is running")

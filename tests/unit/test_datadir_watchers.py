@@ -2,13 +2,13 @@
 
 import os
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
 from orchagent.graph import make_host
+from tests.support.deferreds import Settling
 from tests.support.storage import StubMySQL, sync_thread
 
 
@@ -25,7 +25,7 @@ class RecordingWatcher:
         self.emptied_datadirs.append(datadir)
 
 
-class WatcherTests(SynchronousTestCase):
+class WatcherTests(Settling, SynchronousTestCase):
     """A watcher may refuse an emptying, and hears of every one."""
 
     def test_refusal_keeps_the_datadir_and_emptying_is_told(self):
@@ -35,8 +35,8 @@ class WatcherTests(SynchronousTestCase):
         eraser = make_host(Config(), None, Clock(), StubMySQL(datadir), in_thread=sync_thread).datadir
         watcher = RecordingWatcher()
         eraser.watch(watcher)
-        self.failureResultOf(Deferred.fromCoroutine(eraser.delete_content()), Conflict)
+        self.fail_with(eraser.delete_content(), Conflict)
         self.assertEqual(os.listdir(datadir), ["ibdata1"])
         watcher.refusing = False
-        self.successResultOf(Deferred.fromCoroutine(eraser.delete_content()))
+        self.settle(eraser.delete_content())
         self.assertEqual((os.listdir(datadir), watcher.emptied_datadirs), ([], [datadir]))

@@ -16,7 +16,8 @@ from orchagent.host.hotbackup import (TOOLS, BinlogPosition, HotBackupBackend, b
                                       server_check_argv, tool_error, volume_path)
 from orchagent.host.snapshots import Snapshots
 from orchagent.web import validate
-from tests.support.mysql_fakes import FIXTURES, FakeRunner
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import FIXTURES
 from tests.support.storage import StubMySQL, sync_thread
 
 MARIABACKUP, XTRABACKUP = TOOLS["mariabackup"], TOOLS["xtrabackup"]

@@ -4,16 +4,16 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from orchagent.commands import CommandResult
 from orchagent.host.liveness import (
     RUNNING, STOPPED, UNKNOWN, Findings, ServerPlaces, Verdict, command_verdict, decide, locks_by_inode, probe)
+from tests.support.fake_runner import command_result
 
 OWN_PID = 999
 
 
 def result(exit_code, stderr=b"", timed_out=False, signal=None):
-    return CommandResult(name="MySQLServiceStatusCommand", argv=("bash",), exit_code=exit_code, signal=signal,
-                         stdout=b"", stderr=stderr, stdout_truncated=False, timed_out=timed_out, timeout=2.0)
+    return command_result("MySQLServiceStatusCommand", ("bash",), exit_code=exit_code, signal=signal, stderr=stderr,
+                          timed_out=timed_out, timeout=2.0)
 
 
 class VerdictTests(SynchronousTestCase):

@@ -6,21 +6,20 @@ import os
 import shutil
 from urllib.parse import quote
 
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.host.mysql import MySQL
-from orchagent.token import Token
-from orchagent.web.resource import ApiResource, Guard
+from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import (
-    FIXTURES, HEADER, FakeProbe, FakeRunner, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
-
-TOKEN = "12" * 32
+    FIXTURES, HEADER, FakeProbe, InlineThreadsReactor, binlog, mysql_routes, safe_client, verifiable_binlog)
+from tests.support.routes import SyncClient
 
 
 class MySQLRoutesTests(SynchronousTestCase):
+    """The MySQL routes through the real route table: V1 shapes, command failures as 502, relay log apply limits."""
+
     def setUp(self):
         self.datadir = os.path.abspath(self.mktemp())
         os.mkdir(self.datadir)
@@ -42,14 +41,10 @@ class MySQLRoutesTests(SynchronousTestCase):
         self.runner = runner or FakeRunner()
         reactor = InlineThreadsReactor()
         mysql = MySQL(config, self.runner, reactor, probe_host=FakeProbe())
-        resource = ApiResource(mysql_routes(config, self.runner, reactor, mysql), Guard(token=Token(TOKEN)), Clock())
-        return StubTreq(resource)
+        return SyncClient(self, mysql_routes(config, self.runner, reactor, mysql), Clock())
 
     def call(self, path, method="GET", data=None, headers=None, client=None):
-        client = client or self.client
-        url = "http://agent" + path + ("&" if "?" in path else "?") + "token=" + TOKEN
-        response = self.successResultOf(client.request(method, url, data=data, headers=headers))
-        return response.code, self.successResultOf(client.content(response))
+        return (client or self.client).request(path, method, data, headers)
 
     def test_poll_shapes(self):
         self.assertEqual(self.call("/api/mysql-status"), (200, b"true"))

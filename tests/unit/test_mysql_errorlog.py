@@ -15,6 +15,8 @@ GIB = 1 << 30
 
 
 class TailTests(SynchronousTestCase):
+    """The error log tail reads only the last blocks, whatever the log's size, line endings or encoding."""
+
     def write(self, data: bytes) -> str:
         path = os.path.abspath(self.mktemp())
         with open(path, "wb") as f:

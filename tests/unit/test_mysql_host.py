@@ -2,7 +2,7 @@
 
 import os
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.commands import CommandFailed
@@ -10,10 +10,14 @@ from orchagent.config import Config
 from orchagent.errors import AgentError, Busy, Conflict, NotFound
 from orchagent.host.liveness import STOPPED, Findings, ServerPlaces
 from orchagent.host.mysql import MySQL
-from tests.support.mysql_fakes import FakeProbe, FakeRunner, InlineThreadsReactor
+from tests.support.deferreds import Settling
+from tests.support.fake_runner import FakeRunner
+from tests.support.mysql_fakes import FakeProbe, InlineThreadsReactor
 
 
-class MySQLTestCase(SynchronousTestCase):
+class MySQLTestCase(Settling, SynchronousTestCase):
+    """A MySQL host object on the fake runner and a fake liveness probe, with its option file written per test."""
+
     def mysql(self, runner=None, *, my_cnf=None, compiled_datadir="/nonexistent", hostname="db1.example.com",
               probe=None, **keys):
         self.runner = runner or FakeRunner()
@@ -30,19 +34,18 @@ class MySQLTestCase(SynchronousTestCase):
             f.write(text)
         return path
 
-    def result(self, coroutine):
-        return self.successResultOf(Deferred.fromCoroutine(coroutine))
-
     def error(self, coroutine, kind=AgentError) -> str:
-        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
+        return str(self.fail_with(coroutine, kind))
 
 
 class DatadirTests(MySQLTestCase):
+    """The datadir comes from the command, the option files or the compiled default, or is a clear error."""
+
     def test_from_the_command_normalised(self):
         for output, expected in [(b"/var/lib/mysql/\n", "/var/lib/mysql"), (b"//srv//db/./x/", "/srv/db/x"),
                                  (b"/", "/")]:
             mysql = self.mysql(FakeRunner({"MySQLDatadirCommand": output}), mysql_datadir_command="echo x")
-            self.assertEqual(self.result(mysql.datadir()), expected)
+            self.assertEqual(self.settle(mysql.datadir()), expected)
         self.assertEqual(self.runner.names(), ["MySQLDatadirCommand"])
 
     def test_command_output_must_be_one_absolute_path(self):
@@ -56,13 +59,13 @@ class DatadirTests(MySQLTestCase):
 
     def test_from_the_option_file(self):
         mysql = self.mysql(my_cnf="[mysqld]\ndatadir = /srv/mysql/data/\n")
-        self.assertEqual(self.result(mysql.datadir()), "/srv/mysql/data")
+        self.assertEqual(self.settle(mysql.datadir()), "/srv/mysql/data")
         self.assertEqual(self.runner.calls, [])
 
     def test_compiled_default_when_it_exists(self):
         directory = os.path.abspath(self.mktemp())
         os.mkdir(directory)
-        self.assertEqual(self.result(self.mysql(my_cnf="[mysqld]\n", compiled_datadir=directory).datadir()),
+        self.assertEqual(self.settle(self.mysql(my_cnf="[mysqld]\n", compiled_datadir=directory).datadir()),
                          directory)
 
     def test_undeterminable_datadir_is_a_clear_error(self):
@@ -81,9 +84,11 @@ class DatadirTests(MySQLTestCase):
 
 
 class PortTests(MySQLTestCase):
+    """The port comes from the command or the option files, and nonsense output is an error."""
+
     def test_command(self):
         mysql = self.mysql(FakeRunner({"MySQLPortCommand": b" 3307\n"}), mysql_port_command="x")
-        self.assertEqual(self.result(mysql.port()), 3307)
+        self.assertEqual(self.settle(mysql.port()), 3307)
 
     def test_command_printing_nonsense(self):
         for output in (b"", b"abc", b"70000", b"33\xc2\xb2"):
@@ -91,14 +96,16 @@ class PortTests(MySQLTestCase):
             self.assertIn("MySQLPortCommand printed", self.error(mysql.port()))
 
     def test_option_file_and_default(self):
-        self.assertEqual(self.result(self.mysql(my_cnf="[mariadb]\nport=3399\n").port()), 3399)
-        self.assertEqual(self.result(self.mysql(my_cnf="[mysqld]\n").port()), 3306)
+        self.assertEqual(self.settle(self.mysql(my_cnf="[mariadb]\nport=3399\n").port()), 3399)
+        self.assertEqual(self.settle(self.mysql(my_cnf="[mysqld]\n").port()), 3306)
         self.assertIn("port in", self.error(self.mysql(my_cnf="[mysqld]\nport=x\n").port()))
 
 
 class ErrorLogTests(MySQLTestCase):
+    """The error log is found where the server writes it (log-error, datadir, hostname), or the config key is named."""
+
     def path(self, my_cnf, **keys):
-        return self.result(self.mysql(my_cnf=my_cnf, **keys).error_log_path())
+        return self.settle(self.mysql(my_cnf=my_cnf, **keys).error_log_path())
 
     def test_absolute_log_error(self):
         self.assertEqual(self.path("[mysqld]\nlog_error=/var/log/mysql/error.log\nlog_error_verbosity=3\n"),
@@ -106,7 +113,7 @@ class ErrorLogTests(MySQLTestCase):
 
     def test_relative_log_error_is_in_the_datadir_even_from_the_command(self):
         runner = FakeRunner({"MySQLDatadirCommand": b"/data/mysql/\n"})
-        path = self.result(self.mysql(runner, my_cnf="[mysqld]\nlog-error=./host.err\n",
+        path = self.settle(self.mysql(runner, my_cnf="[mysqld]\nlog-error=./host.err\n",
                                       mysql_datadir_command="x").error_log_path())
         self.assertEqual(path, "/data/mysql/host.err")
 
@@ -129,7 +136,7 @@ class ErrorLogTests(MySQLTestCase):
     def test_tail(self):
         log = self.write("".join(f"line {i}\n" for i in range(30)))
         mysql = self.mysql(my_cnf=f"[mysqld]\nlog_error={log}\n")
-        self.assertEqual(self.result(mysql.error_log_tail(2)), ["line 28", "line 29"])
+        self.assertEqual(self.settle(mysql.error_log_tail(2)), ["line 28", "line 29"])
         self.error(self.mysql(my_cnf="[mysqld]\nlog_error=/nonexistent.err\n").error_log_tail(2), NotFound)
 
 
@@ -141,14 +148,14 @@ class ServiceTests(MySQLTestCase):
     BLIND = Findings(unchecked=("cannot read the open files of 3 process(es)",))
 
     def state(self, mysql):
-        return self.result(mysql.liveness())
+        return self.settle(mysql.liveness())
 
     def refusal(self, mysql) -> str:
         return self.error(mysql.require_stopped("empty the datadir"), Conflict)
 
     def test_command_exiting_0_is_running_without_probing(self):
         mysql = self.mysql(mysql_service_status_command="st", my_cnf=self.MY_CNF)
-        self.assertTrue(self.result(mysql.is_running()))
+        self.assertTrue(self.settle(mysql.is_running()))
         self.assertEqual(self.runner.calls[0].argv[:3], ("bash", "-c", "st"))
         self.assertEqual(self.runner.calls[0].options, {"essential": True, "check": False})
         self.assertEqual(self.probe.places, [])
@@ -157,14 +164,14 @@ class ServiceTests(MySQLTestCase):
     def test_command_saying_stopped_and_nothing_found_is_stopped(self):
         mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 3}), my_cnf=self.MY_CNF,
                            probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
-        self.assertFalse(self.result(mysql.is_running()))
-        self.result(mysql.require_stopped("empty the datadir"))
+        self.assertFalse(self.settle(mysql.is_running()))
+        self.settle(mysql.require_stopped("empty the datadir"))
         self.assertEqual(self.state(mysql).state, STOPPED)
 
     def test_evidence_beats_a_command_saying_stopped(self):
         mysql = self.mysql(FakeRunner(exit_codes={"MySQLServiceStatusCommand": 1}), my_cnf=self.MY_CNF,
                            probe=FakeProbe(self.FOUND), mysql_service_status_command="false")
-        self.assertTrue(self.result(mysql.is_running()))
+        self.assertTrue(self.settle(mysql.is_running()))
         message = self.refusal(mysql)
         self.assertIn("MySQL is running", message)
         self.assertIn("MySQLServiceStatusCommand exited 1, but", message)
@@ -182,7 +189,7 @@ class ServiceTests(MySQLTestCase):
         }
         for expected, runner in cases.items():
             mysql = self.mysql(runner, my_cnf=self.MY_CNF, mysql_service_status_command="st")
-            self.assertTrue(self.result(mysql.is_running()), expected)
+            self.assertTrue(self.settle(mysql.is_running()), expected)
             message = self.refusal(mysql)
             self.assertIn("cannot tell whether MySQL is running", message)
             self.assertIn(expected, message)
@@ -190,55 +197,49 @@ class ServiceTests(MySQLTestCase):
 
     def test_without_a_command_the_probe_decides_only_when_it_saw_everything(self):
         mysql = self.mysql(my_cnf=self.MY_CNF)
-        self.assertFalse(self.result(mysql.is_running()))
+        self.assertFalse(self.settle(mysql.is_running()))
         self.assertEqual(self.runner.calls, [])
         mysql = self.mysql(my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND))
-        self.assertTrue(self.result(mysql.is_running()))
+        self.assertTrue(self.settle(mysql.is_running()))
         self.assertIn("MySQLServiceStatusCommand is not set; cannot read the open files", self.refusal(mysql))
         mysql = self.mysql(my_cnf=self.MY_CNF, probe=FakeProbe(self.FOUND))
         self.assertIn("MySQL is running (pid 7", self.refusal(mysql))
 
     def test_status_never_fails(self):
-        self.assertTrue(self.result(self.mysql().is_running()))  # no datadir known: cannot tell
+        self.assertTrue(self.settle(self.mysql().is_running()))  # no datadir known: cannot tell
         self.assertEqual(self.probe.places, [])
 
-        class Broken(FakeRunner):
-            def run_configured(self, *args, **kwargs):
-                return fail(AgentError("cannot start"))
-
-        mysql = self.mysql(Broken(), my_cnf=self.MY_CNF, mysql_service_status_command="st")
-        self.assertTrue(self.result(mysql.is_running()))
+        broken = FakeRunner(errors={"MySQLServiceStatusCommand": AgentError("cannot start")})
+        mysql = self.mysql(broken, my_cnf=self.MY_CNF, mysql_service_status_command="st")
+        self.assertTrue(self.settle(mysql.is_running()))
         self.assertIn("could not run: cannot start", self.refusal(mysql))
 
     def test_where_the_probe_looks(self):
-        self.result(self.mysql(my_cnf=self.MY_CNF).liveness())
+        self.settle(self.mysql(my_cnf=self.MY_CNF).liveness())
         self.assertEqual(self.probe.places, [ServerPlaces(
             datadir="/srv/db", pid_file="/srv/db/db1.pid", socket="/run/mysqld/mysqld.sock", port=3306,
             addresses=("127.0.0.1",))])
-        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=/run/m.pid\nsocket=/run/m.sock\n"
+        self.settle(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=/run/m.pid\nsocket=/run/m.sock\n"
                                       "port=3307\nbind-address=10.1.2.3\n").liveness())
         self.assertEqual(self.probe.places, [ServerPlaces(
             datadir="/srv/db", pid_file="/run/m.pid", socket="/run/m.sock", port=3307, addresses=("10.1.2.3",))])
-        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=x.pid\nbind-address=::\n"
+        self.settle(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\npid-file=x.pid\nbind-address=::\n"
                                       "log-basename=base\n").liveness())
         self.assertEqual(self.probe.places[0].pid_file, "/srv/db/x.pid")
         self.assertEqual(self.probe.places[0].addresses, ("127.0.0.1",))
-        self.result(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\nlog-basename=base\n").liveness())
+        self.settle(self.mysql(my_cnf="[mysqld]\ndatadir=/srv/db\nlog-basename=base\n").liveness())
         self.assertEqual(self.probe.places[0].pid_file, "/srv/db/base.pid")
 
     def test_status_check_refused_for_want_of_a_slot_is_unknown_not_stopped(self):
-        class Full(FakeRunner):
-            def run_configured(self, *args, **kwargs):
-                return fail(Busy("no slot", 5))
-
-        mysql = self.mysql(Full(), my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
-        self.assertTrue(self.result(mysql.is_running()))
+        full = FakeRunner(errors={"MySQLServiceStatusCommand": Busy("no slot", 5)})
+        mysql = self.mysql(full, my_cnf=self.MY_CNF, probe=FakeProbe(self.BLIND), mysql_service_status_command="st")
+        self.assertTrue(self.settle(mysql.is_running()))
         self.assertIn("no slot", self.refusal(mysql))
 
     def test_start_and_stop_run_their_commands(self):
         mysql = self.mysql(mysql_service_start_command="start it", mysql_service_stop_command="stop it")
-        self.result(mysql.stop())
-        self.result(mysql.start())
+        self.settle(mysql.stop())
+        self.settle(mysql.start())
         self.assertEqual([(c.name, c.argv) for c in self.runner.calls], [
             ("MySQLServiceStopCommand", ("bash", "-c", "stop it", "orchagent")),
             ("MySQLServiceStartCommand", ("bash", "-c", "start it", "orchagent")),
@@ -254,11 +255,11 @@ class ServiceTests(MySQLTestCase):
 
     def test_post_copy_gets_the_source_host_in_the_environment_only(self):
         mysql = self.mysql(post_copy_command="/usr/local/bin/post-copy")
-        self.result(mysql.post_copy("db2.example.com"))
+        self.settle(mysql.post_copy("db2.example.com"))
         call, = self.runner.calls
         self.assertEqual(call.argv, ("bash", "-c", "/usr/local/bin/post-copy", "orchagent"))
         self.assertEqual(call.options, {"env": {"ORCHAGENT_SOURCE_HOST": "db2.example.com"}})
 
     def test_post_copy_without_command_does_nothing(self):
-        self.result(self.mysql().post_copy("db2"))
+        self.settle(self.mysql().post_copy("db2"))
         self.assertEqual(self.runner.calls, [])

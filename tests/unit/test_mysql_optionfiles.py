@@ -45,6 +45,8 @@ def read(tree: dict[str, str], paths=("/etc/my.cnf", "/etc/mysql/my.cnf")) -> di
 
 
 class DebianLayoutTests(SynchronousTestCase):
+    """Option files are read in the server's order through !include and !includedir, as Debian lays them out."""
+
     def test_stock_debian_files(self):
         options = read(debian_tree())
         self.assertEqual(options["socket"], "/run/mysqld/mysqld.sock")  # [client-server] in my.cnf
@@ -109,6 +111,8 @@ class DebianLayoutTests(SynchronousTestCase):
 
 
 class ParserTests(SynchronousTestCase):
+    """The option file syntax as the server reads it; errors name the file and line."""
+
     def test_syntax(self):
         text = (
             "; a comment\n"

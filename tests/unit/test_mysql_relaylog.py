@@ -25,10 +25,11 @@ from orchagent.host.relaylog import (
     resolve_listed,
 )
 from orchagent.threads import thread_runner
+from tests.support.deferreds import Settling
+from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import (
     FIXTURES,
     HEADER,
-    FakeRunner,
     InlineThreadsReactor,
     binlog,
     event,
@@ -43,6 +44,8 @@ def unpack(text: str) -> bytes:
 
 
 class IndexTests(SynchronousTestCase):
+    """Relay log index entries resolve relative to the index, absolute ones stay, and the index is found."""
+
     def test_fixture_index_entries_are_relative_to_the_index(self):
         with open(os.path.join(FIXTURES, "relay-bin.index")) as f:
             text = f.read()
@@ -136,6 +139,8 @@ class ExtractionTests(SynchronousTestCase):
 
 
 class DecodeTests(SynchronousTestCase):
+    """The relay log upload decodes what orchestrator encodes and refuses malformed bodies."""
+
     def decode(self, body: bytes, max_bytes: int = 1 << 20) -> bytes:
         path = self.mktemp()
         decode_relaylog(io.BytesIO(body), path, max_bytes)
@@ -223,7 +228,7 @@ class VerifyEventsTests(SynchronousTestCase):
         self.assertIn("Format Description event of only", self.refusal(b"\xfebin" + event(15, b"x")))
 
 
-class ReplicationLogsTests(SynchronousTestCase):
+class ReplicationLogsTests(Settling, SynchronousTestCase):
     """The service, over a temp datadir holding the fixture relay index and synthetic logs."""
 
     def setUp(self):
@@ -250,42 +255,37 @@ class ReplicationLogsTests(SynchronousTestCase):
                                client_command=config.mysql_client_command,
                                max_apply_bytes=config.apply_relaylog_max_bytes, temp_directory=self.temp)
 
-    def result(self, coroutine):
-        return self.successResultOf(Deferred.fromCoroutine(coroutine))
-
-    def failure(self, coroutine, kind):
-        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
 
     def commands_run(self):
         return [name for name in self.runner.names() if name != "MySQLDatadirCommand"]
 
     def test_index_files_and_end_coordinates(self):
-        self.assertEqual(self.result(self.logs.relay_index_file()), f"{self.datadir}/mysql-relay-bin.index")
+        self.assertEqual(self.settle(self.logs.relay_index_file()), f"{self.datadir}/mysql-relay-bin.index")
         files = [f"{self.datadir}/mysql-relay-bin.000041", f"{self.datadir}/mysql-relay-bin.000042"]
-        self.assertEqual(self.result(self.logs.relay_log_files()), files)
-        self.assertEqual(self.result(self.logs.relay_log_end_coordinates()),
+        self.assertEqual(self.settle(self.logs.relay_log_files()), files)
+        self.assertEqual(self.settle(self.logs.relay_log_end_coordinates()),
                          BinlogCoordinates(files[1], HEADER + 20, 1))
 
     def test_empty_index_is_a_clear_error(self):
         open(os.path.join(self.datadir, "mysql-relay-bin.index"), "w").close()
-        self.assertEqual(self.result(self.logs.relay_log_files()), [])
-        self.assertIn("lists no relay logs", self.failure(self.logs.relay_log_end_coordinates(), NotFound))
+        self.assertEqual(self.settle(self.logs.relay_log_files()), [])
+        self.assertIn("lists no relay logs", str(self.fail_with(self.logs.relay_log_end_coordinates(), NotFound)))
 
     def test_no_relay_index(self):
         os.unlink(os.path.join(self.datadir, "mysql-relay-bin.index"))
-        self.assertIn("replica", self.failure(self.logs.relay_index_file(), NotFound))
+        self.assertIn("replica", str(self.fail_with(self.logs.relay_index_file(), NotFound)))
 
     def test_relaylog_tail_from_a_basename(self):
-        data = unpack(self.result(self.logs.relaylog_tail("mysql-relay-bin.000041", HEADER + 4)))
+        data = unpack(self.settle(self.logs.relaylog_tail("mysql-relay-bin.000041", HEADER + 4)))
         self.assertEqual(data, binlog(b"") + b"r" * 6 + b"s" * 20)
 
     def test_binlog_bytes_from_either_index(self):
-        data = unpack(self.result(self.logs.binlog_bytes(
+        data = unpack(self.settle(self.logs.binlog_bytes(
             ["mysql-bin.000001", f"{self.datadir}/mysql-relay-bin.000042"], 0, 0)))
         self.assertEqual(data, binlog(b"b" * 30) + b"s" * 20)
 
     def test_binlog_text_runs_mysqlbinlog_with_argv_and_leaves_no_temp_file(self):
-        text = unpack(self.result(self.logs.binlog_text(["mysql-bin.000001"], 4, 200)))
+        text = unpack(self.settle(self.logs.binlog_text(["mysql-bin.000001"], 4, 200)))
         self.assertEqual(text, b"# mysqlbinlog text\nINSERT INTO t VALUES (1);\n")
         call = self.runner.calls[-1]
         self.assertEqual(call.argv, ("mysqlbinlog", "--no-defaults", f"{self.datadir}/mysql-bin.000001",
@@ -295,9 +295,9 @@ class ReplicationLogsTests(SynchronousTestCase):
     def test_unlisted_names_run_nothing(self):
         for name, kind in [("../../etc/passwd", InvalidInput), ("/etc/passwd", NotFound),
                            ("$(touch M)", NotFound), ("x;y", NotFound)]:
-            self.failure(self.logs.binlog_text([name], 0, 0), kind)
-            self.failure(self.logs.relaylog_tail(name, 0), kind)
-        self.assertIn("no binlog files", self.failure(self.logs.binlog_text([], 0, 0), InvalidInput))
+            self.fail_with(self.logs.binlog_text([name], 0, 0), kind)
+            self.fail_with(self.logs.relaylog_tail(name, 0), kind)
+        self.assertIn("no binlog files", str(self.fail_with(self.logs.binlog_text([], 0, 0), InvalidInput)))
         self.assertEqual(self.commands_run(), [])
 
     def apply(self, data, size=None):
@@ -353,12 +353,12 @@ class ReplicationLogsTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.temp), [])
 
     def test_apply_refusals_run_nothing_and_leave_no_temp_file(self):
-        self.assertIn("ApplyRelaylogMaxBytes", self.failure(
-            self.make(apply_relaylog_max_bytes=100).apply_relaylog(io.BytesIO(b"x" * 101), 101), InvalidInput))
-        self.failure(self.logs.apply_relaylog(io.BytesIO(b""), 0), InvalidInput)
-        self.failure(self.logs.apply_relaylog(io.BytesIO(b"$(touch M)"), 10), InvalidInput)
-        self.assertIn("MySQLClientCommand", self.failure(
-            self.make(mysql_client_command="").apply_relaylog(io.BytesIO(b"x"), 1), AgentError))
+        self.assertIn("ApplyRelaylogMaxBytes", str(self.fail_with(
+            self.make(apply_relaylog_max_bytes=100).apply_relaylog(io.BytesIO(b"x" * 101), 101), InvalidInput)))
+        self.fail_with(self.logs.apply_relaylog(io.BytesIO(b""), 0), InvalidInput)
+        self.fail_with(self.logs.apply_relaylog(io.BytesIO(b"$(touch M)"), 10), InvalidInput)
+        self.assertIn("MySQLClientCommand", str(self.fail_with(
+            self.make(mysql_client_command="").apply_relaylog(io.BytesIO(b"x"), 1), AgentError)))
         self.assertEqual(self.commands_run(), [])
         self.assertEqual(os.listdir(self.temp), [])
 

@@ -12,7 +12,7 @@ from orchagent.token import Token
 from orchagent.web.openapi import OPENAPI_PATH, with_openapi
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import route_table
-from tests.support.agent import REPO
+from testbed.agent import REPO
 
 
 class AnyHandler:

@@ -6,7 +6,7 @@ orchestrator cannot decode; these cases pin its strictness.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.orchestrator import (
+from testbed.orchestrator import (
     BOOL, FLOAT64, INT64, LOGICAL_VOLUME, MOUNT, STATUS_POLL, STRING, ContractViolation, GoSlice, HostAgent,
     command_url, error_message, go_decode, zero_value)
 
@@ -16,6 +16,8 @@ MOUNT_JSON = (b'{"Path":"/mnt/snap","Device":"/dev/loop0","LVPath":"/s/1","FileS
 
 
 class URLTests(SynchronousTestCase):
+    """The orchestrator client builds URLs and polls status exactly as orchestrator does."""
+
     def test_token_is_appended_with_question_mark_or_ampersand_and_nothing_is_escaped(self):
         self.assertEqual(command_url(AGENT, "mysql-du"), "http://db-2.example:3002/api/mysql-du?token=T0KEN")
         self.assertEqual(command_url(AGENT, "mountlv?lv=/snapshots/mysql snap"),
@@ -30,6 +32,8 @@ class URLTests(SynchronousTestCase):
 
 
 class GoDecodingTests(SynchronousTestCase):
+    """The orchestrator client decodes answers with Go's rules, and stricter where our contract is."""
+
     def test_values_of_the_right_type_decode(self):
         self.assertEqual(go_decode(b"123456789012", INT64), 123456789012)
         self.assertIs(go_decode(b"true", BOOL), True)

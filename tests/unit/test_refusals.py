@@ -12,14 +12,10 @@ from orchagent.errors import Busy, redact
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard
 from orchagent.web.routes import Route
+from tests.support.fake_runner import command_result
+from tests.support.routes import raising
 
 TOKEN = "ab" * 32
-
-
-def raising(error):
-    async def handler(req):
-        raise error
-    return handler
 
 
 class BusyAndRefusalLogTests(SynchronousTestCase):
@@ -64,8 +60,7 @@ class BusyAndRefusalLogTests(SynchronousTestCase):
 
 
 def _result(stderr: bytes) -> CommandResult:
-    return CommandResult(name="true", argv=("true",), exit_code=1, signal=None, stdout=b"", stderr=stderr,
-                         stdout_truncated=False, timed_out=False)
+    return command_result("true", exit_code=1, stderr=stderr)
 
 
 class RedactionTests(SynchronousTestCase):

@@ -6,32 +6,11 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from orchagent.registrar import QuietConnectionPool, Registrar
+from tests.support.fake_orchestrator import FakeOrchestrator
 
 TOKEN = "f0" * 32
-
-
-class FakeOrchestrator(Resource):
-    """Records every path; answers with ``self.code`` / ``self.body``, or never when ``hang``."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.paths = []
-        self.code = 200
-        self.body = b'"OK"'
-        self.hang = False
-
-    def render_GET(self, request):
-        self.paths.append(request.path.decode())
-        if self.hang:
-            return NOT_DONE_YET
-        request.setResponseCode(self.code)
-        return self.body
 
 
 class RefusingClient:
@@ -44,6 +23,8 @@ class RefusingClient:
 
 
 class RegistrarTests(SynchronousTestCase):
+    """Registration and heartbeats keep their schedule and survive every orchestrator failure."""
+
     def make(self, client, urls=("http://orch:3001",), poll=60, resubmit=60, bad=300):
         self.clock = Clock()
         self.clock.advance(1000)

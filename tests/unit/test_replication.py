@@ -13,7 +13,7 @@ from orchagent.errors import Conflict, InvalidInput
 from orchagent.host.hotbackup import BinlogPosition
 from orchagent.host.replication import (ReplicationSetup, ReplicationSource, parse_vertical, read_password,
                                         replication_sql, sql_string, status_problem)
-from tests.support.mysql_fakes import FakeRunner
+from tests.support.fake_runner import FakeRunner
 from tests.support.storage import sync_thread
 from tests.unit.test_hotbackup import private_file
 
@@ -125,7 +125,7 @@ class SetupTests(SynchronousTestCase):
                              seed_replication_password_file=self.password_file, mysql_client_command="mariadb")
 
     def start(self, status: bytes, exit_code: int = 0):
-        runner = _AllInputs(stdout={"MySQLClientCommand": status}, exit_codes={"MySQLClientCommand": exit_code},
+        runner = FakeRunner(stdout={"MySQLClientCommand": status}, exit_codes={"MySQLClientCommand": exit_code},
                             stderr={"MySQLClientCommand": b"ERROR 1234 (HY000) at line 5: bad " + HOSTILE.encode()})
         setup = ReplicationSetup(self.config, runner, self.clock, sync_thread, wait_seconds=2)
         return runner, Deferred.fromCoroutine(setup.start("db1", 3306, MARIADB))
@@ -167,19 +167,6 @@ class SetupTests(SynchronousTestCase):
         os.chmod(self.password_file, 0o640)
         _, started = self.start(RUNNING)
         self.assertIn("has mode 0640", str(self.failureResultOf(started, Conflict).value))
-
-
-class _AllInputs(FakeRunner):
-    """Keeps what every command read on stdin, in order."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.inputs: list[bytes] = []
-
-    def _answer(self, name, argv, options):
-        answer = super()._answer(name, argv, options)
-        self.inputs.append(self.stdin_seen.get(name, b""))
-        return answer
 
 
 class PasswordFileTests(SynchronousTestCase):

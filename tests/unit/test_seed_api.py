@@ -52,6 +52,8 @@ class RecordingSeeds:
 
 
 class SeedApiTests(SynchronousTestCase):
+    """The seed routes pass valid calls to the manager, refuse hostile values and report progress."""
+
     def setUp(self):
         self.seeds = RecordingSeeds()
         api = SeedAPI(self.seeds)

@@ -18,7 +18,9 @@ from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed.transfer import Progress
-from tests.support.pki import CertificateAuthority
+from testbed.pki import CertificateAuthority
+from tests.support.deferreds import Settling
+from tests.support.fake_runner import FakeRunner
 from tests.support.storage import StubMySQL
 
 
@@ -63,30 +65,6 @@ class FakeDisk:
         pass
 
 
-class FakeCommand:
-    """A started command: ``result`` fires when it ends; ``terminate`` ends it."""
-
-    def __init__(self):
-        self.result = Deferred()
-        self.terminated = False
-
-    def terminate(self):
-        self.terminated = True
-        if not self.result.called:
-            self.result.errback(RuntimeError("killed"))
-        return succeed(None)
-
-
-class FakeRunner:
-    def __init__(self):
-        self.started = []
-
-    def start_configured(self, command, args, *, name, **options):
-        self.started.append((name, command, tuple(args), options))
-        self.commands = getattr(self, "commands", []) + [FakeCommand()]
-        return self.commands[-1]
-
-
 class FakeTransfer:
     """``finish(error=None)`` ends it; ``when_done`` Deferreds fire then, as the engine's do."""
 
@@ -125,7 +103,9 @@ class PostCopyMySQL(StubMySQL):
         self.post_copies.append(source_host)
 
 
-class SeedManagerTestCase(SynchronousTestCase):
+class SeedManagerTestCase(Settling, SynchronousTestCase):
+    """A seed manager on a fake clock with stand-in data movers, runner, eraser and disk."""
+
     def setUp(self):
         self.state = self.mktemp()
         self.datadir = os.path.realpath(self.mktemp())
@@ -153,12 +133,6 @@ class SeedManagerTestCase(SynchronousTestCase):
         manager.startService()
         self.addCleanup(lambda: manager.running and manager.stopService())
         return manager
-
-    def settle(self, coroutine):
-        return self.successResultOf(Deferred.fromCoroutine(coroutine))
-
-    def fail_with(self, coroutine, error_class):
-        return self.failureResultOf(Deferred.fromCoroutine(coroutine), error_class).value
 
     def stored(self, seed_id):
         with open(os.path.join(self.state, "seeds", f"{seed_id}.json")) as f:
@@ -268,16 +242,16 @@ class SeedManagerTests(SeedManagerTestCase):
     def test_command_mode_passes_arguments_as_argv_without_a_wall_clock_timeout(self):
         manager = self.manager(receive_seed_data_command="my-receive", seed_transfer_port=4444)
         self.settle(manager.receive(5))
-        self.assertEqual(self.runner.started, [("ReceiveSeedDataCommand", "my-receive", (self.datadir, "4444"),
-                                                {"timeout": None})])
-        self.runner.commands[0].result.callback(None)
+        self.assertEqual([(call.name, call.argv[2], call.args, call.options) for call in self.runner.calls],
+                         [("ReceiveSeedDataCommand", "my-receive", (self.datadir, "4444"), {"timeout": None})])
+        self.runner.started[0].result.callback(None)
         self.assertTrue(manager.record(5).succeeded)
 
     def test_abort_kills_then_reads_completed_not_succeeded_and_clears_the_datadir(self):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(9))
         self.settle(manager.abort(9))
-        self.assertTrue(self.runner.commands[0].terminated)
+        self.assertTrue(self.runner.started[0].terminated)
         record = manager.record(9)
         self.assertEqual((record.completed, record.succeeded, record.state), (True, False, "aborted"))
         self.assertEqual(self.eraser.emptied, 1)
@@ -294,7 +268,7 @@ class SeedManagerTests(SeedManagerTestCase):
         self.settle(self.manager(send_seed_data_command="my-send").send("db2", 1))
         watched = self.manager(send_seed_data_command="my-send", send_seed_data_idle_timeout_seconds=60)
         self.settle(watched.send("db2", 2))
-        limits = [(name, options["idle_timeout"], options["timeout"]) for name, _, _, options in self.runner.started]
+        limits = [(call.name, call.options["idle_timeout"], call.options["timeout"]) for call in self.runner.calls]
         self.assertEqual(limits, [("SendSeedDataCommand", None, None), ("SendSeedDataCommand", 60, None)])
 
     def test_abort_after_success_cannot_be_flipped_back(self):
@@ -309,7 +283,7 @@ class SeedManagerTests(SeedManagerTestCase):
         self.settle(manager.check_post_copy())  # no seed yet: a manual post-copy is allowed
         self.settle(manager.receive(11))
         self.fail_with(manager.check_post_copy(), Conflict)  # still running
-        self.runner.commands[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
         record = manager.record(11)
         self.assertEqual((record.state, record.error), ("failed", "ReceiveSeedDataCommand failed with exit status 1"))
         self.assertEqual((self.eraser.emptied, self.eraser.paths), (1, [self.datadir]))
@@ -320,7 +294,7 @@ class SeedManagerTests(SeedManagerTestCase):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.post_copy("db1"))  # no seed ever came here: a manual post-copy runs
         self.settle(manager.receive(11))
-        self.runner.commands[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("ReceiveSeedDataCommand failed with exit status 1"))
         self.assertIn("seed 11 is failed", str(self.fail_with(manager.post_copy("db2"), Conflict)))
         self.assertEqual(self.mysql.post_copies, ["db1"])
 
@@ -336,7 +310,7 @@ class SeedManagerTests(SeedManagerTestCase):
         record = manager.record(12)
         self.assertEqual(record.state, "failed")
         self.assertIn("stalled", record.error)
-        self.assertTrue(self.runner.commands[0].terminated)
+        self.assertTrue(self.runner.started[0].terminated)
         self.assertEqual(record.bytes_done, 10000)
 
     def test_seeds_beyond_max_concurrent_seeds_are_busy_and_leave_no_trace(self):
@@ -408,7 +382,7 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         cleared.callback(None)
         self.successResultOf(aborting)
         self.settle(manager.receive(2))
-        self.runner.commands[1].result.callback(None)
+        self.runner.started[1].result.callback(None)
         self.assertEqual(self.holders(), {self.datadir: Holder(2, "complete")})
         self.settle(manager.check_post_copy())
         self.assertEqual((manager.record(1).state, manager.record(2).state), ("aborted", "succeeded"))
@@ -444,7 +418,7 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
         self.settle(manager.emptied(self.datadir))  # the datadir no longer holds seed 1's partial data
-        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("exit status 1"))
         self.assertEqual(self.eraser.emptied, 0)
         self.assertEqual(manager.record(1).state, "failed")
 
@@ -453,10 +427,10 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         os.makedirs(other)
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
-        self.runner.commands[0].result.errback(RuntimeError("exit status 1"))
+        self.runner.started[0].result.errback(RuntimeError("exit status 1"))
         self.mysql.data_directory = other  # a later seed went to another datadir, and succeeded
         self.settle(manager.receive(2))
-        self.runner.commands[1].result.callback(None)
+        self.runner.started[1].result.callback(None)
         self.settle(manager.check_post_copy())
         self.mysql.data_directory = self.datadir  # back: this datadir holds seed 1's failed copy
         error = self.fail_with(manager.check_post_copy(), Conflict)
@@ -478,13 +452,13 @@ class OneReceivePerDatadirTests(SeedManagerTestCase):
         error = self.assertRaises(Conflict, manager.refuse_emptying, self.datadir)
         self.assertIn("abort-seed/1", str(error))
         manager.refuse_emptying(self.mktemp())  # another datadir: fine
-        self.runner.commands[0].result.callback(None)
+        self.runner.started[0].result.callback(None)
         manager.refuse_emptying(self.datadir)
 
     def test_post_copy_refused_once_the_seeded_datadir_was_emptied(self):
         manager = self.manager(receive_seed_data_command="my-receive")
         self.settle(manager.receive(1))
-        self.runner.commands[0].result.callback(None)
+        self.runner.started[0].result.callback(None)
         self.settle(manager.check_post_copy())
         self.settle(manager.emptied(self.datadir))  # delete-mysql-datadir
         self.assertEqual(self.holders(), {self.datadir: Holder(1, "emptied")})

@@ -59,6 +59,8 @@ class Recorder:
 
 
 class FramingTests(SynchronousTestCase):
+    """Seed frames survive any split, and oversized, unknown or unsafe ones are refused."""
+
     def test_frames_survive_any_split(self):
         stream = protocol.frame(Kind.HELLO, b"x" * 300) + protocol.frame(Kind.DONE) + protocol.frame(Kind.FAIL, b"why")
         frames = protocol.FrameBuffer()
@@ -233,6 +235,8 @@ class StreamTests(SynchronousTestCase):
 
 
 class TreeWriterTests(SynchronousTestCase):
+    """The tree writer restores via a hidden staging directory, never writes through symlinks, reports disk failures."""
+
     def test_restores_the_tree_through_a_hidden_staging_directory(self):
         source, target = self.mktemp(), self.mktemp()
         build_tree(source, big_bytes=100 * 1024, small_files=5)
@@ -348,6 +352,8 @@ class TreeWriterTests(SynchronousTestCase):
 
 
 class PipeTests(SynchronousTestCase):
+    """The bounded pipe between the reactor and a worker thread reports full, drains and wakes both sides."""
+
     def test_reports_full_and_drains(self):
         room = []
         pipe = Pipe(10, on_room=lambda: room.append(True))

@@ -10,7 +10,7 @@ from orchagent.config import Config
 from orchagent.host.hotbackup import BinlogPosition
 from orchagent.host.mysql import MySQL
 from orchagent.host.replication import ReplicationReport, ReplicationSetup
-from tests.support.mysql_fakes import FakeRunner
+from tests.support.fake_runner import FakeRunner
 from tests.unit.test_seed_manager import SeedManagerTestCase
 
 
@@ -35,7 +35,7 @@ class StartReplicationTests(SeedManagerTestCase):
     def received(self, replication, seed_id=5, coordinates=True, wanted=True):
         manager = self.manager(replication, receive_seed_data_command="my-receive", seed_start_replication=wanted)
         self.settle(manager.receive(seed_id))
-        self.runner.commands[-1].result.callback(None)
+        self.runner.started[-1].result.callback(None)
         record = manager.record(seed_id)
         self.assertTrue(record.succeeded)
         if coordinates:  # what the stream carries (the next step): the source's port and the backup's binlog info

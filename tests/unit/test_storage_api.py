@@ -3,15 +3,17 @@ fake LVM tools run in-process (``FakeRunner``), a fake clock and file work on th
 
 import os
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.config import Config
 from orchagent.errors import Conflict
 from orchagent.graph import make_host, storage_api
-from tests.support.fake_lvm import FakeLvm, FakeRunner
-from tests.support.storage import StubMySQL, SyncClient, sync_thread
+from tests.support.deferreds import Settling
+from tests.support.fake_lvm import FakeLvm
+from tests.support.fake_runner import FakeRunner
+from tests.support.routes import SyncClient, routes_for
+from tests.support.storage import StubMySQL, sync_thread
 
 SNAP = "/dev/vg_data/mysql-snap-20200410-0300"
 SNAP_MAPPER = "/dev/mapper/vg_data-mysql--snap--20200410--0300"
@@ -19,7 +21,9 @@ FIXTURE_DU = 123456789012
 FIXTURE_DF_AVAILABLE = 413151978988
 
 
-class StorageApiTestsBase(SynchronousTestCase):
+class StorageApiTestsBase(Settling, SynchronousTestCase):
+    """The storage routes on the fake LVM tools in-process, a fake clock and file work on this thread."""
+
     def setUp(self):
         self.tmp = os.path.abspath(self.mktemp())
         self.mount_point = os.path.join(self.tmp, "mount")
@@ -31,11 +35,14 @@ class StorageApiTestsBase(SynchronousTestCase):
 
     def start(self, file_systems=None, configured=None, **settings):
         self.lvm = FakeLvm(os.path.join(self.tmp, "host"), file_systems)
-        self.runner = FakeRunner(self.lvm, configured)
+        configured = configured or {}
+        self.runner = FakeRunner(stdout={name: out for name, (code, out) in configured.items()},
+                                 exit_codes={name: code for name, (code, out) in configured.items()},
+                                 tool=self.lvm.run_in_process)
         config = Config(**{"snapshot_mount_point": self.mount_point, "snapshot_volumes_filter": "-snap-", **settings})
         self.host = make_host(config, self.runner, self.clock, self.mysql, in_thread=sync_thread,
                               mountinfo_path=self.lvm.mountinfo_path)
-        self.client = SyncClient(self, storage_api(config, self.host), self.clock)
+        self.client = SyncClient(self, routes_for(storage=storage_api(config, self.host)), self.clock)
         return self.client
 
     def not_mounted(self):
@@ -44,6 +51,8 @@ class StorageApiTestsBase(SynchronousTestCase):
 
 
 class PollTests(StorageApiTestsBase):
+    """What orchestrator polls (snapshot hosts, lvs, mount, mysql-du) answers in V1 shapes and is cached briefly."""
+
     def test_snapshot_hosts_are_empty_lists_without_commands(self):
         client = self.start()
         self.assertEqual(client.get("/api/available-snapshots-local"), (200, []))
@@ -108,6 +117,8 @@ class PollTests(StorageApiTestsBase):
 
 
 class VolumeTests(StorageApiTestsBase):
+    """Logical volumes are listed, filtered and found by every name orchestrator may use."""
+
     def test_lvs_lists_everything_and_pattern_filters_by_name(self):
         client = self.start()
         self.assertEqual(len(client.get("/api/lvs")[1]), 4)
@@ -131,6 +142,8 @@ class VolumeTests(StorageApiTestsBase):
 
 
 class MountTests(StorageApiTestsBase):
+    """mountlv/umount/removelv mount only snapshots, on a free mount point, with the right options."""
+
     def test_mountlv_xfs_uses_nouuid_and_reports_the_v1_mount(self):
         os.makedirs(os.path.join(self.mount_point, "datadir"))
         open(os.path.join(self.mount_point, "datadir", "ibdata1"), "w").close()
@@ -196,6 +209,8 @@ class MountTests(StorageApiTestsBase):
 
 
 class CommandTests(StorageApiTestsBase):
+    """Snapshot creation and datadir deletion run their commands only when safe, and refuse what is not a datadir."""
+
     def test_create_snapshot_runs_the_configured_command(self):
         client = self.start(create_snapshot_command="make-snapshot")
         self.assertEqual(client.get("/api/create-snapshot"), (200, True))
@@ -247,12 +262,11 @@ class CommandTests(StorageApiTestsBase):
         os.rmdir(os.path.join(self.datadir, "mysql"))
         os.makedirs(os.path.join(self.datadir, "db1"))  # what a receive command extracted before it failed
         self.start()
-        self.assertIn("(rule: a datadir or empty)", str(self.failureResultOf(
-            Deferred.fromCoroutine(self.host.datadir.empty()), Conflict).value))
-        self.successResultOf(Deferred.fromCoroutine(self.host.datadir.empty(after_failed_seed=True)))
+        self.assertIn("(rule: a datadir or empty)", str(self.fail_with(self.host.datadir.empty(), Conflict)))
+        self.settle(self.host.datadir.empty(after_failed_seed=True))
         self.assertEqual(os.listdir(self.datadir), [])
         self.mysql.data_directory = "/usr/bin"  # the system rules still hold
-        self.failureResultOf(Deferred.fromCoroutine(self.host.datadir.empty(after_failed_seed=True)), Conflict)
+        self.fail_with(self.host.datadir.empty(after_failed_seed=True), Conflict)
 
     def test_delete_datadir_refuses_system_directories(self):
         self.mysql.data_directory = "/var/lib/../../"
@@ -262,6 +276,8 @@ class CommandTests(StorageApiTestsBase):
 
 
 class DuTests(StorageApiTestsBase):
+    """mysql-du answers only for paths inside the datadir, the mount point or the allowed roots."""
+
     def test_inside_the_datadir_or_the_mount_point(self):
         client = self.start()
         self.assertEqual(client.get("/api/du?path=" + self.datadir + "/mysql"), (200, FIXTURE_DU))

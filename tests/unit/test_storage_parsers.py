@@ -13,6 +13,8 @@ from tests.support.fake_lvm_tools import MOUNTINFO_ESCAPES, fixture
 
 
 class LvsTests(SynchronousTestCase):
+    """lvs rows parse into volumes with every alias, V1's float32 percent, and odd rows do not crash."""
+
     def test_fixture_rows(self):
         volumes = parse_lvs(fixture("lvs-noheading.txt"))
         self.assertEqual([v.to_json() for v in volumes], [
@@ -67,6 +69,8 @@ class LvsTests(SynchronousTestCase):
 
 
 class BlkidTests(SynchronousTestCase):
+    """blkid output gives the file system type, never a decoy such as SEC_TYPE or PTTYPE."""
+
     def test_fixtures(self):
         self.assertEqual(parse_blkid_type(fixture("blkid-xfs.txt")), "xfs")
         self.assertEqual(parse_blkid_type(fixture("blkid-ext4.txt")), "ext4")
@@ -84,6 +88,8 @@ class BlkidTests(SynchronousTestCase):
 
 
 class MountinfoTests(SynchronousTestCase):
+    """mountinfo parses with its escapes, matches mount points exactly, and the last stacked mount wins."""
+
     def test_fixture_fields_and_escapes(self):
         entries = parse_mountinfo(fixture("mountinfo-with-snapshot.txt"))
         snapshot = mount_at(entries, "/var/tmp/mysql-mount")
@@ -118,6 +124,8 @@ class MountinfoTests(SynchronousTestCase):
 
 
 class DuDfTests(SynchronousTestCase):
+    """du and df output parse into integers, or are refused when unusable."""
+
     def test_fixtures(self):
         self.assertEqual(parse_du(fixture("du-sb.txt")), 123456789012)
         self.assertEqual(parse_df(fixture("df-PT-B1.txt")), 413151978988)
@@ -141,6 +149,8 @@ class DuDfTests(SynchronousTestCase):
 
 
 class DatadirCandidateTests(SynchronousTestCase):
+    """Where a datadir may sit inside a mounted snapshot: its suffixes first, then the top."""
+
     def test_suffixes_then_the_top(self):
         expected = ["/mnt/s/var/lib/mysql", "/mnt/s/lib/mysql", "/mnt/s/mysql", "/mnt/s"]
         self.assertEqual(datadir_candidates("/mnt/s", "/var/lib/mysql/"), expected)

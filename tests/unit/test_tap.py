@@ -17,6 +17,8 @@ from orchagent.service import ApiListener, CleanExitOnSignals, CommandReaper
 
 
 class TapTests(SynchronousTestCase):
+    """The twistd plugin reads only the given config, builds the service tree and exits with one-line problems."""
+
     def config_file(self, document):
         path = self.mktemp()
         with open(path, "w") as f:

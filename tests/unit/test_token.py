@@ -10,6 +10,8 @@ from orchagent.token import Token, read_token_file
 
 
 class TokenTests(SynchronousTestCase):
+    """The token is 64 random hex characters, matched exactly, never shown, and its hint file is owner-only."""
+
     def test_64_lowercase_hex_and_new_every_time(self):
         a, b = Token(), Token()
         self.assertRegex(a.value, r"\A[0-9a-f]{64}\Z")

@@ -14,18 +14,13 @@ from orchagent.errors import AgentError, Conflict, InvalidInput, NotFound
 from orchagent.token import Token
 from orchagent.web.resource import ApiResource, Guard, Response
 from orchagent.web.routes import Route
+from tests.support.routes import raising
 
 TOKEN = "ab" * 32
 
 
 async def echo(req):
     return {"params": dict(req.params), "lv": req.arg("lv"), "html": "<&>", "float": 50.0, "pct": 3.2699999809265137}
-
-
-def raising(error):
-    async def handler(req):
-        raise error
-    return handler
 
 
 ROUTES = (
@@ -47,6 +42,8 @@ async def _coro(value):
 
 
 class ConventionTests(SynchronousTestCase):
+    """Every route follows the web conventions: Go-compatible JSON, the error envelope, auth, gzip, methods."""
+
     def setUp(self):
         self.guard = Guard(token=Token(TOKEN))
 

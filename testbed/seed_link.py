@@ -23,6 +23,8 @@ CHUNK = 64 * 1024
 
 
 class SlowLink:
+    """A TCP relay to ``upstream_port`` at ``rate`` bytes per second towards it, which a test can freeze."""
+
     def __init__(self, address: str, upstream_port: int, rate: float | None = None):
         self.address = address
         self.upstream_port = upstream_port
@@ -47,7 +49,7 @@ class SlowLink:
         self._listener.close()
         with self._lock:
             for s in self._sockets:
-                _close(s)
+                close_socket(s)
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -59,7 +61,7 @@ class SlowLink:
                 upstream = socket.create_connection((self.address, self.upstream_port), timeout=10)
                 upstream.settimeout(None)
             except OSError:
-                _close(downstream)
+                close_socket(downstream)
                 continue
             with self._lock:
                 self._sockets += [downstream, upstream]
@@ -79,11 +81,11 @@ class SlowLink:
                 if throttled and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:
-            _close(reader)  # reset or closed: end the whole path, as a real one would
-            _close(writer)
+            close_socket(reader)  # reset or closed: end the whole path, as a real one would
+            close_socket(writer)
 
 
-def _close(s: socket.socket) -> None:
+def close_socket(s: socket.socket) -> None:
     """Shut down first: that also wakes a thread blocked in ``recv`` on it."""
     for end in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
         try:

@@ -37,8 +37,7 @@ from typing import Any, Callable
 
 import attrs
 
-from orchagent.ctl.sequence import (  # noqa: F401 (BAILING_OUT: for the tests)
-    BAILING_OUT, STEP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State)
+from orchagent.ctl.sequence import STEP, Ask, Command, Poll, SeedFailed, SeedSequence, Sleep, State
 
 GO_USER_AGENT = "Go-http-client/1.1"
 AGENT_HTTP_TIMEOUT_SECONDS = 60  # orchestrator's AgentHttpTimeoutSeconds (dial and header timeout)
@@ -190,7 +189,7 @@ class HostAgent:
 
     @classmethod
     def of(cls, running) -> "HostAgent":
-        """From a :class:`tests.support.agent.RunningAgent` (its address is its hostname)."""
+        """From a :class:`testbed.agent.RunningAgent` (its address is its hostname)."""
         return cls(running.address, running.port, running.token, running.scheme)
 
 
@@ -210,6 +209,7 @@ class Call:
     body: bytes
     gzipped: bool
     error: str = ""
+    seconds: float = attrs.field(default=0.0, eq=False)  # from sending the request to having the whole answer
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -279,6 +279,7 @@ class Orchestrator:
         """GET ``command`` as executeAgentCommand does (B.1.3), recorded and, as by orchestrator, not
         judged; a transport error becomes ``Call.error``."""
         url = command_url(agent, command)
+        started = time.monotonic()
         if agent.scheme == "https":
             connection = http.client.HTTPSConnection(agent.hostname, agent.port, timeout=self.timeout,
                                                      context=self._tls)
@@ -295,9 +296,11 @@ class Orchestrator:
             gzipped = (response.getheader("Content-Encoding") or "").lower() == "gzip"
             if gzipped:
                 body = gzip.decompress(body)
-            call = Call(agent.hostname, command, response.status, body, gzipped)
+            call = Call(agent.hostname, command, response.status, body, gzipped,
+                        seconds=time.monotonic() - started)
         except (OSError, http.client.HTTPException) as e:
-            call = Call(agent.hostname, command, None, b"", False, f"Get {url.split('?')[0]}: {e}")
+            call = Call(agent.hostname, command, None, b"", False, f"Get {url.split('?')[0]}: {e}",
+                        time.monotonic() - started)
         finally:
             connection.close()
         self.calls.append(call)
@@ -319,6 +322,11 @@ class Orchestrator:
         if call.status != 200:
             return zero_value(go_type), error_message(call.body, f"{what} (status {call.status})")
         return go_decode(call.body, go_type, what), ""
+
+    def answer(self, running, command: str) -> tuple[int | None, Any]:
+        """(status, decoded JSON body) of ``command`` on a :class:`testbed.agent.RunningAgent`."""
+        call = self.command(HostAgent.of(running), command)
+        return call.status, call.json() if call.body else None
 
     # --- B.1.2: the status poll ---------------------------------------------------------------
 

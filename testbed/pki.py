@@ -18,6 +18,8 @@ class Issued:
 
 
 class CertificateAuthority:
+    """A throw-away CA that issues leaf certificates as PEM files under ``directory``."""
+
     def __init__(self, directory: str, name: str = "orchagent test CA"):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory

@@ -38,6 +38,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NetworkNamespace:
+    """A network namespace whose loopback is shaped to ``rate``, removed with its processes on close."""
+
     def __init__(self, rate: str | None = "1gbit", *, name: str | None = None):
         self.name = name or f"orchagent-{uuid.uuid4().hex[:8]}"
         self.rate = rate

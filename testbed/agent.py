@@ -14,7 +14,7 @@ import time
 
 import attrs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -33,6 +33,8 @@ def twistd_command() -> list[str]:
 
 @attrs.define
 class RunningAgent:
+    """A started ``twistd -n orchagent``: its process, address, port, token and directory."""
+
     process: subprocess.Popen
     address: str
     port: int
@@ -72,7 +74,7 @@ def start_agent(settings: dict, *, address: str = "127.0.0.1", directory: str | 
     """Write a config (loopback, free port, token hint file) and wait until the API answers.
 
     ``wrapper`` goes in front of twistd (e.g. ``unshare`` for a host name of the test's own);
-    ``namespace``: a :class:`tests.support.netns.NetworkNamespace` to run the agent in;
+    ``namespace``: a :class:`testbed.netns.NetworkNamespace` to run the agent in;
     ``open_files``: the agent's (soft, hard) RLIMIT_NOFILE, e.g. systemd's default (1024, 524288).
     """
     directory = directory or tempfile.mkdtemp(prefix="orchagent-test-")

@@ -18,12 +18,14 @@ import os
 import shlex
 import subprocess
 
-from tests.support.agent import free_port
+from testbed.agent import free_port
 
 INSTALL_FLAGS = ("--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db", "--user=root")
 
 
 class MariaDBSandbox:
+    """A MariaDB server of its own (datadir, socket, port, option file) under ``directory``."""
+
     def __init__(self, directory: str, *, port: int | None = None, log_bin: bool = False,
                  extra_options: dict[str, str] | None = None):
         self.directory = os.path.abspath(directory)

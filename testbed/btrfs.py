@@ -21,6 +21,8 @@ def _run(*argv: str) -> str:
 
 
 class BtrfsFileSystem:
+    """A btrfs file system in a sparse image on a loop device, mounted under ``directory``."""
+
     def __init__(self, directory: str, size_mb: int = 300):
         self.workdir = os.path.abspath(directory)
         self.image = os.path.join(self.workdir, "btrfs.img")

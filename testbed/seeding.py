@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 
-from tests.support.btrfs import BtrfsFileSystem
-from tests.support.mariadb import MariaDBSandbox
+from testbed.btrfs import BtrfsFileSystem
+from testbed.mariadb import MariaDBSandbox
 
+SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"  # two loopback addresses: two hosts
 SNAPSHOT_FILTER = "mysql-snap-"
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
