@@ -28,7 +28,7 @@ from orchagent.threads import thread_runner
 from testbed.agent import start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.orchestrator import HostAgent, Orchestrator
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 MARIABACKUP = TOOLS["mariabackup"]
 BACKUP_PASSWORD = "b'ack\\up;#%&?"

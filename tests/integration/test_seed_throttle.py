@@ -29,7 +29,7 @@ from orchagent.tls import client_creator, seed_server_options
 from testbed.agent import free_port, start_agent
 from testbed.orchestrator import HostAgent, Orchestrator
 from testbed.pki import CertificateAuthority
-from tests.support.storage import inline
+from tests.support.deferreds import inline
 
 MB = 1024 * 1024
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
