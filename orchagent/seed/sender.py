@@ -32,10 +32,12 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 
 class _SendTransfer(Transfer):
-    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float) -> None:
+    def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
+                 compression: str) -> None:
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
         self._secret = secret
+        self._compression = compression
         self._connecting: Deferred | None = None
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
@@ -68,7 +70,7 @@ class _SendTransfer(Transfer):
     def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         try:
-            for batch in TreeReader(self.source_dir, mac).batches():
+            for batch in TreeReader(self.source_dir, mac, compression=self._compression).batches():
                 self._pipe.put_wait(batch, batch.size)
                 queued()
         finally:
@@ -94,6 +96,8 @@ class _SendTransfer(Transfer):
         """Progress of what was handed to the socket (one thread per transfer does this)."""
         self.progress.bytes_done += batch.data_bytes
         self.progress.files_done += batch.files
+        self.progress.wire_bytes += batch.size
+        self.progress.data_bytes += batch.size + batch.saved
         if batch.totals is not None:
             self.progress.files_total, self.progress.bytes_total = batch.totals
         if batch.final:
@@ -211,13 +215,13 @@ class _SenderProtocol(Connection):
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-              ) -> Transfer:
+              compression: str = "auto") -> Transfer:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
-    or None for plain TCP.
+    or None for plain TCP.  ``compression``: ``SeedCompression`` (:mod:`orchagent.seed.compression`).
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout)
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, compression)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
