@@ -43,10 +43,9 @@ class BlockCompressor:
 
     def compress(self, offset: int, data: bytes) -> bytes | None:
         """The ZDATA frame for ``data`` at ``offset``, or None to send it as a DATA frame."""
-        compressing = self._compressing
         if self._mode == "auto":
             self._measure(len(data))
-        if not compressing or len(data) > MAX_BLOCK_BYTES:
+        if not self._compressing or len(data) > MAX_BLOCK_BYTES:
             return None
         compressed = self._compressor.compress(data)
         limit = len(data) * (1 - AUTO_MIN_SAVING) if self._mode == "auto" else len(data) - ZDATA_HEADER.size
@@ -55,18 +54,16 @@ class BlockCompressor:
         return zdata_frame(offset, len(data), compressed)
 
     def _measure(self, nbytes: int) -> None:
-        """auto: at the end of each window, record its rate and choose how to send the next."""
+        """auto: once a window's blocks are all through, record its rate and choose how to send the next."""
         now = self._clock()
         if self._window_start is None:
             self._window_start = now
+        elif self._window_bytes >= WINDOW_BYTES:
+            self._rates[self._compressing] = self._window_bytes / max(now - self._window_start, 1e-6)
+            self._window_start, self._window_bytes = now, 0
+            self._windows += 1
+            if len(self._rates) < 2 or self._windows % PROBE_EVERY == 0:
+                self._compressing = not self._compressing  # measure the other way (again)
+            else:
+                self._compressing = self._rates[True] > self._rates[False]
         self._window_bytes += nbytes
-        if self._window_bytes < WINDOW_BYTES:
-            return
-        elapsed = max(now - self._window_start, 1e-6)
-        self._rates[self._compressing] = self._window_bytes / elapsed
-        self._window_start, self._window_bytes = now, 0
-        self._windows += 1
-        if len(self._rates) < 2 or self._windows % PROBE_EVERY == 0:
-            self._compressing = not self._compressing  # measure the other way (again)
-        else:
-            self._compressing = self._rates[True] > self._rates[False]

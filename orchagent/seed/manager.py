@@ -48,6 +48,7 @@ class _Job:
     done: Deferred  # fires on success, fails with the reason
     stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
     progress: Callable[[], tuple[int, int | None, int, int | None]]  # bytes, bytes total, files, files total
+    wire: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: the stream's bytes on the wire, uncompressed
     watch_growth_of: str | None = None  # command-mode receive: the datadir whose growth shows progress
     last_growth: float = 0.0
     last_size: int = -1
@@ -161,7 +162,7 @@ class SeedManager(Service):
                 self._reactor, target_host, port, str(seed_id), source,
                 secret=self._config.seed_transfer_secret.encode(),
                 tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds)
+                stall_timeout=self._config.seed_stall_timeout_seconds, compression=self._config.seed_compression)
             job = _transfer_job(transfer)
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now()), job)
@@ -398,6 +399,7 @@ class SeedManager(Service):
 
     def _sample_job(self, record: SeedRecord, job: _Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
+        record.wire_bytes, record.data_bytes = job.wire()
         if record.bytes_done and record.data_started_at is None:
             record.data_started_at = self.now()  # rate and ETA count from the first byte
 
@@ -411,4 +413,5 @@ def _transfer_job(transfer) -> _Job:
     def progress():
         p = transfer.progress
         return p.bytes_done, p.bytes_total, p.files_done, p.files_total
-    return _Job(transfer.when_done(), transfer.abort, progress)
+    return _Job(transfer.when_done(), transfer.abort, progress,
+                wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes))
