@@ -12,7 +12,8 @@ Methods, in the same run, page cache dropped before each:
 
 * ``orchagent``: two real agents (``twistd orchagent``), seeded through the API as orchestrator
   does (receive, send, poll ``seed-command-completed``), every byte verified; ``orchagent_tls``
-  the same with ``UseSSL`` and certificates from a throw-away CA;
+  the same with ``UseSSL`` and certificates from a throw-away CA; ``orchagent_nocompress`` with
+  ``SeedCompression`` ``none``;
 * ``tar_socat``: ``tar -c | socat`` to ``socat | tar -x``;
 * ``tar_zstd_socat``: ``tar -c | zstd -1 -T0 | socat`` to ``socat | zstd -d | tar -x``, the best
   hand pipeline;
@@ -26,6 +27,7 @@ peak RSS.  This is a script, not library code: it runs tools with ``subprocess``
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -47,13 +49,15 @@ SOURCE, TARGET = "127.0.0.1", "127.0.0.2"
 SECRET = "bench-network-secret"
 POLL_SECONDS = 0.1
 LINK_BITS = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
-METHODS = "orchagent,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
+METHODS = "orchagent,orchagent_nocompress,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
+AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"}, "orchagent_tls": {}}
 
 
 class AgentPair:
     """A source and a target agent inside the namespace; :meth:`seed` is one round."""
 
-    def __init__(self, net: NetworkNamespace, workdir: str, source: str, target: str, tls: CertificateAuthority | None):
+    def __init__(self, net: NetworkNamespace, workdir: str, source: str, target: str, tls: CertificateAuthority | None,
+                 extra: dict):
         self.net = net
         self.seed_id = 0
         seed_port = net.call(free_port, TARGET)
@@ -65,7 +69,7 @@ class AgentPair:
             settings = {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
                         "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": os.path.join(directory, "snapshots"),
                         "SnapshotMountPoint": os.path.join(directory, "mnt"),
-                        "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
+                        "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port, **extra}
             if tls is not None:
                 issued = tls.issue(address, ips=(address,))
                 settings.update(UseSSL=True, SSLCertFile=issued.cert, SSLPrivateKeyFile=issued.key, SSLCAFile=tls.cert)
@@ -95,7 +99,8 @@ class AgentPair:
         for host in self.hosts:
             if not self.call(host, f"seed-command-succeeded/{self.seed_id}"):
                 raise RuntimeError(f"seed failed on {host.hostname}: {self.call(host, f'seed-status/{self.seed_id}')}")
-        return {"seconds": seconds, "rss_mb": [peak_rss_mb(agent.process.pid) for agent in self.agents]}
+        ratio = self.call(target, f"seed-status/{self.seed_id}")["CompressionRatio"]
+        return {"seconds": seconds, "rss_mb": [peak_rss_mb(agent.process.pid) for agent in self.agents], "ratio": ratio}
 
     def stop(self) -> None:
         for agent in self.agents:
@@ -138,13 +143,12 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
     pairs: dict[str, AgentPair] = {}
     results: dict[str, list] = {m: [] for m in args.methods}
     try:
-        for method in ("orchagent", "orchagent_tls"):
+        for method, extra in AGENT_METHODS.items():
             if method in args.methods:
                 pairs[method] = AgentPair(net, os.path.join(workdir, method), source, target,
-                                          ca if method.endswith("_tls") else None)
+                                          ca if method.endswith("_tls") else None, extra)
         runners = {
-            "orchagent": lambda: net.call(pairs["orchagent"].seed),
-            "orchagent_tls": lambda: net.call(pairs["orchagent_tls"].seed),
+            **{method: functools.partial(net.call, pair.seed) for method, pair in pairs.items()},
             "tar_socat": lambda: pipeline(net, source, target),
             "tar_zstd_socat": lambda: pipeline(net, source, target, zstd=True),
             "tar_socat_tls": lambda: pipeline(net, source, target, tls=socat_tls),
@@ -155,7 +159,7 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = f"  rss {result['rss_mb']} MB" if "rss_mb" in result else ""
+                rss = f"  rss {result['rss_mb']} MB, compression {result['ratio']}x" if "rss_mb" in result else ""
                 print(f"  {link} round {round_ + 1} {method:15s} {result['seconds']:7.2f} s{rss}", flush=True)
     finally:
         for pair in pairs.values():
@@ -175,7 +179,8 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
         lines.append(f"  {method:15s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
-                           ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls")):
+                           ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),
+                           ("orchagent", "orchagent_nocompress"), ("orchagent_nocompress", "tar_socat")):
         if ours in median and baseline in median:
             lines.append(f"  {ours} / {baseline}: {median[baseline] / median[ours]:.2f}x")
     return lines
