@@ -15,7 +15,7 @@ import grp
 import os
 import pwd
 import stat
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
 
@@ -105,10 +105,12 @@ class TreeReader:
     """Yields the whole stream for one source directory as :class:`Batch` es."""
 
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
-                 batch_bytes: int = BATCH_BYTES, compression: str = "none") -> None:
+                 batch_bytes: int = BATCH_BYTES, compression: str = "none",
+                 waited: Callable[[], float] = lambda: 0.0) -> None:
+        """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.BlockCompressor`."""
         self._root = os.fsencode(root)
         self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
-        self._compressor = BlockCompressor(compression)
+        self._compressor = BlockCompressor(compression, waited)
         self._chunk = chunk_bytes
         self._batch = batch_bytes
         self._names: dict[tuple[str, int], bytes] = {}

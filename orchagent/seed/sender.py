@@ -10,6 +10,7 @@ transfer succeeds only with the receiver's authenticated DONE.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, Callable
 
 from twisted.internet import interfaces
@@ -69,9 +70,13 @@ class _SendTransfer(Transfer):
 
     def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
+        waited = 0.0  # for room in the pipe: how far the link is the limit (SeedCompression auto)
         try:
-            for batch in TreeReader(self.source_dir, mac, compression=self._compression).batches():
+            for batch in TreeReader(self.source_dir, mac, compression=self._compression,
+                                    waited=lambda: waited).batches():
+                started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
+                waited += time.monotonic() - started
                 queued()
         finally:
             self._pipe.finish()

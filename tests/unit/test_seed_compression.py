@@ -146,11 +146,12 @@ class DecompressionBombTests(SynchronousTestCase):
 
 
 class AutoPolicyTests(SynchronousTestCase):
-    """``auto`` times windows both ways and keeps the faster one, trying the other now and then."""
+    """``auto`` compresses while the link is the limit and that moves data faster, else sends raw."""
 
-    def choices(self, seconds_per_window: dict[bool, float], windows: int) -> list[bool]:
-        now = [0.0]
-        compressor = BlockCompressor("auto", clock=lambda: now[0])
+    def choices(self, seconds: dict[bool, float], waiting: dict[bool, float], windows: int = 40) -> list[bool]:
+        """How each window went, given its time and the share of it the reader waited for the link."""
+        now, waited = [0.0], [0.0]
+        compressor = BlockCompressor("auto", waited=lambda: waited[0], clock=lambda: now[0])
         block = b"\0" * (1024 * 1024)
         blocks = compression.WINDOW_BYTES // len(block)
         chosen = []
@@ -159,13 +160,24 @@ class AutoPolicyTests(SynchronousTestCase):
             chosen.append(compressing)
             for _ in range(blocks - 1):
                 self.assertEqual(compressor.compress(0, block) is not None, compressing)
-            now[0] += seconds_per_window[compressing]
+            now[0] += seconds[compressing]
+            waited[0] += seconds[compressing] * waiting[compressing]
         return chosen
 
     def test_a_slow_link_gets_compression(self):
-        chosen = self.choices({True: 0.1, False: 0.3}, 3 * compression.PROBE_EVERY)
-        self.assertGreater(chosen.count(True), 0.8 * len(chosen))
+        chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.5, False: 0.9})
+        self.assertEqual(chosen[:3], [False, True, True])  # starts raw, finds the link to be the limit
+        self.assertEqual(set(chosen[1:]), {True})  # while compressing still waits for the link, raw cannot be faster
 
-    def test_a_link_faster_than_compression_gets_raw_blocks(self):
-        chosen = self.choices({True: 0.3, False: 0.1}, 3 * compression.PROBE_EVERY)
-        self.assertGreater(chosen.count(False), 0.8 * len(chosen))
+    def test_a_link_faster_than_the_disk_gets_raw_blocks(self):
+        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.0})
+        self.assertEqual(set(chosen), {False})  # never a compressed block: nothing to gain
+
+    def test_compression_slower_than_the_link_is_tried_only_now_and_then(self):
+        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.5})
+        self.assertLessEqual(chosen.count(True), len(chosen) // compression.PROBE_EVERY + 1)
+        self.assertIn(True, chosen)
+
+    def test_compression_that_pays_is_kept_when_the_cpu_becomes_the_limit(self):
+        chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.0, False: 0.9})
+        self.assertGreater(chosen.count(True), 0.8 * len(chosen))
