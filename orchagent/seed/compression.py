@@ -2,15 +2,14 @@
 
 ``none`` sends every block raw; ``zstd`` compresses every block with zstd -1 and sends it so
 whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts raw and
-times windows of data.  A raw window in which the reader waited for the link (the pipe to the
-socket was full) says the link is the limit, so the next one goes compressed; raw windows that
-did not wait stay raw (the disk or the CPU is the limit, and compressing would only cost CPU).
-While compressed windows still wait for the link, the level goes up by one per window (to
-:data:`MAX_LEVEL`), and down again once the reader hardly waits; a compressed window at level 1
-that did not wait for the link (the CPU became the limit) is compared with the last raw one and
-the faster way is kept, the other tried again now and then.  In ``auto`` a block that does not
-shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why: ``bench/RESULTS.md``.  The compressor runs in
-the sender's reader thread; zstandard's C code releases the GIL.
+times windows of data: a window in which the reader waited for the link (the pipe to the socket
+was full) says the link is the limit, so the next one goes compressed; a compressed window that
+did not wait for the link (the CPU became the limit) is compared with the last raw one, and the
+faster way is kept, the other tried again now and then.  A window that did not wait for the link
+while raw stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  In
+``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
+``bench/RESULTS.md``.  The compressor runs in the sender's reader thread; zstandard's C code
+releases the GIL.
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
-CPU_BOUND_SHARE = 0.05  # auto: and the CPU when it waited less than this share
-MAX_LEVEL = 6  # auto: the highest level it raises to while the link is the limit (over 100 MB/s per core)
 
 
 class BlockCompressor:
@@ -43,8 +40,7 @@ class BlockCompressor:
         if mode not in MODES:
             raise ValueError(f"unknown compression {mode!r}, expected one of {', '.join(MODES)}")
         self._mode = mode
-        self._compressors: dict[int, zstandard.ZstdCompressor] = {}
-        self.level = LEVEL
+        self._compressor = zstandard.ZstdCompressor(level=LEVEL)
         self._waited = waited
         self._clock = clock
         self._compressing = mode == "zstd"
@@ -60,9 +56,7 @@ class BlockCompressor:
             self._measure(len(data))
         if not self._compressing or len(data) > MAX_BLOCK_BYTES:
             return None
-        if self.level not in self._compressors:
-            self._compressors[self.level] = zstandard.ZstdCompressor(level=self.level)
-        compressed = self._compressors[self.level].compress(data)
+        compressed = self._compressor.compress(data)
         limit = len(data) * (1 - AUTO_MIN_SAVING) if self._mode == "auto" else len(data) - ZDATA_HEADER.size
         if len(compressed) >= limit:
             return None
@@ -75,22 +69,14 @@ class BlockCompressor:
             self._window_start, self._window_waited = now, waited
         elif self._window_bytes >= WINDOW_BYTES:
             elapsed = max(now - self._window_start, 1e-6)
-            self._choose(self._window_bytes / elapsed, (waited - self._window_waited) / elapsed)
+            link_bound = waited - self._window_waited > LINK_BOUND_SHARE * elapsed
+            self._choose(self._window_bytes / elapsed, link_bound)
             self._window_start, self._window_waited, self._window_bytes = now, waited, 0
         self._window_bytes += nbytes
 
-    def _choose(self, rate: float, waiting: float) -> None:
-        """``waiting``: the share of the window the reader waited for the link."""
+    def _choose(self, rate: float, link_bound: bool) -> None:
         self._rates[self._compressing] = rate
         self._windows += 1
-        link_bound = waiting > LINK_BOUND_SHARE
-        if self._compressing and link_bound and self.level < MAX_LEVEL:
-            self.level += 1  # CPU to spare while the link is full: compress harder
-            return
-        if self._compressing and self.level > LEVEL:
-            if waiting < CPU_BOUND_SHARE:
-                self.level -= 1  # the CPU became the limit: compress faster
-            return
         # Raw and not waiting for the link: compressing would only cost CPU.  Compressing and
         # still waiting for the link: raw would wait longer.  Otherwise the other way may be faster.
         if link_bound != self._compressing:
