@@ -25,6 +25,7 @@ MODES = ("auto", "zstd", "none")
 LEVEL = 1  # zstd -1: several hundred MB/s per core, far above a 1 Gbit/s link
 AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth decompressing
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
+FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
 
@@ -67,7 +68,7 @@ class BlockCompressor:
         now, waited = self._clock(), self._waited()
         if self._window_start is None:
             self._window_start, self._window_waited = now, waited
-        elif self._window_bytes >= WINDOW_BYTES:
+        elif self._window_bytes >= (WINDOW_BYTES if self._rates else FIRST_WINDOW_BYTES):
             elapsed = max(now - self._window_start, 1e-6)
             link_bound = waited - self._window_waited > LINK_BOUND_SHARE * elapsed
             self._choose(self._window_bytes / elapsed, link_bound)

@@ -153,12 +153,12 @@ class AutoPolicyTests(SynchronousTestCase):
         now, waited = [0.0], [0.0]
         compressor = BlockCompressor("auto", waited=lambda: waited[0], clock=lambda: now[0])
         block = b"\0" * (1024 * 1024)
-        blocks = compression.WINDOW_BYTES // len(block)
         chosen = []
-        for _ in range(windows):
+        for window in range(windows):
             compressing = compressor.compress(0, block) is not None
             chosen.append(compressing)
-            for _ in range(blocks - 1):
+            size = compression.WINDOW_BYTES if window else compression.FIRST_WINDOW_BYTES
+            for _ in range(size // len(block) - 1):
                 self.assertEqual(compressor.compress(0, block) is not None, compressing)
             now[0] += seconds[compressing]
             waited[0] += seconds[compressing] * waiting[compressing]
