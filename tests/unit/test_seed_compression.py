@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 
 import zstandard
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import compression, protocol
 from orchagent.seed.compression import BlockCompressor
+from orchagent.seed.writer import INFLATED_BATCH_BYTES, INFLATED_BATCHES
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError, TransferFailed
 from tests.support.seed_trees import SESSION, build_tree, describe_tree, tree_stream, writer_into
 from tests.unit.test_seed_protocol import Recorder, decoder, split_frames
@@ -94,6 +96,39 @@ class CompressedStreamTests(SynchronousTestCase):
         self.assertEqual(describe_tree(target), describe_tree(self.root))
         self.assertEqual(writer.progress.wire_bytes, len(self.compressed))
         self.assertEqual(writer.progress.data_bytes, len(self.raw))
+
+
+class InflatedMemoryTests(SynchronousTestCase):
+    """Decompressed blocks wait for a slow disk instead of piling up in memory."""
+
+    def test_a_small_chunk_of_compressed_zeros_waits_for_the_disk(self):
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        os.makedirs(source)
+        os.makedirs(target)
+        with open(os.path.join(source, "zeros"), "wb") as f:
+            for _ in range(48):
+                f.write(bytes(1024 * 1024))
+        stream = tree_stream(source, compression="zstd")
+        self.assertLess(len(stream), 64 * 1024)  # 48 MB in one small chunk
+        self.assertGreater(48 * 1024 * 1024, 2 * INFLATED_BATCHES * INFLATED_BATCH_BYTES)
+        writer = writer_into(target)
+        writer.start()
+        disk_may_go = threading.Event()
+        self.addCleanup(disk_may_go.set)
+        write_data = writer._write_data
+        written = []
+        writer._write_data = lambda offset, piece: (disk_may_go.wait(), written.append(len(piece)),
+                                                    write_data(offset, piece))
+        feeder = threading.Thread(target=writer.feed, args=(stream,), daemon=True)
+        feeder.start()
+        feeder.join(0.5)
+        self.assertTrue(feeder.is_alive())  # waits for room instead of decompressing all 48 MB
+        self.assertEqual(written, [])
+        disk_may_go.set()
+        feeder.join(10)
+        writer.finish()
+        self.assertEqual(describe_tree(target), describe_tree(source))
 
 
 class IncompressibleDataTests(SynchronousTestCase):
