@@ -19,6 +19,7 @@ setup(
         "service-identity",
         "attrs",
         "prometheus-client",
+        "zstandard>=0.20",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["orchagent-ctl = orchagent.ctl.cli:main"]},

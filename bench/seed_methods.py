@@ -65,9 +65,10 @@ def agent_settings(agent_dir: str, datadir: str, seed_port: int) -> dict:
 class AgentPair:
     """A source agent on 127.0.0.1 whose datadir is ``source`` and a target agent on 127.0.0.2 whose
     datadir is ``target``, started once for the whole run (inside ``net`` when given; HTTPS with
-    certificates of ``ca`` when given); :meth:`seed` is one round."""
+    certificates of ``ca`` when given; ``extra`` settings on both); :meth:`seed` is one round."""
 
-    def __init__(self, workdir: str, source: str, target: str, *, net=None, ca: CertificateAuthority | None = None):
+    def __init__(self, workdir: str, source: str, target: str, *, net=None, ca: CertificateAuthority | None = None,
+                 extra: dict | None = None):
         self.workdir = workdir
         self.net = net
         self.seed_id = 0
@@ -77,7 +78,7 @@ class AgentPair:
         for address, datadir in ((SOURCE, source), (TARGET, target)):
             agent_dir = os.path.join(workdir, address)
             os.makedirs(agent_dir)
-            settings = agent_settings(agent_dir, datadir, seed_port)
+            settings = {**agent_settings(agent_dir, datadir, seed_port), **(extra or {})}
             if ca is not None:
                 issued = ca.issue(address, ips=(address,))
                 settings.update(UseSSL=True, SSLCertFile=issued.cert, SSLPrivateKeyFile=issued.key, SSLCAFile=ca.cert)
@@ -127,6 +128,7 @@ class AgentPair:
                 raise RuntimeError(f"seed {seed_id} failed on the {side}: {status['Error']}")
             result[side] = {"peak_rss_mb": peak_rss_mb(pids[side]),
                             "cpu_seconds": round(cpu_seconds(pids[side]) - cpu_before[side], 2)}
+        result["ratio"] = self.call(self.target, f"seed-status/{seed_id}")["CompressionRatio"]
         return result
 
     def stop(self) -> None:

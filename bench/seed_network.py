@@ -12,7 +12,8 @@ Methods, in the same run, page cache dropped before each:
 
 * ``orchagent``: two real agents (``twistd orchagent``), seeded through the API as orchestrator
   does (receive, send, poll ``seed-command-completed``), every byte verified; ``orchagent_tls``
-  the same with ``UseSSL`` and certificates from a throw-away CA;
+  the same with ``UseSSL`` and certificates from a throw-away CA; ``orchagent_nocompress`` with
+  ``SeedCompression`` ``none``;
 * ``tar_socat``: ``tar -c | socat`` to ``socat | tar -x``;
 * ``tar_zstd_socat``: ``tar -c | zstd -1 -T0 | socat`` to ``socat | zstd -d | tar -x``, the best
   hand pipeline;
@@ -42,7 +43,8 @@ from testbed.netns import NetworkNamespace  # noqa: E402
 
 SECTION_HEADING = "## Seeds over a shaped link (`bench/seed_network.py`)"
 LINK_BITS = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
-METHODS = "orchagent,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
+METHODS = "orchagent,orchagent_nocompress,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
+AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"}, "orchagent_tls": {}}
 
 
 def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca, socat_tls) -> dict[str, list]:
@@ -50,13 +52,12 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
     pairs: dict[str, AgentPair] = {}
     results: dict[str, list] = {m: [] for m in args.methods}
     try:
-        for method in ("orchagent", "orchagent_tls"):
+        for method, extra in AGENT_METHODS.items():
             if method in args.methods:
                 pairs[method] = AgentPair(os.path.join(workdir, method), source, target, net=net,
-                                          ca=ca if method.endswith("_tls") else None)
+                                          ca=ca if method.endswith("_tls") else None, extra=extra)
         runners = {
-            "orchagent": lambda: pairs["orchagent"].seed(),
-            "orchagent_tls": lambda: pairs["orchagent_tls"].seed(),
+            **{method: pair.seed for method, pair in pairs.items()},
             "tar_socat": lambda: tar_socat(source, target, net=net),
             "tar_zstd_socat": lambda: tar_socat(source, target, net=net, zstd=True),
             "tar_socat_tls": lambda: tar_socat(source, target, net=net, tls=socat_tls),
@@ -67,7 +68,7 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = f"  rss {peak_rss(result)} MB" if "source" in result else ""
+                rss = f"  rss {peak_rss(result)} MB, compression {result['ratio']}x" if "source" in result else ""
                 print(f"  {link} round {round_ + 1} {method:15s} {result['seconds']:7.2f} s{rss}", flush=True)
     finally:
         for pair in pairs.values():
@@ -92,7 +93,8 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
         lines.append(f"  {method:15s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
-                           ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls")):
+                           ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),
+                           ("orchagent", "orchagent_nocompress"), ("orchagent_nocompress", "tar_socat")):
         if ours in median and baseline in median:
             lines.append(f"  {ours} / {baseline}: {ratio(median[baseline], median[ours])}")
     return lines

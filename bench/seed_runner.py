@@ -54,7 +54,7 @@ async def run(reactor, args) -> dict:
     else:
         tls = client_creator(config, args.tls_host) if args.tls_ca else None
         transfer = send_tree(reactor, args.host, args.port, args.seed_id, args.source, secret=secret,
-                             stall_timeout=args.stall_timeout, tls=tls)
+                             stall_timeout=args.stall_timeout, tls=tls, compression=args.compression)
     error = None
     try:
         await transfer.when_done()
@@ -70,6 +70,8 @@ async def run(reactor, args) -> dict:
         "seconds": (progress.finished or 0) - (progress.started or 0),
         "files": progress.files_done,
         "bytes": progress.bytes_done,
+        "wire_bytes": progress.wire_bytes,
+        "data_bytes": progress.data_bytes,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "cpu_seconds": round(cpu_seconds(), 2),
         "transfer_cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--datadir")
     parser.add_argument("--source")
     parser.add_argument("--stall-timeout", type=float, default=60)
+    parser.add_argument("--compression", default="auto", choices=["auto", "zstd", "none"], help="sender: SeedCompression")
     parser.add_argument("--tls-cert", default="", help="receiver: its certificate (PEM), for TLS")
     parser.add_argument("--tls-key", default="", help="receiver: its private key (PEM)")
     parser.add_argument("--tls-ca", default="", help="sender: the CA to verify the receiver with, for TLS")

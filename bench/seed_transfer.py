@@ -23,7 +23,8 @@ interleaved so that background noise hits every method alike:
 Two more methods, not run unless ``--methods`` names them: (e) ``orchagent_tls``, (a) over TLS
 set up as an agent with ``UseSSL`` sets it up, and (f) ``tar_socat_tls``, (b) with socat's
 ``OPENSSL`` addresses (the receiver's certificate verified by name, as orchagent's sender does);
-both with a throw-away CA made for the run.
+both with a throw-away CA made for the run; and (g) ``orchagent_nocompress``, (a) with
+``SeedCompression`` ``none`` (what (a)'s default ``auto`` costs or saves on a link faster than the disk).
 
 Before every run the target is removed, ``sync`` ran and the page cache is dropped when this
 process may write ``/proc/sys/vm/drop_caches`` (the output says whether it could).  Prints the
@@ -56,7 +57,7 @@ from bench.seed_methods import SECRET, SOURCE, TARGET, AgentPair, tar_socat, tls
 from testbed.agent import free_port  # noqa: E402
 
 
-def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -> dict:
+def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None, compression: str = "auto") -> dict:
     port = free_port()
     env = {**os.environ, "ORCHAGENT_SEED_SECRET": SECRET}
     receive_tls = ["--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
@@ -66,7 +67,8 @@ def run_orchagent(source: str, target: str, tls: dict[str, str] | None = None) -
     if receiver.stdout.readline().strip() != "listening":
         raise RuntimeError("the receiver did not start")
     start = time.monotonic()
-    sender = subprocess.run([sys.executable, RUNNER, "send", "--port", str(port), "--source", source, *send_tls],
+    sender = subprocess.run([sys.executable, RUNNER, "send", "--port", str(port), "--source", source, *send_tls,
+                             "--compression", compression],
                             stdout=subprocess.PIPE, text=True, env=env, check=True)
     received = receiver.communicate()[0]
     wall = time.monotonic() - start
@@ -125,7 +127,8 @@ def run(args, pairs: list) -> None:
     print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['memory']} RAM, {info['filesystem']}, "
           f"load {info['load']}")
     print(f"data: {files} files, {nbytes / 1e6:.0f} MB in {source}")
-    runners = {"orchagent": run_orchagent, "tar_socat": tar_socat, "cp": run_cp}
+    runners = {"orchagent": run_orchagent, "tar_socat": tar_socat, "cp": run_cp,
+               "orchagent_nocompress": functools.partial(run_orchagent, compression="none")}
     methods = args.methods.split(",")
     tls_dir = os.path.join(args.dir, f"tls-{os.getpid()}")
     if any(m.endswith("_tls") for m in methods):
@@ -146,16 +149,17 @@ def run(args, pairs: list) -> None:
             fresh_target(target)
             dropped = drop_caches() and dropped
             result = runners[method](source, target)
-            if method in ("orchagent", "orchagent_tls", "agents") and round_ == 0 and not identical(source, target):
+            if method.startswith(("orchagent", "agents")) and round_ == 0 and not identical(source, target):
                 raise RuntimeError(f"the {method} copy differs from the source")
             if method == "agents" and tree_bytes(target) != (files, nbytes):
                 raise RuntimeError(f"the agents' copy holds {tree_bytes(target)} files and bytes, not {(files, nbytes)}")
             results[method].append(result)
             extra = ""
-            if method in ("orchagent", "orchagent_tls"):
+            if method in ("orchagent", "orchagent_tls", "orchagent_nocompress"):
                 extra = f" (wall with process start {result['wall']:.2f} s)  " + "  ".join(
                     f"{side}: rss {result[side]['peak_rss_mb']} MB cpu {result[side]['cpu_seconds']:.2f} s "
                     f"({result[side]['transfer_cpu_seconds']:.2f} s transfer)" for side in ("send", "receive"))
+                extra += f"  wire {result['send']['wire_bytes'] / max(result['send']['data_bytes'], 1):.0%} of the data"
             if method == "agents":
                 extra = "  " + "  ".join(f"{side}: rss {result[side]['peak_rss_mb']} MB cpu "
                                          f"{result[side]['cpu_seconds']:.2f} s" for side in ("source", "target"))
@@ -170,7 +174,8 @@ def run(args, pairs: list) -> None:
     if "cp" in median and "tar_socat" in median:
         print(f"cp / tar_socat: {median['tar_socat'] / median['cp']:.2f}x throughput (how far the disk allows "
               f"anything to beat tar | socat when source and target share it)")
-    for m, baseline in (("orchagent", "tar_socat"), ("agents", "tar_socat"), ("orchagent_tls", "tar_socat_tls")):
+    for m, baseline in (("orchagent", "tar_socat"), ("agents", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),
+                        ("orchagent", "orchagent_nocompress")):
         if m in median and baseline in median:
             rounds = [t["seconds"] / r["seconds"] for r, t in zip(results[m], results[baseline])]
             print(f"{m} / {baseline}: {median[baseline] / median[m]:.2f}x throughput; in each round: "

@@ -150,6 +150,7 @@ class Config:
     seed_transfer_valid_ous: tuple[str, ...] = _key("SeedTransferValidOUs", (), _string_list)
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
     seed_max_bytes_per_second: int = _key("SeedMaxBytesPerSecond", 0, _uint)
+    seed_compression: str = _key("SeedCompression", "auto", _string)
     local_seed_source_hosts: tuple[str, ...] = _key("LocalSeedSourceHosts", (), _string_list)
     remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
     metrics_enabled: bool = _key("MetricsEnabled", True, _bool)
@@ -300,6 +301,8 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
              f"got {config.seed_max_bytes_per_second}")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
+    if config.seed_compression not in ("auto", "zstd", "none"):
+        fail("seed_compression", f"must be \"auto\", \"zstd\" or \"none\", got {config.seed_compression!r}")
     if config.snapshot_backend not in ("lvm", "btrfs", "hotbackup"):
         fail("snapshot_backend", f"must be \"lvm\", \"btrfs\" or \"hotbackup\", got {config.snapshot_backend!r}")
     if config.hot_backup_tool not in ("mariabackup", "xtrabackup"):

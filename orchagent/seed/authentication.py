@@ -6,7 +6,9 @@
 
 ``K`` (:class:`Session`) is derived from ``SeedTransferSecret``, the seed id, both nonces and,
 over TLS, keying material exported from the TLS session; one running HMAC (:class:`StreamMac`)
-covers every stream frame, and FILE_END and END carry its tag.  Why: ``bench/RESULTS.md``.
+covers every stream frame, and FILE_END and END carry its tag.  It covers file data as sent
+uncompressed (a ZDATA frame counts as the DATA frame it decompresses to), so what is verified is
+what the receiver writes.  Why: ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import attrs
 from orchagent.seed.protocol import COUNTS, HEADER, Kind, ProtocolError, frame
 
 MAGIC = b"ORCHSEED"
-VERSION = 2
+VERSION = 3  # 3: ZDATA frames (compressed file data)
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
-TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v2"  # RFC 5705: unregistered labels start so
+TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v3"  # RFC 5705: unregistered labels start so
 TLS_EXPORTER_BYTES = 32
 NOT_AUTHENTICATED = ("the sender was not authenticated: the agents' SeedTransferSecret values differ, or "
                      "its certificate does not pass SeedTransferValidOUs; the target agent's log says which")
@@ -76,7 +78,7 @@ class Session:
                tls_material: bytes = b"") -> Session:
         """``tls_material``: :data:`TLS_EXPORTER_BYTES` exported from the TLS session, empty on plain TCP."""
         seed = _check_seed_id(seed_id)
-        message = (b"orchagent seed v2 session\0" + bytes([len(seed)]) + seed + receiver_nonce + sender_nonce
+        message = (b"orchagent seed v3 session\0" + bytes([len(seed)]) + seed + receiver_nonce + sender_nonce
                    + tls_material)
         return cls(seed_id, sender_nonce, _hmac(secret, message))
 

@@ -6,10 +6,12 @@ import hmac
 import os
 from typing import Protocol
 
+import zstandard
+
 from orchagent.seed.authentication import TAG_BYTES, StreamMac
-from orchagent.seed.protocol import (COUNTS, DATA_OFFSET, DATA_START, HEADER, MAX_DATA_PAYLOAD, MAX_META_PAYLOAD,
-                                     ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError, TransferFailed, kind_of,
-                                     parse_counts, parse_entry)
+from orchagent.seed.protocol import (COUNTS, DATA_OFFSET, DATA_START, HEADER, MAX_BLOCK_BYTES, MAX_DATA_PAYLOAD,
+                                     ZDATA_HEADER, ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError,
+                                     TransferFailed, data_header, kind_of, parse_counts, parse_entry, payload_limit)
 
 
 class StreamHandler(Protocol):
@@ -19,7 +21,8 @@ class StreamHandler(Protocol):
 
     def entry(self, entry: Entry) -> None: ...
 
-    def data(self, offset: int, piece: memoryview) -> None: ...
+    def data(self, offset: int, piece: memoryview) -> None:
+        """``piece`` is a view of a received chunk, or of a decompressed block of its own."""
 
     def file_end(self) -> None: ...
 
@@ -33,6 +36,8 @@ class StreamDecoder:
     at END.  DATA payloads are handed on as slices of the received chunks, never copied or
     reassembled, so decoding costs one MAC update per piece.  A frame that lies whole in the chunk (nearly
     all of them) is parsed in place; only one cut by a chunk boundary is collected byte-wise.
+    A ZDATA frame is collected whole and decompressed (to at most :data:`MAX_BLOCK_BYTES`); the MAC
+    covers it as the DATA frame it decompresses to.  ``expanded``: the bytes decompression added.
     """
 
     def __init__(self, handler: StreamHandler, mac: StreamMac) -> None:
@@ -42,6 +47,8 @@ class StreamDecoder:
         self._data_left = 0  # bytes of the current DATA payload still to come
         self._data_at = 0  # file offset of the next data byte
         self._file: Entry | None = None
+        self._decompressor = zstandard.ZstdDecompressor()
+        self.expanded = 0
         self.ended = False
 
     def feed(self, chunk: bytes) -> None:
@@ -72,7 +79,7 @@ class StreamDecoder:
         end = at + HEADER.size + length
         if end > len(view):
             return self._take_frame(view, at)
-        if length > MAX_META_PAYLOAD:
+        if length > payload_limit(kind):
             raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
         self._dispatch(kind_of(kind), bytes(view[at + HEADER.size:end]))
         return end
@@ -89,8 +96,7 @@ class StreamDecoder:
         at += take
         if len(pending) == HEADER.size:
             kind, length = HEADER.unpack_from(pending)
-            limit = MAX_DATA_PAYLOAD if kind == Kind.DATA else MAX_META_PAYLOAD
-            if length > limit or (kind == Kind.DATA and length < DATA_OFFSET.size):
+            if length > payload_limit(kind) or (kind == Kind.DATA and length < DATA_OFFSET.size):
                 raise ProtocolError(f"bad frame length {length} for frame kind {kind}")
             if kind != Kind.DATA and length == 0:
                 self._dispatch(kind_of(kind), b"")
@@ -109,13 +115,17 @@ class StreamDecoder:
 
     def _start_data(self, header: bytes, length: int) -> None:
         """``header``: the DATA frame's header and offset; ``length`` file bytes follow."""
+        self._data_at, self._data_left = self._data_frame(header, length), length
+
+    def _data_frame(self, header: bytes, length: int) -> int:
+        """Check and MAC a DATA frame's ``header`` for ``length`` bytes; return their offset."""
         if self._file is None:
             raise ProtocolError("file data outside a file")
         (offset,) = DATA_OFFSET.unpack_from(header, HEADER.size)
         if offset + length > self._file.size:
             raise ProtocolError(f"data beyond the end of {self._file.path!r}")
         self._mac.update(header)
-        self._data_at, self._data_left = offset, length
+        return offset
 
     def _dispatch(self, kind: Kind, payload: bytes) -> None:
         if self.ended:
@@ -124,6 +134,9 @@ class StreamDecoder:
             raise TransferFailed(f"the sender failed: {payload.decode('utf-8', 'replace')}")
         if kind in (Kind.FILE_END, Kind.END):
             self._check_tag(kind, payload)
+        elif kind == Kind.ZDATA:
+            self._compressed_data(payload)
+            return
         else:
             self._mac.update(HEADER.pack(kind, len(payload)) + payload)
         if kind == Kind.ENTRY:
@@ -143,6 +156,29 @@ class StreamDecoder:
             self._handler.end(*parse_counts(payload[:COUNTS.size]))
         else:
             raise ProtocolError(f"unexpected {kind.name} frame in the data stream")
+
+    def _compressed_data(self, payload: bytes) -> None:
+        """A ZDATA frame: decompress (bounded by the length it declares), MAC and hand on the data."""
+        if len(payload) < ZDATA_HEADER.size:
+            raise ProtocolError("malformed compressed data frame")
+        offset, length = ZDATA_HEADER.unpack_from(payload)
+        compressed = payload[ZDATA_HEADER.size:]
+        if not 0 < length <= MAX_BLOCK_BYTES:
+            raise ProtocolError(f"compressed block of {length} bytes (at most {MAX_BLOCK_BYTES} allowed)")
+        header = data_header(offset, length)
+        self._data_frame(header, length)
+        try:
+            if zstandard.frame_content_size(compressed) != length:
+                raise zstandard.ZstdError("the frame's content size differs from the block's")
+            data = self._decompressor.decompress(compressed, max_output_size=length)
+        except zstandard.ZstdError as e:
+            raise ProtocolError(f"a compressed block of {os.fsdecode(self._file.path)!r} is corrupt: {e}") from None
+        if len(data) != length:
+            raise ProtocolError(f"a compressed block of {os.fsdecode(self._file.path)!r} is corrupt: "
+                                f"{len(data)} bytes instead of {length}")
+        self._mac.update(data)
+        self._handler.data(offset, memoryview(data))
+        self.expanded += len(header) + length - HEADER.size - len(payload)
 
     def _check_tag(self, kind: Kind, payload: bytes) -> None:
         """FILE_END and END: the tag at the payload's end must be the MAC of the stream up to it."""

@@ -49,6 +49,7 @@ class Job:
     done: Deferred  # fires on success, fails with the reason
     stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
     progress: Callable[[], Progress]
+    wire: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: the stream's bytes on the wire, uncompressed
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
     limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
@@ -59,9 +60,11 @@ def transfer_job(transfer) -> Job:
     def progress() -> Progress:
         p = transfer.progress
         return p.bytes_done, p.bytes_total, p.files_done, p.files_total
-    return Job(transfer.when_done(), transfer.abort, progress)
+    return Job(transfer.when_done(), transfer.abort, progress,
+               wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes))
 
 
 def command_job(running, growth: Growth | None = None) -> Job:
     """A configured command as a job; without ``growth`` its progress is unknown (0)."""
-    return Job(running.result, running.terminate, growth.progress if growth else lambda: (0, None, 0, None), growth)
+    return Job(running.result, running.terminate, growth.progress if growth else lambda: (0, None, 0, None),
+               growth=growth)

@@ -160,7 +160,8 @@ class SeedManager(Service):
                 self._reactor, target_host, port, str(seed_id), source,
                 secret=self._config.seed_transfer_secret.encode(),
                 tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate)
+                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
+                compression=self._config.seed_compression)
             job = transfer_job(transfer)
             job.limit_rate = transfer.limit_rate
             mode = "built-in"
@@ -384,6 +385,7 @@ class SeedManager(Service):
 
     def _sample_job(self, record: SeedRecord, job: Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
+        record.wire_bytes, record.data_bytes = job.wire()
         if record.bytes_done and record.data_started_at is None:
             record.data_started_at = self.now()  # rate and ETA count from the first byte
 

@@ -9,6 +9,7 @@ PROGRESS keepalives::
     TOTALS files, bytes             (any time; from a quick stat walk)
     ENTRY  dir | symlink | file     (a directory always comes before what it contains)
     DATA   offset, bytes            (file data; holes of sparse files are simply not sent)
+    ZDATA  offset, length, zstd     (file data compressed: ``length`` bytes once decompressed)
     FILE_END tag                    (after each file's DATA frames)
     END    files, bytes, tag        (the counts the receiver must have seen)
     receiver -> DONE  proof         (everything authenticated, fsynced and in place)
@@ -29,10 +30,13 @@ from orchagent.errors import AgentError
 
 MAX_META_PAYLOAD = 64 * 1024  # every frame but DATA is small; a bigger one is garbage
 MAX_DATA_PAYLOAD = 64 * 1024 * 1024
+MAX_BLOCK_BYTES = 4 * 1024 * 1024  # the most a ZDATA frame may decompress to (bounds a decompression bomb)
 
 HEADER = struct.Struct("!BI")
 DATA_OFFSET = struct.Struct("!Q")
 DATA_START = HEADER.size + DATA_OFFSET.size  # where a DATA frame's file bytes begin
+ZDATA_HEADER = struct.Struct("!QI")  # offset, decompressed length; the compressed bytes follow
+MAX_ZDATA_PAYLOAD = ZDATA_HEADER.size + MAX_BLOCK_BYTES  # compressed only when that is smaller
 COUNTS = struct.Struct("!QQ")  # files, bytes
 _ENTRY = struct.Struct("!BIqQIIHHBB")  # kind mode mtime_ns size uid gid len(path) len(target) len(user) len(group)
 
@@ -50,6 +54,7 @@ class Kind(enum.IntEnum):
     DONE = 10
     FAIL = 11
     PROGRESS = 12
+    ZDATA = 13
 
 
 class EntryKind(enum.IntEnum):
@@ -80,6 +85,16 @@ def frame(kind: Kind, payload: bytes = b"") -> bytes:
 def data_header(offset: int, length: int) -> bytes:
     """Header and offset of a DATA frame; the ``length`` data bytes follow separately."""
     return HEADER.pack(Kind.DATA, DATA_OFFSET.size + length) + DATA_OFFSET.pack(offset)
+
+
+def zdata_frame(offset: int, length: int, compressed: bytes) -> bytes:
+    """A ZDATA frame: ``compressed`` (one zstd frame) decompresses to ``length`` bytes at ``offset``."""
+    return frame(Kind.ZDATA, ZDATA_HEADER.pack(offset, length) + compressed)
+
+
+def payload_limit(kind: int) -> int:
+    """The largest payload a frame of ``kind`` may have in the data stream."""
+    return {Kind.DATA: MAX_DATA_PAYLOAD, Kind.ZDATA: MAX_ZDATA_PAYLOAD}.get(kind, MAX_META_PAYLOAD)
 
 
 def counts_frame(kind: Kind, files: int, nbytes: int) -> bytes:

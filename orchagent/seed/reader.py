@@ -3,6 +3,8 @@
 Walks without following symlinks, directories before their contents; sockets, fifos and devices
 are skipped (a datadir may hold ``mysql.sock``), hard links arrive as separate files, holes of
 sparse files are not sent.  Files are opened ahead and dropped from the page cache once read.
+Blocks of file data go through a :class:`~orchagent.seed.compression.BlockCompressor`; the MAC
+covers them uncompressed.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import grp
 import os
 import pwd
 import stat
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
 
 from orchagent.seed import authentication, protocol
+from orchagent.seed.compression import BlockCompressor
 from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
@@ -35,6 +38,7 @@ class Batch:
     files: int  # files completed by these frames
     totals: tuple[int, int] | None = None  # (files, bytes) of the whole tree, in the first batch
     final: bool = False  # the END frame is in here
+    saved: int = 0  # bytes compression took off these frames (their size uncompressed: size + saved)
 
     @property
     def size(self) -> int:
@@ -101,14 +105,17 @@ class TreeReader:
     """Yields the whole stream for one source directory as :class:`Batch` es."""
 
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
-                 batch_bytes: int = BATCH_BYTES) -> None:
+                 batch_bytes: int = BATCH_BYTES, compression: str = "none",
+                 waited: Callable[[], float] = lambda: 0.0) -> None:
+        """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.BlockCompressor`."""
         self._root = os.fsencode(root)
         self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
+        self._compressor = BlockCompressor(compression, waited)
         self._chunk = chunk_bytes
         self._batch = batch_bytes
         self._names: dict[tuple[str, int], bytes] = {}
         self._pending: list[bytes] = []
-        self._pending_size = self._pending_bytes = self._pending_files = 0
+        self._pending_size = self._pending_bytes = self._pending_files = self._pending_saved = 0
 
     def batches(self) -> Iterator[Batch]:
         if not os.path.isdir(self._root):
@@ -155,11 +162,14 @@ class TreeReader:
                     header = self._authenticated(protocol.data_header(offset, len(data)))
                     self._mac.update(data)
                     sent += len(data)
+                    compressed = self._compressor.compress(offset, data)
+                    parts = [header, data] if compressed is None else [compressed]
+                    saved = 0 if compressed is None else len(header) + len(data) - len(compressed)
                     if len(data) >= self._batch // 4:
                         yield from self._flush()
-                        yield Batch([header, data], len(data), 0)
+                        yield Batch(parts, len(data), 0, saved=saved)
                     else:
-                        self._add(header + data, len(data))
+                        self._add(b"".join(parts), len(data), saved=saved)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             self._add(self._mac.file_end(), st.st_size - sent, 1)
             return st.st_size
@@ -188,17 +198,18 @@ class TreeReader:
             self._names[key] = name.encode()
         return self._names[key]
 
-    def _add(self, part: bytes, data_bytes: int = 0, files: int = 0) -> None:
+    def _add(self, part: bytes, data_bytes: int = 0, files: int = 0, saved: int = 0) -> None:
         self._pending.append(part)
         self._pending_size += len(part)
         self._pending_bytes += data_bytes
         self._pending_files += files
+        self._pending_saved += saved
 
     def _flush(self) -> Iterator[Batch]:
         if self._pending:
-            yield Batch(self._pending, self._pending_bytes, self._pending_files)
+            yield Batch(self._pending, self._pending_bytes, self._pending_files, saved=self._pending_saved)
         self._pending = []
-        self._pending_size = self._pending_bytes = self._pending_files = 0
+        self._pending_size = self._pending_bytes = self._pending_files = self._pending_saved = 0
 
 
 def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:

@@ -33,6 +33,8 @@ class SeedRecord:
     bytes_total: int | None = None
     files_done: int = 0
     files_total: int | None = None
+    wire_bytes: int = 0  # built-in transfer: the data stream's bytes on the wire
+    data_bytes: int = 0  # and what they carry uncompressed
     error: str = ""
     ended_at: float | None = None
     data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)
@@ -63,6 +65,11 @@ class SeedRecord:
         """Bytes per second from the first byte to ``now`` (to the end, once the seed ended)."""
         elapsed = (self.ended_at or now) - (self.data_started_at or self.started_at)
         return int(self.bytes_done / elapsed) if elapsed > 0 else 0
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Data bytes per wire byte (1.0: nothing saved); None before the first byte."""
+        return round(self.data_bytes / self.wire_bytes, 2) if self.wire_bytes else None
 
     def eta(self, now: float) -> int | None:
         """Seconds left at the current rate; None when unknown or ended."""

@@ -11,6 +11,7 @@ on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, Callable
 
 from twisted.internet import interfaces
@@ -35,10 +36,11 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 class _SendTransfer(Transfer):
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
-                 max_bytes_per_second: int) -> None:
+                 max_bytes_per_second: int, compression: str) -> None:
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
         self._secret = secret
+        self._compression = compression
         self._connecting: Deferred | None = None
         self._throttle = Throttle(max_bytes_per_second)
         self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
@@ -85,9 +87,13 @@ class _SendTransfer(Transfer):
 
     def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
+        waited = 0.0  # for room in the pipe: how far the link is the limit (SeedCompression auto)
         try:
-            for batch in TreeReader(self.source_dir, mac).batches():
+            for batch in TreeReader(self.source_dir, mac, compression=self._compression,
+                                    waited=lambda: waited).batches():
+                started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
+                waited += time.monotonic() - started
                 queued()
         finally:
             self._pipe.finish()
@@ -120,6 +126,8 @@ class _SendTransfer(Transfer):
         """Progress of what was handed to the socket (one thread per transfer does this)."""
         self.progress.bytes_done += batch.data_bytes
         self.progress.files_done += batch.files
+        self.progress.wire_bytes += batch.size
+        self.progress.data_bytes += batch.size + batch.saved
         if batch.totals is not None:
             self.progress.files_total, self.progress.bytes_total = batch.totals
         if batch.final:
@@ -240,13 +248,14 @@ class _SenderProtocol(Connection):
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-              max_bytes_per_second: int = 0) -> _SendTransfer:
+              max_bytes_per_second: int = 0, compression: str = "auto") -> _SendTransfer:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
     or None for plain TCP.  ``max_bytes_per_second``: the pacing (0: none), see :meth:`limit_rate`.
+    ``compression``: ``SeedCompression`` (:mod:`orchagent.seed.compression`).
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second)
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second, compression)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)

@@ -37,8 +37,8 @@ SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the 
 class Progress:
     """How far a transfer is.  Byte counts are logical file bytes (holes included).
 
-    Updated by one thread per transfer (the receiver's disk thread; the sender's sending thread,
-    or its reactor under TLS); plain int stores, so the
+    Updated by one thread per transfer (the receiver's disk thread, its decoding thread for the
+    wire counts; the sender's sending thread, or its reactor under TLS); plain int stores, so the
     reactor may read them at any time.  ``started``/``finished`` are reactor times.
     """
 
@@ -46,6 +46,8 @@ class Progress:
     files_done: int = 0
     bytes_total: int | None = None  # None until the sender's quick walk is done
     files_total: int | None = None
+    wire_bytes: int = 0  # the data stream's bytes on the wire
+    data_bytes: int = 0  # what they carry uncompressed (data_bytes / wire_bytes: the compression ratio)
     started: float | None = None  # when the peer was authenticated
     finished: float | None = None
 

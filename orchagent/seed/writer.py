@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import threading
 from typing import Callable
 
 from orchagent.seed import authentication, decoder
@@ -24,6 +25,8 @@ WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
 RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+INFLATED_BATCH_BYTES = 4 * 1024 * 1024  # decompressed data handed to the disk thread at once
+INFLATED_BATCHES = 3  # of them at most with the disk thread: a tiny chunk of ZDATA frames cannot fill memory
 PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
 
 
@@ -39,6 +42,8 @@ class TreeWriter:
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: DiskThread | None = None
         self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
+        self._inflated_room = threading.Semaphore(INFLATED_BATCHES)
+        self._inflated = 0  # decompressed bytes in the calls not yet handed over
         self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
         self._as_root = os.geteuid() == 0
@@ -85,9 +90,16 @@ class TreeWriter:
         try:
             self._decoder.feed(chunk)
         finally:
-            calls, self._calls = self._calls, []
-            self._disk.submit(calls, functools.partial(self._buffers.put, buffer))
+            self._hand_over(functools.partial(self._buffers.put, buffer))
+        self.progress.wire_bytes += len(chunk)
+        self.progress.data_bytes = self.progress.wire_bytes + self._decoder.expanded
         self._disk.check()
+
+    def _hand_over(self, release: Callable[[], None]) -> None:
+        """Give the disk thread the calls so far; ``release`` runs once it is done with them."""
+        calls, self._calls = self._calls, []
+        self._inflated = 0
+        self._disk.submit(calls, release)
 
     @property
     def ended(self) -> bool:
@@ -109,6 +121,11 @@ class TreeWriter:
 
     def data(self, offset: int, piece: memoryview) -> None:
         self._calls.append((self._write_data, (offset, piece)))
+        if id(piece.obj) not in self._ring:  # decompressed: memory of its own, handed over in bounded batches
+            self._inflated += len(piece)
+            if self._inflated >= INFLATED_BATCH_BYTES:
+                self._inflated_room.acquire()  # the disk thread releases it, also after a failure
+                self._hand_over(self._inflated_room.release)
 
     def file_end(self) -> None:
         """The decoder authenticated the file before this; the disk thread gives it its name."""

@@ -191,7 +191,8 @@ class DebianPackageTests(SynchronousTestCase):
             self.assertIn("activate-noawait twisted-plugins-cache", f.read().splitlines())
         depends = run(["dpkg-deb", "-f", self.deb, "Depends"]).stdout
         for package in ("python3-twisted (>= 22.4)", "python3-treq (>= 22.2)", "python3-openssl",
-                        "python3-service-identity", "python3-attr", "python3-prometheus-client"):
+                        "python3-service-identity", "python3-attr", "python3-prometheus-client",
+                        "python3-zstandard (>= 0.20)"):
             self.assertIn(package, depends)
 
     def test_install_run_upgrade_and_purge(self) -> None:

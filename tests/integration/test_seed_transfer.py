@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+import zstandard
 from twisted.internet import reactor, threads
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -14,7 +15,7 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from orchagent.config import Config
-from orchagent.seed import authentication, protocol
+from orchagent.seed import authentication, compression, protocol
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
@@ -52,7 +53,7 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_tree_arrives_identical_over_tls(self):
-        await self._transfer_and_compare(*self._agent_tls())
+        await self._transfer_and_compare(None, None, *self._agent_tls())
 
     @inline
     async def test_seeds_do_not_need_the_reactors_thread_pool(self):
@@ -66,19 +67,52 @@ class SeedTransferTests(TestCase):
         release.set()
         await DeferredList(busy)
 
-    async def _transfer_and_compare(self, server_tls=None, client_tls=None):
-        source, target = self._dirs()
+    @inline
+    async def test_compressed_tree_arrives_identical(self):
+        sending, receiving = await self._transfer_and_compare(compression="zstd")
+        self.assertEqual((sending.progress.wire_bytes, sending.progress.data_bytes),
+                         (receiving.progress.wire_bytes, receiving.progress.data_bytes))
+        self.assertLess(sending.progress.wire_bytes, sending.progress.data_bytes * 0.8)  # ibdata1 compresses
+
+    @inline
+    async def test_incompressible_data_goes_raw_and_arrives_whole(self):
+        await self._incompressible("zstd")
+
+    @inline
+    async def test_incompressible_data_goes_raw_and_arrives_whole_with_auto(self):
+        await self._incompressible("auto")
+
+    async def _incompressible(self, compression: str) -> None:
+        base = self.mktemp()
+        source, target = os.path.join(base, "source"), os.path.join(base, "target")
+        os.makedirs(os.path.join(source, "db"))
+        os.makedirs(target)
+        for i in range(3):
+            with open(os.path.join(source, "db", f"t{i}.ibd"), "wb") as f:
+                f.write(os.urandom(3 * 1024 * 1024 + i))
+        sending, receiving = await self._transfer_and_compare(source, target, compression=compression)
+        self.assertEqual(receiving.progress.wire_bytes, receiving.progress.data_bytes)  # nothing compressed
+        self.assertEqual(sending.progress.wire_bytes, receiving.progress.wire_bytes)
+        self.assertEqual(receiving.progress.bytes_done, 3 * 3 * 1024 * 1024 + 3)
+
+    async def _transfer_and_compare(self, source=None, target=None, server_tls=None, client_tls=None,
+                                    compression="auto"):
+        if source is None:
+            source, target = self._dirs()
         port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls,
+                            compression=compression)
         await sending.when_done()
         await receiving.when_done()
         self.assertEqual(describe_tree(target), describe_tree(source))
-        self.assertLess(allocated_bytes(os.path.join(target, "sparse.ibd")), 1024 * 1024)
+        if os.path.exists(os.path.join(source, "sparse.ibd")):
+            self.assertLess(allocated_bytes(os.path.join(target, "sparse.ibd")), 1024 * 1024)
         for transfer in (sending, receiving):
             self.assertEqual(transfer.state, "succeeded")
             self.assertEqual(transfer.progress.files_done, transfer.progress.files_total)
             self.assertEqual(transfer.progress.bytes_done, transfer.progress.bytes_total)
+        return sending, receiving
 
     @inline
     async def test_thousands_of_empty_files_arrive(self):
@@ -235,20 +269,34 @@ class SeedTransferTests(TestCase):
 
     @inline
     async def test_corruption_is_detected_and_nothing_is_left(self):
+        await self._corrupted(CORRUPT_MARKER, "none", "'marked' is not authentic")
+
+    @inline
+    async def test_corruption_of_a_compressed_block_is_detected_and_nothing_is_left(self):
+        # The MAC covers the data as written: a changed compressed byte fails the file, whether
+        # zstd notices (a corrupt block) or decompresses it to other data (not authentic).
+        compressed = zstandard.ZstdCompressor(level=compression.LEVEL).compress(CORRUPT_MARKER * 2000)
+        self.assertLess(len(compressed), 200)
+        await self._corrupted(compressed[len(compressed) // 2:], "zstd", "'marked'")
+
+    async def _corrupted(self, marker: bytes, compression: str, error: str):
         source, target = self._dirs()
         with open(os.path.join(source, "marked"), "wb") as f:
             f.write(CORRUPT_MARKER * 2000)
         port = await self._listen()
         receiving = self.server.arm("7", target)
-        proxy = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(CorruptingProxy(port))
-        self.addCleanup(proxy.stopListening)
-        sending = send_tree(reactor, "127.0.0.1", proxy.getHost().port, "7", source, secret=SECRET)
+        proxy = CorruptingProxy(port, marker)
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        sending = send_tree(reactor, "127.0.0.1", listening.getHost().port, "7", source, secret=SECRET,
+                            compression=compression)
         with self.assertRaises(TransferFailed) as caught:
             await receiving.when_done()
-        self.assertIn("'marked' is not authentic", str(caught.exception))
+        self.assertTrue(proxy.flipped)
+        self.assertIn(error, str(caught.exception))
         with self.assertRaises(TransferFailed) as sender_side:
             await sending.when_done()
-        self.assertIn("'marked' is not authentic", str(sender_side.exception))
+        self.assertIn(error, str(sender_side.exception))
         self.assertEqual(os.listdir(target), [])
 
 
@@ -274,8 +322,9 @@ class SilentSender(Protocol):
 class CorruptingProxy(ServerFactory):
     """Forwards to the receiver, changing one byte of the first marker seen in the stream."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, marker: bytes = CORRUPT_MARKER) -> None:
         self._port = port
+        self.marker = marker
         self.flipped = False
 
     def buildProtocol(self, addr):
@@ -293,8 +342,9 @@ class _ProxyServer(portforward.ProxyServer):
         reactor.connectTCP("127.0.0.1", self._corrupting._port, client)
 
     def dataReceived(self, data: bytes) -> None:
-        if not self._corrupting.flipped and CORRUPT_MARKER in data:
-            at = data.index(CORRUPT_MARKER)
-            data = data[:at] + b"F" + data[at + 1:]
+        marker = self._corrupting.marker
+        if not self._corrupting.flipped and marker in data:
+            at = data.index(marker)
+            data = data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:]
             self._corrupting.flipped = True
         super().dataReceived(data)

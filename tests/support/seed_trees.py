@@ -14,9 +14,9 @@ SECRET = b"s3cret"
 SESSION = authentication.Session.derive(SECRET, "9", authentication.new_nonce(), authentication.new_nonce())
 
 
-def tree_stream(root: str, session: authentication.Session = SESSION) -> bytes:
+def tree_stream(root: str, session: authentication.Session = SESSION, compression: str = "none") -> bytes:
     """The whole seed stream of ``root``, as a sender would send it for seed 9."""
-    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024).batches()
+    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024, compression=compression).batches()
     return b"".join(part for batch in batches for part in batch.parts)
 
 

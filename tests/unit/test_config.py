@@ -175,6 +175,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"AgentsServerPort": "3001"}, "AgentsServerPort", '":3001"')
         self.assertConfigError({"StatusEndpoint": "status"}, "StatusEndpoint", "starting with '/'")
         self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm", "btrfs" or "hotbackup"')
+        self.assertConfigError({"SeedCompression": "gzip"}, "SeedCompression", '"auto", "zstd" or "none"')
+        self.assertEqual(self.load({"SeedCompression": "none"}).seed_compression, "none")
         self.assertConfigError({"HTTPAuthUser": "u"}, "HTTPAuthUser", "HTTPAuthPassword")
         self.assertConfigError({"SnapshotBackend": "btrfs"}, "BtrfsSnapshotDirectory", "absolute")
 

@@ -155,6 +155,15 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual((manager.record(7).completed, manager.record(7).succeeded), (True, True))
         self.assertEqual(self.stored(7)["state"], "succeeded")
 
+    def test_the_send_compresses_as_configured_and_records_the_wire_bytes(self):
+        manager = self.manager(seed_compression="none")
+        self.settle(manager.send("db2.example.com", 7))
+        self.assertEqual(self.transfers[0][4]["compression"], "none")
+        self.transfer.progress.wire_bytes, self.transfer.progress.data_bytes = 40, 90
+        self.transfer.finish()
+        self.assertEqual((manager.record(7).wire_bytes, manager.record(7).data_bytes), (40, 90))
+        self.assertEqual((self.stored(7)["wire_bytes"], self.stored(7)["data_bytes"]), (40, 90))
+
     def test_built_in_transfer_needs_a_secret_or_sender_certificates(self):
         manager = self.manager(seed_transfer_secret="")
         error = self.fail_with(manager.send("db2", 9), AgentError)

@@ -141,8 +141,8 @@ class HandshakeTests(SynchronousTestCase):
         _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
         self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
-        older = payload[:8] + (1).to_bytes(2, "big") + payload[10:]  # protocol v1 did not authenticate data
-        self.assertRaisesRegex(ProtocolError, "version 1, this agent 2: upgrade both agents",
+        older = payload[:8] + (2).to_bytes(2, "big") + payload[10:]  # protocol v2 sent no compressed data
+        self.assertRaisesRegex(ProtocolError, "version 2, this agent 3: upgrade both agents",
                                authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
