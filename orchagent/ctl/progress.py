@@ -33,7 +33,8 @@ def human_seconds(seconds: int | None) -> str:
 
 
 def summary(statuses: dict[str, dict | None]) -> dict[str, Any]:
-    """Bytes, total, rate, ETA and states of a seed from its ``seed-status`` answers (by role).
+    """Bytes, total, rate, ETA, compression ratio, rate limit and states of a seed from its
+    ``seed-status`` answers (by role).
 
     The receiver's counts come first (they are what arrived and was verified); the sender's total
     stands in until the receiver has learnt it.
@@ -47,15 +48,21 @@ def summary(statuses: dict[str, dict | None]) -> dict[str, Any]:
     if eta is None and rate and total is not None and not first.get("Completed"):
         eta = max(total - done, 0) // rate
     percent = min(100, 100 * done // total) if total else (100 if first.get("Succeeded") else 0)
+    ratio = next((s["CompressionRatio"] for s in known if s.get("CompressionRatio")), None)
+    limit = next((s["MaxBytesPerSecond"] for s in known if s.get("MaxBytesPerSecond")), None)
     states = ", ".join(f"{role} {status['State']}" if status else f"{role} not started"
                        for role, status in statuses.items())
-    return {"done": done, "total": total, "percent": percent, "rate": rate, "eta": eta, "states": states}
+    return {"done": done, "total": total, "percent": percent, "rate": rate, "eta": eta, "states": states,
+            "ratio": ratio, "limit": limit}
 
 
 def progress_text(statuses: dict[str, dict | None], bar: bool) -> str:
     s = summary(statuses)
     text = (f"{s['percent']:3d}%  {human_bytes(s['done'])} of {human_bytes(s['total'])}  "
-            f"{human_bytes(s['rate'])}/s  ETA {human_seconds(s['eta'])}  ({s['states']})")
+            f"{human_bytes(s['rate'])}/s  ETA {human_seconds(s['eta'])}  "
+            + (f"{s['ratio']:.1f}x compressed  " if s["ratio"] else "")
+            + (f"throttled to {human_bytes(s['limit'])}/s  " if s["limit"] else "")
+            + f"({s['states']})")
     if not bar:
         return text
     filled = BAR_WIDTH * s["percent"] // 100

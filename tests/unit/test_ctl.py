@@ -115,6 +115,17 @@ class ProgressTests(SynchronousTestCase):
         self.assertEqual(progress.human_bytes(1023), "1023 B")
         self.assertEqual(progress.human_seconds(3725), "1:02:05")
 
+    def test_compression_and_throttle_are_shown_when_the_agents_report_them(self):
+        receiver = {**STATUS, "CompressionRatio": 2.14, "MaxBytesPerSecond": 0}
+        sender = {**STATUS, "Role": "send", "CompressionRatio": 2.1, "MaxBytesPerSecond": 20 * 2**20}
+        self.assertEqual(progress.progress_text({"target": receiver, "source": sender}, bar=False),
+                         " 25%  50.0 MiB of 200.0 MiB  10.0 MiB/s  ETA 0:15  2.1x compressed  "
+                         "throttled to 20.0 MiB/s  (target running, source running)")
+        # command mode and unlimited seeds report neither: the line stays as it was
+        plain = {**STATUS, "CompressionRatio": None, "MaxBytesPerSecond": 0}
+        self.assertNotIn("x compressed", progress.progress_text({"target": plain}, bar=False))
+        self.assertNotIn("throttled", progress.progress_text({"target": plain}, bar=False))
+
     def test_the_senders_total_stands_in_until_the_receiver_knows_it(self):
         receiver = {**STATUS, "BytesTotal": None, "EtaSeconds": None}
         summary = progress.summary({"target": receiver, "source": {**STATUS, "Role": "send"}})
