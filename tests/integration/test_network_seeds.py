@@ -81,6 +81,7 @@ class NetworkSeedTests(SynchronousTestCase):
 
     def start_agents(self, rate: str, **settings) -> tuple[HostAgent, HostAgent]:
         """A namespace shaped to ``rate`` with the source and target agents inside, serving the two datadirs."""
+        self.addCleanup(self.assert_namespace_removed)  # cleanups run last-in first-out: after its close
         self.net = network_namespace(self, rate=rate)
         seed_port = self.net.call(free_port, TARGET_ADDRESS)
         agents = []
@@ -96,6 +97,11 @@ class NetworkSeedTests(SynchronousTestCase):
             self.addCleanup(agent.stop)
             agents.append(HostAgent.of(agent))
         return agents[0], agents[1]
+
+    def assert_namespace_removed(self) -> None:
+        """The namespace (and with it its qdisc) is gone once the test is over, passed or failed."""
+        self.assertNotIn(self.net.name, namespaces())
+        self.assertFalse(os.path.exists(f"/run/netns/{self.net.name}"))
 
     def call(self, agent: HostAgent, command: str, status: int = 200):
         """An API call from inside the namespace; its JSON answer."""
