@@ -314,7 +314,8 @@ class SeedTests(LinkedSeedTestCase):
         lines = out.splitlines()
         self.assertNotIn("\r", out)
         self.assertGreater(len(lines), 2, out)
-        self.assertRegex(lines[0], r"^ *\d+%  [\d.]+ [KM]iB of [\d.]+ MiB  [\d.]+ [KM]iB/s  ETA \d+:\d\d  \(receive running\)$")
+        self.assertRegex(lines[0], r"^ *\d+%  [\d.]+ [KM]iB of [\d.]+ MiB  [\d.]+ [KM]iB/s  ETA \d+:\d\d  "
+                                   r"([\d.]+x compressed  )?\(receive running\)$")
         self.assertRegex(lines[-2], r"^100%  .* \(receive succeeded\)$")
         self.assertEqual(lines[-1], f"seed 31 on {self.target_host}: succeeded")
 
