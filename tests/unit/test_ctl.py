@@ -475,3 +475,28 @@ class ThrottleCommandTests(SynchronousTestCase):
         self.assertEqual((code, err.getvalue()), (EXIT_OK, ""))
         self.assertEqual(api.requests[0], ("seed-throttle/7", {"bytesPerSecond": ["20971520"], "token": [TOKEN]}))
         self.assertEqual(out.getvalue(), "seed 7 on db1:3002: sending at most 20.0 MiB/s; now 4.0 MiB/s on average\n")
+
+
+class SeedStatusCommandTests(SynchronousTestCase):
+    """``seed-status HOST ID`` prints the seed with its compression ratio and throttle; --json passes all keys."""
+
+    def run_ctl(self, *argv: str) -> str:
+        sender = {**STATUS, "Role": "send", "Peer": "db2", "CompressionRatio": 2.14,
+                  "MaxBytesPerSecond": 20 * 1024 * 1024, "WireBytes": 100, "DataBytes": 214}
+        out, err = io.StringIO(), io.StringIO()
+        args = cli.parser().parse_args(["--token", TOKEN, "seed-status", "db1", "7", *argv])
+        code = self.successResultOf(Deferred.fromCoroutine(cli.run(
+            Clock(), args, http=StubTreq(FakeApi({"seed-status/7": (200, sender)})), environ={}, out=out, err=err)))
+        self.assertEqual((code, err.getvalue()), (EXIT_OK, ""))
+        return out.getvalue()
+
+    def test_text(self):
+        self.assertEqual(self.run_ctl().splitlines()[:2], [
+            "seed 7 on db1:3002: send (built-in), peer db2, running",
+            "   25%  50.0 MiB of 200.0 MiB  10.0 MiB/s  ETA 0:15  2.1x compressed  throttled to 20.0 MiB/s  "
+            "(send running)"])
+
+    def test_json(self):
+        status = json.loads(self.run_ctl("--json"))
+        self.assertEqual((status["CompressionRatio"], status["MaxBytesPerSecond"], status["WireBytes"],
+                          status["DataBytes"]), (2.14, 20 * 1024 * 1024, 100, 214))
