@@ -50,6 +50,7 @@ class Job:
     stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
     progress: Callable[[], Progress]
     wire: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: the stream's bytes on the wire, uncompressed
+    started: Callable[[], float | None] = lambda: None  # built-in: when data began to flow (the peers met)
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
     limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
@@ -61,7 +62,8 @@ def transfer_job(transfer) -> Job:
         p = transfer.progress
         return p.bytes_done, p.bytes_total, p.files_done, p.files_total
     return Job(transfer.when_done(), transfer.abort, progress,
-               wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes))
+               wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes),
+               started=lambda: transfer.progress.started)
 
 
 def command_job(running, growth: Growth | None = None) -> Job:

@@ -386,8 +386,8 @@ class SeedManager(Service):
     def _sample_job(self, record: SeedRecord, job: Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
         record.wire_bytes, record.data_bytes = job.wire()
-        if record.bytes_done and record.data_started_at is None:
-            record.data_started_at = self.now()  # rate and ETA count from the first byte
+        if record.data_started_at is None:  # rate and ETA count from when data began to flow
+            record.data_started_at = job.started() or (self.now() if record.bytes_done else None)
 
     def _save(self, record: SeedRecord) -> Deferred:
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""

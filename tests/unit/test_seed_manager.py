@@ -230,6 +230,18 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual((record.started_at, record.data_started_at, record.ended_at), (1000, 1000, 1005))
         self.assertEqual(record.rate(manager.now()), 2)  # 10 bytes in 5 s
 
+    def test_rate_counts_from_when_the_peers_met_even_if_no_poll_saw_the_seed_run(self):
+        """A seed shorter than the sampling tick still gets its true rate, not bytes over an instant."""
+        self.clock.advance(1000)
+        manager = self.manager()
+        self.settle(manager.send("db2", 8))
+        self.transfer.progress.started = 1001.0  # the receiver authenticated a second later
+        self.clock.advance(5)
+        self.transfer.finish()
+        record = manager.record(8)
+        self.assertEqual((record.data_started_at, record.ended_at), (1001.0, 1005))
+        self.assertEqual(record.rate(manager.now()), 2)  # 10 bytes in 4 s
+
     def test_receive_refused_while_mysql_runs(self):
         self.mysql.running = True
         error = self.fail_with(self.manager(receive_seed_data_command="recv").receive(3), Conflict)
