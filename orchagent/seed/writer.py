@@ -119,6 +119,9 @@ class TreeWriter:
             self._directories[entry.path] = (entry.mode, entry.mtime_ns)
         self._calls.append((self._write_entry, (entry,)))
 
+    def stream(self, port: int) -> None:
+        raise ProtocolError("the sender sent a hot seed's stream, which this receiver cannot extract yet")
+
     def data(self, offset: int, piece: memoryview) -> None:
         self._calls.append((self._write_data, (offset, piece)))
         if id(piece.obj) not in self._ring:  # decompressed: memory of its own, handed over in bounded batches
