@@ -209,10 +209,13 @@ def _last_line(text: str) -> str:
 MAX_BINLOG_INFO_BYTES = 1 << 16
 
 
-def read_binlog_info(directory: str) -> BinlogPosition | None:
-    """The coordinates of an extracted backup in ``directory``; None when it has no binlog info (log_bin
-    off on the source).  Opened without following a link.  Blocking."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def read_binlog_info(directory: str | int) -> BinlogPosition | None:
+    """The coordinates of an extracted backup in ``directory`` (a path, opened without following a link,
+    or a directory descriptor); None when it has no binlog info (log_bin off on the source).  Blocking."""
+    if isinstance(directory, int):
+        dir_fd = os.dup(directory)
+    else:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for name in BINLOG_INFO_FILES:
             try:
@@ -227,15 +230,16 @@ def read_binlog_info(directory: str) -> BinlogPosition | None:
 
 
 async def prepare_copy(runner, tool: Tool, directory: str, memory_mb: int, defer_to_thread: Callable,
-                       *, timeout: float | None) -> BinlogPosition | None:
+                       *, timeout: float | None, directory_fd: int | None = None) -> BinlogPosition | None:
     """Prepare an extracted backup (a damaged copy fails here, with the tool's own words, never later
-    at the server's start) and read where it stands in the source's binary log."""
+    at the server's start) and read where it stands in the source's binary log (through
+    ``directory_fd`` when given: ``directory`` may be a descriptor's ``/proc`` link)."""
     try:
         await runner.run(prepare_argv(tool, directory, memory_mb), timeout=timeout)
     except CommandFailed as e:
         said = tool_error(e.result.stderr.decode("utf-8", "replace")) or str(e)
         raise AgentError(f"{tool.name} --prepare failed: {said}") from None
-    return await defer_to_thread(read_binlog_info, directory)
+    return await defer_to_thread(read_binlog_info, directory if directory_fd is None else directory_fd)
 
 
 class ToolStream:

@@ -304,9 +304,9 @@ class HotStreamTests(SynchronousTestCase):
         with self.assertRaisesRegex(ProtocolError, "a second stream"):
             decoder(Recorder()).feed(b"".join(twice[:1] + twice[:1]))
 
-    def test_today_a_tree_receiver_refuses_a_stream_clearly(self):
+    def test_a_writer_without_an_extractor_refuses_a_stream_clearly(self):
         writer = writer_into(self.mktemp())
-        with self.assertRaisesRegex(ProtocolError, "cannot extract yet"):
+        with self.assertRaisesRegex(ProtocolError, "stream, which this receiver cannot extract"):
             decoder(writer).feed(hot_stream(b"x"))
 
 
