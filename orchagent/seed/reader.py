@@ -221,7 +221,8 @@ class StreamReader(TreeReader):
     ``fd`` (a backup tool's stdout) until its end, framed and MACed as one file's data.
 
     ``ended`` is called at the end of the input, before the stream is sealed: it raises if the
-    tool failed, so a cut-short backup never ends as a whole stream.
+    tool failed, and the stream ends with FAIL and the tool's error instead, so a cut-short backup
+    never ends as a whole stream.
     """
 
     def __init__(self, fd: int, port: int, mac: authentication.StreamMac, ended: Callable[[], None],
@@ -237,7 +238,13 @@ class StreamReader(TreeReader):
         while data := _read_up_to(self._fd, self._chunk):
             yield from self._data(nbytes, data)
             nbytes += len(data)
-        self._ended()
+        try:
+            self._ended()
+        except TransferFailed as e:
+            # in the stream, so the receiver hears the tool's own error (and answers with FAIL)
+            yield from self._flush()
+            yield Batch([protocol.reason_frame(Kind.FAIL, str(e))], 0, 0, final=True)
+            return
         self._add(self._mac.file_end(), 0, 1)
         yield from self._flush()
         yield Batch([self._mac.end(1, nbytes)], 0, 0, final=True)

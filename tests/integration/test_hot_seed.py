@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -51,6 +53,8 @@ class WriteLoad:
 class HotSeedTests(SynchronousTestCase):
     """A stock orchestrator's seed from a live server under load ends with a replica that replicates."""
 
+    rate = 0  # SeedMaxBytesPerSecond of the source
+
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="orchagent-hot-seed-")
         self.addCleanup(shutil.rmtree, self.directory, True)
@@ -63,11 +67,13 @@ class HotSeedTests(SynchronousTestCase):
         self.addCleanup(lambda: self.target_server.is_running() and self.target_server.stop())
         port = free_port(TARGET_ADDRESS)
         transfer = transfer_settings(port, "s" * 32)
+        self.defaults = defaults_file(self.directory, self.source, BACKUP_PASSWORD)
         no_snapshots = os.path.join(self.directory, "no-snapshots")
         os.makedirs(no_snapshots)
         self.source_agent = self._agent(SOURCE_ADDRESS, {
             **self.source.config_values(), **transfer, "SnapshotBackend": "hotbackup",
-            "HotBackupDefaultsFile": defaults_file(self.directory, self.source, BACKUP_PASSWORD)})
+            "SeedMaxBytesPerSecond": self.rate,
+            "HotBackupDefaultsFile": self.defaults})
         self.target_agent = self._agent(TARGET_ADDRESS, {
             **self.target_server.config_values(), **transfer, "SnapshotBackend": "btrfs",
             "BtrfsSnapshotDirectory": no_snapshots, "SeedStartReplication": True, "SeedReplicationUser": "repl",
@@ -105,3 +111,64 @@ class HotSeedTests(SynchronousTestCase):
             time.sleep(0.2)
         self.assertEqual(table_checksums(self.target_server), expected)
         self.assertEqual([n for n in os.listdir(tempfile.gettempdir()) if n.endswith(".orchagent-hotbackup")], [])
+
+
+@requires_root("MariaDB sandboxes and a root-only HotBackupDefaultsFile")
+class HotSeedFailureTests(HotSeedTests):
+    """A backup killed mid-stream fails the seed with the tool's error and an empty datadir; an abort
+    during the backup leaves the source as before."""
+
+    rate = 2 * 1024 * 1024  # slow enough to act in the middle of the stream
+    test_seed_under_load_ends_replicating_with_the_sources_data = None
+
+    def start_seed(self) -> int:
+        """receive, mountlv, send as orchestrator does; the pid of the running backup."""
+        self.assertEqual(self.orchestrator.command(self.target_agent, "receive-mysql-seed-data/1").status, 200)
+        volume = self.orchestrator.get_agent(self.source_agent).LogicalVolumes[0]["Path"]
+        self.assertEqual(self.orchestrator.command(self.source_agent, f"mountlv?lv={volume}").status, 200)
+        sent = self.orchestrator.command(self.source_agent, f"send-mysql-seed-data/{TARGET_ADDRESS}/1")
+        self.assertEqual(sent.status, 200, sent.body)
+        deadline = time.monotonic() + 20
+        while self.status(self.target_agent)["BytesDone"] < 1 << 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        found = subprocess.run(["pgrep", "-f", "--", f"mariabackup --defaults-extra-file={self.defaults} --backup"],
+                               capture_output=True, text=True).stdout.split()
+        self.assertEqual(len(found), 1, found)
+        return int(found[0])
+
+    def completed(self, agent: HostAgent) -> dict:
+        deadline = time.monotonic() + 20
+        while not (status := self.status(agent))["Completed"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertTrue(status["Completed"], status)
+        return status
+
+    def assertSourceClean(self):
+        self.assertNotIn("backup", self.source.sql("SELECT user FROM information_schema.PROCESSLIST"))
+        self.source.sql("SET SESSION lock_wait_timeout=2; BACKUP STAGE START; BACKUP STAGE FLUSH; "
+                        "BACKUP STAGE BLOCK_DDL; BACKUP STAGE BLOCK_COMMIT; BACKUP STAGE END;")
+        self.assertEqual([n for n in os.listdir(tempfile.gettempdir()) if n.endswith(".orchagent-hotbackup")], [])
+
+    def test_a_backup_killed_mid_stream_fails_the_seed_with_its_error(self):
+        os.kill(self.start_seed(), signal.SIGKILL)
+        target = self.completed(self.target_agent)
+        self.assertFalse(target["Succeeded"])
+        self.assertIn("mariabackup --backup failed: mariabackup was killed by signal 9", target["Error"])
+        self.assertEqual(os.listdir(self.target_server.datadir), [])
+        self.assertFalse(self.completed(self.source_agent)["Succeeded"])
+        self.assertSourceClean()
+
+    def test_abort_during_the_backup_leaves_the_source_as_before(self):
+        pid = self.start_seed()
+        self.assertEqual(self.orchestrator.command(self.source_agent, "abort-seed/1").status, 200)
+        self.assertEqual(self.orchestrator.command(self.target_agent, "abort-seed/1").status, 200)
+        self.assertEqual(subprocess.run(["ps", "-p", str(pid)], capture_output=True).returncode, 1)  # gone
+        self.assertEqual(self.status(self.source_agent)["State"], "aborted")
+        target = self.completed(self.target_agent)  # aborted, or failed first by the sender's abort
+        self.assertEqual((target["Completed"], target["Succeeded"]), (True, False), target)
+        self.assertEqual(os.listdir(self.target_server.datadir), [])
+        deadline = time.monotonic() + 10
+        while "backup" in self.source.sql("SELECT user FROM information_schema.PROCESSLIST") and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertSourceClean()

@@ -293,8 +293,12 @@ class HotStreamTests(SynchronousTestCase):
         os.close(write_end)
         reader = StreamReader(read_end, 3306, SESSION.stream_mac(), failed)
         self.addCleanup(os.close, read_end)
-        with self.assertRaisesRegex(protocol.TransferFailed, "Access denied"):
-            list(reader.batches())
+        stream = b"".join(part for batch in reader.batches() for part in batch.parts)
+        recorder = Recorder()
+        with self.assertRaisesRegex(protocol.TransferFailed, "the sender failed: mariabackup --backup failed: "
+                                                             "Access denied"):
+            decoder(recorder).feed(stream)
+        self.assertNotIn(("file_end",), recorder.calls)
 
     def test_a_bad_port_and_a_second_stream_are_refused(self):
         with self.assertRaisesRegex(ProtocolError, "bad MySQL port 0"):
