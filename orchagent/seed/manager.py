@@ -164,12 +164,18 @@ class SeedManager(Service):
             require_authentication(self._config)
             rate = self._config.seed_max_bytes_per_second
             backup = await self._start_backup(source) if hot else None
-            transfer = self._send(
-                self._reactor, target_host, port, str(seed_id), source,
-                secret=self._config.seed_transfer_secret.encode(),
-                tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
-                compression=self._config.seed_compression, backup=backup)
+            try:
+                transfer = self._send(
+                    self._reactor, target_host, port, str(seed_id), source,
+                    secret=self._config.seed_transfer_secret.encode(),
+                    tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
+                    stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
+                    compression=self._config.seed_compression, backup=backup)
+            except BaseException:
+                if backup is not None:  # nothing reads it: kill it
+                    backup.close()
+                    await backup.abort()
+                raise
             job = transfer_job(transfer, backup)
             job.limit_rate = transfer.limit_rate
             mode = "built-in"

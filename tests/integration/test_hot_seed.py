@@ -49,9 +49,8 @@ class WriteLoad:
         self._thread.join()
 
 
-@requires_root("MariaDB sandboxes and a root-only HotBackupDefaultsFile")
-class HotSeedTests(SynchronousTestCase):
-    """A stock orchestrator's seed from a live server under load ends with a replica that replicates."""
+class HotSeedCase(SynchronousTestCase):
+    """A source MariaDB with binary logs and GTIDs, an empty target, an agent on each (not a test itself)."""
 
     rate = 0  # SeedMaxBytesPerSecond of the source
 
@@ -88,6 +87,11 @@ class HotSeedTests(SynchronousTestCase):
     def status(self, agent: HostAgent) -> dict:
         return self.orchestrator.command(agent, "seed-status/1").json()
 
+
+@requires_root("MariaDB sandboxes and a root-only HotBackupDefaultsFile")
+class HotSeedTests(HotSeedCase):
+    """A stock orchestrator's seed from a live server under load ends with a replica that replicates."""
+
     def test_seed_under_load_ends_replicating_with_the_sources_data(self):
         load = WriteLoad(self.source)
         try:
@@ -114,12 +118,11 @@ class HotSeedTests(SynchronousTestCase):
 
 
 @requires_root("MariaDB sandboxes and a root-only HotBackupDefaultsFile")
-class HotSeedFailureTests(HotSeedTests):
+class HotSeedFailureTests(HotSeedCase):
     """A backup killed mid-stream fails the seed with the tool's error and an empty datadir; an abort
     during the backup leaves the source as before."""
 
     rate = 2 * 1024 * 1024  # slow enough to act in the middle of the stream
-    test_seed_under_load_ends_replicating_with_the_sources_data = None
 
     def start_seed(self) -> int:
         """receive, mountlv, send as orchestrator does; the pid of the running backup."""
