@@ -15,7 +15,10 @@ Rules (contract "Our rules" 3 and 4):
   happens on timeout, on cancel/terminate and on shutdown (`stop_all`).  One command's life
   (output, timers, the kill) is :class:`orchagent.running.RunningCommand`.
 * stdout and stderr are captured separately and bounded, and the pipes are always drained, so
-  a child never blocks on a full pipe and our memory stays flat whatever it prints.
+  a child never blocks on a full pipe and our memory stays flat whatever it prints.  A
+  streaming command (a backup tool's stream, an extractor fed as data arrives) gets a pipe end
+  of the caller's instead (``stdout_fd``/``stdin_fd``): the caller's worker thread reads or
+  writes the other end, and the kernel pipe is the backpressure.
 * At most ``max_running`` commands run at once; beyond that `Busy` (503) is raised, never a
   queue.  ``essential`` commands (the facts orchestrator's status poll and the safety checks
   read) may also use a small reserve, so a flood of custom commands cannot starve them.
@@ -80,7 +83,8 @@ class ProcessRunner:
             privileged: bool = False, essential: bool = False, parsed: bool = False,
             check: bool = True, stdin_path: str | None = None, stdout_path: str | None = None,
             cwd: str | None = None, env: Mapping[str, str] | None = None,
-            idle_timeout: float | None = None) -> Deferred:
+            idle_timeout: float | None = None, stdin_fd: int | None = None,
+            stdout_fd: int | None = None) -> Deferred:
         """Run argv to completion; Deferred[CommandResult].
 
         ``timeout``: seconds of wall-clock time (default: the runner's), ``None`` for no limit
@@ -94,10 +98,17 @@ class ProcessRunner:
         stdout to that file (created mode 0600 if missing) instead of capturing it.  With
         ``check``, a non-zero exit or a death by signal fails with CommandFailed; a timeout always
         fails with CommandTimedOut.  Cancelling the Deferred kills the process group.
+
+        ``stdin_fd``/``stdout_fd`` (streaming): a descriptor the child gets as its stdin/stdout,
+        typically one end of an ``os.pipe()`` whose other end a worker thread writes or reads.
+        The runner takes it over: it is closed here once the child has it (also when the spawn
+        fails), so the caller's end sees EOF when the child ends.  With ``stdout_fd`` only stderr
+        counts as output for ``idle_timeout``.
         """
         return _result_of(self.start, argv, name=name, timeout=timeout, privileged=privileged,
                           essential=essential, parsed=parsed, check=check, stdin_path=stdin_path,
-                          stdout_path=stdout_path, cwd=cwd, env=env, idle_timeout=idle_timeout)
+                          stdout_path=stdout_path, cwd=cwd, env=env, idle_timeout=idle_timeout,
+                          stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 
     def run_configured(self, command: str, args: Sequence[str] = (), *, name: str, **options) -> Deferred:
         """Run an admin-written shell string with ``args`` as literal positional parameters.
@@ -135,45 +146,52 @@ class ProcessRunner:
                essential: bool = False, parsed: bool = False, check: bool = True,
                stdin_path: str | None = None, stdout_path: str | None = None,
                cwd: str | None = None, env: Mapping[str, str] | None = None,
-               idle_timeout: float | None = None) -> RunningCommand:
-        if not argv:
-            raise ValueError("an empty argv")
-        name = name or os.path.basename(argv[0])
-        self._refuse_when_full(name, essential)
-        timeout = self._default_timeout if timeout is ... else timeout
-        child_env = self._child_environment(env, parsed)
-        setsid = shutil.which("setsid", path=child_env["PATH"])
-        if setsid is None:
-            raise AgentError(f"cannot run {name}: the setsid program (util-linux) is not in "
-                             f"PATH {child_env['PATH']}")
-        prefix = ["sudo", "-n"] if privileged and self._exec_with_sudo else []
-        full_argv = [setsid, "--wait", *prefix, *argv]
-        if shown_args is None:
-            log.debug("running {name}: {argv}", name=name, argv=[*prefix, *argv])
-        else:
-            log.debug("running configured command {name} with arguments {args}",
-                      name=name, args=list(shown_args))
-
-        command = RunningCommand(self._reactor, name=name, argv=argv, timeout=timeout, idle_timeout=idle_timeout,
-                                 check=check, max_output=self._max_output, kill_grace=self._kill_grace,
-                                 secrets=self._secrets, in_thread=self._in_thread, on_end=self._forget)
-        opened: list[int] = []
+               idle_timeout: float | None = None, stdin_fd: int | None = None,
+               stdout_fd: int | None = None) -> RunningCommand:
+        opened = [fd for fd in (stdin_fd, stdout_fd) if fd is not None]  # ours now: closed below
         try:
-            stdin_fd = self._open(stdin_path or os.devnull, os.O_RDONLY, name, opened)
-            stdout = "r" if stdout_path is None else self._open(
-                stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, name, opened)
-            transport = self._reactor.spawnProcess(
-                command.protocol, setsid, full_argv, env=child_env, path=cwd,
-                childFDs={0: stdin_fd, 1: stdout, 2: "r"})
-        except OSError as e:
-            raise AgentError(f"cannot start {name}: {e}") from e
+            if not argv:
+                raise ValueError("an empty argv")
+            if stdin_path is not None and stdin_fd is not None or stdout_path is not None and stdout_fd is not None:
+                raise ValueError("a path and a descriptor for the same standard stream")
+            name = name or os.path.basename(argv[0])
+            self._refuse_when_full(name, essential)
+            timeout = self._default_timeout if timeout is ... else timeout
+            child_env = self._child_environment(env, parsed)
+            setsid = shutil.which("setsid", path=child_env["PATH"])
+            if setsid is None:
+                raise AgentError(f"cannot run {name}: the setsid program (util-linux) is not in "
+                                 f"PATH {child_env['PATH']}")
+            prefix = ["sudo", "-n"] if privileged and self._exec_with_sudo else []
+            full_argv = [setsid, "--wait", *prefix, *argv]
+            if shown_args is None:
+                log.debug("running {name}: {argv}", name=name, argv=[*prefix, *argv])
+            else:
+                log.debug("running configured command {name} with arguments {args}",
+                          name=name, args=list(shown_args))
+
+            command = RunningCommand(self._reactor, name=name, argv=argv, timeout=timeout, idle_timeout=idle_timeout,
+                                     check=check, max_output=self._max_output, kill_grace=self._kill_grace,
+                                     secrets=self._secrets, in_thread=self._in_thread, on_end=self._forget)
+            try:
+                if stdin_fd is None:
+                    stdin_fd = self._open(stdin_path or os.devnull, os.O_RDONLY, name, opened)
+                stdout: int | str = "r" if stdout_path is None else self._open(
+                    stdout_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, name, opened)
+                if stdout_fd is not None:
+                    stdout = stdout_fd
+                transport = self._reactor.spawnProcess(
+                    command.protocol, setsid, full_argv, env=child_env, path=cwd,
+                    childFDs={0: stdin_fd, 1: stdout, 2: "r"})
+            except OSError as e:
+                raise AgentError(f"cannot start {name}: {e}") from e
+            command.spawned(transport)
+            self._running.add(command)
+            command.result.addBoth(self._count_outcome)
+            return command
         finally:
             for fd in opened:
                 os.close(fd)
-        command.spawned(transport)
-        self._running.add(command)
-        command.result.addBoth(self._count_outcome)
-        return command
 
     @staticmethod
     def _open(path: str, flags: int, name: str, opened: list[int]) -> int:

@@ -22,7 +22,7 @@ import attrs
 from orchagent.seed.protocol import COUNTS, HEADER, Kind, ProtocolError, frame
 
 MAGIC = b"ORCHSEED"
-VERSION = 3  # 3: ZDATA frames (compressed file data)
+VERSION = 4  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds)
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
 TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v3"  # RFC 5705: unregistered labels start so

@@ -10,8 +10,9 @@ import zstandard
 
 from orchagent.seed.authentication import TAG_BYTES, StreamMac
 from orchagent.seed.protocol import (COUNTS, DATA_OFFSET, DATA_START, HEADER, MAX_BLOCK_BYTES, MAX_DATA_PAYLOAD,
-                                     ZDATA_HEADER, ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError,
-                                     TransferFailed, data_header, kind_of, parse_counts, parse_entry, payload_limit)
+                                     MAX_STREAM_BYTES, STREAM_ENTRY_PATH, ZDATA_HEADER, ChecksumMismatch, Entry,
+                                     EntryKind, Kind, ProtocolError, TransferFailed, data_header, kind_of,
+                                     parse_counts, parse_entry, parse_stream, payload_limit)
 
 
 class StreamHandler(Protocol):
@@ -20,6 +21,9 @@ class StreamHandler(Protocol):
     def totals(self, files: int, nbytes: int) -> None: ...
 
     def entry(self, entry: Entry) -> None: ...
+
+    def stream(self, port: int) -> None:
+        """A hot seed's stream begins (its data follows as one file's); ``port``: the source's MySQL port."""
 
     def data(self, offset: int, piece: memoryview) -> None:
         """``piece`` is a view of a received chunk, or of a decompressed block of its own."""
@@ -47,6 +51,7 @@ class StreamDecoder:
         self._data_left = 0  # bytes of the current DATA payload still to come
         self._data_at = 0  # file offset of the next data byte
         self._file: Entry | None = None
+        self._stream_next: int | None = None  # in a hot seed's stream: the offset the next data must have
         self._decompressor = zstandard.ZstdDecompressor()
         self.expanded = 0
         self.ended = False
@@ -124,6 +129,10 @@ class StreamDecoder:
         (offset,) = DATA_OFFSET.unpack_from(header, HEADER.size)
         if offset + length > self._file.size:
             raise ProtocolError(f"data beyond the end of {self._file.path!r}")
+        if self._stream_next is not None:
+            if offset != self._stream_next:
+                raise ProtocolError(f"stream data at offset {offset}, expected {self._stream_next}")
+            self._stream_next = offset + length
         self._mac.update(header)
         return offset
 
@@ -146,6 +155,13 @@ class StreamDecoder:
             if entry.kind == EntryKind.FILE:
                 self._file = entry
             self._handler.entry(entry)
+        elif kind == Kind.STREAM:
+            if self._file is not None or self._stream_next is not None:
+                raise ProtocolError("a second stream, or one inside a file")
+            port = parse_stream(payload)
+            self._file = Entry(EntryKind.FILE, STREAM_ENTRY_PATH, 0o600, 0, MAX_STREAM_BYTES)
+            self._stream_next = 0
+            self._handler.stream(port)
         elif kind == Kind.FILE_END:
             self._file = None
             self._handler.file_end()

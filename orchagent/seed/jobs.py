@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 
 from orchagent.interfaces import Clock, Disk
 
@@ -56,13 +56,29 @@ class Job:
     limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
 
 
-def transfer_job(transfer) -> Job:
-    """A built-in transfer (either side) as a job."""
+def transfer_job(transfer, backup=None, on_success: Callable[[], None] = lambda: None) -> Job:
+    """A built-in transfer (either side) as a job.
+
+    ``backup``: a hot seed's running backup (:class:`orchagent.seed.hotseed.BackupSource`), killed
+    with the transfer and, whatever the outcome, once it ended.  ``on_success`` runs before the
+    job reads succeeded.
+    """
     def progress() -> Progress:
         p = transfer.progress
         return p.bytes_done, p.bytes_total, p.files_done, p.files_total
-    return Job(transfer.when_done(), transfer.abort, progress,
-               wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes),
+
+    def stop() -> Deferred:
+        stopping = [transfer.abort()] + ([backup.abort()] if backup is not None else [])
+        return DeferredList(stopping, consumeErrors=True)
+
+    done = transfer.when_done()
+    if backup is not None:
+        def cleaned(outcome):
+            backup.close()  # no reader thread is left: the transfer ended
+            return backup.abort().addBoth(lambda _: outcome)
+        done.addBoth(cleaned)
+    done.addCallback(lambda result: (on_success(), result)[1])
+    return Job(done, stop, progress, wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes),
                started=lambda: transfer.progress.started)
 
 

@@ -35,6 +35,8 @@ from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
 from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
+from orchagent.host.hotbackup import TOOLS, check_private_file, start_backup
+from orchagent.seed.hotseed import BackupSource, Extractor
 from orchagent.seed.listener import SeedListener, require_authentication
 from orchagent.seed.sender import send_tree
 from orchagent.seed.throttle import minimum_rate
@@ -125,8 +127,10 @@ class SeedManager(Service):
                                               self._config.seed_stall_timeout_seconds))
             mode = "command"
         else:
-            transfer = receiver.arm(str(seed_id), datadir)
-            job = transfer_job(transfer)
+            extractor = Extractor(self._reactor, self._runner, TOOLS[self._config.hot_backup_tool],
+                                  self._config.hot_backup_prepare_memory_mb, self._defer_to_thread)
+            transfer = receiver.arm(str(seed_id), datadir, extractor)
+            job = transfer_job(transfer, on_success=lambda: self._note_coordinates(seed_id, extractor))
             # mysql-du counts on from what du saw, so it never drops when the walk takes over again
             job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
@@ -140,11 +144,14 @@ class SeedManager(Service):
         """Send the mounted snapshot's datadir (or the stopped datadir) to ``target_host``."""
         self._refuse_reuse(seed_id)
         self._refuse_when_full(seed_id)
-        source = await self._source_directory()
+        source, hot = await self._source_directory()
         self._refuse_reuse(seed_id)  # again after the last await, as in receive
         self._refuse_when_full(seed_id)
         port = self._config.seed_transfer_port
         rate = None
+        if hot and self._config.send_seed_data_command:
+            raise Conflict("a hot-backup volume is sent only by the built-in transfer (the backup tool's stream): "
+                           "unset SendSeedDataCommand, or seed from a snapshot")
         if self._config.send_seed_data_command:
             running = self._runner.start_configured(
                 self._config.send_seed_data_command, (source, target_host, str(port)),
@@ -156,13 +163,20 @@ class SeedManager(Service):
         else:
             require_authentication(self._config)
             rate = self._config.seed_max_bytes_per_second
-            transfer = self._send(
-                self._reactor, target_host, port, str(seed_id), source,
-                secret=self._config.seed_transfer_secret.encode(),
-                tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
-                stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
-                compression=self._config.seed_compression)
-            job = transfer_job(transfer)
+            backup = await self._start_backup(source) if hot else None
+            try:
+                transfer = self._send(
+                    self._reactor, target_host, port, str(seed_id), source,
+                    secret=self._config.seed_transfer_secret.encode(),
+                    tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
+                    stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
+                    compression=self._config.seed_compression, backup=backup)
+            except BaseException:
+                if backup is not None:  # nothing reads it: kill it
+                    backup.close()
+                    await backup.abort()
+                raise
+            job = transfer_job(transfer, backup)
             job.limit_rate = transfer.limit_rate
             mode = "built-in"
         await self._begin(SeedRecord(seed_id, "send", mode, target_host, source, self.now(),
@@ -277,19 +291,40 @@ class SeedManager(Service):
     def _active_records(self) -> list[SeedRecord]:
         return [self._records[seed_id] for seed_id in self._jobs]
 
-    async def _source_directory(self) -> str:
+    async def _source_directory(self) -> tuple[str, bool]:
+        """What a send copies, and whether it is a hot backup of it (the backup tool's stream)."""
         mount = await self._snapshots.current_mount()
         if mount.virtual:
-            # the live datadir is no consistent copy: only the backup tool's stream may carry it
-            raise Conflict(f"{mount.lv_path} is a hot-backup volume: sending it through the seed transfer (the "
-                           f"backup tool's stream) is not implemented yet; seed from a snapshot or a stopped server")
+            return mount.mysql_data_path, True
         if mount.is_mounted:
             if not mount.mysql_data_path:
                 raise Conflict(f"a snapshot is mounted at {mount.path} but no MySQL datadir was found in it")
-            return mount.mysql_data_path
+            return mount.mysql_data_path, False
         await self._mysql.require_stopped("send the datadir itself (no snapshot is mounted at "
                                           "SnapshotMountPoint; mount one with mountlv, or stop MySQL)")
-        return await self._mysql.datadir()
+        return await self._mysql.datadir(), False
+
+    async def _start_backup(self, datadir: str) -> BackupSource:
+        """A hot seed's backup, streaming; stalls show as the tool's silence (SeedStallTimeoutSeconds)."""
+        tool = TOOLS[self._config.hot_backup_tool]
+        defaults_file = self._config.hot_backup_defaults_file
+        await self._defer_to_thread(check_private_file, defaults_file, "HotBackupDefaultsFile")
+        port = await self._mysql.port()
+        backup = await start_backup(self._runner, tool, defaults_file, datadir, self._defer_to_thread,
+                                    idle_timeout=self._config.seed_stall_timeout_seconds)
+        return BackupSource(self._reactor, backup, port)
+
+    def _note_coordinates(self, seed_id: int, extractor: Extractor) -> None:
+        """A hot seed arrived: where the target's replication will start (AfterCopy)."""
+        position = extractor.position
+        if extractor.source_port is None:
+            return  # a snapshot's tree: no exact coordinates
+        record = self._records[seed_id]
+        record.source_port = extractor.source_port
+        if position is not None:
+            record.binlog_file, record.binlog_position, record.gtid = position.file, position.position, position.gtid
+        log.info("seed {seed_id}: hot seed prepared; source MySQL port {port}, binlog {position}",
+                 seed_id=seed_id, port=extractor.source_port, position=position)
 
     def _begin(self, record: SeedRecord, job: Job) -> Deferred:
         """Track the job; the Deferred fires once its record is on disk, and the route answers only

@@ -12,6 +12,10 @@ PROGRESS keepalives::
     ZDATA  offset, length, zstd     (file data compressed: ``length`` bytes once decompressed)
     FILE_END tag                    (after each file's DATA frames)
     END    files, bytes, tag        (the counts the receiver must have seen)
+
+A hot seed (v4) carries one byte stream, a backup tool's, instead of a tree: ``STREAM port``
+(the source's MySQL port) opens it, DATA/ZDATA frames carry it at consecutive offsets as a
+file's data, then ``FILE_END`` and ``END 1, bytes``.
     receiver -> DONE  proof         (everything authenticated, fsynced and in place)
                 or FAIL reason
 
@@ -55,6 +59,7 @@ class Kind(enum.IntEnum):
     FAIL = 11
     PROGRESS = 12
     ZDATA = 13
+    STREAM = 14
 
 
 class EntryKind(enum.IntEnum):
@@ -95,6 +100,26 @@ def zdata_frame(offset: int, length: int, compressed: bytes) -> bytes:
 def payload_limit(kind: int) -> int:
     """The largest payload a frame of ``kind`` may have in the data stream."""
     return {Kind.DATA: MAX_DATA_PAYLOAD, Kind.ZDATA: MAX_ZDATA_PAYLOAD}.get(kind, MAX_META_PAYLOAD)
+
+
+STREAM_PORT = struct.Struct("!H")
+#: What a STREAM frame opens, to the decoder: a "file" of unknown length, at consecutive offsets.
+STREAM_ENTRY_PATH = b"stream"
+MAX_STREAM_BYTES = 1 << 62
+
+
+def stream_frame(port: int) -> bytes:
+    return frame(Kind.STREAM, STREAM_PORT.pack(port))
+
+
+def parse_stream(payload: bytes) -> int:
+    """The source's MySQL port a STREAM frame carries."""
+    if len(payload) != STREAM_PORT.size:
+        raise ProtocolError("malformed stream frame")
+    (port,) = STREAM_PORT.unpack(payload)
+    if not 0 < port < 65536:
+        raise ProtocolError(f"bad MySQL port {port} in the stream frame")
+    return port
 
 
 def counts_frame(kind: Kind, files: int, nbytes: int) -> bytes:

@@ -159,22 +159,26 @@ class TreeReader:
                     # MySQL has cached; from the file's start, as the kernel only drops whole folios.
                     if offset + len(data) < st.st_size:
                         os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
-                    header = self._authenticated(protocol.data_header(offset, len(data)))
-                    self._mac.update(data)
                     sent += len(data)
-                    compressed = self._compressor.compress(offset, data)
-                    parts = [header, data] if compressed is None else [compressed]
-                    saved = 0 if compressed is None else len(header) + len(data) - len(compressed)
-                    if len(data) >= self._batch // 4:
-                        yield from self._flush()
-                        yield Batch(parts, len(data), 0, saved=saved)
-                    else:
-                        self._add(b"".join(parts), len(data), saved=saved)
+                    yield from self._data(offset, data)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             self._add(self._mac.file_end(), st.st_size - sent, 1)
             return st.st_size
         finally:
             os.close(fd)
+
+    def _data(self, offset: int, data: bytes) -> Iterator[Batch]:
+        """One DATA frame (ZDATA when compression pays), MACed as DATA; a large one as a batch of its own."""
+        header = self._authenticated(protocol.data_header(offset, len(data)))
+        self._mac.update(data)
+        compressed = self._compressor.compress(offset, data)
+        parts = [header, data] if compressed is None else [compressed]
+        saved = 0 if compressed is None else len(header) + len(data) - len(compressed)
+        if len(data) >= self._batch // 4:
+            yield from self._flush()
+            yield Batch(parts, len(data), 0, saved=saved)
+        else:
+            self._add(b"".join(parts), len(data), saved=saved)
 
     def _authenticated(self, part: bytes) -> bytes:
         self._mac.update(part)
@@ -210,6 +214,49 @@ class TreeReader:
             yield Batch(self._pending, self._pending_bytes, self._pending_files, saved=self._pending_saved)
         self._pending = []
         self._pending_size = self._pending_bytes = self._pending_files = self._pending_saved = 0
+
+
+class StreamReader(TreeReader):
+    """Yields a hot seed's stream (:data:`~orchagent.seed.protocol.Kind.STREAM`): the bytes read from
+    ``fd`` (a backup tool's stdout) until its end, framed and MACed as one file's data.
+
+    ``ended`` is called at the end of the input, before the stream is sealed: it raises if the
+    tool failed, and the stream ends with FAIL and the tool's error instead, so a cut-short backup
+    never ends as a whole stream.
+    """
+
+    def __init__(self, fd: int, port: int, mac: authentication.StreamMac, ended: Callable[[], None],
+                 **options) -> None:
+        super().__init__("", mac, **options)
+        self._fd = fd
+        self._port = port
+        self._ended = ended
+
+    def batches(self) -> Iterator[Batch]:
+        self._add(self._authenticated(protocol.stream_frame(self._port)))
+        nbytes = 0
+        while data := _read_up_to(self._fd, self._chunk):
+            yield from self._data(nbytes, data)
+            nbytes += len(data)
+        try:
+            self._ended()
+        except TransferFailed as e:
+            # in the stream, so the receiver hears the tool's own error (and answers with FAIL)
+            yield from self._flush()
+            yield Batch([protocol.reason_frame(Kind.FAIL, str(e))], 0, 0, final=True)
+            return
+        self._add(self._mac.file_end(), 0, 1)
+        yield from self._flush()
+        yield Batch([self._mac.end(1, nbytes)], 0, 0, final=True)
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes of a pipe, fewer only at its end (a pipe hands over 64 KiB at a time)."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size and (n := os.readv(fd, [view[got:]])):
+        got += n
+    return bytes(view[:got])
 
 
 def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:

@@ -29,6 +29,7 @@ from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
+from orchagent.seed.hotseed import Extractor
 from orchagent.seed.writer import TreeWriter
 from orchagent.tls import peer_ous
 
@@ -38,9 +39,11 @@ TLS_CHUNK_BYTES = 1024 * 1024  # what the receiver's reactor hands its writer at
 
 
 class _ReceiveTransfer(Transfer):
-    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float) -> None:
+    def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
+                 extractor: Extractor | None) -> None:
         super().__init__(reactor, seed_id, "receive", stall_timeout)
         self.datadir = datadir
+        self._extractor = extractor
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
         self._incoming_bytes = 0
@@ -70,7 +73,7 @@ class _ReceiveTransfer(Transfer):
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
                                            f"seed {self.seed_id} stalled: the sender did not send data "
                                            f"for {self._stall_timeout:g} seconds")
-        writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac)
+        writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac, extractor=self._extractor)
         if self._channel is None:
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
             source = self._pipe.get_wait
@@ -312,12 +315,13 @@ class SeedReceiverServer:
         port, self._port = self._port, None
         return succeed(None) if port is None else port.stopListening()
 
-    def arm(self, seed_id: str, datadir: str) -> Transfer:
-        """Accept one sender for ``seed_id``, writing into ``datadir``; disarmed when it ends."""
+    def arm(self, seed_id: str, datadir: str, extractor: Extractor | None = None) -> Transfer:
+        """Accept one sender for ``seed_id``, writing into ``datadir``; disarmed when it ends.
+        ``extractor``: what unpacks a hot seed's stream (:mod:`orchagent.seed.hotseed`), if one comes."""
         current = self._armed.get(seed_id)
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
-        transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout)
+        transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout, extractor)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer

@@ -25,7 +25,8 @@ from orchagent.seed import authentication
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
-from orchagent.seed.reader import Batch, TreeReader
+from orchagent.seed.hotseed import BackupSource
+from orchagent.seed.reader import Batch, StreamReader, TreeReader
 from orchagent.seed.throttle import Throttle
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
 
@@ -36,9 +37,10 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 class _SendTransfer(Transfer):
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
-                 max_bytes_per_second: int, compression: str) -> None:
+                 max_bytes_per_second: int, compression: str, backup: BackupSource | None) -> None:
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
+        self._backup = backup
         self._secret = secret
         self._compression = compression
         self._connecting: Deferred | None = None
@@ -88,15 +90,21 @@ class _SendTransfer(Transfer):
     def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         waited = 0.0  # for room in the pipe: how far the link is the limit (SeedCompression auto)
+        if self._backup is None:
+            reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited)
+        else:
+            reader = StreamReader(self._backup.fd, self._backup.port, mac, self._backup.ended,
+                                  compression=self._compression, waited=lambda: waited)
         try:
-            for batch in TreeReader(self.source_dir, mac, compression=self._compression,
-                                    waited=lambda: waited).batches():
+            for batch in reader.batches():
                 started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
                 waited += time.monotonic() - started
                 queued()
         finally:
             self._pipe.finish()
+            if self._backup is not None:
+                self._backup.close()
 
     def _send(self) -> None:
         """Sending thread (plain TCP): from the pipe straight onto the socket."""
@@ -248,14 +256,17 @@ class _SenderProtocol(Connection):
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
-              max_bytes_per_second: int = 0, compression: str = "auto") -> _SendTransfer:
+              max_bytes_per_second: int = 0, compression: str = "auto",
+              backup: BackupSource | None = None) -> _SendTransfer:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
     or None for plain TCP.  ``max_bytes_per_second``: the pacing (0: none), see :meth:`limit_rate`.
-    ``compression``: ``SeedCompression`` (:mod:`orchagent.seed.compression`).
+    ``compression``: ``SeedCompression`` (:mod:`orchagent.seed.compression`).  ``backup``: a hot seed's
+    running backup (:mod:`orchagent.seed.hotseed`), whose stream is sent instead of ``source_dir``.
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second, compression)
+    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second, compression,
+                             backup)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)

@@ -93,6 +93,12 @@ class Staging:
         raise TransferFailed(f"could not make the seed's staging directory in {self.datadir!r}: "
                              "it is being renamed all the time")
 
+    def tree_path(self) -> str:
+        """A path to the staging tree for a child process (a hot seed's extractor): the agent's own
+        descriptor's ``/proc`` link, which leads to the directory opened in :meth:`create` without
+        looking up any name in the datadir, wherever its owner has moved things since."""
+        return f"/proc/{os.getpid()}/fd/{self.tree_fd}"
+
     def move_into_datadir(self) -> None:
         """Move the tree's entries into the datadir, never replacing one, then drop the staging directory."""
         names = os.listdir(self.tree_fd)

@@ -15,6 +15,7 @@ import threading
 from typing import Callable
 
 from orchagent.seed import authentication, decoder
+from orchagent.seed.hotseed import Extractor
 from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
@@ -34,8 +35,13 @@ class TreeWriter:
     """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
 
     def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
-                 mac: authentication.StreamMac) -> None:
+                 mac: authentication.StreamMac, extractor: Extractor | None = None) -> None:
+        """``extractor``: unpacks a hot seed's stream (:mod:`orchagent.seed.hotseed`); without one a
+        stream is refused."""
         self._staging = Staging(datadir, seed_id)
+        self._extractor = extractor
+        self._streaming = False  # a hot seed's stream is going to the extractor
+        self.source_port: int | None = None  # a hot seed's: the source's MySQL port
         self.datadir = self._staging.datadir
         self.progress = progress if progress is not None else Progress()
         self._decoder = decoder.StreamDecoder(self, mac)
@@ -119,6 +125,14 @@ class TreeWriter:
             self._directories[entry.path] = (entry.mode, entry.mtime_ns)
         self._calls.append((self._write_entry, (entry,)))
 
+    def stream(self, port: int) -> None:
+        if self._extractor is None:
+            raise ProtocolError("the sender sent a hot seed's stream, which this receiver cannot extract")
+        if len(self._directories) > 1 or self._received_files:
+            raise ProtocolError("a hot seed's stream after tree entries")
+        self.source_port = port
+        self._calls.append((self._start_stream, ()))
+
     def data(self, offset: int, piece: memoryview) -> None:
         self._calls.append((self._write_data, (offset, piece)))
         if id(piece.obj) not in self._ring:  # decompressed: memory of its own, handed over in bounded batches
@@ -151,7 +165,16 @@ class TreeWriter:
             self._file = entry
             self._written = self._flushed = self._end = 0
 
+    def _start_stream(self) -> None:
+        self._extractor.start(self._staging.tree_path(), self.source_port)
+        self._streaming = True
+
     def _write_data(self, offset: int, piece: memoryview) -> None:
+        if self._streaming:
+            self._extractor.write(piece)
+            self._written += len(piece)
+            self.progress.bytes_done += len(piece)  # mysql-du follows this count
+            return
         while piece:
             written = os.pwrite(self._fd, piece, offset)
             piece, offset = piece[written:], offset + written
@@ -166,6 +189,13 @@ class TreeWriter:
             self._flushed = self._written
 
     def _complete_file(self) -> None:
+        if self._streaming:
+            self._streaming = False
+            self._extractor.end()
+            self.progress.files_done += 1
+            self._received_files += 1
+            self._received_bytes += self._written
+            return
         entry, fd = self._file, self._fd
         self._file, self._fd = None, -1
         try:
@@ -203,6 +233,10 @@ class TreeWriter:
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
         self._close_directory()
+        if self.source_port is not None:
+            self._extractor.prepare(self._staging.tree_path(), self._staging.tree_fd)
+            if self._as_root:
+                _give_to(self._staging.tree_fd, self._staging.owner)
         # Children before parents, so each directory is handed over after everything on its way
         # was opened as the agent's own.
         for relative in sorted(self._directories, reverse=True):
@@ -224,6 +258,8 @@ class TreeWriter:
 
     def discard(self) -> None:
         """Remove everything this receive wrote (after a failure or an abort)."""
+        if self._extractor is not None:
+            self._extractor.abort()
         if self._disk is not None:
             self._stop_disk(discard=True)
         if self._fd >= 0:
@@ -294,3 +330,18 @@ class TreeWriter:
                 os.close(fd)
             fd = child
         return fd
+
+
+def _give_to(fd: int, owner: tuple[int, int]) -> None:
+    """Give everything below the directory ``fd`` (an extracted hot seed, all the agent's and closed to
+    others) to ``owner``, following no link; each directory after its contents."""
+    for entry in list(os.scandir(fd)):
+        if entry.is_dir(follow_symlinks=False):
+            child = open_own_directory(entry.name, fd)
+            try:
+                _give_to(child, owner)
+                os.fchown(child, *owner)
+            finally:
+                os.close(child)
+        else:
+            os.chown(entry.name, *owner, dir_fd=fd, follow_symlinks=False)

@@ -2,26 +2,28 @@
 tools' command lines for real (backup streamed into mbstream, prepare, a replica started on the copy
 and pointed at the source by the replication set-up).
 
-The streaming through the seed transfer is not built yet: the send of a mounted hot-backup volume
-is refused, and the pipeline here runs the two tools joined by a pipe on this host.
+The pipeline here runs the two tools joined by a thread on this host, as the two ends of a hot seed
+do (the whole seed between two agents: ``test_hot_seed.py``).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import shutil
 import subprocess
 import tempfile
 import time
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from orchagent.config import Config
 from orchagent.errors import AgentError
-from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, prepare_copy
+from orchagent.host.hotbackup import (TOOLS, ToolStream, backup_argv, extract_argv, prepare_copy, start_backup,
+                                      start_extract)
 from orchagent.host.replication import ReplicationSetup, sql_string
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
@@ -127,11 +129,7 @@ class VirtualVolumeTests(SynchronousTestCase):
         self.assertAlmostEqual(mount["MySQLDiskUsage"], du, delta=du * 0.1)  # the server writes on meanwhile
         self.assertGreater(mount["MySQLDiskUsage"], 1 << 20)
 
-        # the stream through the seed transfer is the next step: until then the live datadir is never sent
-        sent = self.orchestrator.command(self.agent, "send-mysql-seed-data/127.0.0.2/1")
-        self.assertEqual(sent.status, 409)
-        self.assertIn("hot-backup volume", sent.json()["Message"])
-
+        # the send streams a backup (tests/integration/test_hot_seed.py)
         created = self.orchestrator.command(self.agent, "create-snapshot")
         self.assertEqual(created.status, 409)
         self.assertIn("nothing to create", created.json()["Message"])
@@ -167,10 +165,14 @@ class BackupPrepareReplicateTests(TestCase):
 
         # a write lands during the backup's lifetime: the copy must still be consistent
         source.sql("INSERT INTO shop.orders (item) VALUES ('during')")
-        temp = os.path.join(directory, "backup-temp")
-        pipeline = (f"set -o pipefail; {shlex.join(backup_argv(MARIABACKUP, defaults, temp, source.datadir))} "
-                    f"| {shlex.join(extract_argv(MARIABACKUP, replica.datadir))}")
-        await runner.run(["bash", "-c", pipeline], name="mariabackup | mbstream")
+        in_thread = thread_runner(reactor)
+        backup = await start_backup(runner, MARIABACKUP, defaults, source.datadir, in_thread, idle_timeout=60)
+        extract = start_extract(runner, MARIABACKUP, replica.datadir, in_thread)
+        copied = await threads.deferToThread(_copy, backup, extract)  # what the seed transfer does in between
+        await backup.finished()
+        await extract.finished()
+        self.assertGreater(copied, 1 << 20)
+        self.assertEqual(_backup_temp_dirs(), [])  # the backup's temporary directory is gone
         position = await prepare_copy(runner, MARIABACKUP, replica.datadir, 64, thread_runner(reactor), timeout=120)
         self.assertEqual(position.flavor, "mariadb")
         self.assertEqual(position.gtid, source.sql("SELECT @@gtid_binlog_pos").strip())
@@ -224,6 +226,25 @@ class DamagedCopyTests(TestCase):
         self.assertEqual(str(caught.exception), "mariabackup --prepare failed: [ERROR] InnoDB: File ./ib_logfile0 is too small")
 
 
+def _copy(backup: ToolStream, extract: ToolStream) -> int:
+    """Thread: the backup's stream into the extractor, as the two ends of a hot seed do; the bytes moved."""
+    total = 0
+    try:
+        while chunk := os.read(backup.fd, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(extract.fd, view):]
+            total += len(chunk)
+    finally:
+        backup.close()
+        extract.close()
+    return total
+
+
+def _backup_temp_dirs() -> list[str]:
+    return [name for name in os.listdir(tempfile.gettempdir()) if name.endswith(".orchagent-hotbackup")]
+
+
 def _sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
 
@@ -239,23 +260,21 @@ class KilledBackupTests(TestCase):
         source = source_with_users(directory)
         self.addCleanup(source.stop)
         defaults = defaults_file(directory, source, BACKUP_PASSWORD)
-        # a reader that never reads: the backup blocks once the pipe is full, in the middle of its copy
-        fifo = os.path.join(directory, "stream")
-        os.mkfifo(fifo, 0o600)
-        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        self.addCleanup(os.close, reader)
+        # nobody reads the stream: the backup blocks once the pipe is full, in the middle of its copy
         runner = ProcessRunner(reactor, default_timeout=120, kill_grace=1)
-        temp = os.path.join(directory, "t")
-        backup = runner.start(backup_argv(MARIABACKUP, defaults, temp, source.datadir),
-                              stdout_path=fifo, timeout=None, check=False)
+        stream = await start_backup(runner, MARIABACKUP, defaults, source.datadir, thread_runner(reactor),
+                                    idle_timeout=None)
+        self.addCleanup(stream.close)
+        backup = stream.command
         backup.result.addErrback(lambda failure: None)
+        self.assertEqual(len(_backup_temp_dirs()), 1)
         deadline = time.monotonic() + 30
         while "backup" not in source.sql("SELECT user FROM information_schema.PROCESSLIST") and \
                 time.monotonic() < deadline:
             await _sleep(0.1)
         self.assertIn("backup", source.sql("SELECT user FROM information_schema.PROCESSLIST"))
 
-        await backup.terminate()  # mariabackup blocked on its stream outlives SIGTERM: SIGKILL after kill_grace
+        await stream.abort()  # mariabackup blocked on its stream outlives SIGTERM: SIGKILL after kill_grace
         self.assertEqual(subprocess.run(["pgrep", "-g", str(backup.pid)], capture_output=True).stdout, b"")
         deadline = time.monotonic() + 10
         while "backup" in source.sql("SELECT user FROM information_schema.PROCESSLIST") and \
@@ -266,4 +285,38 @@ class KilledBackupTests(TestCase):
         source.sql("SET SESSION lock_wait_timeout=2; BACKUP STAGE START; BACKUP STAGE FLUSH; "
                    "BACKUP STAGE BLOCK_DDL; BACKUP STAGE BLOCK_COMMIT; BACKUP STAGE END;")
         source.sql("INSERT INTO shop.orders (item) VALUES ('after the abort')")
-        self.assertEqual(os.listdir(temp) if os.path.exists(temp) else [], [])  # no temporary files left
+        self.assertEqual(_backup_temp_dirs(), [])  # no temporary files left
+
+    @inline
+    async def test_killed_backup_fails_with_the_tools_end(self):
+        directory = root_only_directory(self)
+        source = source_with_users(directory)
+        self.addCleanup(source.stop)
+        defaults = defaults_file(directory, source, BACKUP_PASSWORD)
+        runner = ProcessRunner(reactor, default_timeout=120, kill_grace=1)
+        in_thread = thread_runner(reactor)
+        backup = await start_backup(runner, MARIABACKUP, defaults, source.datadir, in_thread, idle_timeout=60)
+        self.addCleanup(backup.close)
+        first = await threads.deferToThread(os.read, backup.fd, 1 << 16)  # streaming has begun
+        self.assertTrue(first)
+        os.killpg(backup.command.pid, signal.SIGKILL)  # as the OOM killer or an admin would
+        with self.assertRaises(AgentError) as caught:
+            await backup.finished()
+        self.assertIn("mariabackup --backup failed: mariabackup was killed by signal 9", str(caught.exception))
+        self.assertEqual(_backup_temp_dirs(), [])
+
+    @inline
+    async def test_wrong_credentials_fail_with_the_tools_words(self):
+        directory = root_only_directory(self)
+        source = source_with_users(directory)
+        self.addCleanup(source.stop)
+        defaults = defaults_file(directory, source, "not the password")
+        runner = ProcessRunner(reactor, default_timeout=120, kill_grace=1)
+        backup = await start_backup(runner, MARIABACKUP, defaults, source.datadir, thread_runner(reactor),
+                                    idle_timeout=60)
+        self.addCleanup(backup.close)
+        self.assertEqual(await threads.deferToThread(os.read, backup.fd, 1 << 16), b"")
+        with self.assertRaises(AgentError) as caught:
+            await backup.finished()
+        self.assertIn("mariabackup --backup failed: ", str(caught.exception))
+        self.assertIn("Access denied for user 'backup'", str(caught.exception))

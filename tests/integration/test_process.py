@@ -1,11 +1,12 @@
 """ProcessRunner against real processes: process groups, literal arguments, bounded output."""
 
+import hashlib
 import os
 import resource
 import signal
 import time
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
@@ -35,6 +36,14 @@ async def pids_from(path: str, count: int) -> list[int]:
 
 # A process tree whose members all ignore SIGTERM: bash, and a backgrounded sleep.
 STUBBORN_TREE = 'trap "" TERM; sleep 1000 & echo $$ > "$1"; echo $! >> "$1"; wait'
+
+
+def _drain(fd: int) -> int:
+    """Read ``fd`` to its end (in a thread); the byte count."""
+    total = 0
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+    return total
 
 
 class ProcessRunnerTests(TestCase):
@@ -341,6 +350,67 @@ class ProcessRunnerTests(TestCase):
         self.assertEqual(result.stdout, b"")
         with open(target, "rb") as f:
             self.assertEqual(f.read(), b"line one\n\0binary\n" * 1000)
+
+    # -- streaming: the caller's pipe ends as stdin/stdout -------------------------------------
+
+    @inline
+    async def test_stdout_fd_streams_to_a_reading_thread_with_backpressure(self):
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        command = self.runner.start(["head", "-c", str(32 * 1024 * 1024), "/dev/zero"], stdout_fd=write_end)
+        # the runner closed its copy of the write end: only the child holds it
+        self.assertRaises(OSError, os.fstat, write_end)
+        await deferLater(reactor, 0.3, lambda: None)
+        self.assertIsNone(command.protocol.stdout() or None)  # nothing captured: it is all in our pipe
+        self.assertFalse(command.result.called, "the child must wait for the reader (pipe backpressure)")
+        received = await threads.deferToThread(_drain, read_end)
+        result = await command.result
+        self.assertEqual((received, result.stdout), (32 * 1024 * 1024, b""))
+
+    @inline
+    async def test_stdin_fd_is_fed_by_a_writing_thread(self):
+        read_end, write_end = os.pipe()
+        out_read, out_write = os.pipe()
+        self.addCleanup(os.close, out_read)
+        command = self.runner.start(["sha256sum"], stdin_fd=read_end, stdout_fd=out_write)
+
+        def feed() -> None:
+            with os.fdopen(write_end, "wb") as f:
+                for _ in range(64):
+                    f.write(b"x" * 65536)
+
+        await threads.deferToThread(feed)
+        digest = await threads.deferToThread(lambda: os.read(out_read, 200))
+        await command.result
+        self.assertEqual(digest.split()[0], hashlib.sha256(b"x" * 65536 * 64).hexdigest().encode())
+
+    @inline
+    async def test_terminate_kills_a_streaming_group_and_the_reader_sees_the_end(self):
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        command = self.runner.start(["bash", "-c", "trap '' TERM; cat /dev/zero & wait"], stdout_fd=write_end)
+        draining = threads.deferToThread(_drain, read_end)
+        await deferLater(reactor, 0.2, lambda: None)
+        await command.terminate()
+        self.assertGreater(await draining, 0)  # EOF once the whole group is gone
+        await self.assertFailure(command.result, CommandFailed)
+
+    @inline
+    async def test_idle_timeout_counts_stderr_only_when_stdout_is_streamed(self):
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        command = self.runner.start(["cat", "/dev/zero"], stdout_fd=write_end, idle_timeout=0.5)
+        draining = threads.deferToThread(_drain, read_end)
+        failure = await self.assertFailure(command.result, CommandTimedOut)
+        self.assertTrue(failure.result.idle)
+        self.assertGreater(await draining, 0)
+
+    def test_descriptors_are_closed_when_the_spawn_fails(self):
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.assertRaises(ValueError, self.runner.start, ["cat"], stdout_fd=write_end, stdout_path=self.path("x"))
+        self.assertRaises(OSError, os.fstat, write_end)
+        self.assertEqual(os.read(read_end, 1), b"")  # no writer left
 
     @inline
     async def test_parsed_sets_lc_all_c(self):

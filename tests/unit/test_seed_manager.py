@@ -182,6 +182,14 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual(kwargs["secret"], b"")
         self.assertIsNotNone(kwargs["tls"])  # the agent's certificate goes with it
 
+    def test_a_hot_backup_volume_is_never_sent_by_a_configured_command(self):
+        self.snapshots.mount = Mount(path="/mnt/snap", is_mounted=True, mysql_data_path=self.datadir, virtual=True)
+        manager = self.manager(send_seed_data_command="tar -c -C")
+        error = self.fail_with(manager.send("db2", 8), Conflict)
+        self.assertIn("unset SendSeedDataCommand", str(error))
+        self.assertEqual((self.runner.calls, self.transfers), ([], []))
+        self.assertRaises(NotFound, manager.record, 8)
+
     def test_send_without_snapshot_needs_mysql_stopped(self):
         self.snapshots.mount = Mount(path="/mnt/snap")
         self.mysql.running = True

@@ -15,6 +15,7 @@ from orchagent.seed import authentication, protocol
 from orchagent.seed.decoder import StreamDecoder
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError
+from orchagent.seed.reader import StreamReader
 from orchagent.seed.receiver import SeedReceiverServer, _ReceiverProtocol
 from orchagent.seed.writer import RECEIVE_BUFFERS, TreeWriter
 from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
@@ -56,6 +57,9 @@ class Recorder:
 
     def end(self, files, nbytes):
         self.calls.append(("end", files, nbytes))
+
+    def stream(self, port):
+        self.calls.append(("stream", port))
 
 
 class FramingTests(SynchronousTestCase):
@@ -141,8 +145,8 @@ class HandshakeTests(SynchronousTestCase):
         _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
         self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
-        older = payload[:8] + (2).to_bytes(2, "big") + payload[10:]  # protocol v2 sent no compressed data
-        self.assertRaisesRegex(ProtocolError, "version 2, this agent 3: upgrade both agents",
+        older = payload[:8] + (3).to_bytes(2, "big") + payload[10:]  # protocol v3 sent no hot seed streams
+        self.assertRaisesRegex(ProtocolError, "version 3, this agent 4: upgrade both agents",
                                authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
@@ -232,6 +236,82 @@ class StreamTests(SynchronousTestCase):
     def test_sender_failure_is_reported(self):
         with self.assertRaisesRegex(protocol.TransferFailed, "the sender failed: disk on fire"):
             decoder(Recorder()).feed(protocol.reason_frame(Kind.FAIL, "disk on fire"))
+
+
+def hot_stream(data: bytes, port: int = 3306, compression: str = "none", ended=lambda: None) -> bytes:
+    """What a hot seed's sender sends for a backup tool that wrote ``data`` (read from a pipe)."""
+    read_end, write_end = os.pipe()
+    writing = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    writing.start()
+    try:
+        reader = StreamReader(read_end, port, SESSION.stream_mac(), ended, compression=compression)
+        return b"".join(part for batch in reader.batches() for part in batch.parts)
+    finally:
+        writing.join()
+        os.close(read_end)
+
+
+class HotStreamTests(SynchronousTestCase):
+    """A hot seed's stream (v4 STREAM): the tool's bytes in order, the MySQL port, authenticated, sealed
+    only once the tool ended well."""
+
+    data = os.urandom(100_000) + b"\0" * 3_000_000 + os.urandom(1000)
+
+    def test_round_trip_with_and_without_compression(self):
+        for compression in ("none", "zstd"):
+            with self.subTest(compression=compression):
+                stream = hot_stream(self.data, 13306, compression)
+                recorder = Recorder()
+                decoding = decoder(recorder)
+                decoding.feed(stream)
+                self.assertTrue(decoding.ended)
+                self.assertEqual(recorder.calls, [("stream", 13306), ("data", 0, self.data), ("file_end",),
+                                                  ("end", 1, len(self.data))])
+                if compression == "zstd":
+                    self.assertLess(len(stream), len(self.data) // 2)
+
+    def test_any_frame_altered_dropped_or_repeated_fails_the_stream(self):
+        frames = split_frames(hot_stream(os.urandom(3 * 1024 * 1024 + 5)))
+        for i, frame in enumerate(frames):
+            flipped = frame[:-1] + bytes([frame[-1] ^ 1])
+            for variant in ([], [flipped], [frame, frame]):
+                with self.subTest(frame=i, variant=len(variant)):
+                    decoding = decoder(Recorder())
+                    try:
+                        decoding.feed(b"".join(frames[:i] + variant + frames[i + 1:]))
+                    except protocol.TransferFailed:
+                        continue
+                    self.assertEqual((i, variant), (len(frames) - 1, []))
+                    self.assertFalse(decoding.ended)
+
+    def test_a_failed_tool_never_seals_the_stream(self):
+        def failed():
+            raise protocol.TransferFailed("mariabackup --backup failed: Access denied")
+
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"partial")
+        os.close(write_end)
+        reader = StreamReader(read_end, 3306, SESSION.stream_mac(), failed)
+        self.addCleanup(os.close, read_end)
+        stream = b"".join(part for batch in reader.batches() for part in batch.parts)
+        recorder = Recorder()
+        with self.assertRaisesRegex(protocol.TransferFailed, "the sender failed: mariabackup --backup failed: "
+                                                             "Access denied"):
+            decoder(recorder).feed(stream)
+        self.assertNotIn(("file_end",), recorder.calls)
+
+    def test_a_bad_port_and_a_second_stream_are_refused(self):
+        with self.assertRaisesRegex(ProtocolError, "bad MySQL port 0"):
+            decoder(Recorder()).feed(hot_stream(b"x", port=0))
+        stream = hot_stream(b"x")
+        twice = split_frames(stream)
+        with self.assertRaisesRegex(ProtocolError, "a second stream"):
+            decoder(Recorder()).feed(b"".join(twice[:1] + twice[:1]))
+
+    def test_a_writer_without_an_extractor_refuses_a_stream_clearly(self):
+        writer = writer_into(self.mktemp())
+        with self.assertRaisesRegex(ProtocolError, "stream, which this receiver cannot extract"):
+            decoder(writer).feed(hot_stream(b"x"))
 
 
 class TreeWriterTests(SynchronousTestCase):

@@ -57,6 +57,16 @@ class StagingTests(SynchronousTestCase):
         os.unlink(os.path.join(self.datadir, ".orchagent-seed-9"))
         self.assertEqual(describe_tree(self.datadir), describe_tree(self.source))
 
+    def test_the_tree_path_for_an_extractor_leads_to_the_tree_after_a_swap(self):
+        scratch = staging.Staging(self.datadir, "9")
+        scratch.create()
+        self.addCleanup(scratch.remove)
+        self.swap_staging()
+        with open(os.path.join(scratch.tree_path(), "extracted"), "wb") as f:  # as mbstream -C <path> would
+            f.write(b"x")
+        self.assertOutsideUntouched()
+        self.assertEqual(os.listdir(os.path.join(self.datadir, "aside", "tree")), ["extracted"])
+
     def test_cleanup_finds_the_staging_directory_under_its_new_name(self):
         writer = self.writer()
         writer.feed(tree_stream(self.source)[:-200])  # cut short
