@@ -12,6 +12,7 @@ agent settings here are what an administrator would write for each host::
 from __future__ import annotations
 
 import os
+import stat
 
 from testbed.btrfs import BtrfsFileSystem
 from testbed.mariadb import MariaDBSandbox
@@ -79,6 +80,31 @@ class SeedTarget:
 def transfer_settings(port: int, secret: str, **extra) -> dict:
     """The built-in transfer's keys (the same secret on both agents)."""
     return {"SeedTransferPort": port, "SeedTransferSecret": secret, **extra}
+
+
+_V1_RECEIVE_SCRIPT = """#!/bin/bash
+# ReceiveSeedDataCommand as V1 users write it: <datadir> <port>
+set -o pipefail
+socat -u TCP-LISTEN:"$2",bind=127.0.0.2,reuseaddr - | tar -x -C "$1"
+"""
+_V1_SEND_SCRIPT = """#!/bin/bash
+# SendSeedDataCommand as V1 users write it: <source directory> <target host> <port>
+set -o pipefail
+tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
+"""
+
+
+def socat_tar_commands(directory: str) -> dict:
+    """Command mode's keys as V1 users set them (socat and tar; the target on 127.0.0.2), the
+    scripts written into ``directory``."""
+    commands = {}
+    for key, text in (("ReceiveSeedDataCommand", _V1_RECEIVE_SCRIPT), ("SendSeedDataCommand", _V1_SEND_SCRIPT)):
+        path = os.path.join(directory, key)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, stat.S_IRWXU)
+        commands[key] = path
+    return commands
 
 
 def load_sample_data(sandbox: MariaDBSandbox, rows: int = 5000) -> None:

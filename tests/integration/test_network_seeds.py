@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -26,23 +25,13 @@ from testbed.agent import free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.netns import network_namespace
 from testbed.orchestrator import HostAgent, Orchestrator
-from testbed.seeding import load_sample_data, table_checksums
+from testbed.seeding import load_sample_data, socat_tar_commands, table_checksums
 from tests.support.root import requires_root
 
 MB = 1024 * 1024
 SOURCE_ADDRESS, TARGET_ADDRESS = "127.0.0.1", "127.0.0.2"
 SECRET = "network seed tests' shared secret"
 STALL_SECONDS = 10
-RECEIVE_SCRIPT = """#!/bin/bash
-# ReceiveSeedDataCommand as V1 users write it: <datadir> <port>
-set -o pipefail
-socat -u TCP-LISTEN:"$2",bind=127.0.0.2,reuseaddr - | tar -x -C "$1"
-"""
-SEND_SCRIPT = """#!/bin/bash
-# SendSeedDataCommand as V1 users write it: <source directory> <target host> <port>
-set -o pipefail
-tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
-"""
 
 
 def namespaces() -> str:
@@ -214,14 +203,7 @@ class NetworkSeedTests(SynchronousTestCase):
     def test_command_mode_with_socat_and_tar_through_the_link(self):
         write_random_tree(self.source_dir, {"db/t1.ibd": 8 * MB, "db/t2.ibd": 1 * MB, "mysql/user.MYD": 512})
         os.makedirs(self.target_dir)
-        commands = {}
-        for key, text in (("ReceiveSeedDataCommand", RECEIVE_SCRIPT), ("SendSeedDataCommand", SEND_SCRIPT)):
-            path = os.path.join(self.directory, key)
-            with open(path, "w") as f:
-                f.write(text)
-            os.chmod(path, stat.S_IRWXU)
-            commands[key] = path
-        source, target = self.start_agents("100mbit", **commands)
+        source, target = self.start_agents("100mbit", **socat_tar_commands(self.directory))
 
         started = time.monotonic()
         self.start_seed(source, target, 4, wait_before_send=1)

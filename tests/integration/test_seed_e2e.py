@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import tempfile
 import urllib.request
 
@@ -25,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from testbed.agent import free_port, start_agent
 from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
 from testbed.seeding import (
-    SOURCE_ADDRESS, TARGET_ADDRESS, SeedSource, SeedTarget, table_checksums, transfer_settings)
+    SOURCE_ADDRESS, TARGET_ADDRESS, SeedSource, SeedTarget, socat_tar_commands, table_checksums, transfer_settings)
 from tests.support.root import requires_root
 
 POLL = [command for command, _, _ in STATUS_POLL]
@@ -33,16 +32,6 @@ POLL = [command for command, _, _ in STATUS_POLL]
 # would let its 10-rounds-without-progress rule end a seed that is merely slow (a busy disk).
 POLL_SECONDS = 2
 
-RECEIVE_SCRIPT = """#!/bin/bash
-# ReceiveSeedDataCommand as V1 users write it: <datadir> <port>
-set -o pipefail
-socat -u TCP-LISTEN:"$2",bind=127.0.0.2,reuseaddr - | tar -x -C "$1"
-"""
-SEND_SCRIPT = """#!/bin/bash
-# SendSeedDataCommand as V1 users write it: <source directory> <target host> <port>
-set -o pipefail
-tar -c -C "$1" . | socat -u - TCP:"$2":"$3"
-"""
 
 
 @requires_root("a btrfs loop device for the source's snapshot; MariaDB sandboxes")
@@ -193,14 +182,7 @@ class SeedEndToEndTests(SynchronousTestCase):
         self.assertEqual((audited[1]["seed_id"], audited[1]["client"]), (11, "127.0.0.1"))
 
     def test_command_mode_with_socat_and_tar(self):
-        scripts = tempfile.mkdtemp(dir=self.workdir)
-        commands = {}
-        for key, text in (("ReceiveSeedDataCommand", RECEIVE_SCRIPT), ("SendSeedDataCommand", SEND_SCRIPT)):
-            path = os.path.join(scripts, key)
-            with open(path, "w") as f:
-                f.write(text)
-            os.chmod(path, stat.S_IRWXU)
-            commands[key] = path
+        commands = socat_tar_commands(tempfile.mkdtemp(dir=self.workdir))
         settings = {**commands, "SeedTransferPort": free_port(TARGET_ADDRESS)}
         source, target = self.start_agents({**self.source.settings(), **settings},
                                            {**self.target.settings(), **settings})
