@@ -14,7 +14,7 @@ from bench.machine import cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb
 from testbed.agent import RunningAgent, free_port, start_agent
 from testbed.orchestrator import HostAgent, Orchestrator
 from testbed.pki import CertificateAuthority
-from testbed.seeding import SOURCE_ADDRESS as SOURCE, TARGET_ADDRESS as TARGET
+from testbed.seeding import SOURCE_ADDRESS as SOURCE, TARGET_ADDRESS as TARGET, directory_agent_settings
 from testbed.waiting import wait_for
 
 SECRET = "bench-secret"
@@ -52,16 +52,6 @@ def tar_socat(source: str, target: str, *, net=None, zstd: bool = False, tls: di
     return {"seconds": time.monotonic() - started}
 
 
-def agent_settings(agent_dir: str, datadir: str, seed_port: int) -> dict:
-    """MySQL reads as stopped and no snapshot is mounted: the source sends its datadir itself."""
-    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
-    os.makedirs(snapshots, exist_ok=True)
-    os.makedirs(mount_point, exist_ok=True)
-    return {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-            "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": snapshots, "SnapshotMountPoint": mount_point,
-            "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
-
-
 class AgentPair:
     """A source agent on 127.0.0.1 whose datadir is ``source`` and a target agent on 127.0.0.2 whose
     datadir is ``target``, started once for the whole run (inside ``net`` when given; HTTPS with
@@ -78,7 +68,7 @@ class AgentPair:
         for address, datadir in ((SOURCE, source), (TARGET, target)):
             agent_dir = os.path.join(workdir, address)
             os.makedirs(agent_dir)
-            settings = {**agent_settings(agent_dir, datadir, seed_port), **(extra or {})}
+            settings = directory_agent_settings(agent_dir, datadir, seed_port, SECRET, **(extra or {}))
             if ca is not None:
                 issued = ca.issue(address, ips=(address,))
                 settings.update(UseSSL=True, SSLCertFile=issued.cert, SSLPrivateKeyFile=issued.key, SSLCAFile=ca.cert)

@@ -77,6 +77,17 @@ class SeedTarget:
                 "SnapshotVolumesFilter": SNAPSHOT_FILTER, "SnapshotMountPoint": self.mount_point}
 
 
+def directory_agent_settings(agent_dir: str, datadir: str, seed_port: int, secret: str, **extra) -> dict:
+    """An agent whose "datadir" is a plain directory: MySQL reads as stopped and no snapshot is
+    mounted, so it sends (or receives into) the directory itself with the built-in transfer."""
+    snapshots, mount_point = os.path.join(agent_dir, "snapshots"), os.path.join(agent_dir, "mnt")
+    os.makedirs(snapshots, exist_ok=True)
+    os.makedirs(mount_point, exist_ok=True)
+    return {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
+            "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": snapshots, "SnapshotMountPoint": mount_point,
+            **transfer_settings(seed_port, secret, **extra)}
+
+
 def transfer_settings(port: int, secret: str, **extra) -> dict:
     """The built-in transfer's keys (the same secret on both agents)."""
     return {"SeedTransferPort": port, "SeedTransferSecret": secret, **extra}

@@ -25,7 +25,7 @@ from testbed.agent import free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.netns import network_namespace
 from testbed.orchestrator import HostAgent, Orchestrator
-from testbed.seeding import load_sample_data, socat_tar_commands, table_checksums
+from testbed.seeding import directory_agent_settings, load_sample_data, socat_tar_commands, table_checksums
 from tests.support.root import requires_root
 
 MB = 1024 * 1024
@@ -76,12 +76,8 @@ class NetworkSeedTests(SynchronousTestCase):
         agents = []
         for address, datadir in ((SOURCE_ADDRESS, self.source_dir), (TARGET_ADDRESS, self.target_dir)):
             directory = os.path.join(self.directory, address)
-            os.makedirs(os.path.join(directory, "snapshots"))
-            os.makedirs(os.path.join(directory, "mnt"))
-            config = {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-                      "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": os.path.join(directory, "snapshots"),
-                      "SnapshotMountPoint": os.path.join(directory, "mnt"), "SeedStallTimeoutSeconds": STALL_SECONDS,
-                      "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port, **settings}
+            config = directory_agent_settings(directory, datadir, seed_port, SECRET,
+                                              SeedStallTimeoutSeconds=STALL_SECONDS, **settings)
             agent = start_agent(config, address=address, directory=directory, namespace=self.net)
             self.addCleanup(agent.stop)
             agents.append(HostAgent.of(agent))

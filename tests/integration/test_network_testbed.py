@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from testbed.agent import free_port, start_agent
 from testbed.netns import NetworkNamespace, network_namespace
 from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.seeding import directory_agent_settings
 from tests.support.root import requires_root
 
 MB = 1024 * 1024
@@ -62,12 +63,7 @@ class NetworkTestBedTests(SynchronousTestCase):
         agents = []
         for address, datadir in (("127.0.0.1", source_dir), ("127.0.0.2", target_dir)):
             directory = os.path.join(self.directory, address)
-            os.makedirs(os.path.join(directory, "snapshots"))
-            os.makedirs(os.path.join(directory, "mnt"))
-            settings = {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-                        "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": os.path.join(directory, "snapshots"),
-                        "SnapshotMountPoint": os.path.join(directory, "mnt"),
-                        "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port}
+            settings = directory_agent_settings(directory, datadir, seed_port, SECRET)
             agent = start_agent(settings, address=address, directory=directory, namespace=net)
             self.addCleanup(agent.stop)
             agents.append(HostAgent.of(agent))

@@ -28,6 +28,7 @@ from orchagent.seed.throttle import minimum_rate
 from orchagent.tls import client_creator, seed_server_options
 from testbed.agent import free_port, start_agent
 from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.seeding import directory_agent_settings
 from testbed.pki import CertificateAuthority
 from tests.support.deferreds import inline
 
@@ -62,13 +63,8 @@ class SeedThrottleTests(SynchronousTestCase):
         self.agents = []
         for address, datadir in ((SOURCE_ADDRESS, self.source_dir), (TARGET_ADDRESS, self.target_dir)):
             directory = os.path.join(self.directory, address)
-            os.makedirs(os.path.join(directory, "snapshots"))
-            os.makedirs(os.path.join(directory, "mnt"))
-            settings = {"MySQLDatadirCommand": f"echo {datadir}", "MySQLServiceStatusCommand": "false",
-                        "SnapshotBackend": "btrfs", "BtrfsSnapshotDirectory": os.path.join(directory, "snapshots"),
-                        "SnapshotMountPoint": os.path.join(directory, "mnt"), "SeedStallTimeoutSeconds": 10,
-                        "SeedTransferSecret": SECRET, "SeedTransferPort": seed_port,
-                        "SeedMaxBytesPerSecond": FIRST_RATE}
+            settings = directory_agent_settings(directory, datadir, seed_port, SECRET, SeedStallTimeoutSeconds=10,
+                                                SeedMaxBytesPerSecond=FIRST_RATE)
             agent = start_agent(settings, address=address, directory=directory)
             self.addCleanup(agent.stop)
             self.agents.append(HostAgent.of(agent))
