@@ -59,8 +59,11 @@ class MariaDBSandbox:
         """Create the system tables (once; a no-op when the datadir exists)."""
         if os.path.isdir(os.path.join(self.datadir, "mysql")):
             return
-        subprocess.run(["mariadb-install-db", *INSTALL_FLAGS, f"--datadir={self.datadir}"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        done = subprocess.run(["mariadb-install-db", *INSTALL_FLAGS, f"--datadir={self.datadir}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        if done.returncode != 0:  # say why: it has failed now and then on a heavily loaded machine
+            raise RuntimeError(f"mariadb-install-db for {self.datadir} failed (exit {done.returncode}):\n"
+                               f"{done.stdout[-3000:]}")
 
     # -- the server --------------------------------------------------------------------------
 
