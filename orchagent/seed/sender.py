@@ -89,7 +89,9 @@ class _SendTransfer(Transfer):
 
     def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
-        waited = 0.0  # for room in the pipe: how far the link is the limit (SeedCompression auto)
+        # for room in the pipe: how far the link is the limit (SeedCompression auto); a duration this
+        # thread measures of its own blocking, not a time kept anywhere, so not the reactor's clock
+        waited = 0.0
         if self._backup is None:
             reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited)
         else:
