@@ -180,21 +180,25 @@ def parse_variables(text: str) -> dict[str, str]:
 #: "[00] 2026-11-29 07:07:42 " (mariabackup), "2025-07-28T01:01:33.001122+03:00 0 " (xtrabackup 8.0)
 _TIMESTAMP_PREFIX = re.compile(
     r"^(\[\d+\]\s+)?(\d{4}-\d{2}-\d{2}[T ]\s*\d{1,2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?\s+)?(\d+\s+)?")
+_OS_ERROR = re.compile(r"Errcode: \d+|errno:? ?\d+|Operating system error number \d+", re.IGNORECASE)
 _ERROR_MARK = re.compile(r"\[ERROR\]")
 _NOISE = re.compile(r"my_thread_global_end|files and \d+ streams is left open")
 _ERROR_WORDS = re.compile(r"error|fail|denied|cannot|can't|unknown|not found|refused|invalid", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # mbstream rings the bell before its errors
 
 
 def tool_error(text: str) -> str:
     """The line of a tool's stderr that says what went wrong, without its thread and time prefix.
 
     mariabackup and xtrabackup log progress to stderr too, and their last lines are often noise
-    ("Error in my_thread_global_end()"): the last ``[ERROR]`` line is the cause, else the last line
-    naming an error, else the last line.
+    ("Error in my_thread_global_end()") or a consequence ("mbstream: my_write() failed." after
+    the line quoting "No space left on device"): the last line quoting an operating-system error
+    is the cause, else the last ``[ERROR]`` line, else the last line naming an error, else the
+    last line.
     """
-    lines = [_TIMESTAMP_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = [_TIMESTAMP_PREFIX.sub("", _CONTROL.sub("", line)).strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not _NOISE.search(line)]
-    for wanted in (_ERROR_MARK, _ERROR_WORDS):
+    for wanted in (_OS_ERROR, _ERROR_MARK, _ERROR_WORDS):
         for line in reversed(lines):
             if wanted.search(line):
                 return line
@@ -257,6 +261,7 @@ class ToolStream:
         self.fd = fd
         self._temp_dir = temp_dir
         self._defer_to_thread = defer_to_thread
+        self._aborted = False
 
     def close(self) -> None:
         """Close the caller's end (the tool then sees the end of its input, or a broken pipe)."""
@@ -265,8 +270,10 @@ class ToolStream:
             os.close(fd)
 
     async def finished(self) -> None:
-        """Once the tool ended: AgentError with what it said unless it succeeded."""
+        """Once the tool ended: AgentError with what it said unless it succeeded (never after :meth:`abort`)."""
         try:
+            if self._aborted:
+                raise AgentError(f"{self.what} was killed: the seed was stopped")
             await self.command.result
         except CommandFailed as e:
             said = tool_error(e.result.stderr.decode("utf-8", "replace"))
@@ -276,7 +283,14 @@ class ToolStream:
             await self._remove_temp_dir()
 
     async def abort(self) -> None:
-        """Kill the tool's process group (a backup leaves no lock or stage on the server behind it)."""
+        """Kill the tool's process group (a backup leaves no lock or stage on the server behind it).
+
+        Its end, a failure now, is of no interest any more (nobody may be left to await it: unhandled,
+        it would be logged as an error); :meth:`finished` fails from now on.
+        """
+        if not self._aborted:
+            self._aborted = True
+            self.command.result.addErrback(lambda _failure: None)
         try:
             await self.command.terminate()
         finally:
