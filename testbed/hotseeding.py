@@ -75,7 +75,10 @@ def replica_status(server: MariaDBSandbox) -> dict[str, str]:
 
 
 class WriteLoad:
-    """A thread inserting rows into the source until stopped (the load a hot seed must not disturb)."""
+    """A thread inserting rows into the source until stopped (the load a hot seed must not disturb).
+
+    A failing insert (the server stopped, the client interrupted by a Ctrl-C) ends it, kept in ``error``.
+    """
 
     ROWS_PER_BATCH = 50
 
@@ -83,13 +86,18 @@ class WriteLoad:
         self._source = source
         self._stop = threading.Event()
         self.batches = 0  # each a transaction of ROWS_PER_BATCH rows
+        self.error: subprocess.CalledProcessError | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._source.sql("USE shop; INSERT INTO orders (item) "
-                             f"SELECT CONCAT('load ', seq) FROM seq_1_to_{self.ROWS_PER_BATCH}")
+            try:
+                self._source.sql("USE shop; INSERT INTO orders (item) "
+                                 f"SELECT CONCAT('load ', seq) FROM seq_1_to_{self.ROWS_PER_BATCH}")
+            except subprocess.CalledProcessError as e:
+                self.error = e
+                return
             self.batches += 1
 
     def stop(self) -> None:

@@ -85,6 +85,7 @@ class HotSeedTests(HotSeedCase):
             load.stop()
         self.assertEqual(run.error, "", (run.states[-3:], self.status(self.source_agent), self.status(self.target_agent)))
         self.assertGreater(load.batches, 0)
+        self.assertIsNone(load.error)
         self.assertGreater(run.copied[-1], 1 << 20)  # mysql-du grew as the stream was extracted
         status = self.status(self.target_agent)
         self.assertTrue(self.target_server.is_running())
