@@ -418,7 +418,10 @@ class HotBackupBackend:
                            f"install it (HotBackupTool {tool.name})") from None
         except AgentError as e:
             raise Conflict(f"{tool.name} cannot run ({e}); install it or set HotBackupTool") from None
-        version = parse_version(tool, result.text() + result.stderr.decode("utf-8", "replace"))
+        try:
+            version = parse_version(tool, result.text() + result.stderr.decode("utf-8", "replace"))
+        except AgentError as e:
+            raise Conflict(str(e)) from None  # something else answers to the tool's name: mountlv refuses
         defaults_file = await self.defaults_file()
         try:
             result = await self._runner.run(server_check_argv(tool, defaults_file), parsed=True, timeout=60)

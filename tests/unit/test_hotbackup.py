@@ -189,6 +189,11 @@ class BackendTests(SynchronousTestCase):
         error = self.fail_with(self.snapshots().mount_volume("hot-backup"), Conflict)
         self.assertIn("install it (HotBackupTool mariabackup)", str(error))
 
+    def test_a_tool_that_prints_no_version_is_a_conflict(self):
+        self.runner.stderr["mariabackup"] = b"/usr/local/bin/mariabackup: wrapper 1.0\n"
+        error = self.fail_with(self.snapshots().mount_volume("hot-backup"), Conflict)
+        self.assertIn("mariabackup --version printed no version line", str(error))
+
     def test_binary_log_needed_for_replication(self):
         self.runner.stdout["mariadb"] = b"datadir\t/var/lib/mysql/\nlog_bin\tOFF\n"
         self.resolve(self.snapshots().mount_volume("hot-backup"))  # no replication wanted: fine
