@@ -22,8 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from orchagent.config import Config
 from orchagent.errors import AgentError
-from orchagent.host.hotbackup import (TOOLS, ToolStream, backup_argv, extract_argv, prepare_copy, start_backup,
-                                      start_extract)
+from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, prepare_copy
+from orchagent.host.toolstreams import ToolStream, start_backup, start_extract
 from orchagent.host.replication import ReplicationSetup
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner

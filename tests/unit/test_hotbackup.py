@@ -13,9 +13,10 @@ from orchagent.commands import CommandFailed, CommandResult
 from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict
 from orchagent.host.hotbackup import (TOOLS, BinlogPosition, HotBackupBackend, backup_argv, extract_argv,
-                                      ToolStream, parse_binlog_info, parse_variables, parse_version, prepare_argv,
+                                      parse_binlog_info, parse_variables, parse_version, prepare_argv,
                                       server_check_argv, tool_error, volume_path)
 from orchagent.host.snapshots import Snapshots
+from orchagent.host.toolstreams import ToolStream
 from orchagent.web import validate
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import FIXTURES
