@@ -157,13 +157,18 @@ class HotSeedHosts:
         return "".join(running.log() for running in self._running)
 
     def close(self) -> None:
-        """Stop the agents and both servers (the target's, if a seed started it)."""
-        for running in self._running:
-            running.stop()
-        self._running = []
-        for server in (self.target_server, self.source):
-            if server is not None and server.is_running():
-                server.stop()
+        """Stop the agents and both servers (the target's, if a seed started it), each even when
+        stopping another failed; then raise the first failure."""
+        running, self._running = self._running, []
+        servers = [server for server in (self.target_server, self.source) if server is not None]
+        failures = []
+        for stop in [agent.stop for agent in running] + [server.stop for server in servers if server.is_running()]:
+            try:
+                stop()
+            except Exception as e:
+                failures.append(e)
+        if failures:
+            raise failures[0]
 
 
 _DAMAGING_TOOL = """#!/bin/bash
