@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from typing import Callable
 
 import attrs
@@ -180,21 +178,25 @@ def parse_variables(text: str) -> dict[str, str]:
 #: "[00] 2026-11-29 07:07:42 " (mariabackup), "2025-07-28T01:01:33.001122+03:00 0 " (xtrabackup 8.0)
 _TIMESTAMP_PREFIX = re.compile(
     r"^(\[\d+\]\s+)?(\d{4}-\d{2}-\d{2}[T ]\s*\d{1,2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?\s+)?(\d+\s+)?")
+_OS_ERROR = re.compile(r"Errcode: \d+|errno:? ?\d+|Operating system error number \d+", re.IGNORECASE)
 _ERROR_MARK = re.compile(r"\[ERROR\]")
 _NOISE = re.compile(r"my_thread_global_end|files and \d+ streams is left open")
 _ERROR_WORDS = re.compile(r"error|fail|denied|cannot|can't|unknown|not found|refused|invalid", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # mbstream rings the bell before its errors
 
 
 def tool_error(text: str) -> str:
     """The line of a tool's stderr that says what went wrong, without its thread and time prefix.
 
     mariabackup and xtrabackup log progress to stderr too, and their last lines are often noise
-    ("Error in my_thread_global_end()"): the last ``[ERROR]`` line is the cause, else the last line
-    naming an error, else the last line.
+    ("Error in my_thread_global_end()") or a consequence ("mbstream: my_write() failed." after
+    the line quoting "No space left on device"): the last line quoting an operating-system error
+    is the cause, else the last ``[ERROR]`` line, else the last line naming an error, else the
+    last line.
     """
-    lines = [_TIMESTAMP_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = [_TIMESTAMP_PREFIX.sub("", _CONTROL.sub("", line)).strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not _NOISE.search(line)]
-    for wanted in (_ERROR_MARK, _ERROR_WORDS):
+    for wanted in (_OS_ERROR, _ERROR_MARK, _ERROR_WORDS):
         for line in reversed(lines):
             if wanted.search(line):
                 return line
@@ -240,81 +242,6 @@ async def prepare_copy(runner, tool: Tool, directory: str, memory_mb: int, defer
         said = tool_error(e.result.stderr.decode("utf-8", "replace")) or str(e)
         raise AgentError(f"{tool.name} --prepare failed: {said}") from None
     return await defer_to_thread(read_binlog_info, directory if directory_fd is None else directory_fd)
-
-
-class ToolStream:
-    """One streaming run of a tool: the backup writing its stream, or the extractor reading one.
-
-    ``fd`` is the caller's end of the pipe (read the stream from it, or write the stream into it),
-    for a worker thread: the pipe is the backpressure.  :meth:`finished` waits for the tool's end
-    and turns a failure into the tool's own words; :meth:`abort` kills its process group.  Both
-    remove the backup's temporary directory.
-    """
-
-    def __init__(self, what: str, command, fd: int, temp_dir: str | None, defer_to_thread: Callable) -> None:
-        self.what = what
-        self.command = command
-        self.fd = fd
-        self._temp_dir = temp_dir
-        self._defer_to_thread = defer_to_thread
-
-    def close(self) -> None:
-        """Close the caller's end (the tool then sees the end of its input, or a broken pipe)."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    async def finished(self) -> None:
-        """Once the tool ended: AgentError with what it said unless it succeeded."""
-        try:
-            await self.command.result
-        except CommandFailed as e:
-            said = tool_error(e.result.stderr.decode("utf-8", "replace"))
-            raise AgentError(f"{self.what} failed: {said}" if said and e.result.exit_code else
-                             f"{self.what} failed: {e}") from None
-        finally:
-            await self._remove_temp_dir()
-
-    async def abort(self) -> None:
-        """Kill the tool's process group (a backup leaves no lock or stage on the server behind it)."""
-        try:
-            await self.command.terminate()
-        finally:
-            await self._remove_temp_dir()
-
-    async def _remove_temp_dir(self) -> None:
-        temp_dir, self._temp_dir = self._temp_dir, None
-        if temp_dir is not None:
-            await self._defer_to_thread(shutil.rmtree, temp_dir, True)
-
-
-async def start_backup(runner, tool: Tool, defaults_file: str, datadir: str, defer_to_thread: Callable,
-                       *, idle_timeout: float | None) -> ToolStream:
-    """Start the backup of ``datadir``'s server streaming into a pipe; its temporary files go to a
-    private directory of the agent's, removed when it ends.  ``idle_timeout``: a stall (nothing on
-    stderr, where the tools log their progress) kills it."""
-    temp_dir = await defer_to_thread(tempfile.mkdtemp, ".orchagent-hotbackup")  # 0700, root's
-    read_end, write_end = os.pipe()
-    try:
-        command = runner.start(backup_argv(tool, defaults_file, temp_dir, datadir), stdout_fd=write_end,
-                               timeout=None, idle_timeout=idle_timeout)
-    except BaseException:
-        os.close(read_end)
-        await defer_to_thread(shutil.rmtree, temp_dir, True)
-        raise
-    return ToolStream(f"{tool.name} --backup", command, read_end, temp_dir, defer_to_thread)
-
-
-def start_extract(runner, tool: Tool, directory: str, defer_to_thread: Callable) -> ToolStream:
-    """Start unpacking a stream written into the returned pipe end into ``directory`` (the agent's own,
-    closed to others, so the tool working there by path is safe)."""
-    read_end, write_end = os.pipe()
-    try:
-        command = runner.start(extract_argv(tool, directory), stdin_fd=read_end, timeout=None)
-    except BaseException:
-        os.close(write_end)
-        raise
-    return ToolStream(f"{tool.extractor} -x", command, write_end, None, defer_to_thread)
 
 
 def check_private_file(path: str, what: str) -> None:
@@ -404,7 +331,10 @@ class HotBackupBackend:
                            f"install it (HotBackupTool {tool.name})") from None
         except AgentError as e:
             raise Conflict(f"{tool.name} cannot run ({e}); install it or set HotBackupTool") from None
-        version = parse_version(tool, result.text() + result.stderr.decode("utf-8", "replace"))
+        try:
+            version = parse_version(tool, result.text() + result.stderr.decode("utf-8", "replace"))
+        except AgentError as e:
+            raise Conflict(str(e)) from None  # something else answers to the tool's name: mountlv refuses
         defaults_file = await self.defaults_file()
         try:
             result = await self._runner.run(server_check_argv(tool, defaults_file), parsed=True, timeout=60)

@@ -1,6 +1,6 @@
 """The two ends of a hot seed (``SnapshotBackend: "hotbackup"`` on the source), around the transfer.
 
-The source's backup tool streams into the sender (:func:`orchagent.host.hotbackup.start_backup`);
+The source's backup tool streams into the sender (:func:`orchagent.host.toolstreams.start_backup`);
 on the target, :class:`Extractor` unpacks the stream into the staging tree as it arrives, then
 prepares the copy and reads where it stands in the source's binary log.  The extractor is driven
 from the receiver's disk thread; the tools are started and awaited in the reactor.
@@ -14,19 +14,37 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread
 
+from orchagent import logs
+from orchagent.config import Config
 from orchagent.errors import AgentError
-from orchagent.host.hotbackup import BinlogPosition, Tool, ToolStream, prepare_copy, start_extract
+from orchagent.host.hotbackup import TOOLS, BinlogPosition, Tool, check_private_file, prepare_copy
+from orchagent.host.toolstreams import ToolStream, start_backup, start_extract
 from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.records import SeedRecord
+
+log = logs.logger(__name__)
 
 
 class BackupSource:
-    """The source's side: a running backup (:func:`~orchagent.host.hotbackup.start_backup`) for the
+    """The source's side: a running backup (:func:`~orchagent.host.toolstreams.start_backup`) for the
     sender's reader thread, with the source's MySQL port for the target's replication."""
 
     def __init__(self, reactor: Any, backup: ToolStream, port: int) -> None:
         self._reactor = reactor
         self._backup = backup
         self.port = port
+
+    @classmethod
+    async def start(cls, config: Config, reactor: Any, runner: Any, mysql: Any, datadir: str,
+                    defer_to_thread: Callable) -> "BackupSource":
+        """The backup of ``datadir``'s server as ``config`` says, streaming; stalls show as the tool's
+        silence (SeedStallTimeoutSeconds)."""
+        defaults_file = config.hot_backup_defaults_file
+        await defer_to_thread(check_private_file, defaults_file, "HotBackupDefaultsFile")
+        port = await mysql.port()
+        backup = await start_backup(runner, TOOLS[config.hot_backup_tool], defaults_file, datadir, defer_to_thread,
+                                    idle_timeout=config.seed_stall_timeout_seconds)
+        return cls(reactor, backup, port)
 
     @property
     def fd(self) -> int:
@@ -61,6 +79,12 @@ class Extractor:
         self.source_port: int | None = None  # the source's MySQL port, from the stream
         self.position: BinlogPosition | None = None  # once prepared: the backup's binlog coordinates
 
+    @classmethod
+    def configured(cls, config: Config, reactor: Any, runner: Any, defer_to_thread: Callable) -> "Extractor":
+        """The extractor of ``config``'s HotBackupTool, preparing with HotBackupPrepareMemoryMB."""
+        return cls(reactor, runner, TOOLS[config.hot_backup_tool], config.hot_backup_prepare_memory_mb,
+                   defer_to_thread)
+
     def start(self, directory: str, source_port: int) -> None:
         self.source_port = source_port
         self._tool_stream = self._in_reactor(lambda: start_extract(self._runner, self._tool, directory,
@@ -86,6 +110,17 @@ class Extractor:
         self.position = self._in_reactor(lambda: Deferred.fromCoroutine(prepare_copy(
             self._runner, self._tool, directory, self._memory_mb, self._defer_to_thread, timeout=None,
             directory_fd=directory_fd)))
+
+    def note_coordinates(self, record: SeedRecord) -> None:
+        """Reactor, once the seed arrived: where the target's replication will start (AfterCopy)."""
+        if self.source_port is None:
+            return  # a snapshot's tree: no exact coordinates
+        record.source_port = self.source_port
+        if self.position is not None:
+            record.binlog_file, record.binlog_position, record.gtid = (self.position.file, self.position.position,
+                                                                       self.position.gtid)
+        log.info("seed {seed_id}: hot seed prepared; source MySQL port {port}, binlog {position}",
+                 seed_id=record.seed_id, port=self.source_port, position=self.position)
 
     def abort(self) -> None:
         """After a failure: the extractor, if it still runs, is killed."""

@@ -35,7 +35,6 @@ from orchagent.seed.datadirs import DatadirHolders
 from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
                                     SeedStore)
 from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
-from orchagent.host.hotbackup import TOOLS, check_private_file, start_backup
 from orchagent.seed.hotseed import BackupSource, Extractor
 from orchagent.seed.listener import SeedListener, require_authentication
 from orchagent.seed.sender import send_tree
@@ -127,10 +126,9 @@ class SeedManager(Service):
                                               self._config.seed_stall_timeout_seconds))
             mode = "command"
         else:
-            extractor = Extractor(self._reactor, self._runner, TOOLS[self._config.hot_backup_tool],
-                                  self._config.hot_backup_prepare_memory_mb, self._defer_to_thread)
+            extractor = Extractor.configured(self._config, self._reactor, self._runner, self._defer_to_thread)
             transfer = receiver.arm(str(seed_id), datadir, extractor)
-            job = transfer_job(transfer, on_success=lambda: self._note_coordinates(seed_id, extractor))
+            job = transfer_job(transfer, on_success=lambda: extractor.note_coordinates(self._records[seed_id]))
             # mysql-du counts on from what du saw, so it never drops when the walk takes over again
             job.unfollow = self._disk.follow(datadir, lambda: before + transfer.progress.bytes_done)
             mode = "built-in"
@@ -163,7 +161,8 @@ class SeedManager(Service):
         else:
             require_authentication(self._config)
             rate = self._config.seed_max_bytes_per_second
-            backup = await self._start_backup(source) if hot else None
+            backup = await BackupSource.start(self._config, self._reactor, self._runner, self._mysql, source,
+                                              self._defer_to_thread) if hot else None
             try:
                 transfer = self._send(
                     self._reactor, target_host, port, str(seed_id), source,
@@ -303,28 +302,6 @@ class SeedManager(Service):
         await self._mysql.require_stopped("send the datadir itself (no snapshot is mounted at "
                                           "SnapshotMountPoint; mount one with mountlv, or stop MySQL)")
         return await self._mysql.datadir(), False
-
-    async def _start_backup(self, datadir: str) -> BackupSource:
-        """A hot seed's backup, streaming; stalls show as the tool's silence (SeedStallTimeoutSeconds)."""
-        tool = TOOLS[self._config.hot_backup_tool]
-        defaults_file = self._config.hot_backup_defaults_file
-        await self._defer_to_thread(check_private_file, defaults_file, "HotBackupDefaultsFile")
-        port = await self._mysql.port()
-        backup = await start_backup(self._runner, tool, defaults_file, datadir, self._defer_to_thread,
-                                    idle_timeout=self._config.seed_stall_timeout_seconds)
-        return BackupSource(self._reactor, backup, port)
-
-    def _note_coordinates(self, seed_id: int, extractor: Extractor) -> None:
-        """A hot seed arrived: where the target's replication will start (AfterCopy)."""
-        position = extractor.position
-        if extractor.source_port is None:
-            return  # a snapshot's tree: no exact coordinates
-        record = self._records[seed_id]
-        record.source_port = extractor.source_port
-        if position is not None:
-            record.binlog_file, record.binlog_position, record.gtid = position.file, position.position, position.gtid
-        log.info("seed {seed_id}: hot seed prepared; source MySQL port {port}, binlog {position}",
-                 seed_id=seed_id, port=extractor.source_port, position=position)
 
     def _begin(self, record: SeedRecord, job: Job) -> Deferred:
         """Track the job; the Deferred fires once its record is on disk, and the route answers only

@@ -22,55 +22,30 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from orchagent.config import Config
 from orchagent.errors import AgentError
-from orchagent.host.hotbackup import (TOOLS, ToolStream, backup_argv, extract_argv, prepare_copy, start_backup,
-                                      start_extract)
-from orchagent.host.replication import ReplicationSetup, sql_string
+from orchagent.host.hotbackup import TOOLS, backup_argv, extract_argv, prepare_copy
+from orchagent.host.toolstreams import ToolStream, start_backup, start_extract
+from orchagent.host.replication import ReplicationSetup
 from orchagent.process import ProcessRunner
 from orchagent.threads import thread_runner
 from testbed.agent import start_agent
+from testbed.hotseeding import BACKUP_PASSWORD, REPLICATION_PASSWORD, defaults_file, source_with_users, write_private
 from testbed.mariadb import MariaDBSandbox
 from testbed.orchestrator import HostAgent, Orchestrator
 from tests.support.deferreds import inline
 
 MARIABACKUP = TOOLS["mariabackup"]
-BACKUP_PASSWORD = "b'ack\\up;#%&?"
-REPLICATION_PASSWORD = "r'e\"p\\l;\n`$(id)` é#%&?-- "
-#: The privileges the README asks for: mariabackup's, and replication's.
-BACKUP_GRANTS = "RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR"
-
-
-def write_private(directory: str, name: str, text: str) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-    return path
-
-
-def defaults_file(directory: str, sandbox: MariaDBSandbox, password: str) -> str:
-    # a password with # or ; needs quotes in an option file; \ and " are escaped inside them
-    quoted = '"' + password.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return write_private(directory, "backup.cnf",
-                         f"[client]\nuser=backup\npassword={quoted}\nsocket={sandbox.socket}\n")
-
-
-def source_with_users(directory: str) -> MariaDBSandbox:
-    """A source with binary logs and GTIDs, a little data, a backup user and a replication user."""
-    source = MariaDBSandbox(os.path.join(directory, "source"), log_bin=True)
-    source.start()
-    source.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, item VARCHAR(40)) "
-               "ENGINE=InnoDB; INSERT INTO shop.orders (item) VALUES ('a'), ('b'), ('c');"
-               f"CREATE USER backup@localhost IDENTIFIED BY {sql_string(BACKUP_PASSWORD)};"
-               f"GRANT {BACKUP_GRANTS} ON *.* TO backup@localhost;"
-               f"CREATE USER repl@'127.0.0.1' IDENTIFIED BY {sql_string(REPLICATION_PASSWORD)};"
-               "GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1';")
-    return source
 
 
 def root_only_directory(testcase) -> str:
-    """A fresh 0700 directory under /tmp: every directory on its path is one only root can change."""
+    """A fresh 0700 directory under /tmp: every directory on its path is one only root can change.
+
+    The test's temporary files (the backups') go to its ``tmp``, so that what is left there is this
+    test's doing, whatever else runs on the machine.
+    """
     directory = tempfile.mkdtemp(prefix="orchagent-hotbackup-")
     testcase.addCleanup(shutil.rmtree, directory, True)
+    os.mkdir(os.path.join(directory, "tmp"))
+    testcase.patch(tempfile, "tempdir", os.path.join(directory, "tmp"))
     return directory
 
 

@@ -6,15 +6,17 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from orchagent.commands import CommandFailed, CommandResult
 from orchagent.config import Config
 from orchagent.errors import AgentError, Conflict
 from orchagent.host.hotbackup import (TOOLS, BinlogPosition, HotBackupBackend, backup_argv, extract_argv,
                                       parse_binlog_info, parse_variables, parse_version, prepare_argv,
                                       server_check_argv, tool_error, volume_path)
 from orchagent.host.snapshots import Snapshots
+from orchagent.host.toolstreams import ToolStream
 from orchagent.web import validate
 from tests.support.fake_runner import FakeRunner
 from tests.support.mysql_fakes import FIXTURES
@@ -120,6 +122,14 @@ class ParserTests(SynchronousTestCase):
                          "[ERROR] InnoDB: File ./ib_logfile0 is too small")
         self.assertEqual(tool_error(""), "")
 
+    def test_extractor_errors(self):
+        # the cause, not the consequence after it, and without the bell mbstream rings before it
+        self.assertEqual(tool_error(fixture("mbstream-10.11-disk-full.stderr")),
+                         "mbstream: Error writing file './shop/bulk.ibd' (Errcode: 28 \"No space left on device\")")
+        self.assertEqual(tool_error(fixture("mbstream-10.11-damaged-chunk.stderr")),
+                         "xb_stream_read_chunk(): invalid checksum at offset 0x5c299: expected 0xcde5a701, "
+                         "read 0x88f0a299.")
+
 
 class BackendTests(SynchronousTestCase):
     """mountlv checks the tool, the credentials and the binary log; then the volume reads as mounted."""
@@ -180,6 +190,11 @@ class BackendTests(SynchronousTestCase):
         error = self.fail_with(self.snapshots().mount_volume("hot-backup"), Conflict)
         self.assertIn("install it (HotBackupTool mariabackup)", str(error))
 
+    def test_a_tool_that_prints_no_version_is_a_conflict(self):
+        self.runner.stderr["mariabackup"] = b"/usr/local/bin/mariabackup: wrapper 1.0\n"
+        error = self.fail_with(self.snapshots().mount_volume("hot-backup"), Conflict)
+        self.assertIn("mariabackup --version printed no version line", str(error))
+
     def test_binary_log_needed_for_replication(self):
         self.runner.stdout["mariadb"] = b"datadir\t/var/lib/mysql/\nlog_bin\tOFF\n"
         self.resolve(self.snapshots().mount_volume("hot-backup"))  # no replication wanted: fine
@@ -209,6 +224,42 @@ class BackendTests(SynchronousTestCase):
         error = self.fail_with(snapshots.create_snapshot(), Conflict)
         self.assertIn("takes a consistent copy at send time; nothing to create", str(error))
         self.fail_with(snapshots.remove_volume("hot-backup"), Conflict)
+
+
+class _KilledCommand:
+    """A running tool whose end the test decides; terminate() fires at once."""
+
+    def __init__(self) -> None:
+        self.result = Deferred()
+
+    def terminate(self) -> Deferred:
+        return succeed(None)
+
+    def die(self) -> None:
+        self.result.errback(CommandFailed(CommandResult("mbstream", ("mbstream", "-x"), None, 15, b"", b"", False,
+                                                        False)))
+
+
+class ToolStreamTests(SynchronousTestCase):
+    """An aborted tool's end is its killer's business: nothing unhandled, and never read as a success."""
+
+    def test_an_aborted_tool_ends_quietly_and_never_succeeds(self):
+        command = _KilledCommand()
+        stream = ToolStream("mbstream -x", command, -1, None, sync_thread)
+        self.successResultOf(Deferred.fromCoroutine(stream.abort()))
+        command.die()
+        self.assertIsNone(self.successResultOf(command.result))  # consumed: no "Unhandled error in Deferred"
+        error = self.failureResultOf(Deferred.fromCoroutine(stream.finished()), AgentError).value
+        self.assertEqual(str(error), "mbstream -x was killed: the seed was stopped")
+
+    def test_a_tool_dying_while_awaited_says_so_even_when_aborted_meanwhile(self):
+        command = _KilledCommand()
+        stream = ToolStream("mbstream -x", command, -1, None, sync_thread)
+        finished = Deferred.fromCoroutine(stream.finished())
+        self.successResultOf(Deferred.fromCoroutine(stream.abort()))
+        command.die()
+        self.assertIn("mbstream -x failed: mbstream was killed by signal 15",
+                      str(self.failureResultOf(finished, AgentError).value))
 
 
 class _FixedDisk:
