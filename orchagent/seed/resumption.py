@@ -24,7 +24,7 @@ import attrs
 from orchagent.seed import authentication
 from orchagent.seed.protocol import Entry, EntryKind, Kind, ProtocolError, TransferFailed, frame
 
-CHECKPOINT_BYTES = 4 * 1024 * 1024  # of a file's data between two CHECKPOINTs: at most this is sent again
+CHECKPOINT_BYTES = 2 * 1024 * 1024  # of a file's data between two CHECKPOINTs: at most this is sent again
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the sender's back-off between attempts (then the last, again)
 _POINT = struct.Struct("!QQQQBH")  # entries, files, file bytes, offset, in a file, len(last path)
 _LABEL = b"orchagent seed resume"

@@ -18,20 +18,11 @@ from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, Pr
 from orchagent.seed.reader import StreamReader
 from orchagent.seed.receiver import SeedReceiverServer, _ReceiverProtocol
 from orchagent.seed.writer import RECEIVE_BUFFERS, TreeWriter
-from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
+from tests.support.seed_trees import (SECRET, SESSION, build_tree, describe_tree, split_frames, tree_stream,
+                                     writer_into)
 
 def decoder(handler) -> StreamDecoder:
     return StreamDecoder(handler, SESSION.stream_mac())
-
-
-def split_frames(stream: bytes) -> list[bytes]:
-    """The stream cut into whole frames (header and payload each)."""
-    frames, at = [], 0
-    while at < len(stream):
-        _, length = protocol.HEADER.unpack_from(stream, at)
-        frames.append(stream[at:at + protocol.HEADER.size + length])
-        at += protocol.HEADER.size + length
-    return frames
 
 
 class Recorder:
