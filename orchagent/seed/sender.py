@@ -202,7 +202,8 @@ class _SendTransfer(Transfer):
         if connection is not self._connection:
             return
         self.connection_closed()
-        if self.concluded:
+        if self.concluded or self._dropping:
+            self._reconnect_when_idle()
             return
         if not connection.accepted:
             if self._accepted_once:
@@ -214,20 +215,27 @@ class _SendTransfer(Transfer):
             self.conclude(TransferFailed(f"seed {self.seed_id}: the connection to the receiver was lost ({reason}); "
                                          "a hot seed's backup stream cannot be sent again: start the seed anew"))
         else:
-            log.warn("seed {seed_id}: the connection to the receiver dropped ({reason}); reconnecting for up to "
-                     "{seconds:g} s", seed_id=self.seed_id, reason=reason, seconds=self._stall_timeout)
-            self._dropping = True
-            self._reconnect_by = self._reactor.seconds() + self._stall_timeout
-            self._attempts = 0
-            self._last_problem = f"the connection dropped ({reason})"
-            if self._pipe is not None:
-                self._pipe.close()  # wakes the reader thread
-            if self._channel is not None:
-                self._channel.interrupt()  # and the sending thread
-            self._reconnect_when_idle()
+            self._drop(reason)
+
+    def _drop(self, reason: str) -> None:
+        """The accepted connection dropped (the reactor or the sending thread noticed): stop its
+        workers and the connection, then reconnect."""
+        log.warn("seed {seed_id}: the connection to the receiver dropped ({reason}); reconnecting for up to "
+                 "{seconds:g} s", seed_id=self.seed_id, reason=reason, seconds=self._stall_timeout)
+        self._dropping = True
+        self._reconnect_by = self._reactor.seconds() + self._stall_timeout
+        self._attempts = 0
+        self._last_problem = f"the connection dropped ({reason})"
+        if self._pipe is not None:
+            self._pipe.close()  # wakes the reader thread
+        if self._channel is not None:
+            self._channel.interrupt()  # and the sending thread
+        if self._connection_open:
+            self._connection.abort()
+        self._reconnect_when_idle()
 
     def _reconnect_when_idle(self) -> None:
-        if self._dropping and not self._workers and not self.concluded:
+        if self._dropping and not self._workers and not self._connection_open and not self.concluded:
             self._dropping = False
             self._pipe = None
             self._connection = None
@@ -236,8 +244,11 @@ class _SendTransfer(Transfer):
             self._schedule_attempt()
 
     def _worker_ended(self, result: Any) -> None:
-        if self._dropping and isinstance(result, Failure):
-            result = None  # it only noticed its connection go
+        if isinstance(result, Failure):
+            if not self._dropping and result.check(ConnectionError) and self._backup is None and not self.concluded:
+                self._drop(result.getErrorMessage())  # the sending thread noticed before the reactor did
+            if self._dropping:
+                result = None  # it only noticed its connection go
         super()._worker_ended(result)
         self._reconnect_when_idle()
 

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from orchagent.seed import authentication
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
@@ -37,8 +38,8 @@ def seed_threads() -> list[str]:
 
 
 class ResumeTests(TestCase):
-    """A seed cut twice mid-transfer arrives whole; a drop nobody resumes fails; an abort while waiting
-    leaves no thread, connection or staging file."""
+    """A seed cut twice mid-transfer arrives whole; only the sender with the secret resumes, one at a
+    time; a drop nobody resumes fails; an abort while waiting leaves no thread, connection or staging file."""
 
     timeout = 120
 
@@ -62,7 +63,8 @@ class ResumeTests(TestCase):
         self.server = SeedReceiverServer(reactor, secret=SECRET, stall_timeout=stall_timeout, tls=server_tls)
         port = await self.server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
         self.addCleanup(self.server.stopListening)
-        self.link = SlowLink("127.0.0.1", port.getHost().port, rate=LINK_RATE, buffer_bytes=256 * 1024)
+        self.server_port = port.getHost().port
+        self.link = SlowLink("127.0.0.1", self.server_port, rate=LINK_RATE, buffer_bytes=256 * 1024)
         self.addCleanup(threads.deferToThread, self.link.close)
         self.receiving = self.server.arm("7", self.target)
         self.sending = send_tree(reactor, "127.0.0.1", self.link.port, "7", self.source, secret=SECRET,
@@ -112,6 +114,27 @@ class ResumeTests(TestCase):
     @inline
     async def test_a_seed_cut_twice_over_tls_arrives_whole(self):
         await self._cut_twice_and_compare(tls=True)
+
+    @inline
+    async def test_only_the_secrets_holder_can_resume_and_only_one_sender_at_a_time(self):
+        await self._start()
+        await self._until(lambda: self.receiving.progress.bytes_done > 0, "the first bytes")
+        direct = self.server_port
+        second = send_tree(reactor, "127.0.0.1", direct, "7", self.source, secret=SECRET)
+        with self.assertRaises(TransferFailed) as refused:
+            await second.when_done()
+        self.assertIn("seed 7 is already receiving from another sender", str(refused.exception))
+        await threads.deferToThread(self.link.cut)
+        # before the sender's first attempt (a quarter of a second later), someone without the secret
+        impostor = send_tree(reactor, "127.0.0.1", direct, "7", self.source, secret=b"not the secret")
+        with self.assertRaises(TransferFailed) as impostor_refused:
+            await impostor.when_done()
+        self.assertIn(authentication.NOT_AUTHENTICATED, str(impostor_refused.exception))
+        await self.sending.when_done()
+        await self.receiving.when_done()
+        self.assertIn("different SeedTransferSecret", self.receiving.last_refusal)
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+        self.assertEqual((self.sending.progress.resumes, self.receiving.progress.resumes), (1, 1))
 
     @inline
     async def test_a_drop_nobody_resumes_fails_cleanly(self):
