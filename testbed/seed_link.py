@@ -94,9 +94,9 @@ class SlowLink:
     def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool) -> None:
         try:
             while True:
-                while self._frozen.is_set() and not self._closed.is_set():
-                    time.sleep(0.05)
                 data = reader.recv(CHUNK)
+                while self._frozen.is_set() and not self._closed.is_set():
+                    time.sleep(0.05)  # here: what arrived while frozen does not get through either
                 if not data:
                     writer.shutdown(socket.SHUT_WR)
                     return

@@ -28,7 +28,7 @@ from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
-from orchagent.seed.resumption import START, resume_frame
+from orchagent.seed.resumption import START, Received, resume_frame
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Dropped, Transfer, tls_keying_material
 from orchagent.seed.hotseed import Extractor
 from orchagent.seed.writer import TreeWriter
@@ -268,6 +268,13 @@ class _ReceiverProtocol(Connection):
         if problem is not None:
             armed = "" if transfer is not None else ", which is not armed here"
             self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
+        elif auth.seed_id in self._server.received or (transfer is not None and transfer.concluded
+                                                         and transfer.error is None):
+            log.info("seed {seed_id}: the sender reconnected after the seed arrived whole; confirming it again",
+                     seed_id=auth.seed_id)
+            self._closed = True
+            self.transport.write(authentication.accept(session) + authentication.done(session))
+            self.transport.loseConnection()
         elif transfer is None or transfer.concluded:
             self._refuse(f"no receive is armed for seed {auth.seed_id}", authenticated=True)
         elif transfer.connected:  # one sender at a time; a reconnecting one tries again (BUSY)
@@ -357,6 +364,7 @@ class SeedReceiverServer:
         self.connections = ConnectionCap(max_connections, "seed receiver")
         self.handshake_timeout = handshake_timeout
         self._armed: dict[str, _ReceiveTransfer] = {}
+        self.received = Received(reactor, stall_timeout)
         self._port: Any = None
 
     def listen(self, endpoint: interfaces.IStreamServerEndpoint) -> Deferred:
@@ -399,6 +407,8 @@ class SeedReceiverServer:
     def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
         if self._armed.get(seed_id) is transfer:
             del self._armed[seed_id]
+        if transfer.succeeded:
+            self.received.add(seed_id)
 
     def certificate_problem(self, transport: Any) -> str | None:
         """Why the sender on ``transport`` may not send, by its certificate (None: it may)."""

@@ -26,6 +26,7 @@ from orchagent.seed.protocol import Entry, EntryKind, Kind, ProtocolError, Trans
 
 CHECKPOINT_BYTES = 2 * 1024 * 1024  # of a file's data between two CHECKPOINTs: at most this is sent again
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the sender's back-off between attempts (then the last, again)
+RECEIVED_KEPT = 64  # seeds a receiver remembers having received whole (:class:`Received`)
 _POINT = struct.Struct("!QQQQBH")  # entries, files, file bytes, offset, in a file, len(last path)
 _LABEL = b"orchagent seed resume"
 
@@ -71,6 +72,28 @@ def parse_resume(session: authentication.Session, payload: bytes) -> ResumePoint
     if in_file > 1 or (not in_file and offset) or (in_file and not entries) or files > entries:
         raise ProtocolError("malformed resume frame")
     return ResumePoint(entries, files, file_bytes, bool(in_file), offset, body[_POINT.size:])
+
+
+class Received:
+    """Seeds a receiver verified whole lately, so a sender whose connection dropped before the
+    receiver's DONE reached it hears DONE on reconnecting rather than that nothing is armed.
+
+    Bounded: the last :data:`RECEIVED_KEPT` seeds, each for ``seconds`` (the sender's reconnect window).
+    """
+
+    def __init__(self, clock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._until: dict[str, float] = {}
+
+    def add(self, seed_id: str) -> None:
+        self._until.pop(seed_id, None)
+        self._until[seed_id] = self._clock.seconds() + self._seconds
+        while len(self._until) > RECEIVED_KEPT:
+            del self._until[next(iter(self._until))]
+
+    def __contains__(self, seed_id: str) -> bool:
+        return self._until.get(seed_id, 0) > self._clock.seconds()
 
 
 def reconnect_delay(attempt: int) -> float:

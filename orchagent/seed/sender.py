@@ -339,7 +339,9 @@ class _SenderProtocol(Connection):
             transfer.conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.PROGRESS and self.accepted:
             pass  # a keepalive; resetTimeout above is its purpose
-        elif kind == Kind.DONE and transfer.state == "finishing":
+        elif kind == Kind.DONE and (transfer.state == "finishing"
+                                    or (transfer.reconnecting and self._proved and not self.accepted)):
+            # (the latter: the receiver had the whole seed when the connection dropped)
             if not self._session.proves(b"done", payload):
                 raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
                                     "altered the connection")

@@ -43,15 +43,14 @@ class ResumeTests(TestCase):
 
     timeout = 120
 
-    async def _start(self, stall_timeout: float = 10, tls: bool = False):
-        """A tree of about 200 MB (large files of random data, and build_tree's awkward entries) seeding
-        through the link."""
+    async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB):
+        """A tree (three ``big_files`` of random data, and build_tree's awkward entries) seeding through the link."""
         base = self.mktemp()
         self.source, self.target = os.path.join(base, "source"), os.path.join(base, "target")
         build_tree(self.source, big_bytes=8 * MB, small_files=300)
         for i in range(3):
             with open(os.path.join(self.source, "db one", f"big{i}.ibd"), "wb") as f:
-                f.write(os.urandom(56 * MB + i))
+                f.write(os.urandom(big_files + i))
         os.makedirs(self.target)
         server_tls = client_tls = None
         if tls:
@@ -92,7 +91,7 @@ class ResumeTests(TestCase):
                           "the resume")
 
     async def _cut_twice_and_compare(self, tls: bool) -> None:
-        await self._start(tls=tls)
+        await self._start(tls=tls, big_files=56 * MB)  # about 200 MB, so a tenth is well above the 2 drops' cost
         await self._cut_at(0.25)
         await self._cut_at(0.6)
         await self.sending.when_done()
@@ -135,6 +134,19 @@ class ResumeTests(TestCase):
         self.assertIn("different SeedTransferSecret", self.receiving.last_refusal)
         self.assertEqual(describe_tree(self.target), describe_tree(self.source))
         self.assertEqual((self.sending.progress.resumes, self.receiving.progress.resumes), (1, 1))
+
+    @inline
+    async def test_a_drop_after_the_seed_arrived_whole_is_confirmed_on_reconnecting(self):
+        await self._start()
+        await self._until(lambda: self.receiving.state == "finishing", "the whole stream on the receiver")
+        self.link.freeze()  # its DONE does not get through
+        await self.receiving.when_done()
+        self.assertEqual(self.sending.state, "finishing")
+        await threads.deferToThread(self.link.cut)
+        self.link.thaw()
+        await self.sending.when_done()  # it reconnected, and heard DONE again
+        self.assertEqual(self.link.connections, 2)
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
 
     @inline
     async def test_a_drop_nobody_resumes_fails_cleanly(self):

@@ -510,6 +510,18 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.assertEqual(self._answer(), (Kind.REFUSE, b"no receive is armed for seed 5"))
         self.assertTrue(self.transport.disconnecting)
 
+    def test_a_sender_reconnecting_for_a_seed_received_whole_hears_done(self):
+        self.server.received.add("5")
+        session = authentication.Session.derive(SECRET, "5", self.nonce, authentication.new_nonce())
+        self.connection.dataReceived(authentication.auth(session))
+        frames = protocol.FrameBuffer()
+        frames.feed(self.transport.value())
+        self.assertEqual(list(frames.frames()), [(Kind.ACCEPT, session.proof(b"receiver")),
+                                                 (Kind.DONE, session.proof(b"done"))])
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(30)  # for as long as a sender tries to reconnect, no longer
+        self.assertNotIn("5", self.server.received)
+
     def test_wrong_secret_is_refused_and_noted(self):
         transfer = self.server.arm("5", "/nonexistent")
         self.connection.dataReceived(self._auth(b"wrong"))
