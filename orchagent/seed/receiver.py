@@ -2,11 +2,12 @@
 
     server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300, sender_ous=())
     port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
-    transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
+    transfer = server.arm("42", "/var/lib/mysql")  # accept one sender at a time for seed 42
 
 Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
 learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
-within ``stall_timeout`` fails, naming the last refusal.
+within ``stall_timeout`` fails, naming the last refusal, and so does one whose connection
+dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class _ReceiveTransfer(Transfer):
         if self._writer is None:
             what = f"no sender authenticated for seed {self.seed_id}"
         else:
-            what = f"seed {self.seed_id}: the connection ended before the sender finished the tree, and it did not reconnect"
+            what = (f"seed {self.seed_id}: the connection ended before the sender finished the tree, "
+                    "and it did not reconnect")
         self.conclude(TransferFailed(f"{what} within {self._stall_timeout:g} s{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
@@ -268,8 +270,8 @@ class _ReceiverProtocol(Connection):
         if problem is not None:
             armed = "" if transfer is not None else ", which is not armed here"
             self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
-        elif auth.seed_id in self._server.received or (transfer is not None and transfer.concluded
-                                                         and transfer.error is None):
+        elif (transfer is None or transfer.concluded) and (auth.seed_id in self._server.received
+                                                           or (transfer is not None and transfer.error is None)):
             log.info("seed {seed_id}: the sender reconnected after the seed arrived whole; confirming it again",
                      seed_id=auth.seed_id)
             self._closed = True
@@ -390,6 +392,7 @@ class SeedReceiverServer:
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
         transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout, extractor)
+        self.received.forget(seed_id)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer

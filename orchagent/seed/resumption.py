@@ -92,6 +92,10 @@ class Received:
         while len(self._until) > RECEIVED_KEPT:
             del self._until[next(iter(self._until))]
 
+    def forget(self, seed_id: str) -> None:
+        """``seed_id`` is armed anew: its senders are the new receive's."""
+        self._until.pop(seed_id, None)
+
     def __contains__(self, seed_id: str) -> bool:
         return self._until.get(seed_id, 0) > self._clock.seconds()
 

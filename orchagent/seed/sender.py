@@ -330,7 +330,8 @@ class _SenderProtocol(Connection):
                      source=transfer.source_dir, peer=self._peer())
             transfer.authenticated(self, self._session.stream_mac(), point)
         elif kind == Kind.BUSY and transfer.reconnecting:
-            self._busy = f"the receiver is still winding up the dropped connection ({payload.decode('utf-8', 'replace')})"
+            reason = payload.decode("utf-8", "replace")
+            self._busy = f"the receiver is still winding up the dropped connection ({reason})"
             self.transport.loseConnection()
         elif kind in (Kind.REFUSE, Kind.BUSY):
             transfer.conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "

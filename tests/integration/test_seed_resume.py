@@ -84,7 +84,8 @@ class ResumeTests(TestCase):
     async def _cut_at(self, fraction: float) -> None:
         """Drop the connection once the receiver has ``fraction`` of the data; wait for the resume."""
         resumes = self.receiving.progress.resumes
-        await self._until(lambda: self.receiving.progress.bytes_done >= fraction * (self.receiving.progress.bytes_total or 1e18),
+        progress = self.receiving.progress
+        await self._until(lambda: progress.bytes_done >= fraction * (progress.bytes_total or 1e18),
                           f"{fraction:.0%} of the data")
         await threads.deferToThread(self.link.cut)
         await self._until(lambda: self.receiving.progress.resumes > resumes and self.sending.progress.resumes > resumes,
