@@ -7,6 +7,7 @@ target's address, which forwards to the target's real seed port at ``rate`` byte
     link = SlowLink("127.0.0.2", upstream_port=target_seed_port, rate=16 * 2**20)
     # source agent: SeedTransferPort = link.port; target agent: SeedTransferPort = target_seed_port
     link.freeze()      # a stalled sender, as the receiver sees it: nothing moves, nothing closes
+    link.cut()         # a relay killed and restarted: every connection through it drops, new ones pass
     link.close()
 
 When either side closes or dies, the other side's connection is closed too, as a real TCP
@@ -25,15 +26,21 @@ CHUNK = 64 * 1024
 class SlowLink:
     """A TCP relay to ``upstream_port`` at ``rate`` bytes per second towards it, which a test can freeze."""
 
-    def __init__(self, address: str, upstream_port: int, rate: float | None = None):
+    def __init__(self, address: str, upstream_port: int, rate: float | None = None, buffer_bytes: int = 0):
+        """``buffer_bytes``: the relay's socket buffers, fixed (0: loopback's, which grow to MBs); small ones
+        keep as little in flight as a real link's window does."""
         self.address = address
         self.upstream_port = upstream_port
         self.rate = rate  # bytes per second towards the upstream (the receiver); None: no limit
         self._frozen = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._accepted = 0
         self._lock = threading.Lock()
+        self._buffer_bytes = buffer_bytes
         self._listener = socket.create_server((address, 0))
+        if buffer_bytes:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)  # accepted ones inherit it
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True, name="slowlink-accept").start()
 
@@ -44,12 +51,22 @@ class SlowLink:
     def thaw(self) -> None:
         self._frozen.clear()
 
+    def cut(self) -> None:
+        """Drop every connection through the link (both ends see it close); new ones still pass."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            close_socket(s)
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (a reconnecting sender makes one more)."""
+        return self._accepted
+
     def close(self) -> None:
         self._closed.set()
-        self._listener.close()
-        with self._lock:
-            for s in self._sockets:
-                close_socket(s)
+        close_socket(self._listener)  # shut down first: a listener only closed goes on accepting
+        self.cut()
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -57,23 +74,29 @@ class SlowLink:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                upstream = socket.create_connection((self.address, self.upstream_port), timeout=10)
+                if self._buffer_bytes:
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._buffer_bytes)
+                upstream.settimeout(10)
+                upstream.connect((self.address, self.upstream_port))
                 upstream.settimeout(None)
             except OSError:
+                close_socket(upstream)
                 close_socket(downstream)
                 continue
             with self._lock:
                 self._sockets += [downstream, upstream]
+                self._accepted += 1
             threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, downstream, False), daemon=True).start()
 
     def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool) -> None:
         try:
             while True:
-                while self._frozen.is_set() and not self._closed.is_set():
-                    time.sleep(0.05)
                 data = reader.recv(CHUNK)
+                while self._frozen.is_set() and not self._closed.is_set():
+                    time.sleep(0.05)  # here: what arrived while frozen does not get through either
                 if not data:
                     writer.shutdown(socket.SHUT_WR)
                     return

@@ -22,7 +22,7 @@ import attrs
 from orchagent.seed.protocol import COUNTS, HEADER, Kind, ProtocolError, frame
 
 MAGIC = b"ORCHSEED"
-VERSION = 4  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds)
+VERSION = 5  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds); 5: RESUME, CHECKPOINT (resume)
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
 TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v3"  # RFC 5705: unregistered labels start so
@@ -89,6 +89,13 @@ class Session:
     def proves(self, role: bytes, proof: bytes) -> bool:
         return hmac.compare_digest(self.proof(role), proof)
 
+    def sign(self, label: bytes, message: bytes) -> bytes:
+        """A tag over ``message`` that only the two ends of this handshake can make (e.g. RESUME's)."""
+        return _hmac(self.key, label + b"\0" + message)
+
+    def signed(self, label: bytes, message: bytes, tag: bytes) -> bool:
+        return hmac.compare_digest(self.sign(label, message), tag)
+
     def stream_mac(self) -> StreamMac:
         """A fresh MAC for this session's data stream (the sender and the receiver each make one)."""
         return StreamMac(_hmac(self.key, b"stream key"))
@@ -145,7 +152,14 @@ class StreamMac:
         return self._mac.copy().digest()
 
     def file_end(self) -> bytes:
-        header = HEADER.pack(Kind.FILE_END, TAG_BYTES)
+        return self._tagged(Kind.FILE_END)
+
+    def checkpoint(self) -> bytes:
+        """Inside a large file: what was sent of it so far is verified (a resume continues from there)."""
+        return self._tagged(Kind.CHECKPOINT)
+
+    def _tagged(self, kind: Kind) -> bytes:
+        header = HEADER.pack(kind, TAG_BYTES)
         self.update(header)
         return header + self.tag()
 

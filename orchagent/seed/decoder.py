@@ -28,6 +28,9 @@ class StreamHandler(Protocol):
     def data(self, offset: int, piece: memoryview) -> None:
         """``piece`` is a view of a received chunk, or of a decompressed block of its own."""
 
+    def checkpoint(self, offset: int) -> None:
+        """The current file's data below ``offset`` (and everything before it) is verified."""
+
     def file_end(self) -> None: ...
 
     def end(self, files: int, nbytes: int) -> None: ...
@@ -42,9 +45,14 @@ class StreamDecoder:
     all of them) is parsed in place; only one cut by a chunk boundary is collected byte-wise.
     A ZDATA frame is collected whole and decompressed (to at most :data:`MAX_BLOCK_BYTES`); the MAC
     covers it as the DATA frame it decompresses to.  ``expanded``: the bytes decompression added.
+    A file's data comes in rising offsets, so what arrived after its last tag lies past the offset
+    that tag verified (a resume cuts it off there).
+
+    One per connection.  ``resumed``: the file a resumed connection continues (its ENTRY comes
+    again first, unchanged) and the offset its data continues from.
     """
 
-    def __init__(self, handler: StreamHandler, mac: StreamMac) -> None:
+    def __init__(self, handler: StreamHandler, mac: StreamMac, resumed: tuple[Entry, int] | None = None) -> None:
         self._handler = handler
         self._mac = mac
         self._pending = bytearray()  # an incomplete header or small frame
@@ -52,6 +60,8 @@ class StreamDecoder:
         self._data_at = 0  # file offset of the next data byte
         self._file: Entry | None = None
         self._stream_next: int | None = None  # in a hot seed's stream: the offset the next data must have
+        self._data_end = 0  # in a file: where its last data ended (the next may not start before)
+        self._resumed = resumed
         self._decompressor = zstandard.ZstdDecompressor()
         self.expanded = 0
         self.ended = False
@@ -129,6 +139,9 @@ class StreamDecoder:
         (offset,) = DATA_OFFSET.unpack_from(header, HEADER.size)
         if offset + length > self._file.size:
             raise ProtocolError(f"data beyond the end of {self._file.path!r}")
+        if offset < self._data_end:
+            raise ProtocolError(f"data of {self._file.path!r} out of order")
+        self._data_end = offset + length
         if self._stream_next is not None:
             if offset != self._stream_next:
                 raise ProtocolError(f"stream data at offset {offset}, expected {self._stream_next}")
@@ -141,7 +154,10 @@ class StreamDecoder:
             raise ProtocolError("frames after the end of the stream")
         if kind == Kind.FAIL:
             raise TransferFailed(f"the sender failed: {payload.decode('utf-8', 'replace')}")
-        if kind in (Kind.FILE_END, Kind.END):
+        if self._resumed is not None and kind != Kind.TOTALS:
+            self._resume(kind, payload)
+            return
+        if kind in (Kind.FILE_END, Kind.END, Kind.CHECKPOINT):
             self._check_tag(kind, payload)
         elif kind == Kind.ZDATA:
             self._compressed_data(payload)
@@ -153,7 +169,7 @@ class StreamDecoder:
                 raise ProtocolError(f"entry inside file {self._file.path!r}")
             entry = parse_entry(payload)
             if entry.kind == EntryKind.FILE:
-                self._file = entry
+                self._file, self._data_end = entry, 0
             self._handler.entry(entry)
         elif kind == Kind.STREAM:
             if self._file is not None or self._stream_next is not None:
@@ -162,6 +178,8 @@ class StreamDecoder:
             self._file = Entry(EntryKind.FILE, STREAM_ENTRY_PATH, 0o600, 0, MAX_STREAM_BYTES)
             self._stream_next = 0
             self._handler.stream(port)
+        elif kind == Kind.CHECKPOINT:
+            self._handler.checkpoint(self._data_end)
         elif kind == Kind.FILE_END:
             self._file = None
             self._handler.file_end()
@@ -172,6 +190,18 @@ class StreamDecoder:
             self._handler.end(*parse_counts(payload[:COUNTS.size]))
         else:
             raise ProtocolError(f"unexpected {kind.name} frame in the data stream")
+
+    def _resume(self, kind: Kind, payload: bytes) -> None:
+        """A resumed connection's first frame (after TOTALS): the ENTRY of the file in progress, unchanged."""
+        file, offset = self._resumed
+        if kind != Kind.ENTRY:
+            raise ProtocolError(f"the resumed stream began with {kind.name}, not {file.path!r}")
+        self._mac.update(HEADER.pack(kind, len(payload)) + payload)
+        if parse_entry(payload) != file:
+            raise ProtocolError(f"cannot resume {os.fsdecode(file.path)!r}: it changed at the source since "
+                                "the seed began")
+        self._resumed = None
+        self._file, self._data_end = file, offset
 
     def _compressed_data(self, payload: bytes) -> None:
         """A ZDATA frame: decompress (bounded by the length it declares), MAC and hand on the data."""
@@ -197,17 +227,17 @@ class StreamDecoder:
         self.expanded += len(header) + length - HEADER.size - len(payload)
 
     def _check_tag(self, kind: Kind, payload: bytes) -> None:
-        """FILE_END and END: the tag at the payload's end must be the MAC of the stream up to it."""
-        if kind == Kind.FILE_END and self._file is None:
-            raise ProtocolError("file end outside a file")
+        """FILE_END, CHECKPOINT and END: the tag at the payload's end must be the MAC of the stream up to it."""
+        if kind != Kind.END and self._file is None:
+            raise ProtocolError(f"{kind.name.lower().replace('_', ' ')} outside a file")
         if kind == Kind.END and self._file is not None:
             raise ProtocolError(f"stream ended inside file {self._file.path!r}")
-        if len(payload) != (TAG_BYTES if kind == Kind.FILE_END else COUNTS.size + TAG_BYTES):
+        if len(payload) != (COUNTS.size + TAG_BYTES if kind == Kind.END else TAG_BYTES):
             raise ProtocolError(f"malformed {kind.name} frame")
         self._mac.update(HEADER.pack(kind, len(payload)) + payload[:-TAG_BYTES])
         if hmac.compare_digest(self._mac.tag(), payload[-TAG_BYTES:]):
             return
-        if kind == Kind.FILE_END:
+        if kind != Kind.END:
             raise ChecksumMismatch(f"{os.fsdecode(self._file.path)!r} is not authentic: its data or metadata "
                                    "changed in transit (corrupted, or altered on the network path)")
         raise ChecksumMismatch("the seed stream is not authentic: its directories, symlinks or frames "

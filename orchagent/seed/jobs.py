@@ -50,6 +50,7 @@ class Job:
     stop: Callable[[], Deferred]  # kill it; fires once nothing of it runs
     progress: Callable[[], Progress]
     wire: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: the stream's bytes on the wire, uncompressed
+    resumed: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: resumes after drops, bytes moved again
     started: Callable[[], float | None] = lambda: None  # built-in: when data began to flow (the peers met)
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
@@ -79,7 +80,8 @@ def transfer_job(transfer, backup=None, on_success: Callable[[], None] = lambda:
         done.addBoth(cleaned)
     done.addCallback(lambda result: (on_success(), result)[1])
     return Job(done, stop, progress, wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes),
-               started=lambda: transfer.progress.started)
+               started=lambda: transfer.progress.started,
+               resumed=lambda: (transfer.progress.resumes, transfer.progress.resent_bytes))
 
 
 def command_job(running, growth: Growth | None = None) -> Job:

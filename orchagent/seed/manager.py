@@ -398,6 +398,7 @@ class SeedManager(Service):
     def _sample_job(self, record: SeedRecord, job: Job) -> None:
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
         record.wire_bytes, record.data_bytes = job.wire()
+        record.resumes, record.resent_bytes = job.resumed()
         if record.data_started_at is None:  # rate and ETA count from when data began to flow
             record.data_started_at = job.started() or (self.now() if record.bytes_done else None)
 

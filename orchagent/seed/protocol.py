@@ -10,6 +10,7 @@ PROGRESS keepalives::
     ENTRY  dir | symlink | file     (a directory always comes before what it contains)
     DATA   offset, bytes            (file data; holes of sparse files are simply not sent)
     ZDATA  offset, length, zstd     (file data compressed: ``length`` bytes once decompressed)
+    CHECKPOINT tag                  (inside a large file, every few MB: its data so far is verified)
     FILE_END tag                    (after each file's DATA frames)
     END    files, bytes, tag        (the counts the receiver must have seen)
 
@@ -19,6 +20,9 @@ file's data, then ``FILE_END`` and ``END 1, bytes``.
     receiver -> DONE  proof         (everything authenticated, fsynced and in place)
                 or FAIL reason
 
+Before the stream, right after ACCEPT, the receiver says where it begins (v5, :mod:`orchagent.seed.resumption`):
+``RESUME`` (signed with the session key) carries what it verified on earlier connections of the seed, nothing
+on the first.  A receiver still busy with a seed's dropped connection answers a reconnecting sender ``BUSY``.
 Either side may send FAIL with a reason at any frame boundary.
 """
 
@@ -60,6 +64,9 @@ class Kind(enum.IntEnum):
     PROGRESS = 12
     ZDATA = 13
     STREAM = 14
+    RESUME = 15
+    CHECKPOINT = 16
+    BUSY = 17
 
 
 class EntryKind(enum.IntEnum):

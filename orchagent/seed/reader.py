@@ -22,6 +22,7 @@ import attrs
 from orchagent.seed import authentication, protocol
 from orchagent.seed.compression import BlockCompressor
 from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
+from orchagent.seed.resumption import CHECKPOINT_BYTES, START, ResumePoint, skip_verified
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
 BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
@@ -106,9 +107,11 @@ class TreeReader:
 
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
                  batch_bytes: int = BATCH_BYTES, compression: str = "none",
-                 waited: Callable[[], float] = lambda: 0.0) -> None:
-        """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.BlockCompressor`."""
+                 waited: Callable[[], float] = lambda: 0.0, resume: ResumePoint = START) -> None:
+        """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.BlockCompressor`;
+        ``resume``: what the receiver verified already (:mod:`orchagent.seed.resumption`)."""
         self._root = os.fsencode(root)
+        self._resume = resume
         self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
         self._compressor = BlockCompressor(compression, waited)
         self._chunk = chunk_bytes
@@ -122,14 +125,14 @@ class TreeReader:
             raise TransferFailed(f"seed source {os.fsdecode(self._root)!r} is not a directory")
         totals = count_tree(os.fsdecode(self._root))
         yield Batch([self._authenticated(protocol.counts_frame(Kind.TOTALS, *totals))], 0, 0, totals=totals)
-        entries = _opened_ahead(_walk(self._root), READ_AHEAD_FILES)
+        entries = _opened_ahead(skip_verified(_walk(self._root), self._resume), READ_AHEAD_FILES)
         try:
             yield from self._entries(entries)
         finally:
             entries.close()  # closes the files opened ahead when the transfer stops early
 
     def _entries(self, entries: Iterator[tuple[bytes, bytes, os.stat_result, int]]) -> Iterator[Batch]:
-        files = nbytes = 0
+        files, nbytes = self._resume.files, self._resume.file_bytes
         for relative, path, st, fd in entries:
             if stat.S_ISDIR(st.st_mode):
                 self._add(self._entry_frame(self._entry(EntryKind.DIR, relative, st)))
@@ -149,9 +152,11 @@ class TreeReader:
         try:
             st = os.fstat(fd)
             self._add(self._entry_frame(self._entry(EntryKind.FILE, relative, st)))
-            sent = 0
+            resume = self._resume
+            skip = resume.offset if resume.in_file and relative == resume.last_path else 0  # the receiver has those
+            sent, unverified = skip, 0
             for start, end in _extents(fd, st):
-                for offset in range(start, end, self._chunk):
+                for offset in range(max(start, skip), end, self._chunk):
                     data = os.pread(fd, min(self._chunk, end - offset), offset)
                     if not data:
                         raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
@@ -161,6 +166,10 @@ class TreeReader:
                         os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
                     sent += len(data)
                     yield from self._data(offset, data)
+                    unverified += len(data)
+                    if unverified >= CHECKPOINT_BYTES and offset + len(data) < st.st_size:
+                        self._add(self._mac.checkpoint())
+                        unverified = 0
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             self._add(self._mac.file_end(), st.st_size - sent, 1)
             return st.st_size

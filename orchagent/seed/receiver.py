@@ -2,11 +2,12 @@
 
     server = SeedReceiverServer(reactor, secret=b"...", tls=None, stall_timeout=300, sender_ous=())
     port = await server.listen(endpoint)          # e.g. tcp:21234:interface=10.0.0.5
-    transfer = server.arm("42", "/var/lib/mysql")  # accept exactly one sender for seed 42
+    transfer = server.arm("42", "/var/lib/mysql")  # accept one sender at a time for seed 42
 
 Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
 learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
-within ``stall_timeout`` fails, naming the last refusal.
+within ``stall_timeout`` fails, naming the last refusal, and so does one whose connection
+dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
-from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
+from orchagent.seed.resumption import START, Received, resume_frame
+from orchagent.seed.transfer import PIPE_BYTES, Connection, Dropped, Transfer, tls_keying_material
 from orchagent.seed.hotseed import Extractor
 from orchagent.seed.writer import TreeWriter
 from orchagent.tls import peer_ous
@@ -39,41 +41,71 @@ TLS_CHUNK_BYTES = 1024 * 1024  # what the receiver's reactor hands its writer at
 
 
 class _ReceiveTransfer(Transfer):
+    """One armed receive: its writer (staging, verified progress) outlives connections, one at a time.
+
+    When a connection drops before END, its worker undoes what was not verified
+    (:meth:`TreeWriter.rewind`) and the receive waits ``stall_timeout`` seconds for the sender to
+    reconnect, then fails (its staging directory removed) if none did.
+    """
+
     def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
                  extractor: Extractor | None) -> None:
         super().__init__(reactor, seed_id, "receive", stall_timeout)
         self.datadir = datadir
         self._extractor = extractor
+        self._writer: TreeWriter | None = None  # from the first connection on
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
         self._incoming_bytes = 0
         self._hand_over_call: Any = None
+        self._dropping = False  # the connection dropped; its worker or connection is still winding up
 
     def _no_sender(self) -> None:
-        """Armed for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
+        """Armed (or dropped) for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
         refused = f"; last {self.last_refusal}" if self.last_refusal else ""
-        self.conclude(TransferFailed(f"no sender authenticated for seed {self.seed_id} within "
-                                     f"{self._stall_timeout:g} s{refused}"))
+        if self._writer is None:
+            what = f"no sender authenticated for seed {self.seed_id}"
+        else:
+            what = (f"seed {self.seed_id}: the connection ended before the sender finished the tree, "
+                    "and it did not reconnect")
+        self.conclude(TransferFailed(f"{what} within {self._stall_timeout:g} s{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
         for call in (self._sender_due, self._hand_over_call):
             if call is not None and call.active():
                 call.cancel()
+        if self.state == "reconnecting" and not self._concluded:
+            self._start_worker(self._writer.discard)  # no connection's worker is left to do it
         super().conclude(error)
 
     @property
     def connected(self) -> bool:
+        """A sender is attached (or its dropped connection is still being wound up)."""
         return self._connection is not None
 
-    def attach(self, connection: _ReceiverProtocol, early: bytes, mac: authentication.StreamMac) -> None:
-        """The sender is authenticated: start the writer; ``early`` is data that came with AUTH."""
-        self._sender_due.cancel()
+    def attach(self, connection: _ReceiverProtocol, early: bytes, session: authentication.Session) -> None:
+        """The sender is authenticated: tell it where to begin, start the connection's worker;
+        ``early`` is data that came with AUTH."""
+        if self._sender_due.active():
+            self._sender_due.cancel()
         self.connection_opened(connection)
-        self._begin()
+        mac = session.stream_mac()
+        first = self._writer is None
+        if first:
+            self._begin()
+            self._writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac, extractor=self._extractor)
+            point = START
+        else:
+            self.state = "running"
+            self.progress.resumes += 1
+            point = self._writer.reconnected(mac)
+            log.info("seed {seed_id}: the sender reconnected; resuming after {files} files and {nbytes} bytes "
+                     "verified", seed_id=self.seed_id, files=point.files, nbytes=point.nbytes)
+        connection.transport.write(resume_frame(session, point))
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
                                            f"seed {self.seed_id} stalled: the sender did not send data "
                                            f"for {self._stall_timeout:g} seconds")
-        writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac, extractor=self._extractor)
+        writer = self._writer
         if self._channel is None:
             self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
             source = self._pipe.get_wait
@@ -81,7 +113,7 @@ class _ReceiveTransfer(Transfer):
             connection.pause_reading()  # the worker reads the socket from now on
             connection.setTimeout(None)  # and notices a stall itself
             source = lambda: self._channel.receive(writer.free_buffer())  # noqa: E731
-        self._start_worker(self._write, writer, early, source)
+        self._start_worker(self._write, writer, early, source, first)
 
     def received(self, data: bytes) -> None:
         """From the reactor (TLS): stream bytes for the writer.
@@ -116,26 +148,55 @@ class _ReceiveTransfer(Transfer):
             self._hand_over()
             self._pipe.finish()  # the writer decides: whole tree received, or cut short
         super().connection_closed()
+        if not self._concluded:
+            self._dropping = True  # over before the end: its worker rewinds
+            self._await_sender()
 
-    def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any]) -> None:
-        """Worker thread: everything that touches the target disk.
+    def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any], first: bool) -> Any:
+        """Worker thread (one per connection): everything that touches the target disk.
 
         ``source`` gives the next piece of the stream (None at its end): the pipe's items, or
-        views of the writer's reused buffers, which it takes back once written.
+        views of the writer's reused buffers, which it takes back once written.  A stream cut
+        short is rewound to its last verified point, for the next connection to continue.
         """
         try:
-            writer.start()
+            if first:
+                writer.start()
             writer.feed(early)
             while not writer.ended:
                 chunk = source()
                 if chunk is None:
                     break
                 writer.feed(chunk)
+            if not writer.ended and not self._concluded:
+                return Dropped(writer.rewind())
             self._reactor.callFromThread(self._finishing)
             writer.finish(lambda: self._concluded)
         except BaseException:
             writer.discard()
             raise
+
+    def _worker_dropped(self, dropped: Dropped) -> None:
+        self.progress.resent_bytes += dropped.resent_bytes
+        log.warn("seed {seed_id}: the connection from the sender dropped; {nbytes} unverified bytes thrown away, "
+                 "waiting up to {seconds:g} s for it to reconnect", seed_id=self.seed_id,
+                 nbytes=dropped.resent_bytes, seconds=self._stall_timeout)
+        if self._concluded:  # aborted meanwhile: nothing else removes what was received
+            self._start_worker(self._writer.discard)
+            return
+        self._dropping = True
+        if self._connection_open:
+            self._connection.abort()  # the reactor did not read it: it may not know yet
+        self._await_sender()
+
+    def _await_sender(self) -> None:
+        """Once the dropped connection and its worker are both gone, wait for the next sender."""
+        if self._workers or self._connection_open or not self._dropping or self._concluded:
+            return
+        self._dropping = False
+        self._connection, self._pipe = None, None
+        self.state = "reconnecting"
+        self._sender_due = self._reactor.callLater(self._stall_timeout, self._no_sender)
 
     def _finishing(self) -> None:
         if not self._concluded:
@@ -189,7 +250,7 @@ class _ReceiverProtocol(Connection):
             return
         if self._transfer is not None:
             self._handshake_due.cancel()
-            self._transfer.attach(self, self._frames.leftover(), self._session.stream_mac())
+            self._transfer.attach(self, self._frames.leftover(), self._session)
 
     def _authenticate(self, auth: authentication.Auth) -> None:
         """Accept the sender, or refuse it.
@@ -209,11 +270,18 @@ class _ReceiverProtocol(Connection):
         if problem is not None:
             armed = "" if transfer is not None else ", which is not armed here"
             self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
-        elif transfer is None:
+        elif (transfer is None or transfer.concluded) and (auth.seed_id in self._server.received
+                                                           or (transfer is not None and transfer.error is None)):
+            log.info("seed {seed_id}: the sender reconnected after the seed arrived whole; confirming it again",
+                     seed_id=auth.seed_id)
+            self._closed = True
+            self.transport.write(authentication.accept(session) + authentication.done(session))
+            self.transport.loseConnection()
+        elif transfer is None or transfer.concluded:
             self._refuse(f"no receive is armed for seed {auth.seed_id}", authenticated=True)
-        elif transfer.connected:
+        elif transfer.connected:  # one sender at a time; a reconnecting one tries again (BUSY)
             self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer,
-                         authenticated=True)
+                         authenticated=True, kind=Kind.BUSY)
         else:
             log.info("seed {seed_id}: receiving into {datadir} from {peer}",
                      seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
@@ -223,7 +291,8 @@ class _ReceiverProtocol(Connection):
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
 
-    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False) -> None:
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False,
+                kind: Kind = Kind.REFUSE) -> None:
         """Log ``reason`` and close; a peer that did not prove itself is only told
         :data:`~orchagent.seed.authentication.NOT_AUTHENTICATED`, whatever the reason."""
         log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
@@ -231,7 +300,7 @@ class _ReceiverProtocol(Connection):
             transfer.last_refusal = f"refused a sender from {self._peer()}: {reason}"
         self._closed = True
         told = reason if authenticated else authentication.NOT_AUTHENTICATED
-        self.transport.write(protocol.reason_frame(Kind.REFUSE, told))
+        self.transport.write(protocol.reason_frame(kind, told))
         self.transport.loseConnection()
 
     def _send_progress(self) -> None:
@@ -297,6 +366,7 @@ class SeedReceiverServer:
         self.connections = ConnectionCap(max_connections, "seed receiver")
         self.handshake_timeout = handshake_timeout
         self._armed: dict[str, _ReceiveTransfer] = {}
+        self.received = Received(reactor, stall_timeout)
         self._port: Any = None
 
     def listen(self, endpoint: interfaces.IStreamServerEndpoint) -> Deferred:
@@ -322,6 +392,7 @@ class SeedReceiverServer:
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
         transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout, extractor)
+        self.received.forget(seed_id)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer
@@ -339,6 +410,8 @@ class SeedReceiverServer:
     def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
         if self._armed.get(seed_id) is transfer:
             del self._armed[seed_id]
+        if transfer.succeeded:
+            self.received.add(seed_id)
 
     def certificate_problem(self, transport: Any) -> str | None:
         """Why the sender on ``transport`` may not send, by its certificate (None: it may)."""

@@ -35,6 +35,8 @@ class SeedRecord:
     files_total: int | None = None
     wire_bytes: int = 0  # built-in transfer: the data stream's bytes on the wire
     data_bytes: int = 0  # and what they carry uncompressed
+    resumes: int = 0  # built-in transfer: connections that took over after a dropped one
+    resent_bytes: int = 0  # and the file bytes they had to move again
     error: str = ""
     ended_at: float | None = None
     data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)

@@ -6,6 +6,9 @@ A reader thread walks, reads and MACs the source into a bounded pipe; on plain T
 thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does, both
 paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPerSecond``, changed
 on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
+When the connection drops, the sender reconnects (backing off) for up to ``stall_timeout`` seconds
+and continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's
+backup stream cannot be sent again, so a drop fails it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.hotseed import BackupSource
 from orchagent.seed.reader import Batch, StreamReader, TreeReader
+from orchagent.seed.resumption import ResumePoint, parse_resume, reconnect_delay
 from orchagent.seed.throttle import Throttle
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
 
@@ -46,6 +50,14 @@ class _SendTransfer(Transfer):
         self._connecting: Deferred | None = None
         self._throttle = Throttle(max_bytes_per_second)
         self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
+        self._endpoint: Any = None
+        self._where = ""
+        self._accepted_once = False  # from then on a dropped connection is resumed
+        self._dropping = False  # the current connection dropped; its workers are being stopped
+        self._reconnect_by = 0.0  # reactor time: give up reconnecting then
+        self._attempts = 0
+        self._next_attempt: Any = None
+        self._last_problem = ""
 
     @property
     def max_bytes_per_second(self) -> int:
@@ -61,39 +73,69 @@ class _SendTransfer(Transfer):
             self.pump()  # TLS: recomputed at the new rate
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
-        self._connecting = connectProtocol(endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
+        """Connect (and, after a drop, reconnect) to the receiver at ``endpoint``."""
+        self._endpoint, self._where = endpoint, where
+        self._connect()
+
+    def _connect(self) -> None:
+        self._next_attempt = None
+        self._connecting = connectProtocol(self._endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
 
         def failed(failure: Failure) -> None:
-            if not self.concluded:
-                self.conclude(TransferFailed(f"cannot connect to the seed receiver at {where}: "
-                                             f"{failure.getErrorMessage()}"))
+            self._connecting = None
+            problem = f"cannot connect to the seed receiver at {self._where}: {failure.getErrorMessage()}"
+            if self._accepted_once:
+                self.attempt_failed(problem)
+            elif not self.concluded:
+                self.conclude(TransferFailed(problem))
 
-        self._connecting.addCallbacks(lambda _: None, failed)
+        def connected(_: Any) -> None:
+            self._connecting = None
+
+        self._connecting.addCallbacks(connected, failed)
 
     def session(self, receiver_nonce: bytes, sender_nonce: bytes, tls_material: bytes) -> authentication.Session:
         """This transfer's session with the receiver that sent ``receiver_nonce``."""
         return authentication.Session.derive(self._secret, self.seed_id, receiver_nonce, sender_nonce, tls_material)
 
-    def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac) -> None:
-        self._begin()
+    def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac, point: ResumePoint) -> None:
+        """The receiver accepted ``connection`` and said where to begin: start this connection's workers."""
+        if not self._accepted_once:
+            self._accepted_once = True
+            self._begin()
+        else:
+            self._resumed(point)
         self._pipe = Pipe(PIPE_BYTES)
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
                                            f"seed {self.seed_id} stalled: the receiver did not take data "
                                            f"for {self._stall_timeout:g} seconds")
         if self._channel is None:
             connection.register_as_producer()
-            self._start_worker(self._read, mac, lambda: self._reactor.callFromThread(self.pump))
+            self._start_worker(self._read, mac, point, lambda: self._reactor.callFromThread(self.pump))
         else:
-            self._start_worker(self._read, mac, lambda: None)
+            self._start_worker(self._read, mac, point, lambda: None)
             self._start_worker(self._send)
 
-    def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
+    def _resumed(self, point: ResumePoint) -> None:
+        """Progress back to what the receiver verified; what was sent past it counts as sent again."""
+        progress = self.progress
+        resent = max(progress.bytes_done - point.nbytes, 0)
+        progress.resumes += 1
+        progress.resent_bytes += resent
+        progress.bytes_done, progress.files_done = point.nbytes, point.files
+        self.state = "running"
+        log.info("seed {seed_id}: reconnected; resuming after {files} files and {nbytes} bytes the receiver "
+                 "verified ({resent} bytes sent again)", seed_id=self.seed_id, files=point.files,
+                 nbytes=point.nbytes, resent=resent)
+
+    def _read(self, mac: authentication.StreamMac, point: ResumePoint, queued: Callable[[], None]) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         # for room in the pipe: how far the link is the limit (SeedCompression auto); a duration this
         # thread measures of its own blocking, not a time kept anywhere, so not the reactor's clock
         waited = 0.0
         if self._backup is None:
-            reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited)
+            reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited,
+                                resume=point)
         else:
             reader = StreamReader(self._backup.fd, self._backup.port, mac, self._backup.ended,
                                   compression=self._compression, waited=lambda: waited)
@@ -121,6 +163,8 @@ class _SendTransfer(Transfer):
         if self._paused_pump is not None and self._paused_pump.active():
             return  # the throttle holds the data until then (limit_rate reschedules it)
         connection = self._connection
+        if connection is None or self._pipe is None or self._dropping:
+            return  # between connections
         while not connection.paused and not self.concluded:
             if pause := self._throttle.delay():
                 self._paused_pump = self._reactor.callLater(pause, self.pump)
@@ -146,13 +190,97 @@ class _SendTransfer(Transfer):
     def _worker_succeeded(self) -> None:
         pass  # everything is queued; success comes with the receiver's DONE
 
+    # a dropped connection
+
+    @property
+    def reconnecting(self) -> bool:
+        """A connection was accepted before: the one being set up now resumes the seed."""
+        return self._accepted_once
+
+    def connection_lost(self, connection: _SenderProtocol, reason: str) -> None:
+        """Reactor: ``connection`` is gone; resume when it was the accepted one and may be resumed."""
+        if connection is not self._connection:
+            return
+        self.connection_closed()
+        if self.concluded or self._dropping:
+            self._reconnect_when_idle()
+            return
+        if not connection.accepted:
+            if self._accepted_once:
+                self.attempt_failed(f"the connection to the receiver was lost during the handshake ({reason})")
+            else:
+                self.conclude(TransferFailed(f"seed {self.seed_id}: the connection to the receiver was lost "
+                                             f"before it confirmed the seed ({reason})"))
+        elif self._backup is not None:
+            self.conclude(TransferFailed(f"seed {self.seed_id}: the connection to the receiver was lost ({reason}); "
+                                         "a hot seed's backup stream cannot be sent again: start the seed anew"))
+        else:
+            self._drop(reason)
+
+    def _drop(self, reason: str) -> None:
+        """The accepted connection dropped (the reactor or the sending thread noticed): stop its
+        workers and the connection, then reconnect."""
+        log.warn("seed {seed_id}: the connection to the receiver dropped ({reason}); reconnecting for up to "
+                 "{seconds:g} s", seed_id=self.seed_id, reason=reason, seconds=self._stall_timeout)
+        self._dropping = True
+        self._reconnect_by = self._reactor.seconds() + self._stall_timeout
+        self._attempts = 0
+        self._last_problem = f"the connection dropped ({reason})"
+        if self._pipe is not None:
+            self._pipe.close()  # wakes the reader thread
+        if self._channel is not None:
+            self._channel.interrupt()  # and the sending thread
+        if self._connection_open:
+            self._connection.abort()
+        self._reconnect_when_idle()
+
+    def _reconnect_when_idle(self) -> None:
+        if self._dropping and not self._workers and not self._connection_open and not self.concluded:
+            self._dropping = False
+            self._pipe = None
+            self._connection = None
+            self._unpause_pump()
+            self.state = "reconnecting"
+            self._schedule_attempt()
+
+    def _worker_ended(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            if not self._dropping and result.check(ConnectionError) and self._backup is None and not self.concluded:
+                self._drop(result.getErrorMessage())  # the sending thread noticed before the reactor did
+            if self._dropping:
+                result = None  # it only noticed its connection go
+        super()._worker_ended(result)
+        self._reconnect_when_idle()
+
+    def attempt_failed(self, problem: str) -> None:
+        """A reconnection attempt did not get through: try again, or give up at the deadline."""
+        self._connection = None
+        self._last_problem = problem
+        if not self.concluded:
+            self._schedule_attempt()
+
+    def _schedule_attempt(self) -> None:
+        delay = reconnect_delay(self._attempts)
+        self._attempts += 1
+        if self._reactor.seconds() + delay > self._reconnect_by:
+            self.conclude(TransferFailed(
+                f"seed {self.seed_id}: the connection to the receiver dropped and could not be resumed within "
+                f"{self._stall_timeout:g} s (SeedStallTimeoutSeconds); last: {self._last_problem}"))
+        else:
+            self._next_attempt = self._reactor.callLater(delay, self._connect)
+
     def conclude(self, error: TransferFailed | None) -> None:
         if self._connecting is not None and self._connection is None:
             self._connecting.cancel()
-        if self._paused_pump is not None and self._paused_pump.active():
-            self._paused_pump.cancel()
+        if self._next_attempt is not None and self._next_attempt.active():
+            self._next_attempt.cancel()
+        self._unpause_pump()
         self._throttle.close()
         super().conclude(error)
+
+    def _unpause_pump(self) -> None:
+        if self._paused_pump is not None and self._paused_pump.active():
+            self._paused_pump.cancel()
 
 
 @implementer(interfaces.IPushProducer)
@@ -162,8 +290,10 @@ class _SenderProtocol(Connection):
         self._transfer = transfer
         self._nonce = authentication.new_nonce()
         self._session: authentication.Session | None = None
-        self._accepted = False
+        self._proved = False  # the receiver proved itself (ACCEPT); its RESUME is due
+        self.accepted = False  # and said where to begin: the stream flows
         self._producing = False
+        self._busy = ""  # why a reconnection attempt was turned away for now
         self.paused = False
 
     def connectionMade(self) -> None:
@@ -188,22 +318,31 @@ class _SenderProtocol(Connection):
             self._session = transfer.session(authentication.parse_hello(payload), self._nonce,
                                              tls_keying_material(self.transport))
             self.transport.write(authentication.auth(self._session))
-        elif kind == Kind.ACCEPT and self._session is not None and not self._accepted:
+        elif kind == Kind.ACCEPT and self._session is not None and not self._proved:
             if not self._session.proves(b"receiver", payload):
                 raise ProtocolError("the receiver's proof is wrong: the agents have different SeedTransferSecret "
                                     "values, or something between them relays the connection")
-            self._accepted = True
+            self._proved = True
+        elif kind == Kind.RESUME and self._proved and not self.accepted:
+            point = parse_resume(self._session, payload)
+            self.accepted = True
             log.info("seed {seed_id}: sending {source} to {peer}", seed_id=transfer.seed_id,
                      source=transfer.source_dir, peer=self._peer())
-            transfer.authenticated(self, self._session.stream_mac())
-        elif kind == Kind.REFUSE:
+            transfer.authenticated(self, self._session.stream_mac(), point)
+        elif kind == Kind.BUSY and transfer.reconnecting:
+            reason = payload.decode("utf-8", "replace")
+            self._busy = f"the receiver is still winding up the dropped connection ({reason})"
+            self.transport.loseConnection()
+        elif kind in (Kind.REFUSE, Kind.BUSY):
             transfer.conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
                                              f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
         elif kind == Kind.FAIL:
             transfer.conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
-        elif kind == Kind.PROGRESS and self._accepted:
+        elif kind == Kind.PROGRESS and self.accepted:
             pass  # a keepalive; resetTimeout above is its purpose
-        elif kind == Kind.DONE and transfer.state == "finishing":
+        elif kind == Kind.DONE and (transfer.state == "finishing"
+                                    or (transfer.reconnecting and self._proved and not self.accepted)):
+            # (the latter: the receiver had the whole seed when the connection dropped)
             if not self._session.proves(b"done", payload):
                 raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
                                     "altered the connection")
@@ -225,7 +364,7 @@ class _SenderProtocol(Connection):
         self.paused = True
 
     def timeoutConnection(self) -> None:
-        what = "answer" if not self._accepted else "take data"
+        what = "answer" if not self.accepted else "take data"
         self._transfer.conclude(TransferFailed(
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
 
@@ -250,10 +389,7 @@ class _SenderProtocol(Connection):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self._transfer.conclude(TransferFailed(
-            f"seed {self._transfer.seed_id}: the connection to the receiver was lost before it confirmed "
-            f"the seed ({reason.getErrorMessage()})"))
-        self._transfer.connection_closed()
+        self._transfer.connection_lost(self, self._busy or reason.getErrorMessage())
 
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,

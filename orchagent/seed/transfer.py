@@ -25,7 +25,7 @@ from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
 
-__all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted"]
+__all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted", "Dropped"]
 
 log = logs.logger(__name__)
 
@@ -48,6 +48,8 @@ class Progress:
     files_total: int | None = None
     wire_bytes: int = 0  # the data stream's bytes on the wire
     data_bytes: int = 0  # what they carry uncompressed (data_bytes / wire_bytes: the compression ratio)
+    resumes: int = 0  # connections that took over after a dropped one
+    resent_bytes: int = 0  # file bytes sent (sender) or received (receiver) again after drops
     started: float | None = None  # when the peer was authenticated
     finished: float | None = None
 
@@ -55,6 +57,13 @@ class Progress:
 
 class TransferAborted(TransferFailed):
     """The transfer was aborted on request."""
+
+
+@attrs.frozen
+class Dropped:
+    """What a connection's worker returns when that connection dropped and the transfer goes on."""
+
+    resent_bytes: int = 0  # what it had moved past the point the next connection continues from
 
 
 class Transfer:
@@ -65,6 +74,11 @@ class Transfer:
     None on authenticated success, else the error) and ``abort()``.  It ends in exactly one of
     succeeded, failed or aborted, and ``when_done`` fires only once no worker thread and no
     connection is left (and, on a failed receive, once its staging directory is gone).
+    Between ``waiting`` and the end it may be ``reconnecting`` (a dropped connection, see
+    :mod:`orchagent.seed.resumption`).
+
+    Per transfer: the progress, the outcome, the workers' count.  Per connection (replaced on
+    a resume): ``_connection`` and the data path, ``_pipe`` or ``_channel``.
     """
 
     def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float) -> None:
@@ -133,13 +147,22 @@ class Transfer:
 
     def _worker_ended(self, result: Any) -> None:
         self._workers -= 1
+        if self._channel is not None and not self._workers:
+            self._channel.close()  # the connection's; the next one lends its own
+            self._channel = None
         if isinstance(result, Failure):
-            self.conclude(self._as_error(result))
+            self._worker_failed(self._as_error(result))
+        elif isinstance(result, Dropped):
+            self._worker_dropped(result)
         elif not self._workers:
             self._worker_succeeded()
-        if self._channel is not None and not self._workers:
-            self._channel.close()
         self._fire_if_idle()
+
+    def _worker_failed(self, error: TransferFailed) -> None:
+        self.conclude(error)
+
+    def _worker_dropped(self, dropped: Dropped) -> None:
+        raise NotImplementedError
 
     def _worker_succeeded(self) -> None:
         raise NotImplementedError

@@ -3,7 +3,9 @@
 The tree is written into a staging directory (:mod:`orchagent.seed.staging`) through directory
 descriptors only, each file under a hidden partial name renamed once its MAC matched; entries
 get the datadir's owner and lose set-uid, set-gid and sticky bits.  Everything is made durable
-(:mod:`orchagent.seed.durability`) before the tree moves into the datadir.
+(:mod:`orchagent.seed.durability`) before the tree moves into the datadir.  A writer lives as long
+as its seed's transfer; when a connection drops, :meth:`TreeWriter.rewind` undoes what was not
+verified, and the next connection's stream continues from there (:mod:`orchagent.seed.resumption`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import queue
 import threading
 from typing import Callable
 
-from orchagent.seed import authentication, decoder
+from orchagent.seed import authentication, decoder, resumption
 from orchagent.seed.hotseed import Extractor
 from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
 from orchagent.seed.pipe import Closed
@@ -44,7 +46,9 @@ class TreeWriter:
         self.source_port: int | None = None  # a hot seed's: the source's MySQL port
         self.datadir = self._staging.datadir
         self.progress = progress if progress is not None else Progress()
-        self._decoder = decoder.StreamDecoder(self, mac)
+        self.verified = resumption.Verified()
+        self._decoder = decoder.StreamDecoder(self, mac)  # this connection's
+        self._expanded = 0  # what decompression added on the connections before
         self._calls: list[tuple[Callable[..., None], tuple]] = []  # disk work of the chunk being decoded
         self._disk: DiskThread | None = None
         self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
@@ -98,7 +102,7 @@ class TreeWriter:
         finally:
             self._hand_over(functools.partial(self._buffers.put, buffer))
         self.progress.wire_bytes += len(chunk)
-        self.progress.data_bytes = self.progress.wire_bytes + self._decoder.expanded
+        self.progress.data_bytes = self.progress.wire_bytes + self._expanded + self._decoder.expanded
         self._disk.check()
 
     def _hand_over(self, release: Callable[[], None]) -> None:
@@ -123,6 +127,7 @@ class TreeWriter:
             raise ProtocolError(f"{os.fsdecode(entry.path)!r} arrived before its directory")
         if entry.kind == EntryKind.DIR:
             self._directories[entry.path] = (entry.mode, entry.mtime_ns)
+        self.verified.entry(entry)
         self._calls.append((self._write_entry, (entry,)))
 
     def stream(self, port: int) -> None:
@@ -141,8 +146,13 @@ class TreeWriter:
                 self._inflated_room.acquire()  # the disk thread releases it, also after a failure
                 self._hand_over(self._inflated_room.release)
 
+    def checkpoint(self, offset: int) -> None:
+        self.verified.checkpoint(offset)
+
     def file_end(self) -> None:
         """The decoder authenticated the file before this; the disk thread gives it its name."""
+        if self.source_port is None:
+            self.verified.file_end()
         self._calls.append((self._complete_file, ()))
 
     def end(self, files: int, nbytes: int) -> None:
@@ -218,6 +228,55 @@ class TreeWriter:
         if self._unsynced >= BACKGROUND_SYNC_BYTES:
             self._syncer.request()
             self._unsynced = 0
+
+    # a dropped connection
+
+    def rewind(self) -> int:
+        """The connection dropped before END: undo what it brought after the last verified tag.
+
+        Waits for the disk thread to write what was decoded, then (in stream order, on the disk
+        thread) cuts the file in progress back to its verified offset and removes the entries
+        applied but not verified, latest first.  Returns the bytes thrown away (to be sent again).
+        """
+        if self.source_port is not None:
+            raise TransferFailed("the connection dropped during a hot seed, whose backup stream cannot be "
+                                 "sent again: start the seed anew")
+        point, undo = self.verified.point, self.verified.dropped()
+        for entry in undo:
+            if entry.kind == EntryKind.DIR:
+                del self._directories[entry.path]
+        rewound = threading.Event()
+        self._disk.submit([(self._roll_back, (undo, point.offset))], rewound.set)
+        rewound.wait()
+        self._disk.check()
+        thrown_away = max(self.progress.bytes_done - point.nbytes, 0)
+        self.progress.bytes_done, self.progress.files_done = point.nbytes, point.files
+        self._expanded += self._decoder.expanded
+        return thrown_away
+
+    def reconnected(self, mac: authentication.StreamMac) -> resumption.ResumePoint:
+        """A new connection's stream (``mac``: its MAC) continues after the verified point, returned."""
+        point = self.verified.point
+        resumed = (self.verified.file, point.offset) if point.in_file else None
+        self._decoder = decoder.StreamDecoder(self, mac, resumed)
+        return point
+
+    def _roll_back(self, undo: list[Entry], offset: int) -> None:
+        """Disk thread: back to the verified point (see :meth:`rewind`)."""
+        if any(entry is self._file for entry in undo):  # begun after the last tag: all of it goes
+            os.close(self._fd)
+            os.unlink(self._temp, dir_fd=self._directory(self._file.path.rpartition(b"/")[0]))
+            self._file, self._fd = None, -1
+        elif self._file is not None:  # the file in progress: back to its last verified byte
+            os.ftruncate(self._fd, offset)
+            self._written = self._end = offset
+            self._flushed = min(self._flushed, offset)
+        for entry in undo:
+            if entry.kind != EntryKind.FILE:
+                parent, _, name = entry.path.rpartition(b"/")
+                directory = self._directory(parent)
+                (os.rmdir if entry.kind == EntryKind.DIR else os.unlink)(name, dir_fd=directory)
+        self._close_directory()  # it may be one just removed, which a resumed stream makes anew
 
     # the end
 

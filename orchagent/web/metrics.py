@@ -112,13 +112,16 @@ class Metrics:
                                   labels=["seed_id", "role"])
         rate = GaugeMetricFamily("orchagent_seed_bytes_per_second", "A running seed's rate since its first byte",
                                  labels=["seed_id", "role"])
+        resumes = GaugeMetricFamily("orchagent_seed_resumes", "Dropped connections a running seed resumed after",
+                                    labels=["seed_id", "role"])
         for record in records:
             if record.completed:
                 continue  # finished seeds live on as counts only, so series do not pile up
             labels = [str(record.seed_id), record.role]
             done.add_metric(labels, record.bytes_done)
             rate.add_metric(labels, record.rate(now))
+            resumes.add_metric(labels, record.resumes)
             if record.bytes_total is not None:
                 total.add_metric(labels, record.bytes_total)
-        return [by_state, done, total, rate]
+        return [by_state, done, total, rate, resumes]
 

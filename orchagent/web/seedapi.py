@@ -74,6 +74,8 @@ def _status(record, now: float) -> dict:
         "WireBytes": record.wire_bytes,
         "DataBytes": record.data_bytes,
         "CompressionRatio": record.compression_ratio,
+        "Resumes": record.resumes,
+        "ResentBytes": record.resent_bytes,
         "BytesPerSecond": record.rate(now),
         "MaxBytesPerSecond": record.max_bytes_per_second,
         "EtaSeconds": record.eta(now),

@@ -3,7 +3,8 @@
 Each test runs both agents in a network namespace of its own whose loopback is shaped with
 ``tbf`` (100 or 200 Mbit/s), so the link, not this machine's disk, sets the pace: compression
 must pay off on a real MariaDB datadir and cost nothing on incompressible data, the throttle
-route must move the measured rate, and command mode (socat/tar) must work as before.  The
+route must move the measured rate, a seed whose connection is cut twice (a relay killed and
+restarted) must resume and finish, and command mode (socat/tar) must work as before.  The
 agents serve plain directories (``MySQLDatadirCommand: echo <dir>``, MySQL reported stopped),
 so the source sends its datadir itself.  Nothing of the namespace outlives a test, failed or not.
 """
@@ -25,6 +26,7 @@ from testbed.agent import free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.netns import network_namespace
 from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.seed_link import SlowLink
 from testbed.seeding import directory_agent_settings, load_sample_data, socat_tar_commands, table_checksums
 from tests.support.root import requires_root
 
@@ -68,15 +70,22 @@ class NetworkSeedTests(SynchronousTestCase):
         self.target_dir = os.path.join(self.directory, "target-datadir")
         self.orchestrator = Orchestrator()
 
-    def start_agents(self, rate: str, **settings) -> tuple[HostAgent, HostAgent]:
-        """A namespace shaped to ``rate`` with the source and target agents inside, serving the two datadirs."""
+    def start_agents(self, rate: str, relay: bool = False, **settings) -> tuple[HostAgent, HostAgent]:
+        """A namespace shaped to ``rate`` with the source and target agents inside, serving the two datadirs;
+        with ``relay``, the source sends through ``self.link``, a relay in the namespace too."""
         self.addCleanup(self.assert_namespace_removed)  # cleanups run last-in first-out: after its close
         self.net = network_namespace(self, rate=rate)
         seed_port = self.net.call(free_port, TARGET_ADDRESS)
+        source_port = seed_port
+        if relay:
+            self.link = self.net.call(SlowLink, TARGET_ADDRESS, seed_port, buffer_bytes=256 * 1024)
+            self.addCleanup(self.link.close)
+            source_port = self.link.port
         agents = []
-        for address, datadir in ((SOURCE_ADDRESS, self.source_dir), (TARGET_ADDRESS, self.target_dir)):
+        for address, datadir, port in ((SOURCE_ADDRESS, self.source_dir, source_port),
+                                        (TARGET_ADDRESS, self.target_dir, seed_port)):
             directory = os.path.join(self.directory, address)
-            config = directory_agent_settings(directory, datadir, seed_port, SECRET,
+            config = directory_agent_settings(directory, datadir, port, SECRET,
                                               SeedStallTimeoutSeconds=STALL_SECONDS, **settings)
             agent = start_agent(config, address=address, directory=directory, namespace=self.net)
             self.addCleanup(agent.stop)
@@ -195,6 +204,42 @@ class NetworkSeedTests(SynchronousTestCase):
         self.call(source, "seed-throttle/3?bytesPerSecond=0")  # the rest at the link's rate
         self.finish_seed(source, target, 3)
         self.assertEqual(tree_digests(self.target_dir), tree_digests(self.source_dir))
+
+    def test_a_seed_cut_twice_resumes_and_sends_again_under_a_tenth(self):
+        sizes = {f"db/t{i}.ibd": 48 * MB + i for i in range(3)}
+        sizes.update({f"db/small{i}.frm": 8192 * i for i in range(64)})
+        write_random_tree(self.source_dir, sizes)
+        os.symlink("db/t0.ibd", os.path.join(self.source_dir, "link to t0"))
+        os.makedirs(os.path.join(self.source_dir, "empty", "deeper"))
+        os.makedirs(self.target_dir)
+        source, target = self.start_agents("1gbit", relay=True)
+
+        def arrived() -> float:
+            """The part of the data the target has (0 until it knows the total)."""
+            status = self.call(target, "seed-status/5")
+            return status["BytesDone"] / status["BytesTotal"] if status["BytesTotal"] else 0.0
+
+        self.start_seed(source, target, 5)
+        for resumes, fraction in enumerate((0.25, 0.6)):
+            deadline = time.monotonic() + 30
+            while arrived() < fraction:
+                self.assertLess(time.monotonic(), deadline, self.call(target, "seed-status/5"))
+                time.sleep(0.02)
+            self.link.cut()  # the relay killed (every connection through it drops) and restarted
+            while self.call(target, "seed-status/5")["Resumes"] == resumes:
+                self.assertLess(time.monotonic(), deadline, self.call(target, "seed-status/5"))
+                time.sleep(0.02)
+        sent, received = self.finish_seed(source, target, 5)
+
+        self.assertEqual(tree_digests(self.target_dir), tree_digests(self.source_dir))
+        self.assertEqual(os.readlink(os.path.join(self.target_dir, "link to t0")), "db/t0.ibd")
+        self.assertTrue(os.path.isdir(os.path.join(self.target_dir, "empty", "deeper")))
+        size = sum(sizes.values())
+        for status in (sent, received):
+            self.assertEqual((status["Resumes"], status["BytesDone"], status["BytesTotal"]), (2, size, size), status)
+            self.assertLess(status["ResentBytes"], size / 10, status)
+        self.assertGreater(sent["ResentBytes"], 0, sent)
+        self.assertEqual(self.link.connections, 3)
 
     def test_command_mode_with_socat_and_tar_through_the_link(self):
         write_random_tree(self.source_dir, {"db/t1.ibd": 8 * MB, "db/t2.ibd": 1 * MB, "mysql/user.MYD": 512})

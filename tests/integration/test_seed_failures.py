@@ -36,6 +36,8 @@ MB = 1024 * 1024
 BALLAST_BYTES = 96 * MB
 LINK_RATE = 16 * MB
 TARGET_STALL_SECONDS = 3
+# how long the source tries to resume a seed whose connection dropped (the target was killed, say)
+SOURCE_STALL_SECONDS = 5
 # orchestrator sleeps 30 s between copy rounds; with 1 s, its 10-rounds-without-progress rule still
 # leaves a seed about 10 s to fail for the reason under test.
 POLL_SECONDS = 1
@@ -91,7 +93,8 @@ class SeedFailureTests(LinkedSeedTestCase):
     @classmethod
     def start_source_agent(cls, secret: str) -> HostAgent:
         """The source sends to the link, which forwards to the target's seed port."""
-        return cls.start_agent({**cls.source.settings(), **transfer_settings(cls.link.port, secret)}, SOURCE_ADDRESS)
+        settings = transfer_settings(cls.link.port, secret, SeedStallTimeoutSeconds=SOURCE_STALL_SECONDS)
+        return cls.start_agent({**cls.source.settings(), **settings}, SOURCE_ADDRESS)
 
     @classmethod
     def start_target_agent(cls, target: SeedTarget, directory: str | None = None, **extra) -> HostAgent:
@@ -303,8 +306,10 @@ class SeedFailureTests(LinkedSeedTestCase):
         except AssertionError:
             self.fail(f"the partial copy stayed: {os.listdir(datadir)}\n{self.agents[-1].log()[-4000:]}")
         self.assertFailedOnTarget(restarted, datadir, "failed", "agent stopped")
+        # the source tries to resume for SeedStallTimeoutSeconds: the restarted target has no receive armed
         sent = wait_for(lambda: (s := self.status(source)) and s["Completed"] and s, what="the sender to fail")
         self.assertFalse(sent["Succeeded"])
+        self.assertRegex(sent["Error"], "could not be resumed within 5 s|no receive is armed")
         self.orchestrator.command(source, f"abort-seed/{self.seed_id}")
         self.assertEqual(self.orchestrator.command(source, "umount").status, 200)
         self.assertSourceUntouched()

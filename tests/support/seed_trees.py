@@ -6,18 +6,31 @@ from __future__ import annotations
 import os
 import stat
 
-from orchagent.seed import authentication
+from orchagent.seed import authentication, protocol
 from orchagent.seed.reader import TreeReader
+from orchagent.seed.resumption import START, ResumePoint
 from orchagent.seed.writer import TreeWriter
 
 SECRET = b"s3cret"
 SESSION = authentication.Session.derive(SECRET, "9", authentication.new_nonce(), authentication.new_nonce())
 
 
-def tree_stream(root: str, session: authentication.Session = SESSION, compression: str = "none") -> bytes:
-    """The whole seed stream of ``root``, as a sender would send it for seed 9."""
-    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024, compression=compression).batches()
+def tree_stream(root: str, session: authentication.Session = SESSION, compression: str = "none",
+                resume: ResumePoint = START) -> bytes:
+    """The whole seed stream of ``root``, as a sender would send it for seed 9 (from ``resume`` on)."""
+    batches = TreeReader(root, session.stream_mac(), chunk_bytes=64 * 1024, compression=compression,
+                         resume=resume).batches()
     return b"".join(part for batch in batches for part in batch.parts)
+
+
+def split_frames(stream: bytes) -> list[bytes]:
+    """The stream cut into whole frames (header and payload each)."""
+    frames, at = [], 0
+    while at < len(stream):
+        _, length = protocol.HEADER.unpack_from(stream, at)
+        frames.append(stream[at:at + protocol.HEADER.size + length])
+        at += protocol.HEADER.size + length
+    return frames
 
 
 def writer_into(target: str) -> TreeWriter:

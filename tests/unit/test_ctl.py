@@ -126,6 +126,13 @@ class ProgressTests(SynchronousTestCase):
         self.assertNotIn("x compressed", progress.progress_text({"target": plain}, bar=False))
         self.assertNotIn("throttled", progress.progress_text({"target": plain}, bar=False))
 
+    def test_resumes_after_dropped_connections_are_shown(self):
+        receiver = {**STATUS, "Resumes": 2, "ResentBytes": 3 * 2**20}
+        sender = {**STATUS, "Role": "send", "Resumes": 2, "ResentBytes": 5 * 2**20}
+        self.assertIn("resumed 2x (5.0 MiB sent again)",
+                      progress.progress_text({"target": receiver, "source": sender}, bar=False))
+        self.assertNotIn("resumed", progress.progress_text({"target": STATUS}, bar=False))
+
     def test_the_senders_total_stands_in_until_the_receiver_knows_it(self):
         receiver = {**STATUS, "BytesTotal": None, "EtaSeconds": None}
         summary = progress.summary({"target": receiver, "source": {**STATUS, "Role": "send"}})

@@ -31,7 +31,7 @@ class Facts:
         self.seed_records = [
             SeedRecord(3, "receive", "built-in", "", "/var/lib/mysql", 100.0, state="succeeded", ended_at=110.0),
             SeedRecord(4, "receive", "built-in", "", "/var/lib/mysql", 1000.0, bytes_done=600, bytes_total=1200,
-                       data_started_at=1000.0),
+                       data_started_at=1000.0, resumes=2),
         ]
 
     def seconds_since_answer(self):
@@ -127,6 +127,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(values[("orchagent_seed_bytes_done", running)], 600)
         self.assertEqual(values[("orchagent_seed_bytes_total", running)], 1200)
         self.assertEqual(values[("orchagent_seed_bytes_per_second", running)], 60)
+        self.assertEqual(values[("orchagent_seed_resumes", running)], 2)
         self.assertNotIn(("orchagent_seed_bytes_done", (("role", "receive"), ("seed_id", "3"))), values)
 
     def test_metrics_can_be_switched_off(self):

@@ -164,6 +164,14 @@ class SeedManagerTests(SeedManagerTestCase):
         self.assertEqual((manager.record(7).wire_bytes, manager.record(7).data_bytes), (40, 90))
         self.assertEqual((self.stored(7)["wire_bytes"], self.stored(7)["data_bytes"]), (40, 90))
 
+    def test_resumes_after_dropped_connections_are_recorded(self):
+        manager = self.manager()
+        self.settle(manager.send("db2.example.com", 7))
+        self.transfer.progress.resumes, self.transfer.progress.resent_bytes = 2, 4096
+        self.transfer.finish()
+        self.assertEqual((manager.record(7).resumes, manager.record(7).resent_bytes), (2, 4096))
+        self.assertEqual((self.stored(7)["resumes"], self.stored(7)["resent_bytes"]), (2, 4096))
+
     def test_built_in_transfer_needs_a_secret_or_sender_certificates(self):
         manager = self.manager(seed_transfer_secret="")
         error = self.fail_with(manager.send("db2", 9), AgentError)

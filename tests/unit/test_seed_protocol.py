@@ -18,20 +18,11 @@ from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, Pr
 from orchagent.seed.reader import StreamReader
 from orchagent.seed.receiver import SeedReceiverServer, _ReceiverProtocol
 from orchagent.seed.writer import RECEIVE_BUFFERS, TreeWriter
-from tests.support.seed_trees import SECRET, SESSION, build_tree, describe_tree, tree_stream, writer_into
+from tests.support.seed_trees import (SECRET, SESSION, build_tree, describe_tree, split_frames, tree_stream,
+                                     writer_into)
 
 def decoder(handler) -> StreamDecoder:
     return StreamDecoder(handler, SESSION.stream_mac())
-
-
-def split_frames(stream: bytes) -> list[bytes]:
-    """The stream cut into whole frames (header and payload each)."""
-    frames, at = [], 0
-    while at < len(stream):
-        _, length = protocol.HEADER.unpack_from(stream, at)
-        frames.append(stream[at:at + protocol.HEADER.size + length])
-        at += protocol.HEADER.size + length
-    return frames
 
 
 class Recorder:
@@ -145,8 +136,8 @@ class HandshakeTests(SynchronousTestCase):
         _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
         self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
-        older = payload[:8] + (3).to_bytes(2, "big") + payload[10:]  # protocol v3 sent no hot seed streams
-        self.assertRaisesRegex(ProtocolError, "version 3, this agent 4: upgrade both agents",
+        older = payload[:8] + (4).to_bytes(2, "big") + payload[10:]  # protocol v4 cannot resume a dropped seed
+        self.assertRaisesRegex(ProtocolError, "version 4, this agent 5: upgrade both agents",
                                authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
@@ -231,7 +222,9 @@ class StreamTests(SynchronousTestCase):
         payloads = [frame[protocol.HEADER.size:] for frame in frames[first:first + 2]]
         joined = protocol.frame(Kind.DATA, b"".join(payloads))
         stream = b"".join(frames[:first]) + joined + b"".join(frames[first + 2:])
-        self.assertRaisesRegex(ChecksumMismatch, "'ibdata1' is not authentic", decoder(Recorder()).feed, stream)
+        # (caught by the MAC, or earlier: the next frame's data would lie before the joined one's end)
+        self.assertRaisesRegex(protocol.TransferFailed, "'ibdata1' is not authentic|'ibdata1' out of order",
+                               decoder(Recorder()).feed, stream)
 
     def test_sender_failure_is_reported(self):
         with self.assertRaisesRegex(protocol.TransferFailed, "the sender failed: disk on fire"):
@@ -516,6 +509,18 @@ class ReceiverHandshakeTests(SynchronousTestCase):
         self.connection.dataReceived(self._auth(SECRET))
         self.assertEqual(self._answer(), (Kind.REFUSE, b"no receive is armed for seed 5"))
         self.assertTrue(self.transport.disconnecting)
+
+    def test_a_sender_reconnecting_for_a_seed_received_whole_hears_done(self):
+        self.server.received.add("5")
+        session = authentication.Session.derive(SECRET, "5", self.nonce, authentication.new_nonce())
+        self.connection.dataReceived(authentication.auth(session))
+        frames = protocol.FrameBuffer()
+        frames.feed(self.transport.value())
+        self.assertEqual(list(frames.frames()), [(Kind.ACCEPT, session.proof(b"receiver")),
+                                                 (Kind.DONE, session.proof(b"done"))])
+        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(30)  # for as long as a sender tries to reconnect, no longer
+        self.assertNotIn("5", self.server.received)
 
     def test_wrong_secret_is_refused_and_noted(self):
         transfer = self.server.arm("5", "/nonexistent")
