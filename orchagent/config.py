@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
+from orchagent.seed.authentication import MAX_LANES
 from orchagent.seed.throttle import MAX_BYTES_PER_SECOND, minimum_rate
 
 #: Where V1 looked when no ``--config`` was given, decoded in order, later files on top.
@@ -151,6 +152,7 @@ class Config:
     seed_stall_timeout_seconds: int = _key("SeedStallTimeoutSeconds", 300, _uint)
     seed_max_bytes_per_second: int = _key("SeedMaxBytesPerSecond", 0, _uint)
     seed_compression: str = _key("SeedCompression", "auto", _string)
+    seed_parallel_streams: int = _key("SeedParallelStreams", 0, _uint)  # 0: the agent chooses
     local_seed_source_hosts: tuple[str, ...] = _key("LocalSeedSourceHosts", (), _string_list)
     remote_seed_source_hosts: tuple[str, ...] = _key("RemoteSeedSourceHosts", (), _string_list)
     metrics_enabled: bool = _key("MetricsEnabled", True, _bool)
@@ -301,6 +303,9 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
              f"got {config.seed_max_bytes_per_second}")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")
+    if config.seed_parallel_streams > MAX_LANES:
+        fail("seed_parallel_streams",
+             f"must be 0 (the agent chooses) to {MAX_LANES}, got {config.seed_parallel_streams}")
     if config.seed_compression not in ("auto", "zstd", "none"):
         fail("seed_compression", f"must be \"auto\", \"zstd\" or \"none\", got {config.seed_compression!r}")
     if config.snapshot_backend not in ("lvm", "btrfs", "hotbackup"):

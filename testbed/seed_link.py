@@ -51,10 +51,15 @@ class SlowLink:
     def thaw(self) -> None:
         self._frozen.clear()
 
-    def cut(self) -> None:
-        """Drop every connection through the link (both ends see it close); new ones still pass."""
+    def cut(self, which: int | None = None) -> None:
+        """Drop every connection through the link (both ends see it close), or only the ``which``-th
+        of those open (0: the oldest); new ones still pass."""
         with self._lock:
-            sockets, self._sockets = self._sockets, []
+            if which is None:
+                sockets, self._sockets = self._sockets, []
+            else:
+                sockets = self._sockets[2 * which:2 * which + 2]
+                del self._sockets[2 * which:2 * which + 2]
         for s in sockets:
             close_socket(s)
 

@@ -1,14 +1,16 @@
 """The seed transfer's handshake and the MAC over its data stream.
 
     receiver -> HELLO   magic, version, 32-byte receiver nonce      (nothing about what is armed)
-    sender   -> AUTH    seed id, 32-byte sender nonce, HMAC(K, "sender proof")
+    sender   -> AUTH    seed id, 32-byte sender nonce, lane, lanes, HMAC(K, "sender proof")
     receiver -> ACCEPT  HMAC(K, "receiver proof")                   or REFUSE reason, close
 
 ``K`` (:class:`Session`) is derived from ``SeedTransferSecret``, the seed id, both nonces and,
-over TLS, keying material exported from the TLS session; one running HMAC (:class:`StreamMac`)
-covers every stream frame, and FILE_END and END carry its tag.  It covers file data as sent
-uncompressed (a ZDATA frame counts as the DATA frame it decompresses to), so what is verified is
-what the receiver writes.  Why: ``bench/RESULTS.md``.
+over TLS, keying material exported from the TLS session, and the lane: a seed sent over several
+connections (``SeedParallelStreams``, :mod:`orchagent.seed.lanes`) has one handshake per lane,
+which names its lane and how many there are, so a lane's key is its own.  One running HMAC
+(:class:`StreamMac`) per connection covers every stream frame, and FILE_END and END carry its
+tag.  It covers file data as sent uncompressed (a ZDATA frame counts as the DATA frame it
+decompresses to), so what is verified is what the receiver writes.  Why: ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import attrs
 from orchagent.seed.protocol import COUNTS, HEADER, Kind, ProtocolError, frame
 
 MAGIC = b"ORCHSEED"
-VERSION = 5  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds); 5: RESUME, CHECKPOINT (resume)
+VERSION = 6  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds); 5: RESUME, CHECKPOINT (resume);
+# 6: the lane and lane count in AUTH and the session key (parallel streams)
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
 TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v3"  # RFC 5705: unregistered labels start so
@@ -30,6 +33,7 @@ TLS_EXPORTER_BYTES = 32
 NOT_AUTHENTICATED = ("the sender was not authenticated: the agents' SeedTransferSecret values differ, or "
                      "its certificate does not pass SeedTransferValidOUs; the target agent's log says which")
 MAX_SEED_ID_BYTES = 64
+MAX_LANES = 16  # connections of one seed at most (SeedParallelStreams)
 _HELLO = struct.Struct("!8sH32s")
 
 
@@ -61,6 +65,11 @@ def _check_seed_id(seed_id: str) -> bytes:
     return seed
 
 
+def _check_lane(lane: int, lanes: int) -> None:
+    if not 0 <= lane < lanes <= MAX_LANES:
+        raise ValueError(f"lane {lane} of {lanes}: a seed has 1 to {MAX_LANES} lanes, numbered from 0")
+
+
 def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, "sha256")
 
@@ -72,15 +81,18 @@ class Session:
     seed_id: str
     sender_nonce: bytes
     key: bytes = attrs.field(repr=False)
+    lane: int = 0  # this connection's lane (0 to lanes - 1)
+    lanes: int = 1  # the seed's connections
 
     @classmethod
     def derive(cls, secret: bytes, seed_id: str, receiver_nonce: bytes, sender_nonce: bytes,
-               tls_material: bytes = b"") -> Session:
+               tls_material: bytes = b"", lane: int = 0, lanes: int = 1) -> Session:
         """``tls_material``: :data:`TLS_EXPORTER_BYTES` exported from the TLS session, empty on plain TCP."""
         seed = _check_seed_id(seed_id)
-        message = (b"orchagent seed v3 session\0" + bytes([len(seed)]) + seed + receiver_nonce + sender_nonce
-                   + tls_material)
-        return cls(seed_id, sender_nonce, _hmac(secret, message))
+        _check_lane(lane, lanes)
+        message = (b"orchagent seed v6 session\0" + bytes([len(seed)]) + seed + bytes([lane, lanes])
+                   + receiver_nonce + sender_nonce + tls_material)
+        return cls(seed_id, sender_nonce, _hmac(secret, message), lane, lanes)
 
     def proof(self, role: bytes) -> bytes:
         """What ``role`` (b"sender", b"receiver" or b"done") sends to prove it holds the key."""
@@ -103,7 +115,8 @@ class Session:
 
 def auth(session: Session) -> bytes:
     seed = session.seed_id.encode()
-    return frame(Kind.AUTH, bytes([len(seed)]) + seed + session.sender_nonce + session.proof(b"sender"))
+    return frame(Kind.AUTH, bytes([len(seed)]) + seed + session.sender_nonce + bytes([session.lane, session.lanes])
+                 + session.proof(b"sender"))
 
 
 @attrs.frozen
@@ -111,13 +124,15 @@ class Auth:
     seed_id: str
     sender_nonce: bytes
     proof: bytes
+    lane: int = 0
+    lanes: int = 1
 
     def valid(self, session: Session) -> bool:
         return session.proves(b"sender", self.proof)
 
 
 def parse_auth(payload: bytes) -> Auth:
-    if (not payload or len(payload) != 1 + payload[0] + NONCE_BYTES + TAG_BYTES
+    if (not payload or len(payload) != 1 + payload[0] + NONCE_BYTES + 2 + TAG_BYTES
             or not 0 < payload[0] <= MAX_SEED_ID_BYTES):
         raise ProtocolError("malformed authentication frame")
     end = 1 + payload[0]
@@ -125,7 +140,10 @@ def parse_auth(payload: bytes) -> Auth:
         seed_id = payload[1:end].decode()
     except UnicodeDecodeError:
         raise ProtocolError("malformed seed id") from None
-    return Auth(seed_id, payload[end:end + NONCE_BYTES], payload[end + NONCE_BYTES:])
+    lane, lanes = payload[end + NONCE_BYTES], payload[end + NONCE_BYTES + 1]
+    if not lane < lanes <= MAX_LANES:
+        raise ProtocolError(f"malformed authentication frame: lane {lane} of {lanes}")
+    return Auth(seed_id, payload[end:end + NONCE_BYTES], payload[end + NONCE_BYTES + 2:], lane, lanes)
 
 
 def accept(session: Session) -> bytes:

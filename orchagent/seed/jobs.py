@@ -52,6 +52,7 @@ class Job:
     wire: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: the stream's bytes on the wire, uncompressed
     resumed: Callable[[], tuple[int, int]] = lambda: (0, 0)  # built-in: resumes after drops, bytes moved again
     started: Callable[[], float | None] = lambda: None  # built-in: when data began to flow (the peers met)
+    streams: Callable[[], int | None] = lambda: None  # built-in: its connections (SeedParallelStreams)
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
     limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
@@ -80,7 +81,7 @@ def transfer_job(transfer, backup=None, on_success: Callable[[], None] = lambda:
         done.addBoth(cleaned)
     done.addCallback(lambda result: (on_success(), result)[1])
     return Job(done, stop, progress, wire=lambda: (transfer.progress.wire_bytes, transfer.progress.data_bytes),
-               started=lambda: transfer.progress.started,
+               started=lambda: transfer.progress.started, streams=lambda: transfer.lanes,
                resumed=lambda: (transfer.progress.resumes, transfer.progress.resent_bytes))
 
 

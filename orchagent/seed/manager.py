@@ -37,6 +37,7 @@ from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL,
 from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
 from orchagent.seed.hotseed import BackupSource, Extractor
 from orchagent.seed.listener import SeedListener, require_authentication
+from orchagent.seed.lanes import lane_count
 from orchagent.seed.sender import send_tree
 from orchagent.seed.throttle import minimum_rate
 
@@ -169,7 +170,8 @@ class SeedManager(Service):
                     secret=self._config.seed_transfer_secret.encode(),
                     tls=tls.client_creator(self._config, target_host) if self._config.use_ssl else None,
                     stall_timeout=self._config.seed_stall_timeout_seconds, max_bytes_per_second=rate,
-                    compression=self._config.seed_compression, backup=backup)
+                    compression=self._config.seed_compression, backup=backup,
+                    streams=lane_count(self._config.seed_parallel_streams, hot))
             except BaseException:
                 if backup is not None:  # nothing reads it: kill it
                     backup.close()
@@ -399,6 +401,7 @@ class SeedManager(Service):
         record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
         record.wire_bytes, record.data_bytes = job.wire()
         record.resumes, record.resent_bytes = job.resumed()
+        record.streams = job.streams()
         if record.data_started_at is None:  # rate and ETA count from when data began to flow
             record.data_started_at = job.started() or (self.now() if record.bytes_done else None)
 

@@ -92,14 +92,33 @@ def _opened_ahead(entries: Iterator[tuple[bytes, bytes, os.stat_result]], depth:
                 os.close(fd)
 
 
-def count_tree(root: str) -> tuple[int, int]:
-    """(files, bytes) a transfer of ``root`` will carry: the quick walk behind the totals."""
+def count_tree(root: str, carries: Callable[[bytes], bool] = lambda _: True) -> tuple[int, int]:
+    """(files, bytes) a transfer of ``root`` (or the lane that ``carries`` them) will carry: the quick
+    walk behind the totals."""
     files = nbytes = 0
-    for _, _, st in _walk(os.fsencode(root)):
-        if stat.S_ISREG(st.st_mode):
+    for relative, size in tree_files(root):
+        if size >= 0 and carries(relative):
             files += 1
-            nbytes += st.st_size
+            nbytes += size
     return files, nbytes
+
+
+def tree_files(root: str) -> Iterator[tuple[bytes, int]]:
+    """(relative path, size) of the regular files below ``root``, and (path, -1) of its symlinks:
+    what a lane of the seed may carry (:mod:`orchagent.seed.lanes`)."""
+    for relative, _, st in _walk(os.fsencode(root)):
+        if stat.S_ISREG(st.st_mode):
+            yield relative, st.st_size
+        elif stat.S_ISLNK(st.st_mode):
+            yield relative, -1
+
+
+def _lane_walk(root: bytes, carries: Callable[[bytes], bool]) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+    """The walk of one lane: every directory (so its files' parents exist whichever lane makes them
+    first), and the files and symlinks it ``carries``."""
+    for item in _walk(root):
+        if stat.S_ISDIR(item[2].st_mode) or carries(item[0]):
+            yield item
 
 
 class TreeReader:
@@ -107,11 +126,14 @@ class TreeReader:
 
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
                  batch_bytes: int = BATCH_BYTES, compression: str = "none",
-                 waited: Callable[[], float] = lambda: 0.0, resume: ResumePoint = START) -> None:
+                 waited: Callable[[], float] = lambda: 0.0, resume: ResumePoint = START,
+                 carries: Callable[[bytes], bool] = lambda _: True) -> None:
         """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.BlockCompressor`;
-        ``resume``: what the receiver verified already (:mod:`orchagent.seed.resumption`)."""
+        ``resume``: what the receiver verified already (:mod:`orchagent.seed.resumption`);
+        ``carries``: whether this lane sends a file or symlink (:mod:`orchagent.seed.lanes`)."""
         self._root = os.fsencode(root)
         self._resume = resume
+        self._carries = carries
         self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
         self._compressor = BlockCompressor(compression, waited)
         self._chunk = chunk_bytes
@@ -123,9 +145,9 @@ class TreeReader:
     def batches(self) -> Iterator[Batch]:
         if not os.path.isdir(self._root):
             raise TransferFailed(f"seed source {os.fsdecode(self._root)!r} is not a directory")
-        totals = count_tree(os.fsdecode(self._root))
+        totals = count_tree(os.fsdecode(self._root), self._carries)
         yield Batch([self._authenticated(protocol.counts_frame(Kind.TOTALS, *totals))], 0, 0, totals=totals)
-        entries = _opened_ahead(skip_verified(_walk(self._root), self._resume), READ_AHEAD_FILES)
+        entries = _opened_ahead(skip_verified(_lane_walk(self._root, self._carries), self._resume), READ_AHEAD_FILES)
         try:
             yield from self._entries(entries)
         finally:

@@ -7,7 +7,8 @@
 Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
 learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
 within ``stall_timeout`` fails, naming the last refusal, and so does one whose connection
-dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).
+dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).  A seed sent
+over several connections is received as one transfer per lane (:mod:`orchagent.seed.lanes`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.resumption import START, Received, resume_frame
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Dropped, Transfer, tls_keying_material
 from orchagent.seed.hotseed import Extractor
+from orchagent.seed.lanes import ReceiveLanes, SharedStaging
 from orchagent.seed.writer import TreeWriter
 from orchagent.tls import peer_ous
 
@@ -49,10 +51,11 @@ class _ReceiveTransfer(Transfer):
     """
 
     def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
-                 extractor: Extractor | None) -> None:
+                 extractor: Extractor | None, shared: SharedStaging) -> None:
         super().__init__(reactor, seed_id, "receive", stall_timeout)
         self.datadir = datadir
         self._extractor = extractor
+        self._shared = shared
         self._writer: TreeWriter | None = None  # from the first connection on
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
@@ -76,6 +79,8 @@ class _ReceiveTransfer(Transfer):
                 call.cancel()
         if self.state == "reconnecting" and not self._concluded:
             self._start_worker(self._writer.discard)  # no connection's worker is left to do it
+        if error is not None:
+            self._shared.cancel()  # other lanes waiting to finish give up
         super().conclude(error)
 
     @property
@@ -93,7 +98,8 @@ class _ReceiveTransfer(Transfer):
         first = self._writer is None
         if first:
             self._begin()
-            self._writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac, extractor=self._extractor)
+            self._writer = TreeWriter(self.datadir, self.seed_id, self.progress, mac=mac, extractor=self._extractor,
+                                      shared=self._shared)
             point = START
         else:
             self.state = "running"
@@ -261,15 +267,19 @@ class _ReceiverProtocol(Connection):
         """
         tls_material = tls_keying_material(self.transport)
         session = self._server.session(auth, self._nonce, tls_material)
-        transfer = self._server.armed(auth.seed_id)
+        armed = transfer = self._server.armed(auth.seed_id)
         problem = self._server.certificate_problem(self.transport)
         if problem is None and not auth.valid(session):
             problem = "the sender's proof is wrong: the agents have different SeedTransferSecret values"
             if tls_material:
                 problem += " (or something between them terminates and relays the TLS connection)"
+        if problem is None and armed is not None and not armed.concluded:
+            transfer = armed.lane(auth.lane, auth.lanes)
         if problem is not None:
-            armed = "" if transfer is not None else ", which is not armed here"
-            self._refuse(f"{problem} (seed {auth.seed_id}{armed})", transfer)
+            where = "" if transfer is not None else ", which is not armed here"
+            self._refuse(f"{problem} (seed {auth.seed_id}{where})", transfer)
+        elif isinstance(transfer, str):
+            self._refuse(transfer, armed, authenticated=True)
         elif (transfer is None or transfer.concluded) and (auth.seed_id in self._server.received
                                                            or (transfer is not None and transfer.error is None)):
             log.info("seed {seed_id}: the sender reconnected after the seed arrived whole; confirming it again",
@@ -283,16 +293,17 @@ class _ReceiverProtocol(Connection):
             self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer,
                          authenticated=True, kind=Kind.BUSY)
         else:
-            log.info("seed {seed_id}: receiving into {datadir} from {peer}",
-                     seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer())
+            lane = f" (stream {auth.lane + 1} of {auth.lanes})" if auth.lanes > 1 else ""
+            log.info("seed {seed_id}: receiving into {datadir} from {peer}{lane}",
+                     seed_id=auth.seed_id, datadir=transfer.datadir, peer=self._peer(), lane=lane)
             self.transport.write(authentication.accept(session))
             self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
             self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
 
-    def _refuse(self, reason: str, transfer: _ReceiveTransfer | None = None, *, authenticated: bool = False,
-                kind: Kind = Kind.REFUSE) -> None:
+    def _refuse(self, reason: str, transfer: _ReceiveTransfer | ReceiveLanes | None = None, *,
+                authenticated: bool = False, kind: Kind = Kind.REFUSE) -> None:
         """Log ``reason`` and close; a peer that did not prove itself is only told
         :data:`~orchagent.seed.authentication.NOT_AUTHENTICATED`, whatever the reason."""
         log.warn("seed receiver refused a connection from {peer}: {reason}", peer=self._peer(), reason=reason)
@@ -365,7 +376,7 @@ class SeedReceiverServer:
         self.stall_timeout = stall_timeout
         self.connections = ConnectionCap(max_connections, "seed receiver")
         self.handshake_timeout = handshake_timeout
-        self._armed: dict[str, _ReceiveTransfer] = {}
+        self._armed: dict[str, ReceiveLanes] = {}
         self.received = Received(reactor, stall_timeout)
         self._port: Any = None
 
@@ -385,19 +396,24 @@ class SeedReceiverServer:
         port, self._port = self._port, None
         return succeed(None) if port is None else port.stopListening()
 
-    def arm(self, seed_id: str, datadir: str, extractor: Extractor | None = None) -> Transfer:
+    def arm(self, seed_id: str, datadir: str, extractor: Extractor | None = None) -> ReceiveLanes:
         """Accept one sender for ``seed_id``, writing into ``datadir``; disarmed when it ends.
         ``extractor``: what unpacks a hot seed's stream (:mod:`orchagent.seed.hotseed`), if one comes."""
         current = self._armed.get(seed_id)
         if current is not None and not current.done:
             raise Conflict(f"a receive for seed {seed_id} is already armed")
-        transfer = _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout, extractor)
+        shared = SharedStaging(datadir, seed_id)
+
+        def make_lane() -> _ReceiveTransfer:
+            return _ReceiveTransfer(self.reactor, seed_id, datadir, self.stall_timeout, extractor, shared)
+
+        transfer = ReceiveLanes(seed_id, datadir, shared, make_lane(), make_lane)
         self.received.forget(seed_id)
         self._armed[seed_id] = transfer
         transfer.when_done().addBoth(lambda _: self._disarm(seed_id, transfer))
         return transfer
 
-    def armed(self, seed_id: str) -> _ReceiveTransfer | None:
+    def armed(self, seed_id: str) -> ReceiveLanes | None:
         """The receive armed for ``seed_id``, if there is one."""
         return self._armed.get(seed_id)
 
@@ -405,9 +421,9 @@ class SeedReceiverServer:
                 tls_material: bytes) -> authentication.Session:
         """The session a sender that sent ``auth`` shares with us if it holds our secret."""
         return authentication.Session.derive(self._secret, auth.seed_id, receiver_nonce, auth.sender_nonce,
-                                             tls_material)
+                                             tls_material, auth.lane, auth.lanes)
 
-    def _disarm(self, seed_id: str, transfer: _ReceiveTransfer) -> None:
+    def _disarm(self, seed_id: str, transfer: ReceiveLanes) -> None:
         if self._armed.get(seed_id) is transfer:
             del self._armed[seed_id]
         if transfer.succeeded:

@@ -37,6 +37,7 @@ class SeedRecord:
     data_bytes: int = 0  # and what they carry uncompressed
     resumes: int = 0  # built-in transfer: connections that took over after a dropped one
     resent_bytes: int = 0  # and the file bytes they had to move again
+    streams: int | None = None  # built-in transfer: the connections (lanes) it runs over, once known
     error: str = ""
     ended_at: float | None = None
     data_started_at: float | None = None  # when the first bytes were seen (the sender may come later)

@@ -8,7 +8,8 @@ paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPe
 on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
 When the connection drops, the sender reconnects (backing off) for up to ``stall_timeout`` seconds
 and continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's
-backup stream cannot be sent again, so a drop fails it.
+backup stream cannot be sent again, so a drop fails it.  With ``SeedParallelStreams`` above 1 a
+seed goes over several such transfers, one per lane (:mod:`orchagent.seed.lanes`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.hotseed import BackupSource
+from orchagent.seed.lanes import Plan, SendLanes
 from orchagent.seed.reader import Batch, StreamReader, TreeReader
 from orchagent.seed.resumption import ResumePoint, parse_resume, reconnect_delay
 from orchagent.seed.throttle import Throttle
@@ -41,14 +43,17 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 class _SendTransfer(Transfer):
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
-                 max_bytes_per_second: int, compression: str, backup: BackupSource | None) -> None:
+                 throttle: Throttle, compression: str, backup: BackupSource | None, lane: int = 0, lanes: int = 1,
+                 carries: Callable[[bytes], bool] = lambda _: True) -> None:
+        """``lane`` of ``lanes``: the connection of the seed this is, carrying the files it ``carries``."""
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
         self._backup = backup
         self._secret = secret
         self._compression = compression
+        self._lane, self._lanes, self._carries = lane, lanes, carries
         self._connecting: Deferred | None = None
-        self._throttle = Throttle(max_bytes_per_second)
+        self._throttle = throttle
         self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
         self._endpoint: Any = None
         self._where = ""
@@ -58,6 +63,11 @@ class _SendTransfer(Transfer):
         self._attempts = 0
         self._next_attempt: Any = None
         self._last_problem = ""
+
+    @property
+    def lane_name(self) -> str:
+        """How logs name this lane ("" when the seed has one)."""
+        return f" (stream {self._lane + 1} of {self._lanes})" if self._lanes > 1 else ""
 
     @property
     def max_bytes_per_second(self) -> int:
@@ -96,7 +106,8 @@ class _SendTransfer(Transfer):
 
     def session(self, receiver_nonce: bytes, sender_nonce: bytes, tls_material: bytes) -> authentication.Session:
         """This transfer's session with the receiver that sent ``receiver_nonce``."""
-        return authentication.Session.derive(self._secret, self.seed_id, receiver_nonce, sender_nonce, tls_material)
+        return authentication.Session.derive(self._secret, self.seed_id, receiver_nonce, sender_nonce, tls_material,
+                                             self._lane, self._lanes)
 
     def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac, point: ResumePoint) -> None:
         """The receiver accepted ``connection`` and said where to begin: start this connection's workers."""
@@ -135,7 +146,7 @@ class _SendTransfer(Transfer):
         waited = 0.0
         if self._backup is None:
             reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited,
-                                resume=point)
+                                resume=point, carries=self._carries)
         else:
             reader = StreamReader(self._backup.fd, self._backup.port, mac, self._backup.ended,
                                   compression=self._compression, waited=lambda: waited)
@@ -326,8 +337,8 @@ class _SenderProtocol(Connection):
         elif kind == Kind.RESUME and self._proved and not self.accepted:
             point = parse_resume(self._session, payload)
             self.accepted = True
-            log.info("seed {seed_id}: sending {source} to {peer}", seed_id=transfer.seed_id,
-                     source=transfer.source_dir, peer=self._peer())
+            log.info("seed {seed_id}: sending {source} to {peer}{lane}", seed_id=transfer.seed_id,
+                     source=transfer.source_dir, peer=self._peer(), lane=transfer.lane_name)
             transfer.authenticated(self, self._session.stream_mac(), point)
         elif kind == Kind.BUSY and transfer.reconnecting:
             reason = payload.decode("utf-8", "replace")
@@ -395,18 +406,27 @@ class _SenderProtocol(Connection):
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
               max_bytes_per_second: int = 0, compression: str = "auto",
-              backup: BackupSource | None = None) -> _SendTransfer:
+              backup: BackupSource | None = None, streams: int = 1) -> SendLanes:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
     or None for plain TCP.  ``max_bytes_per_second``: the pacing (0: none), see :meth:`limit_rate`.
     ``compression``: ``SeedCompression`` (:mod:`orchagent.seed.compression`).  ``backup``: a hot seed's
-    running backup (:mod:`orchagent.seed.hotseed`), whose stream is sent instead of ``source_dir``.
+    running backup (:mod:`orchagent.seed.hotseed`), whose stream is sent instead of ``source_dir``
+    (over one connection, whatever ``streams``).  ``streams``: the connections (lanes) the files are
+    spread over (:mod:`orchagent.seed.lanes`).
     """
-    transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, max_bytes_per_second, compression,
-                             backup)
+    lanes = 1 if backup is not None else streams
+    throttle = Throttle(max_bytes_per_second)
+    plan = Plan(source_dir, lanes)
     endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
-    transfer.connect(endpoint, f"{host}:{port}")
-    return transfer
+
+    def start_lane(lane: int) -> _SendTransfer:
+        transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, throttle, compression, backup,
+                                 lane, lanes, plan.carries(lane) if lanes > 1 else lambda _: True)
+        transfer.connect(endpoint, f"{host}:{port}")
+        return transfer
+
+    return SendLanes(seed_id, source_dir, lanes, start_lane)

@@ -18,10 +18,11 @@ from typing import Callable
 
 from orchagent.seed import authentication, decoder, resumption
 from orchagent.seed.hotseed import Extractor
+from orchagent.seed.lanes import SharedStaging
 from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
-from orchagent.seed.staging import Staging, open_own_directory
+from orchagent.seed.staging import open_own_directory
 from orchagent.seed.transfer import Progress
 
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
@@ -37,10 +38,14 @@ class TreeWriter:
     """Restores the stream into a datadir through a staging directory (a ``StreamHandler``)."""
 
     def __init__(self, datadir: str, seed_id: str, progress: Progress | None = None, *,
-                 mac: authentication.StreamMac, extractor: Extractor | None = None) -> None:
+                 mac: authentication.StreamMac, extractor: Extractor | None = None,
+                 shared: SharedStaging | None = None) -> None:
         """``extractor``: unpacks a hot seed's stream (:mod:`orchagent.seed.hotseed`); without one a
-        stream is refused."""
-        self._staging = Staging(datadir, seed_id)
+        stream is refused.  ``shared``: the staging directory of a seed received over several lanes
+        (:mod:`orchagent.seed.lanes`), each with a writer of its own."""
+        self._shared = shared if shared is not None else SharedStaging(datadir, seed_id)
+        self._staging = self._shared.staging
+        self._started = False  # holds the shared staging directory (until discard)
         self._extractor = extractor
         self._streaming = False  # a hot seed's stream is going to the extractor
         self.source_port: int | None = None  # a hot seed's: the source's MySQL port
@@ -69,8 +74,10 @@ class TreeWriter:
         self._unsynced = 0  # bytes written since the last background sync was asked for
 
     def start(self) -> None:
-        """Create a fresh staging directory (a stale one from a crash is removed first)."""
-        self._staging.create()
+        """Create a fresh staging directory (a stale one from a crash is removed first), or join the
+        one another lane of the seed made."""
+        self._shared.start()
+        self._started = True
         self._syncer = BackgroundSync(self._staging.fd)
         self._disk = DiskThread()
         for _ in range(RECEIVE_BUFFERS):
@@ -164,7 +171,12 @@ class TreeWriter:
         parent, _, name = entry.path.rpartition(b"/")
         directory = self._directory(parent)
         if entry.kind == EntryKind.DIR:
-            os.mkdir(name, 0o700, dir_fd=directory)  # the agent's, closed to others, until finish()
+            try:
+                os.mkdir(name, 0o700, dir_fd=directory)  # the agent's, closed to others, until finish()
+            except FileExistsError:
+                if not self._shared.shared:
+                    raise
+                os.close(open_own_directory(name, directory))  # another lane's: it must be a directory of ours
         elif entry.kind == EntryKind.SYMLINK:
             os.symlink(entry.target, name, dir_fd=directory)
             if self._as_root:
@@ -272,7 +284,7 @@ class TreeWriter:
             self._written = self._end = offset
             self._flushed = min(self._flushed, offset)
         for entry in undo:
-            if entry.kind != EntryKind.FILE:
+            if entry.kind == EntryKind.SYMLINK or (entry.kind == EntryKind.DIR and not self._shared.shared):
                 parent, _, name = entry.path.rpartition(b"/")
                 directory = self._directory(parent)
                 (os.rmdir if entry.kind == EntryKind.DIR else os.unlink)(name, dir_fd=directory)
@@ -292,15 +304,20 @@ class TreeWriter:
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
         self._close_directory()
+        self._syncer.close()
         if self.source_port is not None:
             self._extractor.prepare(self._staging.tree_path(), self._staging.tree_fd)
             if self._as_root:
                 _give_to(self._staging.tree_fd, self._staging.owner)
+        self._shared.finish(self._directories, lambda directories: self._move_in(directories, cancelled))
+
+    def _move_in(self, directories: dict[bytes, tuple[int, int]], cancelled: Callable[[], bool]) -> None:
+        """Once per seed, after every lane's part arrived: directory metadata, durability, the move."""
         # Children before parents, so each directory is handed over after everything on its way
         # was opened as the agent's own.
-        for relative in sorted(self._directories, reverse=True):
+        for relative in sorted(directories, reverse=True):
             if relative:
-                mode, mtime_ns = self._directories[relative]
+                mode, mtime_ns = directories[relative]
                 fd = self._open_directory(relative)
                 try:
                     if self._as_root:
@@ -309,7 +326,6 @@ class TreeWriter:
                     os.utime(fd, ns=(mtime_ns, mtime_ns))
                 finally:
                     os.close(fd)
-        self._syncer.close()
         syncfs(self._staging.fd)
         if cancelled():
             raise Closed()
@@ -330,7 +346,9 @@ class TreeWriter:
             except OSError:
                 pass  # the data is being thrown away
         self._close_directory()
-        self._staging.remove()
+        if self._started:
+            self._started = False
+            self._shared.discard()
 
     # helpers
 

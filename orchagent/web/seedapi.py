@@ -76,6 +76,7 @@ def _status(record, now: float) -> dict:
         "CompressionRatio": record.compression_ratio,
         "Resumes": record.resumes,
         "ResentBytes": record.resent_bytes,
+        "Streams": record.streams,
         "BytesPerSecond": record.rate(now),
         "MaxBytesPerSecond": record.max_bytes_per_second,
         "EtaSeconds": record.eta(now),

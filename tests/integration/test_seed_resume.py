@@ -37,14 +37,14 @@ def seed_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("seed-")]
 
 
-class ResumeTests(TestCase):
-    """A seed cut twice mid-transfer arrives whole; only the sender with the secret resumes, one at a
-    time; a drop nobody resumes fails; an abort while waiting leaves no thread, connection or staging file."""
+class LinkedSeed(TestCase):
+    """A seed between a receiver and a sender in this process, through a :class:`SlowLink`."""
 
     timeout = 120
 
-    async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB):
-        """A tree (three ``big_files`` of random data, and build_tree's awkward entries) seeding through the link."""
+    async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB, streams: int = 1):
+        """A tree (three ``big_files`` of random data, and build_tree's awkward entries) seeding through the link
+        over ``streams`` connections."""
         base = self.mktemp()
         self.source, self.target = os.path.join(base, "source"), os.path.join(base, "target")
         build_tree(self.source, big_bytes=8 * MB, small_files=300)
@@ -67,7 +67,7 @@ class ResumeTests(TestCase):
         self.addCleanup(threads.deferToThread, self.link.close)
         self.receiving = self.server.arm("7", self.target)
         self.sending = send_tree(reactor, "127.0.0.1", self.link.port, "7", self.source, secret=SECRET,
-                                 tls=client_tls, stall_timeout=stall_timeout)
+                                 tls=client_tls, stall_timeout=stall_timeout, streams=streams)
 
     async def _until(self, condition, what: str, seconds: float = 30) -> None:
         for _ in range(int(seconds / 0.005)):
@@ -90,6 +90,12 @@ class ResumeTests(TestCase):
         await threads.deferToThread(self.link.cut)
         await self._until(lambda: self.receiving.progress.resumes > resumes and self.sending.progress.resumes > resumes,
                           "the resume")
+
+
+
+class ResumeTests(LinkedSeed):
+    """A seed cut twice mid-transfer arrives whole; only the sender with the secret resumes, one at a
+    time; a drop nobody resumes fails; an abort while waiting leaves no thread, connection or staging file."""
 
     async def _cut_twice_and_compare(self, tls: bool) -> None:
         await self._start(tls=tls, big_files=56 * MB)  # about 200 MB, so a tenth is well above the 2 drops' cost

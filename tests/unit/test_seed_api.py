@@ -25,7 +25,7 @@ class RecordingSeeds:
         self.calls = []
         self.by_id = {7: SeedRecord(7, "receive", "built-in", "", "/var/lib/mysql", 1000.0,
                                       state="running", bytes_done=500, bytes_total=1000,
-                                      wire_bytes=300, data_bytes=520, resumes=2, resent_bytes=64)}
+                                      wire_bytes=300, data_bytes=520, resumes=2, resent_bytes=64, streams=3)}
 
     async def receive(self, seed_id):
         self.calls.append(("receive", seed_id))
@@ -109,7 +109,7 @@ class SeedApiTests(SynchronousTestCase):
         self.assertEqual((body["BytesPerSecond"], body["EtaSeconds"]), (50, 10))
         self.assertIsNone(body["MaxBytesPerSecond"])  # a receive: the source paces
         self.assertEqual((body["WireBytes"], body["DataBytes"], body["CompressionRatio"]), (300, 520, 1.73))
-        self.assertEqual((body["Resumes"], body["ResentBytes"]), (2, 64))
+        self.assertEqual((body["Resumes"], body["ResentBytes"], body["Streams"]), (2, 64, 3))
         self.assertEqual(body["StartedAt"], "1970-01-01T00:16:40+00:00")
 
     def test_seeds_lists_each_as_seed_status_shows_it(self):

@@ -17,6 +17,7 @@ from orchagent.errors import AgentError, Busy, Conflict, InvalidInput, NotFound
 from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
+from orchagent.seed import lanes
 from orchagent.seed.transfer import Progress
 from testbed.pki import CertificateAuthority
 from tests.support.deferreds import Settling
@@ -73,6 +74,7 @@ class FakeTransfer:
         self.waiters = []
         self.aborted = False
         self.rates = []
+        self.lanes = 1
 
     def limit_rate(self, max_bytes_per_second):
         self.rates.append(max_bytes_per_second)
@@ -163,6 +165,19 @@ class SeedManagerTests(SeedManagerTestCase):
         self.transfer.finish()
         self.assertEqual((manager.record(7).wire_bytes, manager.record(7).data_bytes), (40, 90))
         self.assertEqual((self.stored(7)["wire_bytes"], self.stored(7)["data_bytes"]), (40, 90))
+
+    def test_the_send_uses_the_configured_streams_and_records_them(self):
+        manager = self.manager(seed_parallel_streams=3)
+        self.settle(manager.send("db2.example.com", 7))
+        self.assertEqual(self.transfers[0][4]["streams"], 3)
+        self.transfer.lanes = 3
+        self.transfer.finish()
+        self.assertEqual((manager.record(7).streams, self.stored(7)["streams"]), (3, 3))
+
+    def test_zero_streams_lets_the_agent_choose(self):
+        manager = self.manager()
+        self.settle(manager.send("db2.example.com", 7))
+        self.assertEqual(self.transfers[0][4]["streams"], lanes.AUTO_LANES)
 
     def test_resumes_after_dropped_connections_are_recorded(self):
         manager = self.manager()

@@ -136,13 +136,35 @@ class HandshakeTests(SynchronousTestCase):
         _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
         self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
-        older = payload[:8] + (4).to_bytes(2, "big") + payload[10:]  # protocol v4 cannot resume a dropped seed
-        self.assertRaisesRegex(ProtocolError, "version 4, this agent 5: upgrade both agents",
+        older = payload[:8] + (5).to_bytes(2, "big") + payload[10:]  # protocol v5 has no parallel streams
+        self.assertRaisesRegex(ProtocolError, "version 5, this agent 6: upgrade both agents",
                                authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
-        payload = bytes([65]) + b"9" * 65 + self.sender_nonce + bytes(authentication.TAG_BYTES)
+        payload = bytes([65]) + b"9" * 65 + self.sender_nonce + bytes([0, 1]) + bytes(authentication.TAG_BYTES)
         self.assertRaisesRegex(ProtocolError, "malformed", authentication.parse_auth, payload)
+
+    def test_each_lane_has_its_own_key_and_the_auth_names_it(self):
+        def lane(number: int, lanes: int) -> authentication.Session:
+            return authentication.Session.derive(SECRET, "42", self.receiver_nonce, self.sender_nonce, b"",
+                                                 number, lanes)
+        auth = self._auth(lane(2, 3))
+        self.assertEqual((auth.lane, auth.lanes), (2, 3))
+        self.assertTrue(auth.valid(lane(2, 3)))
+        self.assertEqual((self._auth(self._session()).lane, self._auth(self._session()).lanes), (0, 1))
+        keys = {lane(n, 3).key for n in range(3)} | {lane(0, 1).key, lane(0, 2).key}
+        self.assertEqual(len(keys), 5)  # a lane's proof and stream are no other lane's (nor another count's)
+        self.assertFalse(auth.valid(lane(1, 3)))
+        self.assertFalse(auth.valid(lane(2, 4)))
+
+    def test_lanes_out_of_range_are_malformed(self):
+        valid = authentication.auth(self._session())[protocol.HEADER.size:]
+        lanes_at = 1 + 2 + authentication.NONCE_BYTES  # seed id "42", then the nonce
+        for lane, lanes in ((1, 1), (0, 0), (3, 2), (0, authentication.MAX_LANES + 1)):
+            payload = valid[:lanes_at] + bytes([lane, lanes]) + valid[lanes_at + 2:]
+            self.assertRaisesRegex(ProtocolError, "malformed", authentication.parse_auth, payload)
+        self.assertRaises(ValueError, authentication.Session.derive, SECRET, "42", self.receiver_nonce,
+                          self.sender_nonce, b"", 2, 2)
 
 
 class StreamTests(SynchronousTestCase):

@@ -1,0 +1,95 @@
+"""Parallel streams (SeedParallelStreams): one seed over several connections, both sides in this process,
+through the relay of test_seed_resume.py."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor, threads
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+
+from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.sender import send_tree
+from tests.integration.test_seed_resume import MB, SECRET, LinkedSeed
+from tests.support.deferreds import inline
+from tests.support.seed_trees import describe_tree
+
+
+class LaneTests(LinkedSeed):
+    """Three streams carry the whole tree once, as one seed; a cut lane resumes alone; abort stops all."""
+
+    async def _both_done(self) -> None:
+        await gatherResults([self.sending.when_done(), self.receiving.when_done()], consumeErrors=True)
+
+    async def _lanes_flowing(self) -> None:
+        await self._until(lambda: self.receiving.lanes == 3 and self.receiving.state == "running"
+                          and self.receiving.progress.bytes_done > 4 * MB, "every lane to flow")
+
+    @inline
+    async def test_three_streams_carry_the_tree_whole(self):
+        await self._start(streams=3)
+        await self._both_done()
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+        self.assertEqual(self.link.connections, 3)
+        self.assertEqual((self.sending.lanes, self.receiving.lanes), (3, 3))
+        for transfer in (self.sending, self.receiving):
+            progress = transfer.progress
+            self.assertEqual(transfer.state, "succeeded")
+            self.assertEqual((progress.bytes_done, progress.files_done), (progress.bytes_total, progress.files_total))
+            self.assertEqual(progress.resumes, 0)
+        # every lane carried a share: the three big files went on different lanes
+        self.assertTrue(all(member.progress.bytes_done > 16 * MB for member in self.sending._members))
+        await self._no_seed_threads()
+
+    @inline
+    async def test_a_lane_cut_mid_seed_resumes_alone(self):
+        await self._start(streams=3, big_files=32 * MB)
+        await self._lanes_flowing()
+        await threads.deferToThread(self.link.cut, 1)
+        await self._both_done()
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+        self.assertEqual(self.link.connections, 4)  # three lanes, one of them twice
+        for transfer in (self.sending, self.receiving):
+            self.assertEqual((transfer.state, transfer.progress.resumes), ("succeeded", 1))
+            self.assertEqual(sorted(member.progress.resumes for member in transfer._members), [0, 0, 1])
+        await self._no_seed_threads()
+
+    @inline
+    async def test_abort_with_several_streams_leaves_nothing(self):
+        await self._start(streams=3, big_files=32 * MB)
+        await self._lanes_flowing()
+        await gatherResults([self.sending.abort(), self.receiving.abort()])
+        self.assertEqual((self.sending.state, self.receiving.state), ("aborted", "aborted"))
+        self.assertEqual(os.listdir(self.target), [])
+        await self._no_seed_threads()
+        await deferLater(reactor, 0.3)  # and nothing reconnects or writes later
+        self.assertEqual(os.listdir(self.target), [])
+        self.assertEqual(self.server.connections.open, 0)
+
+    @inline
+    async def test_a_lane_that_fails_fails_the_seed_and_leaves_nothing(self):
+        await self._start(streams=2, big_files=32 * MB, stall_timeout=1.5)
+        await self._lanes_flowing_two()
+        await threads.deferToThread(self.link.close)  # no lane can reconnect
+        with self.assertRaises(TransferFailed):
+            await self.receiving.when_done()
+        with self.assertRaises(TransferFailed):
+            await self.sending.when_done()
+        self.assertEqual(os.listdir(self.target), [])
+        await self._no_seed_threads()
+
+    async def _lanes_flowing_two(self) -> None:
+        await self._until(lambda: self.receiving.lanes == 2 and self.receiving.progress.bytes_done > 4 * MB,
+                          "both lanes to flow")
+
+    @inline
+    async def test_extra_lanes_are_refused(self):
+        await self._start(streams=2, big_files=32 * MB)
+        await self._lanes_flowing_two()
+        other = send_tree(reactor, "127.0.0.1", self.server_port, "7", self.source, secret=SECRET, streams=3)
+        with self.assertRaises(TransferFailed) as refused:
+            await other.when_done()
+        self.assertIn("names 3 streams for seed 7, whose first stream named 2", str(refused.exception))
+        await self._both_done()
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))

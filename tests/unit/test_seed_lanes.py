@@ -1,0 +1,157 @@
+"""Parallel streams: how a seed's files are split over its lanes, and the lanes seen as one transfer."""
+
+import os
+import random
+import shutil
+import tempfile
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from orchagent.seed import lanes
+from orchagent.seed.lanes import Plan, ReceiveLanes, SharedStaging, SendLanes, lane_count, split
+from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.reader import count_tree
+from orchagent.seed.transfer import Transfer
+
+
+def sizes(seed: int, count: int) -> list[tuple[bytes, int]]:
+    rng = random.Random(seed)
+    return [(b"d%d/f%d" % (i % 7, i), rng.choice([0, 1, 4096, rng.randrange(1 << 30)])) for i in range(count)]
+
+
+class SplitTests(SynchronousTestCase):
+    def test_every_file_goes_on_exactly_one_lane(self):
+        files = sizes(1, 500)
+        assignment = split(files, 4)
+        self.assertEqual(sorted(assignment), sorted(path for path, _ in files))
+        self.assertEqual(set(assignment.values()), {0, 1, 2, 3})
+
+    def test_the_same_tree_splits_the_same_way_whatever_order_it_is_listed_in(self):
+        files = sizes(2, 300)
+        shuffled = files[:]
+        random.Random(3).shuffle(shuffled)
+        self.assertEqual(split(files, 3), split(shuffled, 3))
+
+    def test_lanes_carry_about_as_many_bytes(self):
+        for seed in range(5):
+            files = sizes(seed, 200)
+            for count in (2, 3, 4):
+                loads = [0] * count
+                for path, size in files:
+                    loads[split(files, count)[path]] += size
+                self.assertLessEqual(max(loads) - min(loads), max(size for _, size in files))
+
+    def test_empty_files_and_symlinks_are_spread_too(self):
+        files = [(b"empty%d" % i, 0) for i in range(8)] + [(b"link%d" % i, -1) for i in range(4)]
+        carried = list(split(files, 4).values())
+        self.assertEqual(sorted(carried.count(lane) for lane in range(4)), [3, 3, 3, 3])
+
+    def test_one_lane_carries_everything(self):
+        self.assertEqual(set(split(sizes(4, 50), 1).values()), {0})
+
+    def test_the_agent_chooses_when_zero_and_a_hot_seed_has_one(self):
+        self.assertEqual(lane_count(0), lanes.AUTO_LANES)
+        self.assertEqual(lane_count(3), 3)
+        self.assertEqual(lane_count(3, hot=True), 1)
+
+
+class PlanTests(SynchronousTestCase):
+    def setUp(self):
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.root)
+        for i in range(30):
+            os.makedirs(os.path.join(self.root, f"db{i % 4}"), exist_ok=True)
+            with open(os.path.join(self.root, f"db{i % 4}", f"t{i}.ibd"), "wb") as f:
+                f.write(b"x" * (i * 1000))
+        os.symlink("db0", os.path.join(self.root, "link"))
+
+    def test_the_lanes_totals_add_up_to_the_tree(self):
+        plan = Plan(self.root, 3)
+        parts = [count_tree(self.root, plan.carries(lane)) for lane in range(3)]
+        self.assertEqual((sum(p[0] for p in parts), sum(p[1] for p in parts)), count_tree(self.root))
+        self.assertTrue(all(files for files, _ in parts))
+
+    def test_an_entry_made_after_the_split_goes_on_lane_0(self):
+        plan = Plan(self.root, 2)
+        plan.carries(1)(b"db0/t0.ibd")  # splits now
+        self.assertTrue(plan.carries(0)(b"db0/new.ibd"))
+        self.assertFalse(plan.carries(1)(b"db0/new.ibd"))
+
+
+class Member(Transfer):
+    """A lane's transfer, ended by hand."""
+
+    def __init__(self, clock):
+        super().__init__(clock, "7", "send", 30)
+
+    def finish(self, error=None):
+        self.conclude(error)
+
+
+class LanesAsOneTransferTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.members = []
+        self.lanes = SendLanes("7", "/src", 3, self._start)
+
+    def _start(self, lane):
+        member = Member(self.clock)
+        member.progress.bytes_done, member.progress.files_done = 100 * (lane + 1), lane + 1
+        member.progress.files_total, member.progress.bytes_total = 10, 1000
+        self.members.append(member)
+        return member
+
+    def test_progress_is_summed(self):
+        progress = self.lanes.progress
+        self.assertEqual((progress.bytes_done, progress.files_done), (600, 6))
+        self.assertEqual((progress.files_total, progress.bytes_total), (30, 3000))
+
+    def test_succeeds_only_when_every_lane_did(self):
+        done = self.lanes.when_done()
+        self.members[0].finish()
+        self.members[1].finish()
+        self.assertNoResult(done)
+        self.assertEqual(self.lanes.state, "waiting")
+        self.members[2].finish()
+        self.successResultOf(done)
+        self.assertEqual(self.lanes.state, "succeeded")
+
+    def test_the_first_lane_to_fail_fails_them_all(self):
+        done = self.lanes.when_done()
+        self.members[1].finish(TransferFailed("lane 1 broke"))
+        self.failureResultOf(done, TransferFailed)
+        self.assertEqual(str(self.lanes.error), "lane 1 broke")
+        self.assertTrue(all(member.done for member in self.members))
+        self.assertEqual(self.lanes.state, "failed")
+
+    def test_abort_stops_every_lane(self):
+        self.successResultOf(self.lanes.abort())
+        self.assertEqual([member.state for member in self.members], ["aborted"] * 3)
+        self.assertEqual(self.lanes.state, "aborted")
+
+
+class ReceiveLanesTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.made = []
+        self.shared = SharedStaging("/nonexistent", "7")
+        self.lanes = ReceiveLanes("7", "/nonexistent", self.shared, self._make(), self._make)
+
+    def _make(self):
+        member = Member(self.clock)
+        self.made.append(member)
+        return member
+
+    def test_the_first_lane_to_authenticate_fixes_the_count(self):
+        second = self.lanes.lane(1, 3)
+        self.assertIs(second, self.made[0])
+        self.assertEqual((len(self.made), self.shared.lanes), (3, 3))
+        self.assertIs(self.lanes.lane(0, 3), self.made[1])
+        self.assertIs(self.lanes.lane(1, 3), second)
+        self.assertIn("whose first stream named 3", self.lanes.lane(0, 2))
+        self.assertEqual(len(self.made), 3)
+
+    def test_one_lane_is_the_armed_receive_itself(self):
+        self.assertIs(self.lanes.lane(0, 1), self.made[0])
+        self.assertFalse(self.shared.shared)
