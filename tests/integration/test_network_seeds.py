@@ -121,7 +121,9 @@ class NetworkSeedTests(SynchronousTestCase):
         self.assertEqual((received["State"], sent["State"]), ("succeeded", "succeeded"), (sent, received))
         return sent, received
 
-    def test_a_mariadb_datadir_compressed_over_100mbit_starts_with_the_sources_checksums(self):
+    def mariadb_datadirs(self) -> tuple[dict, MariaDBSandbox]:
+        """A stopped MariaDB's datadir with sample tables as the source (their checksums), and a target
+        server whose datadir is empty."""
         source_server = MariaDBSandbox(os.path.join(self.directory, "source-server"))
         self.source_dir = source_server.datadir
         source_server.start()
@@ -133,21 +135,42 @@ class NetworkSeedTests(SynchronousTestCase):
         target_server = MariaDBSandbox(os.path.join(self.directory, "target-server"))
         self.target_dir = target_server.datadir
         os.makedirs(self.target_dir)
-        source, target = self.start_agents("100mbit", SeedCompression="auto")
+        return checksums, target_server
 
-        self.start_seed(source, target, 1)
-        sent, received = self.finish_seed(source, target, 1)
-
+    def assert_target_starts_with(self, target_server: MariaDBSandbox, checksums: dict) -> None:
         target_server.start()
         self.addCleanup(target_server.stop)
         self.assertEqual(table_checksums(target_server), checksums)
         self.assertEqual(len(checksums), 4)
+
+    def test_a_mariadb_datadir_compressed_over_100mbit_starts_with_the_sources_checksums(self):
+        checksums, target_server = self.mariadb_datadirs()
+        source, target = self.start_agents("100mbit", SeedCompression="auto", SeedParallelStreams=1)
+
+        self.start_seed(source, target, 1)
+        sent, received = self.finish_seed(source, target, 1)
+
+        self.assert_target_starts_with(target_server, checksums)
+        self.assertEqual((sent["Streams"], received["Streams"]), (1, 1))
         # InnoDB's system tablespace and redo log are mostly zeros: compression pays on this link
         for status in (sent, received):
             self.assertGreater(status["CompressionRatio"], 1.5, status)
             self.assertLess(status["WireBytes"], status["DataBytes"], status)
             # the data stream carries the files plus their names and metadata
             self.assertTrue(sent["BytesTotal"] <= status["DataBytes"] < 1.01 * sent["BytesTotal"], status)
+
+    def test_a_mariadb_datadir_over_three_streams_arrives_whole(self):
+        checksums, target_server = self.mariadb_datadirs()
+        source, target = self.start_agents("1gbit", SeedParallelStreams=3)
+
+        self.start_seed(source, target, 6)
+        sent, received = self.finish_seed(source, target, 6)
+
+        self.assertEqual(tree_digests(self.target_dir), tree_digests(self.source_dir))
+        self.assertEqual((sent["Streams"], received["Streams"]), (3, 3))
+        for status in (sent, received):
+            self.assertEqual((status["BytesDone"], status["FilesDone"]), (status["BytesTotal"], status["FilesTotal"]))
+        self.assert_target_starts_with(target_server, checksums)
 
     def test_incompressible_data_goes_raw_at_the_links_rate(self):
         write_random_tree(self.source_dir, {"db/t1.ibd": 12 * MB, "db/t2.ibd": 4 * MB, "db/small.frm": 4096})
@@ -212,7 +235,7 @@ class NetworkSeedTests(SynchronousTestCase):
         os.symlink("db/t0.ibd", os.path.join(self.source_dir, "link to t0"))
         os.makedirs(os.path.join(self.source_dir, "empty", "deeper"))
         os.makedirs(self.target_dir)
-        source, target = self.start_agents("1gbit", relay=True)
+        source, target = self.start_agents("1gbit", relay=True, SeedParallelStreams=1)  # one connection to cut
 
         def arrived() -> float:
             """The part of the data the target has (0 until it knows the total)."""

@@ -154,7 +154,7 @@ def _stray_attempt(port: int, seed_id: str) -> tuple[bytes, float]:
         assert kind == Kind.HELLO
         _exactly(s, length)
         seed = seed_id.encode()
-        attempt = bytes([len(seed)]) + seed + os.urandom(authentication.NONCE_BYTES) + os.urandom(32)
+        attempt = bytes([len(seed)]) + seed + os.urandom(authentication.NONCE_BYTES) + bytes([0, 1]) + os.urandom(32)
         started = time.perf_counter()
         s.sendall(HEADER.pack(Kind.AUTH, len(attempt)) + attempt)
         answer = bytearray()
