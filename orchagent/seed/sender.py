@@ -39,6 +39,7 @@ from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying
 log = logs.logger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 30
+MIN_PIPE_BYTES = 2 * 1024 * 1024  # a lane's pipe, at least: a few batches ahead of its socket
 
 
 class _SendTransfer(Transfer):
@@ -116,7 +117,7 @@ class _SendTransfer(Transfer):
             self._begin()
         else:
             self._resumed(point)
-        self._pipe = Pipe(PIPE_BYTES)
+        self._pipe = Pipe(max(PIPE_BYTES // self._lanes, MIN_PIPE_BYTES))  # the seed's memory, split between lanes
         self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
                                            f"seed {self.seed_id} stalled: the receiver did not take data "
                                            f"for {self._stall_timeout:g} seconds")

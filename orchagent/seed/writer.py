@@ -28,7 +28,8 @@ from orchagent.seed.transfer import Progress
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
 RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
-RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # per seed: split between its lanes (parallel streams)
+MIN_RECEIVE_BUFFER_BYTES = 1024 * 1024  # a lane's, at least: one DATA frame
 INFLATED_BATCH_BYTES = 4 * 1024 * 1024  # decompressed data handed to the disk thread at once
 INFLATED_BATCHES = 3  # of them at most with the disk thread: a tiny chunk of ZDATA frames cannot fill memory
 PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
@@ -46,6 +47,7 @@ class TreeWriter:
         self._shared = shared if shared is not None else SharedStaging(datadir, seed_id)
         self._staging = self._shared.staging
         self._started = False  # holds the shared staging directory (until discard)
+        self._buffer_bytes = RECEIVE_BUFFER_BYTES  # of each receive buffer (start() splits them between lanes)
         self._extractor = extractor
         self._streaming = False  # a hot seed's stream is going to the extractor
         self.source_port: int | None = None  # a hot seed's: the source's MySQL port
@@ -80,8 +82,9 @@ class TreeWriter:
         self._started = True
         self._syncer = BackgroundSync(self._staging.fd)
         self._disk = DiskThread()
+        self._buffer_bytes = max(RECEIVE_BUFFER_BYTES // self._shared.lanes, MIN_RECEIVE_BUFFER_BYTES)
         for _ in range(RECEIVE_BUFFERS):
-            buffer = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
+            buffer = memoryview(bytearray(self._buffer_bytes))
             self._ring[id(buffer.obj)] = buffer
             self._buffers.put(buffer)
 
@@ -98,8 +101,8 @@ class TreeWriter:
         """
         buffer = self._ring.get(id(chunk.obj)) if isinstance(chunk, memoryview) else None
         if buffer is None:
-            for start in range(0, len(chunk), RECEIVE_BUFFER_BYTES):
-                piece = memoryview(chunk)[start:start + RECEIVE_BUFFER_BYTES]
+            for start in range(0, len(chunk), self._buffer_bytes):
+                piece = memoryview(chunk)[start:start + self._buffer_bytes]
                 view = self.free_buffer()[:len(piece)]
                 view[:] = piece
                 self.feed(view)
@@ -138,6 +141,8 @@ class TreeWriter:
         self._calls.append((self._write_entry, (entry,)))
 
     def stream(self, port: int) -> None:
+        if self._shared.shared:
+            raise ProtocolError("a hot seed's stream on one of several connections (it has one)")
         if self._extractor is None:
             raise ProtocolError("the sender sent a hot seed's stream, which this receiver cannot extract")
         if len(self._directories) > 1 or self._received_files:
