@@ -34,7 +34,9 @@ from orchagent.seed.reader import tree_files
 from orchagent.seed.staging import Staging
 from orchagent.seed.transfer import Progress, Transfer, TransferAborted
 
-AUTO_LANES = 2  # SeedParallelStreams 0: what the agent chooses (bench/RESULTS.md, "Parallel streams")
+# SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine more streams did not
+# pay reliably at 1 Gbit/s and cost 10 to 60 MB of RSS per agent (bench/RESULTS.md, "Parallel streams").
+AUTO_LANES = 1
 _SUMMED = ("bytes_done", "files_done", "wire_bytes", "data_bytes", "resumes", "resent_bytes")
 
 
