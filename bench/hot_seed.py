@@ -1,0 +1,207 @@
+"""Benchmark: a hot seed through two agents against the hand pipeline DBAs use, from a server under load.
+
+    sudo ./run-bench hot_seed [--repeat 2] [--record] [--keep-data]
+
+The source is a running MariaDB (binary log on, so GTIDs) on a copy of the sysbench datadir of
+``bench/datasets.py`` (4 tables of 1M rows, about 1.1 GB; built once, in about 30 s, and kept with
+``--keep-data``), with a 1 GB buffer pool.  A ``sysbench oltp_write_only`` load (2 threads, as fast as
+it goes) runs against it from start to end.  Each round runs both methods, the order swapped every
+round, over loopback (source 127.0.0.1, target 127.0.0.2), page cache dropped before each:
+
+* ``orchagent``: two real agents (``twistd orchagent``), the source with ``SnapshotBackend:
+  "hotbackup"``, driven as orchestrator drives a seed: ``mountlv`` of the hot-backup volume,
+  ``receive-mysql-seed-data``, ``send-mysql-seed-data``, then ``seed-command-completed`` polled
+  every 0.1 s until the target has extracted, prepared, owned and moved in the copy (every byte
+  verified on the way), plus ``sync``;
+* ``hand``: ``mariabackup --backup --stream=mbstream | socat`` to ``socat | mbstream -x``, then
+  ``mariabackup --prepare`` and ``sync`` (``bench.seed_methods.mariabackup_socat``).
+
+Before each method the load's tps is taken over a baseline window (``--baseline-seconds``), and
+again while the method runs.  Prints each method's time (and how much of it the stream took),
+MB/s of the prepared copy, the tps before and during, the ratio of the two methods, both agents'
+peak RSS (VmHWM, reset before each seed) and the tools' peak RSS (sampled from /proc).
+This is a script, not library code: it runs tools with ``subprocess`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from bench.datasets import drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
+from bench.machine import ToolWatch, load, machine  # noqa: E402
+from bench.report import add_record_option, command, machine_line, record, table  # noqa: E402
+from bench.seed_methods import AgentPair, mariabackup_socat  # noqa: E402
+from bench.write_load import SysbenchLoad  # noqa: E402
+from testbed.mariadb import MariaDBSandbox  # noqa: E402
+
+SECTION_HEADING = "## Hot seed (`bench/hot_seed.py`, issue 13)"
+METHODS = ("orchagent", "hand")
+SOURCE_OPTIONS = {"innodb_buffer_pool_size": "1G", "innodb_log_file_size": "96M"}
+
+
+def start_source(dataset: str, directory: str) -> MariaDBSandbox:
+    """A server with its binary log on, on a copy of ``dataset``."""
+    sandbox = MariaDBSandbox(directory, log_bin=True, extra_options=SOURCE_OPTIONS)
+    subprocess.run(["cp", "-a", dataset, sandbox.datadir], check=True)
+    sandbox.start()
+    return sandbox
+
+
+def backup_defaults(directory: str, sandbox: MariaDBSandbox) -> str:
+    """The backup tool's option file (root over the socket), root-only as HotBackupDefaultsFile must be."""
+    path = os.path.join(directory, "backup.cnf")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(f"[client]\nuser=root\nsocket={sandbox.socket}\n")
+    return path
+
+
+def measure(args, pair: AgentPair, writes: SysbenchLoad, run_hand, copies: dict[str, str]) -> dict[str, list[dict]]:
+    """Every round's figures per method; ``copies``: where each method's copy ends up."""
+    runners = {"orchagent": pair.seed, "hand": run_hand}
+    results: dict[str, list[dict]] = {method: [] for method in args.methods}
+    for round_ in range(args.repeat):
+        for method in args.methods if round_ % 2 == 0 else args.methods[::-1]:
+            fresh_target(copies["hand"])
+            baseline_start = time.monotonic()
+            time.sleep(args.baseline_seconds)
+            tps_before = writes.tps(baseline_start, time.monotonic())
+            drop_caches()
+            roots, skip = ([pair.source.process.pid, pair.target.process.pid], ()) if method == "orchagent" else \
+                ([os.getpid()], (writes.process.pid, pair.source.process.pid, pair.target.process.pid))
+            with ToolWatch(roots, skip) as tools:
+                result = runners[method]()
+            ended = time.monotonic()
+            started = ended - result["seconds"]
+            result.update(tps_before=tps_before, tps_during=writes.tps(started, ended), load=load(),
+                          bytes=tree_bytes(copies[method])[1], tools=tools.peaks_mb, **phases(tools.seen, started))
+            results[method].append(result)
+            print(f"round {round_ + 1} {describe(method, result)}", flush=True)
+    return results
+
+
+def phases(seen: dict[str, tuple[float, float]], started: float) -> dict[str, float]:
+    """From the tools' lifetimes: the seconds until the stream was extracted (the extractor ended), and
+    the prepare's seconds."""
+    prepare = seen.get("mariabackup --prepare", (float("nan"),) * 2)
+    return {"extracted": seen.get("mbstream -x", (0, float("nan")))[1] - started, "prepare": prepare[1] - prepare[0]}
+
+
+def describe(method: str, result: dict) -> str:
+    agents = "".join(f", {side} agent peak RSS {result[side]['peak_rss_mb']} MB, CPU {result[side]['cpu_seconds']} s"
+                     for side in ("source", "target") if side in result)
+    if "ratio" in result:
+        agents += f", compression {result['ratio']}x"
+    tools = ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(result["tools"].items()))
+    return (f"{method:9s} {result['seconds']:6.1f} s (stream extracted at {result['extracted']:.1f} s, "
+            f"prepare {result['prepare']:.1f} s), "
+            f"{result['bytes'] / 1e6 / result['seconds']:5.1f} MB/s; tps {result['tps_before']:.0f} before, "
+            f"{result['tps_during']:.0f} during{agents}; tools: {tools}; load {result['load']}")
+
+
+def report(results: dict[str, list[dict]]) -> list[str]:
+    median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items() if rs}
+    rows = []
+    for method, rs in results.items():
+        seconds = median[method]
+        extracted = statistics.median(r["extracted"] for r in rs)
+        prepare = statistics.median(r["prepare"] for r in rs)
+        rate = statistics.median(r["bytes"] / 1e6 / r["seconds"] for r in rs)
+        before = statistics.median(r["tps_before"] for r in rs)
+        during = statistics.median(r["tps_during"] for r in rs)
+        rss = [f"{side} {max(r[side]['peak_rss_mb'] for r in rs)} MB" for side in ("source", "target") if side in rs[0]]
+        tools = {}
+        for r in rs:
+            for name, mb in r["tools"].items():
+                tools[name] = max(mb, tools.get(name, 0.0))
+        rows.append([method, f"{seconds:.1f} s", f"{extracted:.1f} s", f"{prepare:.1f} s", f"{rate:.1f}", f"{before:.0f}",
+                     f"{during:.0f} ({during / before - 1:+.0%})", ", ".join(rss) or "-",
+                     ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(tools.items()))])
+    lines = table(["method", "time (median)", "stream extracted at", "prepare", "MB/s", "tps before", "tps during",
+                   "agents' peak RSS", "tools' peak RSS"], rows)
+    if "orchagent" in median and "hand" in median:
+        rounds = " ".join(f"{o['seconds'] / h['seconds']:.2f}" for o, h in zip(results["orchagent"], results["hand"]))
+        lines += ["", f"orchagent / hand pipeline, time: **{median['orchagent'] / median['hand']:.2f}** "
+                      f"(throughput {median['hand'] / median['orchagent']:.2f}x); each round: {rounds}"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default="/var/tmp/orchagent-bench-hot")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds (each runs every method; order swapped)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--tables", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per table (4 x 1M: about 1.1 GB)")
+    parser.add_argument("--load-threads", type=int, default=2)
+    parser.add_argument("--load-rate", type=int, default=0, help="the load's target tps (0: as fast as it goes)")
+    parser.add_argument("--warmup-seconds", type=float, default=15, help="load before the first baseline")
+    parser.add_argument("--baseline-seconds", type=float, default=10)
+    parser.add_argument("--prepare-memory-mb", type=int, default=0,
+                        help="the target agent's HotBackupPrepareMemoryMB (0: its default)")
+    parser.add_argument("--compression", default="auto", choices=["auto", "zstd", "none"],
+                        help="the agents' SeedCompression")
+    add_record_option(parser)
+    parser.add_argument("--keep-data", action="store_true", help="keep the data set for the next run")
+    args = parser.parse_args()
+    args.methods = args.methods.split(",")
+    if os.geteuid() != 0:
+        raise SystemExit("hot_seed needs root: root-only backup credentials, dropping the page cache")
+    os.makedirs(args.dir, exist_ok=True)
+    info = machine(args.dir)
+    print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['memory']} RAM, {info['filesystem']}, "
+          f"load {info['load']}", flush=True)
+    print("building (or reusing) the sysbench datadir ...", flush=True)
+    dataset = sysbench_datadir(os.path.join(args.dir, "sysbench"), args.tables, args.rows)
+    files, nbytes = tree_bytes(dataset)
+    print(f"data: {files} files, {nbytes / 1e6:.0f} MB", flush=True)
+    work = os.path.join(args.dir, f"run-{os.getpid()}")
+    try:
+        with contextlib.ExitStack() as stack:
+            os.makedirs(work)
+            source = start_source(dataset, os.path.join(work, "source"))
+            stack.callback(source.stop)
+            defaults = backup_defaults(work, source)
+            target = MariaDBSandbox(os.path.join(work, "target"))  # never started: the seed's destination
+            os.makedirs(target.datadir)
+            memory = {"HotBackupPrepareMemoryMB": args.prepare_memory_mb} if args.prepare_memory_mb else {}
+            pair = AgentPair(os.path.join(work, "agents"), source.datadir, target.datadir, mount=True,
+                             extra={"SeedCompression": args.compression}, sides={
+                "source": {**source.config_values(), "SnapshotBackend": "hotbackup",
+                           "HotBackupDefaultsFile": defaults},
+                "target": {**target.config_values(), **memory}})
+            stack.callback(pair.stop)
+            print("agents: RSS after start " + ", ".join(f"{side} {mb} MB" for side, mb in pair.started_rss_mb.items()),
+                  flush=True)
+            writes = SysbenchLoad(source.socket, tables=args.tables, rows=args.rows, threads=args.load_threads,
+                                  rate=args.load_rate)
+            stack.callback(writes.stop)
+            time.sleep(args.warmup_seconds)
+            hand_dir = os.path.join(work, "hand")
+            results = measure(args, pair, writes, lambda: mariabackup_socat(defaults, source.datadir, hand_dir, work),
+                              {"orchagent": target.datadir, "hand": hand_dir})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep_data:
+            shutil.rmtree(args.dir, ignore_errors=True)
+    lines = [SECTION_HEADING, "", f"Measured {info['date']} by `{command('hot_seed')}` (as root).", "",
+             machine_line(info), f"* Data: the sysbench datadir, {args.tables} x {args.rows} rows, {files} files, "
+             f"{nbytes / 1e6:.0f} MB; load: `sysbench oltp_write_only`, {args.load_threads} threads, "
+             f"{'rate ' + str(args.load_rate) if args.load_rate else 'unthrottled'}; load average at the end "
+             f"{load()}.", "", *report(results)]
+    print("\n".join(lines))
+    if args.record:
+        record(lines, SECTION_HEADING)
+
+
+if __name__ == "__main__":
+    main()
