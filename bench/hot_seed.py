@@ -14,12 +14,15 @@ round, over loopback (source 127.0.0.1, target 127.0.0.2), page cache dropped be
   every 0.1 s until the target has extracted, prepared, owned and moved in the copy (every byte
   verified on the way), plus ``sync``;
 * ``hand``: ``mariabackup --backup --stream=mbstream | socat`` to ``socat | mbstream -x``, then
-  ``mariabackup --prepare`` and ``sync`` (``bench.seed_methods.mariabackup_socat``).
+  ``mariabackup --prepare`` and ``sync`` (``bench.seed_methods.mariabackup_socat``);
+* ``orchagent_nocompress`` (not run unless ``--methods`` names it): ``orchagent`` with
+  ``SeedCompression: "none"``, two more agents (what the default ``auto`` costs or saves here).
 
 Before each method the load's tps is taken over a baseline window (``--baseline-seconds``), and
-again while the method runs.  Prints each method's time (and how much of it the stream took),
-MB/s of the prepared copy, the tps before and during, the ratio of the two methods, both agents'
-peak RSS (VmHWM, reset before each seed) and the tools' peak RSS (sampled from /proc).
+again while the method runs.  Prints each method's time, when the stream was extracted (the
+extractor ended) and the prepare's seconds (both from the tools' lifetimes, sampled every 0.1 s),
+MB/s of the prepared copy, the tps before and during, the ratios of the methods, both agents'
+peak RSS (VmHWM, reset before each seed) and CPU seconds, and the tools' peak RSS (sampled).
 This is a script, not library code: it runs tools with ``subprocess`` directly.
 """
 
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -46,6 +50,8 @@ from testbed.mariadb import MariaDBSandbox  # noqa: E402
 
 SECTION_HEADING = "## Hot seed (`bench/hot_seed.py`, issue 13)"
 METHODS = ("orchagent", "hand")
+#: The agents' settings of each agents method (two more agents each).
+AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"}}
 SOURCE_OPTIONS = {"innodb_buffer_pool_size": "1G", "innodb_log_file_size": "96M"}
 
 
@@ -65,27 +71,50 @@ def backup_defaults(directory: str, sandbox: MariaDBSandbox) -> str:
     return path
 
 
-def measure(args, pair: AgentPair, writes: SysbenchLoad, run_hand, copies: dict[str, str]) -> dict[str, list[dict]]:
-    """Every round's figures per method; ``copies``: where each method's copy ends up."""
-    runners = {"orchagent": pair.seed, "hand": run_hand}
-    results: dict[str, list[dict]] = {method: [] for method in args.methods}
+class Method(NamedTuple):
+    """One way of copying: its run (returns its figures), where its copy ends up, and whose processes
+    are its tools (those under ``roots`` but not under ``skip``)."""
+
+    run: Callable[[], dict]
+    copy: str
+    roots: list[int]
+    skip: tuple[int, ...] = ()
+
+
+def start_agents(stack: contextlib.ExitStack, directory: str, source: MariaDBSandbox, defaults: str,
+                 settings: dict) -> tuple[AgentPair, str]:
+    """A source agent with the hot-backup backend and a target agent whose (stopped) server's datadir is
+    empty, with ``settings`` on both; the pair and that datadir."""
+    target = MariaDBSandbox(os.path.join(directory, "target"))  # never started: the seed's destination
+    os.makedirs(target.datadir)
+    pair = AgentPair(os.path.join(directory, "agents"), source.datadir, target.datadir, mount=True, extra=settings,
+                     sides={"source": {**source.config_values(), "SnapshotBackend": "hotbackup",
+                                       "HotBackupDefaultsFile": defaults},
+                            "target": target.config_values()})
+    stack.callback(pair.stop)
+    return pair, target.datadir
+
+
+def measure(args, methods: dict[str, Method], writes: SysbenchLoad) -> dict[str, list[dict]]:
+    """Every round's figures per method."""
+    results: dict[str, list[dict]] = {name: [] for name in methods}
     for round_ in range(args.repeat):
-        for method in args.methods if round_ % 2 == 0 else args.methods[::-1]:
-            fresh_target(copies["hand"])
+        for name in list(methods) if round_ % 2 == 0 else list(methods)[::-1]:
+            method = methods[name]
+            if name == "hand":
+                fresh_target(method.copy)  # the agents empty theirs with delete-mysql-datadir, as orchestrator does
             baseline_start = time.monotonic()
             time.sleep(args.baseline_seconds)
             tps_before = writes.tps(baseline_start, time.monotonic())
             drop_caches()
-            roots, skip = ([pair.source.process.pid, pair.target.process.pid], ()) if method == "orchagent" else \
-                ([os.getpid()], (writes.process.pid, pair.source.process.pid, pair.target.process.pid))
-            with ToolWatch(roots, skip) as tools:
-                result = runners[method]()
+            with ToolWatch(method.roots, method.skip) as tools:
+                result = method.run()
             ended = time.monotonic()
             started = ended - result["seconds"]
             result.update(tps_before=tps_before, tps_during=writes.tps(started, ended), load=load(),
-                          bytes=tree_bytes(copies[method])[1], tools=tools.peaks_mb, **phases(tools.seen, started))
-            results[method].append(result)
-            print(f"round {round_ + 1} {describe(method, result)}", flush=True)
+                          bytes=tree_bytes(method.copy)[1], tools=tools.peaks_mb, **phases(tools.seen, started))
+            results[name].append(result)
+            print(f"round {round_ + 1} {describe(name, result)}", flush=True)
     return results
 
 
@@ -128,10 +157,12 @@ def report(results: dict[str, list[dict]]) -> list[str]:
                      ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(tools.items()))])
     lines = table(["method", "time (median)", "stream extracted at", "prepare", "MB/s", "tps before", "tps during",
                    "agents' peak RSS", "tools' peak RSS"], rows)
-    if "orchagent" in median and "hand" in median:
-        rounds = " ".join(f"{o['seconds'] / h['seconds']:.2f}" for o, h in zip(results["orchagent"], results["hand"]))
-        lines += ["", f"orchagent / hand pipeline, time: **{median['orchagent'] / median['hand']:.2f}** "
-                      f"(throughput {median['hand'] / median['orchagent']:.2f}x); each round: {rounds}"]
+    lines.append("")
+    for ours, baseline in (("orchagent", "hand"), ("orchagent_nocompress", "hand"), ("orchagent", "orchagent_nocompress")):
+        if ours in median and baseline in median:
+            rounds = " ".join(f"{o['seconds'] / b['seconds']:.2f}" for o, b in zip(results[ours], results[baseline]))
+            lines.append(f"* {ours} / {baseline}, time: **{median[ours] / median[baseline]:.2f}** (throughput "
+                         f"{median[baseline] / median[ours]:.2f}x); each round: {rounds}")
     return lines
 
 
@@ -139,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default="/var/tmp/orchagent-bench-hot")
     parser.add_argument("--repeat", type=int, default=2, help="rounds (each runs every method; order swapped)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"run in this order (swapped every other round), of {', '.join([*AGENT_METHODS, 'hand'])}")
     parser.add_argument("--tables", type=int, default=4)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per table (4 x 1M: about 1.1 GB)")
     parser.add_argument("--load-threads", type=int, default=2)
@@ -148,8 +180,6 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10)
     parser.add_argument("--prepare-memory-mb", type=int, default=0,
                         help="the target agent's HotBackupPrepareMemoryMB (0: its default)")
-    parser.add_argument("--compression", default="auto", choices=["auto", "zstd", "none"],
-                        help="the agents' SeedCompression")
     add_record_option(parser)
     parser.add_argument("--keep-data", action="store_true", help="keep the data set for the next run")
     args = parser.parse_args()
@@ -171,24 +201,26 @@ def main() -> None:
             source = start_source(dataset, os.path.join(work, "source"))
             stack.callback(source.stop)
             defaults = backup_defaults(work, source)
-            target = MariaDBSandbox(os.path.join(work, "target"))  # never started: the seed's destination
-            os.makedirs(target.datadir)
             memory = {"HotBackupPrepareMemoryMB": args.prepare_memory_mb} if args.prepare_memory_mb else {}
-            pair = AgentPair(os.path.join(work, "agents"), source.datadir, target.datadir, mount=True,
-                             extra={"SeedCompression": args.compression}, sides={
-                "source": {**source.config_values(), "SnapshotBackend": "hotbackup",
-                           "HotBackupDefaultsFile": defaults},
-                "target": {**target.config_values(), **memory}})
-            stack.callback(pair.stop)
-            print("agents: RSS after start " + ", ".join(f"{side} {mb} MB" for side, mb in pair.started_rss_mb.items()),
-                  flush=True)
+            methods: dict[str, Method] = {}
+            for name in args.methods:
+                if name in AGENT_METHODS:
+                    pair, copy = start_agents(stack, os.path.join(work, name), source, defaults,
+                                              {**AGENT_METHODS[name], **memory})
+                    methods[name] = Method(pair.seed, copy, [agent.process.pid for agent in pair.agents])
+                    print(f"{name} agents: RSS after start "
+                          + ", ".join(f"{side} {mb} MB" for side, mb in pair.started_rss_mb.items()), flush=True)
             writes = SysbenchLoad(source.socket, tables=args.tables, rows=args.rows, threads=args.load_threads,
                                   rate=args.load_rate)
             stack.callback(writes.stop)
+            if "hand" in args.methods:
+                hand_dir = os.path.join(work, "hand")
+                agents = tuple(pid for method in methods.values() for pid in method.roots)
+                methods["hand"] = Method(lambda: mariabackup_socat(defaults, source.datadir, hand_dir, work), hand_dir,
+                                         [os.getpid()], (writes.process.pid, *agents))
+            methods = {name: methods[name] for name in args.methods}
             time.sleep(args.warmup_seconds)
-            hand_dir = os.path.join(work, "hand")
-            results = measure(args, pair, writes, lambda: mariabackup_socat(defaults, source.datadir, hand_dir, work),
-                              {"orchagent": target.datadir, "hand": hand_dir})
+            results = measure(args, methods, writes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep_data:

@@ -30,6 +30,7 @@ from orchagent.host.btrfs import same_directory
 from orchagent.host.lvm import LogicalVolume
 from orchagent.host.mounts import MountEntry
 from orchagent.commands import CommandFailed
+from orchagent.process import stream_pipe
 from orchagent.web import validate
 
 log = logs.logger(__name__)
@@ -294,7 +295,7 @@ async def start_backup(runner, tool: Tool, defaults_file: str, datadir: str, def
     private directory of the agent's, removed when it ends.  ``idle_timeout``: a stall (nothing on
     stderr, where the tools log their progress) kills it."""
     temp_dir = await defer_to_thread(tempfile.mkdtemp, ".orchagent-hotbackup")  # 0700, root's
-    read_end, write_end = os.pipe()
+    read_end, write_end = stream_pipe()
     try:
         command = runner.start(backup_argv(tool, defaults_file, temp_dir, datadir), stdout_fd=write_end,
                                timeout=None, idle_timeout=idle_timeout)
@@ -308,7 +309,7 @@ async def start_backup(runner, tool: Tool, defaults_file: str, datadir: str, def
 def start_extract(runner, tool: Tool, directory: str, defer_to_thread: Callable) -> ToolStream:
     """Start unpacking a stream written into the returned pipe end into ``directory`` (the agent's own,
     closed to others, so the tool working there by path is safe)."""
-    read_end, write_end = os.pipe()
+    read_end, write_end = stream_pipe()
     try:
         command = runner.start(extract_argv(tool, directory), stdin_fd=read_end, timeout=None)
     except BaseException:
