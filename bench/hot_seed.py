@@ -155,13 +155,14 @@ def report(results: dict[str, list[dict]]) -> list[str]:
             for name, mb in r["tools"].items():
                 if name in PIPELINE_TOOLS:
                     tools[name] = max(mb, tools.get(name, 0.0))
-        rows.append([method, f"{seconds:.1f} s", f"{extracted:.1f} s", f"{prepare:.1f} s", f"{rate:.1f}", f"{before:.0f}",
-                     f"{during:.0f} ({during / before - 1:+.0%})", ", ".join(rss) or "-",
+        rows.append([method, f"{seconds:.1f} s", f"{extracted:.1f} s", f"{prepare:.1f} s", f"{rate:.1f}",
+                     f"{before:.0f}", f"{during:.0f} ({during / before - 1:+.0%})", ", ".join(rss) or "-",
                      ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(tools.items()))])
     lines = table(["method", "time (median)", "stream extracted at", "prepare", "MB/s", "tps before", "tps during",
                    "agents' peak RSS", "tools' peak RSS"], rows)
     lines.append("")
-    for ours, baseline in (("orchagent", "hand"), ("orchagent_nocompress", "hand"), ("orchagent", "orchagent_nocompress")):
+    for ours, baseline in (("orchagent", "hand"), ("orchagent_nocompress", "hand"),
+                           ("orchagent", "orchagent_nocompress")):
         if ours in median and baseline in median:
             rounds = " ".join(f"{o['seconds'] / b['seconds']:.2f}" for o, b in zip(results[ours], results[baseline]))
             lines.append(f"* {ours} / {baseline}, time: **{median[ours] / median[baseline]:.2f}** (throughput "
