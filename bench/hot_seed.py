@@ -1,12 +1,13 @@
 """Benchmark: a hot seed through two agents against the hand pipeline DBAs use, from a server under load.
 
-    sudo ./run-bench hot_seed [--repeat 2] [--record] [--keep-data]
+    sudo ./run-bench hot_seed [--repeat 2] [--methods orchagent,hand] [--link 1gbit] [--record] [--keep-data]
 
 The source is a running MariaDB (binary log on, so GTIDs) on a copy of the sysbench datadir of
 ``bench/datasets.py`` (4 tables of 1M rows, 1175 MB; built once, in about 30 s, and kept with
 ``--keep-data``), with a 1 GB buffer pool.  A ``sysbench oltp_write_only`` load (2 threads, as fast as
 it goes) runs against it from start to end.  Each round runs both methods, the order swapped every
-round, over loopback (source 127.0.0.1, target 127.0.0.2), page cache dropped before each:
+round, over loopback (source 127.0.0.1, target 127.0.0.2; with ``--link``, inside a network
+namespace whose loopback is shaped to that rate), page cache dropped before each:
 
 * ``orchagent``: two real agents (``twistd orchagent``), the source with ``SnapshotBackend:
   "hotbackup"``, driven as orchestrator drives a seed: ``mountlv`` of the hot-backup volume,
@@ -47,6 +48,7 @@ from bench.report import add_record_option, command, machine_line, record, table
 from bench.seed_methods import AgentPair, mariabackup_socat  # noqa: E402
 from bench.write_load import SysbenchLoad  # noqa: E402
 from testbed.mariadb import MariaDBSandbox  # noqa: E402
+from testbed.netns import NetworkNamespace  # noqa: E402
 
 SECTION_HEADING = "## Hot seed (`bench/hot_seed.py`, issue 13)"
 METHODS = ("orchagent", "hand")
@@ -84,13 +86,13 @@ class Method(NamedTuple):
 
 
 def start_agents(stack: contextlib.ExitStack, directory: str, source: MariaDBSandbox, defaults: str,
-                 settings: dict) -> tuple[AgentPair, str]:
+                 settings: dict, net: NetworkNamespace | None) -> tuple[AgentPair, str]:
     """A source agent with the hot-backup backend and a target agent whose (stopped) server's datadir is
-    empty, with ``settings`` on both; the pair and that datadir."""
+    empty, with ``settings`` on both (inside ``net`` when given); the pair and that datadir."""
     target = MariaDBSandbox(os.path.join(directory, "target"))  # never started: the seed's destination
     os.makedirs(target.datadir)
-    pair = AgentPair(os.path.join(directory, "agents"), source.datadir, target.datadir, mount=True, extra=settings,
-                     sides={"source": {**source.config_values(), "SnapshotBackend": "hotbackup",
+    pair = AgentPair(os.path.join(directory, "agents"), source.datadir, target.datadir, net=net, mount=True,
+                     extra=settings, sides={"source": {**source.config_values(), "SnapshotBackend": "hotbackup",
                                        "HotBackupDefaultsFile": defaults},
                             "target": target.config_values()})
     stack.callback(pair.stop)
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10)
     parser.add_argument("--prepare-memory-mb", type=int, default=0,
                         help="the target agent's HotBackupPrepareMemoryMB (0: its default)")
+    parser.add_argument("--link", default="", help="e.g. 1gbit: agents and socats inside a network namespace "
+                        "whose loopback is shaped to this rate (default: plain loopback)")
     add_record_option(parser)
     parser.add_argument("--keep-data", action="store_true", help="keep the data set for the next run")
     args = parser.parse_args()
@@ -205,12 +209,13 @@ def main() -> None:
             source = start_source(dataset, os.path.join(work, "source"))
             stack.callback(source.stop)
             defaults = backup_defaults(work, source)
+            net = stack.enter_context(NetworkNamespace(rate=args.link)) if args.link else None
             memory = {"HotBackupPrepareMemoryMB": args.prepare_memory_mb} if args.prepare_memory_mb else {}
             methods: dict[str, Method] = {}
             for name in args.methods:
                 if name in AGENT_METHODS:
                     pair, copy = start_agents(stack, os.path.join(work, name), source, defaults,
-                                              {**AGENT_METHODS[name], **memory})
+                                              {**AGENT_METHODS[name], **memory}, net)
                     methods[name] = Method(pair.seed, copy, [agent.process.pid for agent in pair.agents])
                     print(f"{name} agents: RSS after start "
                           + ", ".join(f"{side} {mb} MB" for side, mb in pair.started_rss_mb.items()), flush=True)
@@ -220,8 +225,8 @@ def main() -> None:
             if "hand" in args.methods:
                 hand_dir = os.path.join(work, "hand")
                 agents = tuple(pid for method in methods.values() for pid in method.roots)
-                methods["hand"] = Method(lambda: mariabackup_socat(defaults, source.datadir, hand_dir, work), hand_dir,
-                                         [os.getpid()], (writes.process.pid, *agents))
+                methods["hand"] = Method(lambda: mariabackup_socat(defaults, source.datadir, hand_dir, work, net=net),
+                                         hand_dir, [os.getpid()], (writes.process.pid, *agents))
             methods = {name: methods[name] for name in args.methods}
             time.sleep(args.warmup_seconds)
             results = measure(args, methods, writes)
@@ -229,14 +234,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep_data:
             shutil.rmtree(args.dir, ignore_errors=True)
-    lines = [SECTION_HEADING, "", f"Measured {info['date']} by `{command('hot_seed')}` (as root).", "",
+    heading = f"## Hot seed over a {args.link} link (`bench/hot_seed.py --link`)" if args.link else SECTION_HEADING
+    lines = [heading, "", f"Measured {info['date']} by `{command('hot_seed')}` (as root).", "",
              machine_line(info), f"* Data: the sysbench datadir, {args.tables} x {args.rows} rows, {files} files, "
              f"{nbytes / 1e6:.0f} MB; load: `sysbench oltp_write_only`, {args.load_threads} threads, "
-             f"{'rate ' + str(args.load_rate) if args.load_rate else 'unthrottled'}; load average at the end "
-             f"{load()}.", "", *report(results)]
+             f"{'rate ' + str(args.load_rate) if args.load_rate else 'unthrottled'}; "
+             f"{'inside a network namespace whose loopback is shaped to ' + args.link if args.link else 'loopback'}; "
+             f"load average at the end {load()}.", "", *report(results)]
     print("\n".join(lines))
     if args.record:
-        record(lines, SECTION_HEADING)
+        record(lines, heading)
 
 
 if __name__ == "__main__":

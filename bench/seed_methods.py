@@ -58,9 +58,10 @@ def wait_listening(port: int, run=subprocess.run) -> None:
              timeout=10, interval=0.02, what="the receiving socat to listen")
 
 
-def mariabackup_socat(defaults_file: str, datadir: str, target: str, temp_dir: str) -> dict:
+def mariabackup_socat(defaults_file: str, datadir: str, target: str, temp_dir: str, *, net=None) -> dict:
     """The hot copy DBAs make by hand today: ``mariabackup --backup --stream=mbstream | socat`` to
-    ``socat | mbstream -x`` on the target's address, then ``mariabackup --prepare`` and ``sync``.
+    ``socat | mbstream -x`` on the target's address (inside ``net`` when given), then ``mariabackup
+    --prepare`` and ``sync``.
 
     The same backup and extraction command lines as the agents' (``orchagent.host.hotbackup``), the
     prepare as a DBA types it (the tool's default memory); fixed argv lists joined by pipes, no
@@ -71,11 +72,12 @@ def mariabackup_socat(defaults_file: str, datadir: str, target: str, temp_dir: s
     backup_dir = os.path.join(temp_dir, "backup-tmp")
     shutil.rmtree(backup_dir, ignore_errors=True)
     os.makedirs(backup_dir)
-    port = free_port(TARGET)
+    run, popen = (net.run, net.popen) if net else (subprocess.run, subprocess.Popen)
+    port = net.call(free_port, TARGET) if net else free_port(TARGET)
     processes: list[subprocess.Popen] = []
 
     def start(argv: list[str], **pipes) -> subprocess.Popen:
-        processes.append(subprocess.Popen(argv, stderr=log, **pipes))
+        processes.append(popen(argv, stderr=log, **pipes))
         return processes[-1]
 
     with open(os.path.join(temp_dir, "tools.log"), "w+b") as log:
@@ -84,7 +86,7 @@ def mariabackup_socat(defaults_file: str, datadir: str, target: str, temp_dir: s
                              stdout=subprocess.PIPE)
             start(extract_argv(tool, target), stdin=receiver.stdout)
             receiver.stdout.close()
-            wait_listening(port)
+            wait_listening(port, run)
             started = time.monotonic()
             backup = start(backup_argv(tool, defaults_file, backup_dir, datadir), stdout=subprocess.PIPE)
             start(["socat", "-u", "-", f"TCP:{TARGET}:{port}"], stdin=backup.stdout)
