@@ -133,7 +133,7 @@ def describe(method: str, result: dict) -> str:
     agents = "".join(f", {side} agent peak RSS {result[side]['peak_rss_mb']} MB, CPU {result[side]['cpu_seconds']} s"
                      for side in ("source", "target") if side in result)
     if "ratio" in result:
-        agents += f", compression {result['ratio']}x"
+        agents += f", compression {result['ratio']}x, mountlv {result['mount_seconds']:.2f} s"
     tools = ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(result["tools"].items()))
     return (f"{method:9s} {result['seconds']:6.1f} s (stream extracted at {result['extracted']:.1f} s, "
             f"prepare {result['prepare']:.1f} s), "
