@@ -7,6 +7,7 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -80,3 +81,72 @@ def machine_busy_seconds() -> float:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree() -> dict[int, list[int]]:
+    """Parent pid -> its children's pids, for every process now (from /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # it ended meanwhile
+            children.setdefault(parent, []).append(int(name))
+    return children
+
+
+def command_name(pid: int) -> str:
+    """A process's program and its first option that is not an option file, e.g. "mariabackup --prepare"."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode("utf-8", "replace").split("\0")
+    mode = next((arg for arg in argv[1:] if arg and not arg.startswith("--defaults") and "=" not in arg), "")
+    return f"{os.path.basename(argv[0])} {mode}".strip()
+
+
+class ToolWatch:
+    """The commands running under ``roots`` (not the roots themselves, nor anything under ``skip``),
+    sampled from /proc in a thread every ``interval`` s while entered: each one's peak RSS (VmHWM is
+    the peak so far, so a sample shortly before a process ends sees nearly all of it) and when it
+    was first and last seen (``time.monotonic()``).  A process shorter than the interval may be missed."""
+
+    def __init__(self, roots: list[int], skip: tuple[int, ...] = (), interval: float = 0.1):
+        self._roots, self._skip, self._interval = roots, set(skip), interval
+        self._own_names = {command_name(pid) for pid in roots}
+        self.peaks_mb: dict[str, float] = {}
+        self.seen: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ToolWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self._interval):
+                return
+
+    def sample(self) -> None:
+        tree = process_tree()
+        now = time.monotonic()
+        pending = [child for root in self._roots for child in tree.get(root, [])]
+        while pending:
+            pid = pending.pop()
+            if pid in self._skip:
+                continue
+            pending.extend(tree.get(pid, []))
+            try:
+                name, peak = command_name(pid), peak_rss_mb(pid)
+            except (OSError, AttributeError):
+                continue  # it ended meanwhile (or is a zombie, without memory lines)
+            if not name or name in self._own_names:
+                continue  # exiting (its command line is gone), or a fork of a root not yet running its program
+            self.peaks_mb[name] = max(peak, self.peaks_mb.get(name, 0.0))
+            self.seen[name] = (self.seen.get(name, (now,))[0], now)

@@ -13,6 +13,7 @@ from typing import Callable
 from orchagent.commands import CommandFailed
 from orchagent.errors import AgentError
 from orchagent.host.hotbackup import Tool, backup_argv, extract_argv, tool_error
+from orchagent.process import stream_pipe
 
 
 class ToolStream:
@@ -77,7 +78,7 @@ async def start_backup(runner, tool: Tool, defaults_file: str, datadir: str, def
     private directory of the agent's, removed when it ends.  ``idle_timeout``: a stall (nothing on
     stderr, where the tools log their progress) kills it."""
     temp_dir = await defer_to_thread(tempfile.mkdtemp, ".orchagent-hotbackup")  # 0700, root's
-    read_end, write_end = os.pipe()
+    read_end, write_end = stream_pipe()
     try:
         command = runner.start(backup_argv(tool, defaults_file, temp_dir, datadir), stdout_fd=write_end,
                                timeout=None, idle_timeout=idle_timeout)
@@ -91,7 +92,7 @@ async def start_backup(runner, tool: Tool, defaults_file: str, datadir: str, def
 def start_extract(runner, tool: Tool, directory: str, defer_to_thread: Callable) -> ToolStream:
     """Start unpacking a stream written into the returned pipe end into ``directory`` (the agent's own,
     closed to others, so the tool working there by path is safe)."""
-    read_end, write_end = os.pipe()
+    read_end, write_end = stream_pipe()
     try:
         command = runner.start(extract_argv(tool, directory), stdin_fd=read_end, timeout=None)
     except BaseException:

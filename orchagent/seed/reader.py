@@ -266,7 +266,8 @@ class StreamReader(TreeReader):
     def batches(self) -> Iterator[Batch]:
         self._add(self._authenticated(protocol.stream_frame(self._port)))
         nbytes = 0
-        while data := _read_up_to(self._fd, self._chunk):
+        buffer = memoryview(bytearray(self._chunk))
+        while data := _read_up_to(self._fd, buffer):
             yield from self._data(nbytes, data)
             nbytes += len(data)
         try:
@@ -281,13 +282,14 @@ class StreamReader(TreeReader):
         yield Batch([self._mac.end(1, nbytes)], 0, 0, final=True)
 
 
-def _read_up_to(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes of a pipe, fewer only at its end (a pipe hands over 64 KiB at a time)."""
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size and (n := os.readv(fd, [view[got:]])):
+def _read_up_to(fd: int, buffer: memoryview) -> bytes:
+    """The next bytes of a pipe, as many as ``buffer`` holds, fewer only at its end; read into that reused
+    buffer (a read takes at most what the pipe holds) and copied out once, so every block is one
+    allocation of the same size (pieces of many sizes fragment the heap)."""
+    got = 0
+    while got < len(buffer) and (n := os.readv(fd, [buffer[got:]])):
         got += n
-    return bytes(view[:got])
+    return bytes(buffer[:got])
 
 
 def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:
