@@ -32,7 +32,7 @@ from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.reader import tree_files
 from orchagent.seed.staging import Staging
-from orchagent.seed.transfer import Progress, Transfer, TransferAborted
+from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 
 # SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine more streams did not
 # pay reliably at 1 Gbit/s and cost 10 to 60 MB of RSS per agent (bench/RESULTS.md, "Parallel streams").
@@ -154,7 +154,7 @@ class SharedStaging:
             self._lock.notify_all()
 
 
-class _Lanes:
+class _Lanes(Outcome):
     """What both sides' lane sets share: the members seen as one :class:`Transfer`."""
 
     def __init__(self, seed_id: str, role: str) -> None:
@@ -181,9 +181,7 @@ class _Lanes:
 
     def _fire_if_done(self) -> None:
         if self.done:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                self._fire(d)
+            self._fire_waiters()
 
     @property
     def lanes(self) -> int:
@@ -227,20 +225,6 @@ class _Lanes:
         if self.done:
             total.finished = max(part.finished for part in parts if part.finished is not None)
         return total
-
-    def when_done(self) -> Deferred:
-        d = Deferred()
-        if self.done:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fire(self, d: Deferred) -> None:
-        if self.error is None:
-            d.callback(None)
-        else:
-            d.errback(Failure(self.error))
 
     def abort(self) -> Deferred:
         """Stop every lane; fires once nothing of any lane runs any more."""

@@ -66,7 +66,38 @@ class Dropped:
     resent_bytes: int = 0  # what it had moved past the point the next connection continues from
 
 
-class Transfer:
+class Outcome:
+    """Something that ends once, in ``error`` (None: success): ``when_done()`` Deferreds for it."""
+
+    error: TransferFailed | None
+    _waiters: list[Deferred]
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    def when_done(self) -> Deferred:
+        """A new Deferred each call: None on success, else the error."""
+        d = Deferred()
+        if self.done:
+            self._fire_one(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _fire_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._fire_one(d)
+
+    def _fire_one(self, d: Deferred) -> None:
+        if self.error is None:
+            d.callback(None)
+        else:
+            d.errback(Failure(self.error))
+
+
+class Transfer(Outcome):
     """One side of one seed transfer.
 
     ``progress``, ``state`` (waiting, running, finishing, succeeded, failed, aborted), ``error``
@@ -105,14 +136,6 @@ class Transfer:
     @property
     def succeeded(self) -> bool:
         return self.state == "succeeded"
-
-    def when_done(self) -> Deferred:
-        d = Deferred()
-        if self.done:
-            self._fire_one(d)
-        else:
-            self._waiters.append(d)
-        return d
 
     def abort(self) -> Deferred:
         """Stop now; the Deferred fires (with None) once nothing of this transfer runs any more."""
@@ -200,15 +223,7 @@ class Transfer:
         else:
             log.warn("seed {seed_id}: {role} {state}: {error}", seed_id=self.seed_id, role=self.role,
                      state=self.state, error=str(error))
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire_one(d)
-
-    def _fire_one(self, d: Deferred) -> None:
-        if self.error is None:
-            d.callback(None)
-        else:
-            d.errback(Failure(self.error))
+        self._fire_waiters()
 
     def _elapsed(self) -> float:
         started = self.progress.started

@@ -3,6 +3,7 @@
 import os
 import random
 import shutil
+import threading
 import tempfile
 
 from twisted.internet.task import Clock
@@ -155,3 +156,53 @@ class ReceiveLanesTests(SynchronousTestCase):
     def test_one_lane_is_the_armed_receive_itself(self):
         self.assertIs(self.lanes.lane(0, 1), self.made[0])
         self.assertFalse(self.shared.shared)
+
+
+class SharedStagingTests(SynchronousTestCase):
+    """The last lane to finish moves the tree in, once, with every lane's directories; the others wait."""
+
+    def setUp(self):
+        self.shared = SharedStaging("/nonexistent", "7")
+        self.shared.lanes = 2
+        self.moved = []
+
+    def _finish_in_thread(self, directories):
+        outcome = []
+
+        def run():
+            try:
+                self.shared.finish(directories, self.moved.append)
+                outcome.append("ok")
+            except TransferFailed as e:
+                outcome.append(str(e))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread, outcome
+
+    def test_the_last_lane_moves_in_and_the_first_waits_for_it(self):
+        thread, outcome = self._finish_in_thread({b"": (0, 0), b"a": (0o755, 1)})
+        thread.join(0.2)
+        self.assertTrue(thread.is_alive())  # waiting for the other lane
+        self.assertEqual(self.moved, [])
+        self.shared.finish({b"": (0, 0), b"b": (0o700, 2)}, self.moved.append)
+        thread.join(5)
+        self.assertEqual(outcome, ["ok"])
+        self.assertEqual(self.moved, [{b"": (0, 0), b"a": (0o755, 1), b"b": (0o700, 2)}])
+
+    def test_a_failed_receive_wakes_a_waiting_lane_with_an_error(self):
+        thread, outcome = self._finish_in_thread({})
+        self.shared.cancel()
+        thread.join(5)
+        self.assertIn("another stream of the seed failed", outcome[0])
+        self.assertEqual(self.moved, [])
+
+    def test_a_failed_move_fails_the_waiting_lane_too(self):
+        thread, outcome = self._finish_in_thread({})
+
+        def broken(_):
+            raise OSError("disk full")
+
+        self.assertRaises(OSError, self.shared.finish, {}, broken)
+        thread.join(5)
+        self.assertIn("another stream of the seed failed", outcome[0])
