@@ -22,16 +22,18 @@ what makes them one seed is here:
 from __future__ import annotations
 
 import heapq
+import os
 import threading
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from orchagent.seed.durability import syncfs
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.reader import tree_files
-from orchagent.seed.staging import Staging
+from orchagent.seed.staging import PERMISSION_BITS, Staging
 from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 
 # SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine more streams did not
@@ -131,6 +133,28 @@ class SharedStaging:
             self._end("failed")
             raise
         self._end("moved")
+
+    def move_in(self, directories: dict[bytes, tuple[int, int]], cancelled: Callable[[], bool]) -> None:
+        """Once per seed, after every lane's part arrived: directory modes and times, durability, the
+        move into the datadir (``cancelled`` is asked just before it: an aborted receive never fills it)."""
+        staging = self.staging
+        # Children before parents, so each directory is handed over after everything on its way
+        # was opened as the agent's own.
+        for relative in sorted(directories, reverse=True):
+            if relative:
+                mode, mtime_ns = directories[relative]
+                fd = staging.open_tree_directory(relative)
+                try:
+                    if os.geteuid() == 0:
+                        os.fchown(fd, *staging.owner)
+                    os.fchmod(fd, mode & PERMISSION_BITS)
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
+        syncfs(staging.fd)
+        if cancelled():
+            raise Closed()
+        staging.move_into_datadir()
 
     def cancel(self) -> None:
         """Reactor: the receive failed or was aborted; wake the lanes waiting in :meth:`finish`."""

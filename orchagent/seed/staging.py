@@ -27,6 +27,7 @@ from orchagent.seed.protocol import TransferFailed
 log = logs.logger(__name__)
 
 STAGING_PREFIX = ".orchagent-seed-"
+PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
 _TREE = "tree"
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
@@ -92,6 +93,17 @@ class Staging:
                 os.close(fd)
         raise TransferFailed(f"could not make the seed's staging directory in {self.datadir!r}: "
                              "it is being renamed all the time")
+
+    def open_tree_directory(self, relative: bytes) -> int:
+        """Open a directory of the staging tree step by step from the tree's descriptor."""
+        fd = os.dup(self.tree_fd)
+        for name in relative.split(b"/") if relative else ():
+            try:
+                child = open_own_directory(name, fd)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
 
     def tree_path(self) -> str:
         """A path to the staging tree for a child process (a hot seed's extractor): the agent's own

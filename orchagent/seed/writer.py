@@ -19,10 +19,9 @@ from typing import Callable
 from orchagent.seed import authentication, decoder, resumption
 from orchagent.seed.hotseed import Extractor
 from orchagent.seed.lanes import SharedStaging
-from orchagent.seed.durability import BackgroundSync, DiskThread, syncfs
-from orchagent.seed.pipe import Closed
+from orchagent.seed.durability import BackgroundSync, DiskThread
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
-from orchagent.seed.staging import open_own_directory
+from orchagent.seed.staging import PERMISSION_BITS, open_own_directory
 from orchagent.seed.transfer import Progress
 
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
@@ -32,7 +31,6 @@ RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # per seed: split between its lanes (par
 MIN_RECEIVE_BUFFER_BYTES = 1024 * 1024  # a lane's, at least: one DATA frame
 INFLATED_BATCH_BYTES = 4 * 1024 * 1024  # decompressed data handed to the disk thread at once
 INFLATED_BATCHES = 3  # of them at most with the disk thread: a tiny chunk of ZDATA frames cannot fill memory
-PERMISSION_BITS = 0o777  # what a received entry's mode keeps: no set-uid, set-gid or sticky bit
 
 
 class TreeWriter:
@@ -314,27 +312,7 @@ class TreeWriter:
             self._extractor.prepare(self._staging.tree_path(), self._staging.tree_fd)
             if self._as_root:
                 _give_to(self._staging.tree_fd, self._staging.owner)
-        self._shared.finish(self._directories, lambda directories: self._move_in(directories, cancelled))
-
-    def _move_in(self, directories: dict[bytes, tuple[int, int]], cancelled: Callable[[], bool]) -> None:
-        """Once per seed, after every lane's part arrived: directory metadata, durability, the move."""
-        # Children before parents, so each directory is handed over after everything on its way
-        # was opened as the agent's own.
-        for relative in sorted(directories, reverse=True):
-            if relative:
-                mode, mtime_ns = directories[relative]
-                fd = self._open_directory(relative)
-                try:
-                    if self._as_root:
-                        os.fchown(fd, *self._staging.owner)
-                    os.fchmod(fd, mode & PERMISSION_BITS)
-                    os.utime(fd, ns=(mtime_ns, mtime_ns))
-                finally:
-                    os.close(fd)
-        syncfs(self._staging.fd)
-        if cancelled():
-            raise Closed()
-        self._staging.move_into_datadir()
+        self._shared.finish(self._directories, lambda directories: self._shared.move_in(directories, cancelled))
 
     def discard(self) -> None:
         """Remove everything this receive wrote (after a failure or an abort)."""
@@ -392,7 +370,7 @@ class TreeWriter:
         """
         if self._directory_open is not None and self._directory_open[0] == relative:
             return self._directory_open[1]
-        fd = self._open_directory(relative)
+        fd = self._staging.open_tree_directory(relative)
         self._close_directory()
         self._directory_open = (relative, fd)
         return fd
@@ -401,17 +379,6 @@ class TreeWriter:
         if self._directory_open is not None:
             os.close(self._directory_open[1])
             self._directory_open = None
-
-    def _open_directory(self, relative: bytes) -> int:
-        """Open a directory of the staging tree step by step from the tree's descriptor."""
-        fd = os.dup(self._staging.tree_fd)
-        for name in relative.split(b"/") if relative else ():
-            try:
-                child = open_own_directory(name, fd)
-            finally:
-                os.close(fd)
-            fd = child
-        return fd
 
 
 def _give_to(fd: int, owner: tuple[int, int]) -> None:
