@@ -1,7 +1,7 @@
 """A plain TCP connection's socket, lent to a worker thread for the data stream.
 
 The data then bypasses Twisted's buffers and the reactor (a quarter of the sender's CPU; see
-``bench/RESULTS.md``).
+``bench/RESULTS.md``).  :mod:`orchagent.seed.tlschannel` does the same for a TLS connection.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any
-
-from twisted.internet import interfaces
 
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import TransferFailed
@@ -31,6 +29,8 @@ class SocketChannel:
     module's timeout mode waits with ``poll`` instead, which is also the stall timer.
     """
 
+    exclusive = False  # the reactor keeps using the connection meanwhile (see above)
+
     def __init__(self, handle: socket.socket, stall_timeout: float, interrupt: int, stalled: str) -> None:
         self._socket = handle.dup()
         self._socket.settimeout(stall_timeout)
@@ -40,14 +40,13 @@ class SocketChannel:
 
     @classmethod
     def lend(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> SocketChannel | None:
-        """A channel over ``transport``'s socket, or None under TLS (the reactor must encrypt).
+        """A channel over ``transport``'s socket, or None if it has none (TLS has its own channel,
+        :class:`~orchagent.seed.tlschannel.TlsChannel`).
 
         ``interrupt`` is how :meth:`interrupt` shuts the socket down: the receiver only stops
         reading (its reactor still tells the sender why), the sender stops both directions.
         """
-        if interfaces.ISSLTransport.providedBy(transport) or not hasattr(transport, "getHandle"):
-            return None
-        handle = transport.getHandle()
+        handle = transport.getHandle() if hasattr(transport, "getHandle") else None
         if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
             return None
         return cls(handle, stall_timeout, interrupt, stalled)

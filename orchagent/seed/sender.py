@@ -2,23 +2,22 @@
 
     transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
 
-A reader thread walks, reads and MACs the source into a bounded pipe; on plain TCP a sending
-thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does, both
-paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPerSecond``, changed
-on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
+A reader thread walks, reads and MACs the source into a bounded pipe; a sending thread takes it
+to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
+:mod:`orchagent.seed.tlschannel`), paced by the seed's :class:`~orchagent.seed.throttle.Throttle`
+(``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from orchagent import logs
 from orchagent.seed import authentication
@@ -36,6 +35,8 @@ CONNECT_TIMEOUT_SECONDS = 30
 
 
 class _SendTransfer(Transfer):
+    _loss_concludes = True  # _SenderProtocol.connectionLost
+
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
                  max_bytes_per_second: int, compression: str, backup: BackupSource | None) -> None:
         super().__init__(reactor, seed_id, "send", stall_timeout)
@@ -45,7 +46,6 @@ class _SendTransfer(Transfer):
         self._compression = compression
         self._connecting: Deferred | None = None
         self._throttle = Throttle(max_bytes_per_second)
-        self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
 
     @property
     def max_bytes_per_second(self) -> int:
@@ -55,10 +55,6 @@ class _SendTransfer(Transfer):
     def limit_rate(self, max_bytes_per_second: int) -> None:
         """Reactor: pace the rest of the transfer at ``max_bytes_per_second`` (0: no limit)."""
         self._throttle.set_rate(max_bytes_per_second)  # wakes a waiting sending thread
-        if self._paused_pump is not None and self._paused_pump.active():
-            self._paused_pump.cancel()
-            self._paused_pump = None
-            self.pump()  # TLS: recomputed at the new rate
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
         self._connecting = connectProtocol(endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
@@ -77,17 +73,12 @@ class _SendTransfer(Transfer):
     def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac) -> None:
         self._begin()
         self._pipe = Pipe(PIPE_BYTES)
-        self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
-                                           f"seed {self.seed_id} stalled: the receiver did not take data "
-                                           f"for {self._stall_timeout:g} seconds")
-        if self._channel is None:
-            connection.register_as_producer()
-            self._start_worker(self._read, mac, lambda: self._reactor.callFromThread(self.pump))
-        else:
-            self._start_worker(self._read, mac, lambda: None)
-            self._start_worker(self._send)
+        self._start_worker(self._read, mac)
+        self._open_channel(connection, socket.SHUT_RDWR,
+                           f"seed {self.seed_id} stalled: the receiver did not take data for "
+                           f"{self._stall_timeout:g} seconds", lambda channel: self._start_worker(self._send, channel))
 
-    def _read(self, mac: authentication.StreamMac, queued: Callable[[], None]) -> None:
+    def _read(self, mac: authentication.StreamMac) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         # for room in the pipe: how far the link is the limit (SeedCompression auto); a duration this
         # thread measures of its own blocking, not a time kept anywhere, so not the reactor's clock
@@ -102,35 +93,22 @@ class _SendTransfer(Transfer):
                 started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
                 waited += time.monotonic() - started
-                queued()
         finally:
             self._pipe.finish()
             if self._backup is not None:
                 self._backup.close()
 
-    def _send(self) -> None:
-        """Sending thread (plain TCP): from the pipe straight onto the socket."""
-        while (batch := self._pipe.get_wait()) is not None:
-            self._throttle.wait()
-            self._throttle.spend(batch.size)
-            self._count(batch)
-            self._channel.send(batch.parts)
-
-    def pump(self) -> None:
-        """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
-        if self._paused_pump is not None and self._paused_pump.active():
-            return  # the throttle holds the data until then (limit_rate reschedules it)
-        connection = self._connection
-        while not connection.paused and not self.concluded:
-            if pause := self._throttle.delay():
-                self._paused_pump = self._reactor.callLater(pause, self.pump)
-                return
-            batch = self._pipe.get()
-            if batch is None:
-                return
-            self._throttle.spend(batch.size)
-            connection.write_batch(batch.parts)
-            self._count(batch)
+    def _send(self, channel: SocketChannel) -> None:
+        """Sending thread: from the pipe straight onto the socket; the channel goes back to the
+        reactor when this ends (to read the receiver's DONE, or why it failed)."""
+        try:
+            while (batch := self._pipe.get_wait()) is not None:
+                self._throttle.wait()
+                self._throttle.spend(batch.size)
+                self._count(batch)
+                channel.send(batch.parts)
+        finally:
+            self._reactor.callFromThread(self._release_channel)
 
     def _count(self, batch: Batch) -> None:
         """Progress of what was handed to the socket (one thread per transfer does this)."""
@@ -149,13 +127,10 @@ class _SendTransfer(Transfer):
     def conclude(self, error: TransferFailed | None) -> None:
         if self._connecting is not None and self._connection is None:
             self._connecting.cancel()
-        if self._paused_pump is not None and self._paused_pump.active():
-            self._paused_pump.cancel()
         self._throttle.close()
         super().conclude(error)
 
 
-@implementer(interfaces.IPushProducer)
 class _SenderProtocol(Connection):
     def __init__(self, transfer: _SendTransfer, reactor: Any, stall_timeout: float) -> None:
         super().__init__(reactor, stall_timeout)
@@ -163,8 +138,6 @@ class _SenderProtocol(Connection):
         self._nonce = authentication.new_nonce()
         self._session: authentication.Session | None = None
         self._accepted = False
-        self._producing = False
-        self.paused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -211,42 +184,10 @@ class _SenderProtocol(Connection):
         else:
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
 
-    # IPushProducer, for our own transport: the reader thread waits while we are paused
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.resetTimeout()
-        self._transfer.pump()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
     def timeoutConnection(self) -> None:
         what = "answer" if not self._accepted else "take data"
         self._transfer.conclude(TransferFailed(
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
-
-    def write_batch(self, parts: list[bytes]) -> None:
-        """Reactor (TLS): hand one batch to the transport (which counts as progress)."""
-        if len(parts) == 2:  # a DATA header and one large read: no joining copy of the read
-            for part in parts:
-                self.transport.write(part)
-        else:
-            self.transport.writeSequence(parts)
-        self.resetTimeout()
-
-    def register_as_producer(self) -> None:
-        """TLS: the reactor sends, pausing the reader's pipe while the transport is full."""
-        self.transport.registerProducer(self, True)
-        self._producing = True
-
-    def close(self, error: TransferFailed | None) -> None:
-        if self._producing and not self._closed:
-            self.transport.unregisterProducer()
-        super().close(error)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

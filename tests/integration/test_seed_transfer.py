@@ -14,18 +14,15 @@ from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
-from orchagent.config import Config
 from orchagent.seed import authentication, compression, protocol
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
-from orchagent.tls import client_creator, seed_server_options
-from testbed.pki import CertificateAuthority
 from tests.support.deferreds import inline
+from tests.support.seed_tls import AGENTS_OU, agent_tls
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 
 SECRET = b"correct horse battery staple"
-AGENTS_OU = "mysql-agents"
 
 
 class SeedTransferTests(TestCase):
@@ -151,18 +148,7 @@ class SeedTransferTests(TestCase):
         return str(caught.exception)
 
     def _agent_tls(self, sender_ou: str | None = None, check_senders: bool = False) -> tuple[object, object]:
-        """(receiver's TLS options, sender's connection creator), made from agent configs as an
-        agent with ``UseSSL`` makes them, all certificates from one CA.  The sender presents a
-        certificate with ``sender_ou`` unless that is None; with ``check_senders`` the receiver
-        verifies senders' certificates (``SeedTransferValidOUs``)."""
-        ca = CertificateAuthority(self.mktemp())
-        receiver = ca.issue("receiver", ou=AGENTS_OU)
-        receiver_config = Config(use_ssl=True, ssl_cert_file=receiver.cert, ssl_private_key_file=receiver.key,
-                                 ssl_ca_file=ca.cert, seed_transfer_valid_ous=(AGENTS_OU,) if check_senders else ())
-        sender = ca.issue("sender", ou=sender_ou) if sender_ou is not None else None
-        sender_config = Config(use_ssl=True, ssl_ca_file=ca.cert, ssl_cert_file=sender.cert if sender else "",
-                               ssl_private_key_file=sender.key if sender else "")
-        return seed_server_options(receiver_config), client_creator(sender_config, "localhost")
+        return agent_tls(self.mktemp(), sender_ou, check_senders)
 
     async def _refused_by_certificate(self, sender_ou: str | None) -> str:
         server_tls, client_tls = self._agent_tls(sender_ou, check_senders=True)
