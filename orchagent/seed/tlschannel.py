@@ -21,6 +21,7 @@ from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Closed
 
 PLAINTEXT_BYTES = 256 * 1024  # encrypted, then written to the socket, at a time
+RECORDS_BYTES = PLAINTEXT_BYTES + PLAINTEXT_BYTES // 8  # read out at once: those bytes' records, with room
 JOIN_BELOW = 64 * 1024  # smaller parts of a batch are joined, not sent as records of their own
 CIPHERTEXT_BYTES = 1024 * 1024  # read from the socket at a time
 RECORD_READ_BYTES = 64 * 1024  # asked of one SSL_read (it returns at most one 16 KB record)
@@ -86,7 +87,7 @@ class TlsChannel(SocketChannel):
     def _send_records(self) -> None:
         while True:
             try:
-                records = self._tls.bio_read(PLAINTEXT_BYTES + PLAINTEXT_BYTES // 8)
+                records = self._tls.bio_read(RECORDS_BYTES)
             except SSL.WantReadError:
                 return  # all of it is on the socket
             super().send([records])
