@@ -79,10 +79,11 @@ class TlsChannel(SocketChannel):
             while view:
                 if self._interrupted:
                     raise Closed()
-                with _tls_errors():
-                    sent = self._tls.send(view[:PLAINTEXT_BYTES])
-                view = view[sent:]
-                self._send_records()
+                chunk, view = view[:PLAINTEXT_BYTES], view[PLAINTEXT_BYTES:]
+                while chunk:  # one record per call (pyOpenSSL enables partial writes)
+                    with _tls_errors():
+                        chunk = chunk[self._tls.send(chunk):]
+                self._send_records()  # in one socket write, not one per 16 KB record
 
     def _send_records(self) -> None:
         while True:

@@ -20,12 +20,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.seed import authentication, protocol
-from orchagent.seed import tlschannel
+from orchagent.seed import authentication, protocol, tlschannel
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
-from orchagent.seed.tlschannel import TlsChannel
 
 __all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted"]
 
@@ -161,6 +159,7 @@ class Transfer:
         self.error = error
         if self._taking is not None and self._taking.active():
             self._taking.cancel()
+            self._connection.resume_reading()  # under TLS, closing needs the peer's close_notify
         if self._pipe is not None and error is not None:
             self._pipe.close()
         if self._channel is not None and self._workers:
@@ -253,7 +252,7 @@ class Transfer:
                 self._taking = self._reactor.callLater(IDLE_POLL_SECONDS, take)
                 return
             self._taking = None
-            self._channel = TlsChannel.take(transport, self._stall_timeout, interrupt, stalled)
+            self._channel = tlschannel.TlsChannel.take(transport, self._stall_timeout, interrupt, stalled)
             connection.lend()
             start(self._channel)
 
