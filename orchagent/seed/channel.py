@@ -16,6 +16,11 @@ from orchagent.seed.protocol import TransferFailed
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # parts one sendmsg takes (a batch of empty files has thousands)
 
 
+class Disconnected(Exception):
+    """The peer closed or reset the connection while a worker sent on it; reading the connection
+    (the reactor's, once the worker gave it back) tells why: the peer's FAIL frame, or its end."""
+
+
 class SocketChannel:
     """The socket of a plain TCP connection, lent to a worker thread for the data stream.
 
@@ -61,6 +66,8 @@ class SocketChannel:
                 sent = self._socket.sendmsg(views[:_IOV_MAX])
             except TimeoutError:
                 raise TransferFailed(self._stalled) from None
+            except (BrokenPipeError, ConnectionResetError):
+                raise Disconnected() from None
             while sent:
                 if sent >= len(views[0]):
                     sent -= len(views.pop(0))

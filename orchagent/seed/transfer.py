@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from orchagent import logs
 from orchagent.seed import authentication, protocol, tlschannel
-from orchagent.seed.channel import SocketChannel
+from orchagent.seed.channel import Disconnected, SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
 
@@ -138,10 +138,9 @@ class Transfer:
     def _worker_ended(self, result: Any) -> None:
         self._workers -= 1
         if isinstance(result, Failure):
-            if not (result.check(ConnectionError) and self._connection_open and self._loss_concludes):
+            if not (result.check(Disconnected) and self._connection_open and self._loss_concludes):
                 self.conclude(self._as_error(result))
-            # else the peer closed or reset the connection: reading it (the channel is given back
-            # by now) tells why, by the peer's FAIL frame or by the connection's end
+            # else reading the connection (given back by now) tells why it ended (Disconnected)
         elif not self._workers:
             self._worker_succeeded()
         if not self._workers:
@@ -203,8 +202,10 @@ class Transfer:
 
     def _as_error(self, failure: Failure) -> TransferFailed:
         error = failure.value
-        if isinstance(error, Closed) and self.error is not None:
+        if isinstance(error, (Closed, Disconnected)) and self.error is not None:
             return self.error
+        if isinstance(error, Disconnected):
+            return TransferFailed(f"seed {self.seed_id}: the peer closed the connection")
         if isinstance(error, TransferFailed):
             return error
         if isinstance(error, OSError):

@@ -114,15 +114,23 @@ class SeedTransferTests(TestCase):
     @inline
     async def test_thousands_of_empty_files_arrive(self):
         # one batch then holds more frames than one sendmsg may carry (IOV_MAX)
+        await self._empty_files_arrive()
+
+    @inline
+    async def test_thousands_of_empty_files_arrive_over_tls(self):
+        # their frames are joined into records, not encrypted one by one
+        await self._empty_files_arrive(*self._agent_tls())
+
+    async def _empty_files_arrive(self, server_tls=None, client_tls=None):
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(os.path.join(source, "db"))
         os.makedirs(target)
         for i in range(1200):  # about 2400 frames
             open(os.path.join(source, "db", f"t{i}.frm"), "wb").close()
-        port = await self._listen()
+        port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
         await sending.when_done()
         await receiving.when_done()
         self.assertEqual(describe_tree(target), describe_tree(source))
