@@ -24,7 +24,7 @@ PLAINTEXT_BYTES = 256 * 1024  # encrypted, then written to the socket, at a time
 RECORDS_BYTES = PLAINTEXT_BYTES + PLAINTEXT_BYTES // 8  # read out at once: those bytes' records, with room
 JOIN_BELOW = 64 * 1024  # smaller parts of a batch are joined, not sent as records of their own
 CIPHERTEXT_BYTES = 1024 * 1024  # read from the socket at a time
-RECORD_READ_BYTES = 64 * 1024  # asked of one SSL_read (it returns at most one 16 KB record)
+RECORD_READ_BYTES = 16 * 1024  # asked of one SSL_read, which returns at most one record's 16 KB
 
 
 def idle(transport: Any) -> bool:
@@ -80,8 +80,8 @@ class TlsChannel(SocketChannel):
                 if self._interrupted:
                     raise Closed()
                 chunk, view = view[:PLAINTEXT_BYTES], view[PLAINTEXT_BYTES:]
-                while chunk:  # one record per call (pyOpenSSL enables partial writes)
-                    with _tls_errors():
+                with _tls_errors():
+                    while chunk:  # one record per call (pyOpenSSL enables partial writes)
                         chunk = chunk[self._tls.send(chunk):]
                 self._send_records()  # in one socket write, not one per 16 KB record
 
@@ -110,15 +110,15 @@ class TlsChannel(SocketChannel):
 
     def _decrypt(self, buffer: memoryview) -> int | None:
         """As much plaintext as the records already read give, up to ``buffer``'s size (None: TLS ended)."""
-        count = 0
-        while count < len(buffer):
-            try:
-                with _tls_errors():
-                    count += self._tls.recv_into(buffer[count:], min(RECORD_READ_BYTES, len(buffer) - count))
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                return count or None
+        count, size, tls = 0, len(buffer), self._tls
+        try:
+            with _tls_errors():
+                while count < size:  # a record per call
+                    count += tls.recv_into(buffer[count:], RECORD_READ_BYTES)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            return count or None
         return count
 
     def close(self) -> None:
@@ -149,8 +149,8 @@ def _coalesced(parts: list[bytes]) -> Iterator[bytes]:
 
 @contextlib.contextmanager
 def _tls_errors() -> Iterator[None]:
-    """OpenSSL's failures (a record that does not decrypt, an alert) as a connection error, which
-    the transfer reports as it reports a reset; WantRead and ZeroReturn pass through."""
+    """OpenSSL's failures (a record that does not decrypt, an alert) as an OSError naming OpenSSL's
+    reason, which the transfer reports as it reports a socket's; WantRead and ZeroReturn pass through."""
     try:
         yield
     except (SSL.WantReadError, SSL.ZeroReturnError):
