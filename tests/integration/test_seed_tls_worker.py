@@ -110,19 +110,20 @@ class TlsDataPhaseTests(TestCase):
 
     @inline
     async def test_receiver_abort_mid_stream_leaves_nothing(self):
-        sending, receiving, _ = await self._start(link_rate=32 * MB)
-        await self._streaming(receiving)
-        await receiving.abort()
-        await self._nothing_left(sending, receiving)
-        self.assertEqual((receiving.state, sending.state), ("aborted", "failed"))
+        await self._abort_mid_stream(aborting="receiving")
 
     @inline
     async def test_sender_abort_mid_stream_leaves_nothing(self):
+        await self._abort_mid_stream(aborting="sending")
+
+    async def _abort_mid_stream(self, aborting: str):
         sending, receiving, _ = await self._start(link_rate=32 * MB)
+        sides = {"sending": sending, "receiving": receiving}
         await self._streaming(receiving)
-        await sending.abort()
+        await sides.pop(aborting).abort()
         await self._nothing_left(sending, receiving)
-        self.assertEqual((sending.state, receiving.state), ("aborted", "failed"))
+        self.assertEqual(sides.popitem()[1].state, "failed")
+        self.assertEqual({sending.state, receiving.state}, {"aborted", "failed"})
 
     @inline
     async def test_the_sender_learns_why_the_receiver_failed_mid_stream(self):
