@@ -291,7 +291,7 @@ class Connection(Protocol, TimeoutMixin):
         self.setTimeout(self._stall_timeout)
 
     def lend(self) -> None:
-        """TLS: a worker holds the connection for the data stream (:class:`TlsChannel`).
+        """TLS: a worker holds the connection for the data stream (:class:`~orchagent.seed.tlschannel.TlsChannel`).
 
         Until :meth:`reclaim` nothing here touches the transport: reading stays paused, the stall
         timer is the worker's socket timeout, and closing waits (the transfer interrupts the worker,

@@ -373,8 +373,8 @@ class TreeWriterTests(SynchronousTestCase):
         self.assertEqual(len(seen), RECEIVE_BUFFERS)
 
     def test_chunks_fed_as_bytes_wait_for_a_receive_buffer(self):
-        # Under TLS the stream arrives as bytes: copied into the receive buffers, it waits for
-        # a slow disk instead of piling up in the disk thread's queue (memory stays flat).
+        # Bytes fed as bytes (what came with AUTH) are copied into the receive buffers: they wait
+        # for a slow disk instead of piling up in the disk thread's queue (memory stays flat).
         source, stream, writer = self._started(big_bytes=8 * 1024 * 1024, small_files=5)
         disk_may_go = threading.Event()
         self.addCleanup(disk_may_go.set)
