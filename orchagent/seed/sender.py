@@ -5,7 +5,8 @@
 A reader thread walks, reads and MACs the source into a bounded pipe; a sending thread takes it
 to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
 :mod:`orchagent.seed.tlschannel`), paced by the seed's :class:`~orchagent.seed.throttle.Throttle`
-(``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
+(``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only
+with the receiver's authenticated DONE.
 """
 
 from __future__ import annotations
@@ -74,9 +75,8 @@ class _SendTransfer(Transfer):
         self._begin()
         self._pipe = Pipe(PIPE_BYTES)
         self._start_worker(self._read, mac)
-        self._open_channel(connection, socket.SHUT_RDWR,
-                           f"seed {self.seed_id} stalled: the receiver did not take data for "
-                           f"{self._stall_timeout:g} seconds", lambda channel: self._start_worker(self._send, channel))
+        stalled = f"seed {self.seed_id} stalled: the receiver did not take data for {self._stall_timeout:g} seconds"
+        self._open_channel(connection, socket.SHUT_RDWR, stalled, lambda channel: self._start_worker(self._send, channel))
 
     def _read(self, mac: authentication.StreamMac) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
