@@ -76,7 +76,8 @@ class _SendTransfer(Transfer):
         self._pipe = Pipe(PIPE_BYTES)
         self._start_worker(self._read, mac)
         stalled = f"seed {self.seed_id} stalled: the receiver did not take data for {self._stall_timeout:g} seconds"
-        self._open_channel(connection, socket.SHUT_RDWR, stalled, lambda channel: self._start_worker(self._send, channel))
+        self._open_channel(connection, socket.SHUT_RDWR, stalled,
+                           lambda channel: self._start_worker(self._send, channel))
 
     def _read(self, mac: authentication.StreamMac) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
