@@ -24,6 +24,7 @@ from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
 from testbed.seed_link import SlowLink
+from tests.integration.test_seed_transfer import CorruptingProxy
 from tests.support.deferreds import inline
 from tests.support.seed_tls import agent_tls
 from tests.support.seed_trees import build_tree, describe_tree
@@ -41,9 +42,11 @@ class TlsDataPhaseTests(TestCase):
         self.source, self.target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(self.target)
 
-    async def _start(self, big_bytes: int = 64 * MB, link_rate: float | None = None):
+    async def _start(self, big_bytes: int = 64 * MB, link_rate: float | None = None,
+                     corrupt_after: int | None = None):
         """A TLS seed of a tree with one ``big_bytes`` file, through a :class:`SlowLink` at
-        ``link_rate`` when given; returns (sending, receiving, link or None)."""
+        ``link_rate``, or a :class:`CorruptingProxy` changing the byte after ``corrupt_after``, when
+        given; returns (sending, receiving, the link or proxy or None)."""
         build_tree(self.source, big_bytes=big_bytes, small_files=20)
         self.server = SeedReceiverServer(reactor, secret=SECRET, stall_timeout=10, tls=self.server_tls)
         port = (await self.server.listen(_loopback())).getHost().port
@@ -53,6 +56,11 @@ class TlsDataPhaseTests(TestCase):
             link = SlowLink("127.0.0.1", port, rate=link_rate)
             self.addCleanup(link.close)
             port = link.port
+        if corrupt_after is not None:
+            link = CorruptingProxy(port, after_bytes=corrupt_after)
+            relay = await _loopback().listen(link)
+            self.addCleanup(relay.stopListening)
+            port = relay.getHost().port
         receiving = self.server.arm("7", self.target)
         sending = send_tree(reactor, "127.0.0.1", port, "7", self.source, secret=SECRET, tls=self.client_tls)
         return sending, receiving, link
@@ -143,6 +151,18 @@ class TlsDataPhaseTests(TestCase):
         await self._nothing_left(sending, receiving)
         self.assertEqual((sending.state, receiving.state), ("failed", "failed"))
         self.assertIn("lost", str(sending.error))
+
+    @inline
+    async def test_a_record_altered_on_the_wire_fails_the_seed_and_leaves_nothing(self):
+        # The worker's TLS object rejects it (the record's tag), says so, and the connection,
+        # given back broken, still ends on both sides.
+        sending, receiving, proxy = await self._start(corrupt_after=8 * MB)
+        with self.assertRaises(TransferFailed) as caught:
+            await receiving.when_done()
+        self.assertTrue(proxy.flipped)
+        self.assertIn("the TLS connection failed", str(caught.exception))
+        await self._nothing_left(sending, receiving)
+        self.assertEqual(sending.state, "failed")
 
     @inline
     async def test_a_connection_is_idle_only_once_twisted_wrote_everything(self):

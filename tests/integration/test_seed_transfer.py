@@ -314,12 +314,23 @@ class SilentSender(Protocol):
 
 
 class CorruptingProxy(ServerFactory):
-    """Forwards to the receiver, changing one byte of the first marker seen in the stream."""
+    """Forwards to the receiver, changing one byte of the first marker seen in the stream, or
+    (``after_bytes``, for TLS, where no marker shows) the byte after so many."""
 
-    def __init__(self, port: int, marker: bytes = CORRUPT_MARKER) -> None:
+    def __init__(self, port: int, marker: bytes = CORRUPT_MARKER, after_bytes: int | None = None) -> None:
         self._port = port
         self.marker = marker
+        self.after_bytes = after_bytes
+        self.forwarded = 0
         self.flipped = False
+
+    def where(self, data: bytes) -> int | None:
+        """Where in ``data``, the next bytes towards the receiver, to change a byte (None: not here)."""
+        if self.after_bytes is None:
+            return data.index(self.marker) if self.marker in data else None
+        at = self.after_bytes - self.forwarded
+        self.forwarded += len(data)
+        return at if 0 <= at < len(data) else None
 
     def buildProtocol(self, addr):
         return _ProxyServer(self)
@@ -336,9 +347,8 @@ class _ProxyServer(portforward.ProxyServer):
         reactor.connectTCP("127.0.0.1", self._corrupting._port, client)
 
     def dataReceived(self, data: bytes) -> None:
-        marker = self._corrupting.marker
-        if not self._corrupting.flipped and marker in data:
-            at = data.index(marker)
+        at = None if self._corrupting.flipped else self._corrupting.where(data)
+        if at is not None:
             data = data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:]
             self._corrupting.flipped = True
         super().dataReceived(data)
