@@ -1,7 +1,7 @@
 """A plain TCP connection's socket, lent to a worker thread for the data stream.
 
 The data then bypasses Twisted's buffers and the reactor (a quarter of the sender's CPU; see
-``bench/RESULTS.md``).
+``bench/RESULTS.md``).  :mod:`orchagent.seed.tlschannel` does the same for a TLS connection.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import interfaces
-
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import TransferFailed
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # parts one sendmsg takes (a batch of empty files has thousands)
+
+
+class Disconnected(Exception):
+    """The peer closed or reset the connection while a worker sent on it; reading the connection
+    (the reactor's, once the worker gave it back) tells why: the peer's FAIL frame, or its end."""
 
 
 class SocketChannel:
@@ -31,6 +34,8 @@ class SocketChannel:
     module's timeout mode waits with ``poll`` instead, which is also the stall timer.
     """
 
+    exclusive = False  # the reactor keeps using the connection meanwhile (see above)
+
     def __init__(self, handle: socket.socket, stall_timeout: float, interrupt: int, stalled: str) -> None:
         self._socket = handle.dup()
         self._socket.settimeout(stall_timeout)
@@ -40,14 +45,13 @@ class SocketChannel:
 
     @classmethod
     def lend(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> SocketChannel | None:
-        """A channel over ``transport``'s socket, or None under TLS (the reactor must encrypt).
+        """A channel over ``transport``'s socket, or None if it has none (TLS has its own channel,
+        :class:`~orchagent.seed.tlschannel.TlsChannel`).
 
         ``interrupt`` is how :meth:`interrupt` shuts the socket down: the receiver only stops
         reading (its reactor still tells the sender why), the sender stops both directions.
         """
-        if interfaces.ISSLTransport.providedBy(transport) or not hasattr(transport, "getHandle"):
-            return None
-        handle = transport.getHandle()
+        handle = transport.getHandle() if hasattr(transport, "getHandle") else None
         if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
             return None
         return cls(handle, stall_timeout, interrupt, stalled)
@@ -62,6 +66,8 @@ class SocketChannel:
                 sent = self._socket.sendmsg(views[:_IOV_MAX])
             except TimeoutError:
                 raise TransferFailed(self._stalled) from None
+            except (BrokenPipeError, ConnectionResetError):
+                raise Disconnected() from None
             while sent:
                 if sent >= len(views[0]):
                     sent -= len(views.pop(0))

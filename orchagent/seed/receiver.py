@@ -28,18 +28,15 @@ from orchagent.connections import ConnectionCap
 from orchagent.errors import Conflict
 from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import SocketChannel
-from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.resumption import START, Received, resume_frame
-from orchagent.seed.transfer import PIPE_BYTES, Connection, Dropped, Transfer, tls_keying_material
+from orchagent.seed.transfer import Connection, Dropped, Transfer, tls_keying_material
 from orchagent.seed.hotseed import Extractor
 from orchagent.seed.lanes import ReceiveLanes, SharedStaging
 from orchagent.seed.writer import TreeWriter
 from orchagent.tls import peer_ous
 
 log = logs.logger(__name__)
-
-TLS_CHUNK_BYTES = 1024 * 1024  # what the receiver's reactor hands its writer at once (TLS)
 
 
 class _ReceiveTransfer(Transfer):
@@ -58,9 +55,7 @@ class _ReceiveTransfer(Transfer):
         self._shared = shared
         self._writer: TreeWriter | None = None  # from the first connection on
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
-        self._incoming: list[bytes] = []  # TLS: pieces not yet handed to the writer
-        self._incoming_bytes = 0
-        self._hand_over_call: Any = None
+        self._early: list[bytes] | None = None  # stream bytes read before the worker took the connection
         self._dropping = False  # the connection dropped; its worker or connection is still winding up
 
     def _no_sender(self) -> None:
@@ -74,9 +69,8 @@ class _ReceiveTransfer(Transfer):
         self.conclude(TransferFailed(f"{what} within {self._stall_timeout:g} s{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
-        for call in (self._sender_due, self._hand_over_call):
-            if call is not None and call.active():
-                call.cancel()
+        if self._sender_due.active():
+            self._sender_due.cancel()
         if self.state == "reconnecting" and not self._concluded:
             self._start_worker(self._writer.discard)  # no connection's worker is left to do it
         if error is not None:
@@ -108,51 +102,25 @@ class _ReceiveTransfer(Transfer):
             log.info("seed {seed_id}: the sender reconnected; resuming after {files} files and {nbytes} bytes "
                      "verified", seed_id=self.seed_id, files=point.files, nbytes=point.nbytes)
         connection.transport.write(resume_frame(session, point))
-        self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RD,
-                                           f"seed {self.seed_id} stalled: the sender did not send data "
-                                           f"for {self._stall_timeout:g} seconds")
         writer = self._writer
-        if self._channel is None:
-            self._pipe = Pipe(PIPE_BYTES, on_room=lambda: self._reactor.callFromThread(connection.resume))
-            source = self._pipe.get_wait
-        else:
-            connection.pause_reading()  # the worker reads the socket from now on
-            connection.setTimeout(None)  # and notices a stall itself
-            source = lambda: self._channel.receive(writer.free_buffer())  # noqa: E731
-        self._start_worker(self._write, writer, early, source, first)
+        self._early = [early]
+
+        def start(channel: SocketChannel) -> None:
+            connection.setTimeout(None)  # the worker notices a stall itself
+            early, self._early = b"".join(self._early), None
+            self._start_worker(self._write, writer, early, lambda: channel.receive(writer.free_buffer()), first)
+
+        connection.pause_reading()  # the worker reads the socket from now on
+        self._open_channel(connection, socket.SHUT_RD, f"seed {self.seed_id} stalled: the sender did not send "
+                           f"data for {self._stall_timeout:g} seconds", start)
 
     def received(self, data: bytes) -> None:
-        """From the reactor (TLS): stream bytes for the writer.
-
-        The TLS layer hands them over in pieces of at most 32 KB.  They go to the writer joined
-        into chunks of about a MB (or what one reactor turn brought), so its thread wakes,
-        decodes and writes once per chunk rather than per piece.
-        """
-        if self._concluded or self._pipe is None:
-            return  # or bytes after the end of the stream (plain TCP): nothing reads them
-        self._incoming.append(data)
-        self._incoming_bytes += len(data)
-        if self._incoming_bytes >= TLS_CHUNK_BYTES:
-            self._hand_over()
-        elif self._hand_over_call is None:
-            self._hand_over_call = self._reactor.callLater(0, self._hand_over)
-
-    def _hand_over(self) -> None:
-        if self._hand_over_call is not None:
-            if self._hand_over_call.active():
-                self._hand_over_call.cancel()
-            self._hand_over_call = None
-        if not self._incoming or self._concluded:
-            return
-        chunk, size = b"".join(self._incoming), self._incoming_bytes
-        self._incoming, self._incoming_bytes = [], 0
-        if self._pipe.put(chunk, size):
-            self._connection.pause_reading()
+        """From the reactor: stream bytes that came before the worker took the connection (with
+        the AUTH frame, under TLS in the same read); later ones, after the stream's end, nobody reads."""
+        if self._early is not None:
+            self._early.append(data)
 
     def connection_closed(self) -> None:
-        if self._pipe is not None:
-            self._hand_over()
-            self._pipe.finish()  # the writer decides: whole tree received, or cut short
         super().connection_closed()
         if not self._concluded:
             self._dropping = True  # over before the end: its worker rewinds
@@ -161,9 +129,9 @@ class _ReceiveTransfer(Transfer):
     def _write(self, writer: TreeWriter, early: bytes, source: Callable[[], Any], first: bool) -> Any:
         """Worker thread (one per connection): everything that touches the target disk.
 
-        ``source`` gives the next piece of the stream (None at its end): the pipe's items, or
-        views of the writer's reused buffers, which it takes back once written.  A stream cut
-        short is rewound to its last verified point, for the next connection to continue.
+        ``source`` gives the next piece of the stream (None at its end): views of the writer's
+        reused buffers, which it takes back once written.  A stream cut short is rewound to its
+        last verified point, for the next connection to continue.
         """
         try:
             if first:
@@ -176,7 +144,7 @@ class _ReceiveTransfer(Transfer):
                 writer.feed(chunk)
             if not writer.ended and not self._concluded:
                 return Dropped(writer.rewind())
-            self._reactor.callFromThread(self._finishing)
+            self._reactor.callFromThread(self._finishing)  # the worker is done with the connection
             writer.finish(lambda: self._concluded)
         except BaseException:
             writer.discard()
@@ -200,16 +168,16 @@ class _ReceiveTransfer(Transfer):
         if self._workers or self._connection_open or not self._dropping or self._concluded:
             return
         self._dropping = False
-        self._connection, self._pipe = None, None
+        self._connection = None
         self.state = "reconnecting"
         self._sender_due = self._reactor.callLater(self._stall_timeout, self._no_sender)
 
     def _finishing(self) -> None:
         if not self._concluded:
             self.state = "finishing"
+            self._release_channel()
             self._connection.setTimeout(None)  # no data is due any more; keepalives go on
-            if self._channel is not None:
-                self._connection.resume_reading()  # notice the sender leaving
+            self._connection.resume_reading()  # notice the sender leaving
 
     def _worker_succeeded(self) -> None:
         self.conclude(None)
@@ -315,14 +283,10 @@ class _ReceiverProtocol(Connection):
         self.transport.loseConnection()
 
     def _send_progress(self) -> None:
+        if self.lent:
+            return  # TLS: the worker holds the connection; the sender's stall timer is its socket's meanwhile
         progress = self._transfer.progress
         self.transport.write(protocol.counts_frame(Kind.PROGRESS, progress.files_done, progress.bytes_done))
-
-    def resume(self) -> None:
-        """The writer made room in the pipe: read again (and that counts as progress)."""
-        if not self._closed:
-            self.resetTimeout()
-            self.transport.resumeProducing()
 
     def timeoutConnection(self) -> None:
         what = "authenticate" if self._transfer is None else "send data"

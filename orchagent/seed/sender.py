@@ -2,10 +2,11 @@
 
     transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
 
-A reader thread walks, reads and MACs the source into a bounded pipe; on plain TCP a sending
-thread takes it to the socket (:mod:`orchagent.seed.channel`), under TLS the reactor does, both
-paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPerSecond``, changed
-on the fly by :meth:`limit_rate`).  The transfer succeeds only with the receiver's authenticated DONE.
+A reader thread walks, reads and MACs the source into a bounded pipe; a sending thread takes it
+to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
+:mod:`orchagent.seed.tlschannel`), paced by the seed's :class:`~orchagent.seed.throttle.Throttle`
+(``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only
+with the receiver's authenticated DONE.
 When the connection drops, the sender reconnects (backing off) for up to ``stall_timeout`` seconds
 and continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's
 backup stream cannot be sent again, so a drop fails it.  With ``SeedParallelStreams`` above 1 a
@@ -22,7 +23,6 @@ from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from orchagent import logs
 from orchagent.seed import authentication
@@ -43,6 +43,8 @@ MIN_PIPE_BYTES = 2 * 1024 * 1024  # a lane's pipe, at least: a few batches ahead
 
 
 class _SendTransfer(Transfer):
+    _loss_told = True  # by _SenderProtocol: the receiver's FAIL frame, or connection_lost
+
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
                  throttle: Throttle, compression: str, backup: BackupSource | None, lane: int = 0, lanes: int = 1,
                  carries: Callable[[bytes], bool] = lambda _: True) -> None:
@@ -55,7 +57,6 @@ class _SendTransfer(Transfer):
         self._lane, self._lanes, self._carries = lane, lanes, carries
         self._connecting: Deferred | None = None
         self._throttle = throttle
-        self._paused_pump: Any = None  # TLS: the reactor's delayed pump while the throttle holds it
         self._endpoint: Any = None
         self._where = ""
         self._accepted_once = False  # from then on a dropped connection is resumed
@@ -64,6 +65,11 @@ class _SendTransfer(Transfer):
         self._attempts = 0
         self._next_attempt: Any = None
         self._last_problem = ""
+
+    @property
+    def lanes(self) -> int:
+        """The connections of the seed this transfer is one of."""
+        return self._lanes
 
     @property
     def lane_name(self) -> str:
@@ -78,10 +84,6 @@ class _SendTransfer(Transfer):
     def limit_rate(self, max_bytes_per_second: int) -> None:
         """Reactor: pace the rest of the transfer at ``max_bytes_per_second`` (0: no limit)."""
         self._throttle.set_rate(max_bytes_per_second)  # wakes a waiting sending thread
-        if self._paused_pump is not None and self._paused_pump.active():
-            self._paused_pump.cancel()
-            self._paused_pump = None
-            self.pump()  # TLS: recomputed at the new rate
 
     def connect(self, endpoint: interfaces.IStreamClientEndpoint, where: str) -> None:
         """Connect (and, after a drop, reconnect) to the receiver at ``endpoint``."""
@@ -118,15 +120,10 @@ class _SendTransfer(Transfer):
         else:
             self._resumed(point)
         self._pipe = Pipe(max(PIPE_BYTES // self._lanes, MIN_PIPE_BYTES))  # the seed's memory, split between lanes
-        self._channel = SocketChannel.lend(connection.transport, self._stall_timeout, socket.SHUT_RDWR,
-                                           f"seed {self.seed_id} stalled: the receiver did not take data "
-                                           f"for {self._stall_timeout:g} seconds")
-        if self._channel is None:
-            connection.register_as_producer()
-            self._start_worker(self._read, mac, point, lambda: self._reactor.callFromThread(self.pump))
-        else:
-            self._start_worker(self._read, mac, point, lambda: None)
-            self._start_worker(self._send)
+        self._start_worker(self._read, mac, point)
+        stalled = f"seed {self.seed_id} stalled: the receiver did not take data for {self._stall_timeout:g} seconds"
+        self._open_channel(connection, socket.SHUT_RDWR, stalled,
+                           lambda channel: self._start_worker(self._send, channel))
 
     def _resumed(self, point: ResumePoint) -> None:
         """Progress back to what the receiver verified; what was sent past it counts as sent again."""
@@ -140,7 +137,7 @@ class _SendTransfer(Transfer):
                  "verified ({resent} bytes sent again)", seed_id=self.seed_id, files=point.files,
                  nbytes=point.nbytes, resent=resent)
 
-    def _read(self, mac: authentication.StreamMac, point: ResumePoint, queued: Callable[[], None]) -> None:
+    def _read(self, mac: authentication.StreamMac, point: ResumePoint) -> None:
         """Reader thread: walk, read and MAC the source into the pipe, a few MB ahead of the socket."""
         # for room in the pipe: how far the link is the limit (SeedCompression auto); a duration this
         # thread measures of its own blocking, not a time kept anywhere, so not the reactor's clock
@@ -156,37 +153,22 @@ class _SendTransfer(Transfer):
                 started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
                 waited += time.monotonic() - started
-                queued()
         finally:
             self._pipe.finish()
             if self._backup is not None:
                 self._backup.close()
 
-    def _send(self) -> None:
-        """Sending thread (plain TCP): from the pipe straight onto the socket."""
-        while (batch := self._pipe.get_wait()) is not None:
-            self._throttle.wait()
-            self._throttle.spend(batch.size)
-            self._count(batch)
-            self._channel.send(batch.parts)
-
-    def pump(self) -> None:
-        """Reactor (TLS): move batches from the pipe to the transport until it asks for a pause."""
-        if self._paused_pump is not None and self._paused_pump.active():
-            return  # the throttle holds the data until then (limit_rate reschedules it)
-        connection = self._connection
-        if connection is None or self._pipe is None or self._dropping:
-            return  # between connections
-        while not connection.paused and not self.concluded:
-            if pause := self._throttle.delay():
-                self._paused_pump = self._reactor.callLater(pause, self.pump)
-                return
-            batch = self._pipe.get()
-            if batch is None:
-                return
-            self._throttle.spend(batch.size)
-            connection.write_batch(batch.parts)
-            self._count(batch)
+    def _send(self, channel: SocketChannel) -> None:
+        """Sending thread: from the pipe straight onto the socket; the channel goes back to the
+        reactor when this ends (to read the receiver's DONE, or why it failed)."""
+        try:
+            while (batch := self._pipe.get_wait()) is not None:
+                self._throttle.wait()
+                self._throttle.spend(batch.size)
+                self._count(batch)
+                channel.send(batch.parts)
+        finally:
+            self._reactor.callFromThread(self._release_channel)
 
     def _count(self, batch: Batch) -> None:
         """Progress of what was handed to the socket (one thread per transfer does this)."""
@@ -251,17 +233,13 @@ class _SendTransfer(Transfer):
             self._dropping = False
             self._pipe = None
             self._connection = None
-            self._unpause_pump()
             self.state = "reconnecting"
             self._schedule_attempt()
 
     def _worker_ended(self, result: Any) -> None:
-        if isinstance(result, Failure):
-            if not self._dropping and result.check(ConnectionError) and self._backup is None and not self.concluded:
-                self._drop(result.getErrorMessage())  # the sending thread noticed before the reactor did
-            if self._dropping:
-                result = None  # it only noticed its connection go
-        super()._worker_ended(result)
+        if isinstance(result, Failure) and self._dropping:
+            result = None  # it only noticed its connection go
+        super()._worker_ended(result)  # a Disconnected sending thread: the connection tells why (_loss_told)
         self._reconnect_when_idle()
 
     def attempt_failed(self, problem: str) -> None:
@@ -286,16 +264,10 @@ class _SendTransfer(Transfer):
             self._connecting.cancel()
         if self._next_attempt is not None and self._next_attempt.active():
             self._next_attempt.cancel()
-        self._unpause_pump()
         self._throttle.close()
         super().conclude(error)
 
-    def _unpause_pump(self) -> None:
-        if self._paused_pump is not None and self._paused_pump.active():
-            self._paused_pump.cancel()
 
-
-@implementer(interfaces.IPushProducer)
 class _SenderProtocol(Connection):
     def __init__(self, transfer: _SendTransfer, reactor: Any, stall_timeout: float) -> None:
         super().__init__(reactor, stall_timeout)
@@ -304,9 +276,7 @@ class _SenderProtocol(Connection):
         self._session: authentication.Session | None = None
         self._proved = False  # the receiver proved itself (ACCEPT); its RESUME is due
         self.accepted = False  # and said where to begin: the stream flows
-        self._producing = False
         self._busy = ""  # why a reconnection attempt was turned away for now
-        self.paused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -362,42 +332,10 @@ class _SenderProtocol(Connection):
         else:
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
 
-    # IPushProducer, for our own transport: the reader thread waits while we are paused
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.resetTimeout()
-        self._transfer.pump()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
     def timeoutConnection(self) -> None:
         what = "answer" if not self.accepted else "take data"
         self._transfer.conclude(TransferFailed(
             f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
-
-    def write_batch(self, parts: list[bytes]) -> None:
-        """Reactor (TLS): hand one batch to the transport (which counts as progress)."""
-        if len(parts) == 2:  # a DATA header and one large read: no joining copy of the read
-            for part in parts:
-                self.transport.write(part)
-        else:
-            self.transport.writeSequence(parts)
-        self.resetTimeout()
-
-    def register_as_producer(self) -> None:
-        """TLS: the reactor sends, pausing the reader's pipe while the transport is full."""
-        self.transport.registerProducer(self, True)
-        self._producing = True
-
-    def close(self, error: TransferFailed | None) -> None:
-        if self._producing and not self._closed:
-            self.transport.unregisterProducer()
-        super().close(error)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -407,7 +345,7 @@ class _SenderProtocol(Connection):
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,
               tls: Any = None, stall_timeout: float = 300, connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
               max_bytes_per_second: int = 0, compression: str = "auto",
-              backup: BackupSource | None = None, streams: int = 1) -> SendLanes:
+              backup: BackupSource | None = None, streams: int = 1) -> _SendTransfer | SendLanes:
     """Start sending ``source_dir`` to the receiver at ``host:port`` for ``seed_id``.
 
     ``tls``: an ``IOpenSSLClientConnectionCreator`` (e.g. ``optionsForClientTLS(host, trustRoot=...)``)
@@ -430,4 +368,4 @@ def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str,
         transfer.connect(endpoint, f"{host}:{port}")
         return transfer
 
-    return SendLanes(seed_id, source_dir, lanes, start_lane)
+    return start_lane(0) if lanes == 1 else SendLanes(seed_id, source_dir, lanes, start_lane)

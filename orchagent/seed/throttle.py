@@ -8,8 +8,7 @@
 The bucket may go into debt: a batch goes as soon as the balance is not negative, then its size
 is subtracted, so a batch of any size passes and the average follows the rate exactly.  The
 balance never exceeds one batch's worth of credit (:data:`BURST_BYTES`), so after an idle moment
-at most about two batches leave at once.  Under TLS the reactor sends: it asks :meth:`delay`
-instead of waiting.
+at most about two batches leave at once.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ class Throttle:
             self._lock.notify_all()
 
     def delay(self) -> float:
-        """Seconds until the next batch may go (0: now)."""
+        """Seconds until the next batch may go (0: now): what :meth:`wait` would wait."""
         with self._lock:
             return self._pause()
 

@@ -20,8 +20,8 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.seed import authentication, protocol
-from orchagent.seed.channel import SocketChannel
+from orchagent.seed import authentication, protocol, tlschannel
+from orchagent.seed.channel import Disconnected, SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
 
@@ -29,8 +29,9 @@ __all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted", "Dropped
 
 log = logs.logger(__name__)
 
-PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the reader thread and the socket (or reactor)
-SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport (TLS)
+PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the sender's reader thread and its sending thread
+SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport
+IDLE_POLL_SECONDS = 0.005  # how often to look again whether Twisted's TLS layer is idle (tlschannel.idle)
 
 
 @attrs.define
@@ -38,8 +39,8 @@ class Progress:
     """How far a transfer is.  Byte counts are logical file bytes (holes included).
 
     Updated by one thread per transfer (the receiver's disk thread, its decoding thread for the
-    wire counts; the sender's sending thread, or its reactor under TLS); plain int stores, so the
-    reactor may read them at any time.  ``started``/``finished`` are reactor times.
+    wire counts; the sender's sending thread); plain int stores, so the reactor may read them at
+    any time.  ``started``/``finished`` are reactor times.
     """
 
     bytes_done: int = 0
@@ -112,6 +113,8 @@ class Transfer(Outcome):
     a resume): ``_connection`` and the data path, ``_pipe`` or ``_channel``.
     """
 
+    _loss_told = False  # a worker's Disconnected waits for the connection to tell what ended it
+
     def __init__(self, reactor: Any, seed_id: str, role: str, stall_timeout: float) -> None:
         self.seed_id = seed_id
         self.role = role  # "send" or "receive"
@@ -126,8 +129,9 @@ class Transfer(Outcome):
         self._connection_open = False
         self._waiters: list[Deferred] = []
         self._connection: Connection | None = None
-        self._pipe: Pipe | None = None  # the data path through the reactor (TLS)
-        self._channel: SocketChannel | None = None  # the worker's own socket (plain TCP)
+        self._pipe: Pipe | None = None  # the sender's, between its reader thread and its sending thread
+        self._channel: SocketChannel | None = None  # the connection as lent to the worker for the data stream
+        self._taking: Any = None  # TLS: the next look whether the connection can be lent (tlschannel.idle)
 
     @property
     def done(self) -> bool:
@@ -170,11 +174,12 @@ class Transfer(Outcome):
 
     def _worker_ended(self, result: Any) -> None:
         self._workers -= 1
-        if self._channel is not None and not self._workers:
-            self._channel.close()  # the connection's; the next one lends its own
-            self._channel = None
+        if not self._workers:
+            self._release_channel()  # the connection's; after a drop the next one lends its own
         if isinstance(result, Failure):
-            self._worker_failed(self._as_error(result))
+            if not (result.check(Disconnected) and self._connection_open and self._loss_told):
+                self._worker_failed(self._as_error(result))
+            # else reading the connection (given back by now) tells why it ended
         elif isinstance(result, Dropped):
             self._worker_dropped(result)
         elif not self._workers:
@@ -196,6 +201,9 @@ class Transfer(Outcome):
             return
         self._concluded = True
         self.error = error
+        if self._taking is not None and self._taking.active():
+            self._taking.cancel()
+            self._connection.resume_reading()  # under TLS, closing needs the peer's close_notify
         if self._pipe is not None and error is not None:
             self._pipe.close()
         if self._channel is not None and self._workers:
@@ -231,8 +239,10 @@ class Transfer(Outcome):
 
     def _as_error(self, failure: Failure) -> TransferFailed:
         error = failure.value
-        if isinstance(error, Closed) and self.error is not None:
+        if isinstance(error, (Closed, Disconnected)) and self.error is not None:
             return self.error
+        if isinstance(error, Disconnected):
+            return TransferFailed(f"seed {self.seed_id}: the peer closed the connection")
         if isinstance(error, TransferFailed):
             return error
         if isinstance(error, OSError):
@@ -254,6 +264,48 @@ class Transfer(Outcome):
         self.state = "running"
         self.progress.started = self._reactor.seconds()
 
+    def _open_channel(self, connection: Connection, interrupt: int, stalled: str,
+                      start: Callable[[SocketChannel], None]) -> None:
+        """Lend ``connection`` to a worker for the data stream, then ``start`` that worker with the channel.
+
+        Plain TCP lends a duplicate of the socket at once.  TLS lends the whole connection, on a later
+        reactor turn: this may run inside Twisted's TLS layer (delivering the frame that began the data
+        phase), which must have returned, and have nothing left to write, before a worker may take it.
+        ``interrupt`` and ``stalled``: see :class:`SocketChannel`.
+        """
+        transport = connection.transport
+        if not interfaces.ISSLTransport.providedBy(transport):
+            self._channel = SocketChannel.lend(transport, self._stall_timeout, interrupt, stalled)
+            if self._channel is None:
+                self.conclude(TransferFailed(f"seed {self.seed_id} {self.role} failed: the connection has no socket"))
+            else:
+                start(self._channel)
+            return
+        connection.pause_reading()
+
+        def take() -> None:
+            if self.concluded or connection is not self._connection or not self._connection_open:
+                return  # over, or this connection dropped meanwhile (a resume lends the next one)
+            if not tlschannel.idle(transport):
+                self._taking = self._reactor.callLater(IDLE_POLL_SECONDS, take)
+                return
+            self._taking = None
+            self._channel = tlschannel.TlsChannel.take(transport, self._stall_timeout, interrupt, stalled)
+            connection.lend()
+            start(self._channel)
+
+        self._taking = self._reactor.callLater(0, take)
+
+    def _release_channel(self) -> None:
+        """Reactor: the worker is done with the channel (it ended, or the stream did): take the
+        connection back."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        channel.close()
+        if channel.exclusive:
+            self._connection.reclaim()
+
 
 
 class Connection(Protocol, TimeoutMixin):
@@ -265,6 +317,8 @@ class Connection(Protocol, TimeoutMixin):
         self._frames = protocol.FrameBuffer()
         self._closed = False
         self._last_resort: Any = None
+        self.lent = False  # a worker holds the connection (TLS, see lend)
+        self._after_lending: list[Callable[[], None]] = []
 
     def callLater(self, period: float, func: Callable[[], None]) -> Any:
         return self._reactor.callLater(period, func)
@@ -273,8 +327,30 @@ class Connection(Protocol, TimeoutMixin):
         _widen_buffers(self.transport)
         self.setTimeout(self._stall_timeout)
 
+    def lend(self) -> None:
+        """TLS: a worker holds the connection for the data stream (:class:`~orchagent.seed.tlschannel.TlsChannel`).
+
+        Until :meth:`reclaim` nothing here touches the transport: reading stays paused, the stall
+        timer is the worker's socket timeout, and closing waits (the transfer interrupts the worker,
+        which then gives the connection back at once).
+        """
+        self.lent = True
+        self.setTimeout(None)
+
+    def reclaim(self) -> None:
+        """TLS: the worker gave the connection back; do what waited for it."""
+        self.lent = False
+        self.resume_reading()
+        self.setTimeout(self._stall_timeout)
+        waiting, self._after_lending = self._after_lending, []
+        for action in waiting:
+            action()
+
     def close(self, error: TransferFailed | None) -> None:
         """End the connection, telling the peer why when there is a reason."""
+        if self.lent:
+            self._after_lending.append(lambda: self.close(error))
+            return
         if self._closed:
             return
         self._closed = True
@@ -286,6 +362,9 @@ class Connection(Protocol, TimeoutMixin):
 
     def abort(self) -> None:
         """Drop the connection now, unsent data and all."""
+        if self.lent:
+            self._after_lending.append(self.abort)
+            return
         self.transport.abortConnection()
 
     def pause_reading(self) -> None:

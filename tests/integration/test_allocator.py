@@ -8,7 +8,7 @@ import textwrap
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent import allocator
-from orchagent.seed import reader, receiver, transfer
+from orchagent.seed import reader, tlschannel, transfer
 
 # In a fresh process (the thresholds are process-wide and adapt to what was freed before):
 # how many new anonymous mappings of at least 3 MB one 3 MB buffer brings, before and after.
@@ -47,7 +47,7 @@ class AllocatorTests(SynchronousTestCase):
         self.assertEqual((untuned, tuned, after), ("1", "True", "0"))
 
     def test_the_buffers_a_seed_allocates_per_chunk_are_below_the_threshold(self):
-        # file reads, TLS chunks handed to the writer, and what Twisted joins before a send
-        per_chunk = (reader.CHUNK_BYTES, receiver.TLS_CHUNK_BYTES, 2 * transfer.SOCKET_BUFFER_BYTES)
+        # file reads, TLS records read out for the socket, and what Twisted joins before a send
+        per_chunk = (reader.CHUNK_BYTES, tlschannel.RECORDS_BYTES, 2 * transfer.SOCKET_BUFFER_BYTES)
         self.assertLessEqual(max(per_chunk), allocator.MMAP_THRESHOLD_BYTES)
         self.assertGreater(allocator.TRIM_THRESHOLD_BYTES, allocator.MMAP_THRESHOLD_BYTES)

@@ -3,7 +3,8 @@ changed mid-seed, and the seed still arrives whole and verified.
 
 Between two real agents (plain TCP: the sending thread paces), serving plain directories
 (``MySQLDatadirCommand: echo <dir>``, MySQL reported stopped), so the source sends its datadir
-itself; and over TLS with both engine sides in this process (the reactor paces).  The data is
+itself; and over TLS with both engine sides in this process (the sending thread paces there too,
+as it encrypts).  The data is
 incompressible and loopback moves hundreds of MB/s unthrottled, so any rate measured here is the
 throttle's.
 """
@@ -122,7 +123,7 @@ class SeedThrottleTests(SynchronousTestCase):
 
 
 class EngineThrottleTests(TestCase):
-    """Both engine sides in this process: over TLS the reactor holds the pace and follows a change;
+    """Both engine sides in this process: over TLS the sending thread holds the pace and follows a change;
     at the lowest rate a stall timer allows, the seed does not stall."""
 
     timeout = 30

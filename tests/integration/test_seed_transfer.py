@@ -14,18 +14,15 @@ from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
-from orchagent.config import Config
 from orchagent.seed import authentication, compression, protocol
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
-from orchagent.tls import client_creator, seed_server_options
-from testbed.pki import CertificateAuthority
 from tests.support.deferreds import inline
+from tests.support.seed_tls import AGENTS_OU, agent_tls
 from tests.support.seed_trees import allocated_bytes, build_tree, describe_tree
 
 SECRET = b"correct horse battery staple"
-AGENTS_OU = "mysql-agents"
 
 
 class SeedTransferTests(TestCase):
@@ -117,15 +114,23 @@ class SeedTransferTests(TestCase):
     @inline
     async def test_thousands_of_empty_files_arrive(self):
         # one batch then holds more frames than one sendmsg may carry (IOV_MAX)
+        await self._empty_files_arrive()
+
+    @inline
+    async def test_thousands_of_empty_files_arrive_over_tls(self):
+        # their frames are joined into records, not encrypted one by one
+        await self._empty_files_arrive(*self._agent_tls())
+
+    async def _empty_files_arrive(self, server_tls=None, client_tls=None):
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(os.path.join(source, "db"))
         os.makedirs(target)
         for i in range(1200):  # about 2400 frames
             open(os.path.join(source, "db", f"t{i}.frm"), "wb").close()
-        port = await self._listen()
+        port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
         await sending.when_done()
         await receiving.when_done()
         self.assertEqual(describe_tree(target), describe_tree(source))
@@ -151,18 +156,7 @@ class SeedTransferTests(TestCase):
         return str(caught.exception)
 
     def _agent_tls(self, sender_ou: str | None = None, check_senders: bool = False) -> tuple[object, object]:
-        """(receiver's TLS options, sender's connection creator), made from agent configs as an
-        agent with ``UseSSL`` makes them, all certificates from one CA.  The sender presents a
-        certificate with ``sender_ou`` unless that is None; with ``check_senders`` the receiver
-        verifies senders' certificates (``SeedTransferValidOUs``)."""
-        ca = CertificateAuthority(self.mktemp())
-        receiver = ca.issue("receiver", ou=AGENTS_OU)
-        receiver_config = Config(use_ssl=True, ssl_cert_file=receiver.cert, ssl_private_key_file=receiver.key,
-                                 ssl_ca_file=ca.cert, seed_transfer_valid_ous=(AGENTS_OU,) if check_senders else ())
-        sender = ca.issue("sender", ou=sender_ou) if sender_ou is not None else None
-        sender_config = Config(use_ssl=True, ssl_ca_file=ca.cert, ssl_cert_file=sender.cert if sender else "",
-                               ssl_private_key_file=sender.key if sender else "")
-        return seed_server_options(receiver_config), client_creator(sender_config, "localhost")
+        return agent_tls(self.mktemp(), sender_ou, check_senders)
 
     async def _refused_by_certificate(self, sender_ou: str | None) -> str:
         server_tls, client_tls = self._agent_tls(sender_ou, check_senders=True)
@@ -320,12 +314,23 @@ class SilentSender(Protocol):
 
 
 class CorruptingProxy(ServerFactory):
-    """Forwards to the receiver, changing one byte of the first marker seen in the stream."""
+    """Forwards to the receiver, changing one byte of the first marker seen in the stream, or
+    (``after_bytes``, for TLS, where no marker shows) the byte after so many."""
 
-    def __init__(self, port: int, marker: bytes = CORRUPT_MARKER) -> None:
+    def __init__(self, port: int, marker: bytes = CORRUPT_MARKER, after_bytes: int | None = None) -> None:
         self._port = port
         self.marker = marker
+        self.after_bytes = after_bytes
+        self.forwarded = 0
         self.flipped = False
+
+    def where(self, data: bytes) -> int | None:
+        """Where in ``data``, the next bytes towards the receiver, to change a byte (None: not here)."""
+        if self.after_bytes is None:
+            return data.index(self.marker) if self.marker in data else None
+        at = self.after_bytes - self.forwarded
+        self.forwarded += len(data)
+        return at if 0 <= at < len(data) else None
 
     def buildProtocol(self, addr):
         return _ProxyServer(self)
@@ -342,9 +347,8 @@ class _ProxyServer(portforward.ProxyServer):
         reactor.connectTCP("127.0.0.1", self._corrupting._port, client)
 
     def dataReceived(self, data: bytes) -> None:
-        marker = self._corrupting.marker
-        if not self._corrupting.flipped and marker in data:
-            at = data.index(marker)
+        at = None if self._corrupting.flipped else self._corrupting.where(data)
+        if at is not None:
             data = data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1:]
             self._corrupting.flipped = True
         super().dataReceived(data)

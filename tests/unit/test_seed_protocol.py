@@ -388,8 +388,8 @@ class TreeWriterTests(SynchronousTestCase):
         self.assertEqual(len(seen), RECEIVE_BUFFERS)
 
     def test_chunks_fed_as_bytes_wait_for_a_receive_buffer(self):
-        # Under TLS the stream arrives as bytes: copied into the receive buffers, it waits for
-        # a slow disk instead of piling up in the disk thread's queue (memory stays flat).
+        # Bytes fed as bytes (what came with AUTH) are copied into the receive buffers: they wait
+        # for a slow disk instead of piling up in the disk thread's queue (memory stays flat).
         source, stream, writer = self._started(big_bytes=8 * 1024 * 1024, small_files=5)
         disk_may_go = threading.Event()
         self.addCleanup(disk_may_go.set)
@@ -447,18 +447,21 @@ class TreeWriterTests(SynchronousTestCase):
 
 
 class PipeTests(SynchronousTestCase):
-    """The bounded pipe between the reactor and a worker thread reports full, drains and wakes both sides."""
+    """The bounded pipe between two worker threads holds its bound, drains and wakes both sides."""
 
-    def test_reports_full_and_drains(self):
-        room = []
-        pipe = Pipe(10, on_room=lambda: room.append(True))
-        self.assertFalse(pipe.put(b"a", 6))
-        self.assertTrue(pipe.put(b"b", 5))
+    def test_the_producer_waits_for_room(self):
+        pipe = Pipe(10)
+        pipe.put_wait(b"a", 6)
+        pipe.put_wait(b"b", 5)  # over the bound now: the next put waits
+        third = threading.Thread(target=pipe.put_wait, args=(b"c", 1), daemon=True)
+        third.start()
+        third.join(0.2)
+        self.assertTrue(third.is_alive())
         self.assertEqual(pipe.get_wait(), b"a")
-        self.assertEqual(room, [True])  # down to 5 <= 10 // 2: the producer may resume
+        third.join(5)
+        self.assertFalse(third.is_alive())
         pipe.finish()
-        self.assertEqual(pipe.get_wait(), b"b")
-        self.assertIsNone(pipe.get_wait())
+        self.assertEqual([pipe.get_wait(), pipe.get_wait(), pipe.get_wait()], [b"b", b"c", None])
 
     def test_a_waiting_consumer_thread_wakes_for_each_item(self):
         pipe = Pipe(1)  # the producer waits for room after every item
@@ -483,11 +486,10 @@ class PipeTests(SynchronousTestCase):
 
     def test_close_wakes_both_sides(self):
         pipe = Pipe(1)
-        pipe.put(b"x", 1)
+        pipe.put_wait(b"x", 1)
         pipe.close()
         self.assertRaises(Closed, pipe.put_wait, b"y", 1)
         self.assertRaises(Closed, pipe.get_wait)
-        self.assertIsNone(pipe.get())
 
 
 class ReceiverHandshakeTests(SynchronousTestCase):

@@ -1,0 +1,165 @@
+"""A TLS connection lent to a worker thread for the data stream: the worker encrypts and decrypts.
+
+Twisted's TLS layer does the TLS handshake, the certificate checks and the seed handshake (whose
+keys are bound to the TLS session); for the data phase a worker takes the connection's pyOpenSSL
+object and a duplicate of the socket under it and moves the stream itself, as plain TCP does with
+:class:`~orchagent.seed.channel.SocketChannel`: no reactor turn, no Twisted buffer and no GIL
+contention per 16 KB record (the reactor's TLS cost 10 to 20% against socat's; ``bench/RESULTS.md``).
+It is the same TLS session, not a second one of the ``ssl`` module: nothing about certificates,
+peer checks or the exporter binding changes, and no second handshake has to be bound to the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from typing import Any, Iterator
+
+from OpenSSL import SSL
+
+from orchagent.seed.channel import SocketChannel
+from orchagent.seed.pipe import Closed
+
+PLAINTEXT_BYTES = 256 * 1024  # encrypted, then written to the socket, at a time
+RECORDS_BYTES = PLAINTEXT_BYTES + PLAINTEXT_BYTES // 8  # read out at once: those bytes' records, with room
+JOIN_BELOW = 64 * 1024  # smaller parts of a batch are joined, not sent as records of their own
+CIPHERTEXT_BYTES = 1024 * 1024  # read from the socket at a time
+RECORD_READ_BYTES = 16 * 1024  # asked of one SSL_read, which returns at most one record's 16 KB
+
+
+def idle(transport: Any) -> bool:
+    """Whether Twisted's TLS layer on ``transport``, and the TCP transport under it, have nothing
+    left to write, so that a worker can take the connection without the reactor touching its TLS
+    object again (a pending write would, and would also let the reactor notice a lost connection
+    and decrypt in its ``connectionLost``).
+
+    Twisted has no public way to ask.  These attributes are the same in Debian's Twisted 22.4 and
+    the newest (the tests run on both); ``_aggregator`` (Twisted >= 22.8) batches small writes
+    until the next reactor turn.  A missing attribute counts as busy: the transfer then waits and
+    fails by its stall timer rather than guess.
+    """
+    try:
+        tcp = transport.transport
+        aggregator = getattr(transport, "_aggregator", None)
+        return (not transport.disconnecting and not transport._appSendBuffer
+                and (aggregator is None or not aggregator._buffer)
+                and not tcp.disconnecting and tcp.offset == len(tcp.dataBuffer) and not tcp._tempDataLen)
+    except AttributeError:
+        return False
+
+
+class TlsChannel(SocketChannel):
+    """A TLS connection's pyOpenSSL object and a duplicate of its socket, lent to one worker.
+
+    The reactor lends it only while :func:`idle` holds and reading is paused, after Twisted's TLS
+    layer returned from what it was doing, and touches the TLS object again only once the worker
+    gave it back (:meth:`~orchagent.seed.transfer.Connection.lend`): no two threads ever use it at
+    once.  Nothing is lost at either hand-over: the TLS object keeps the records it has half read
+    and the plaintext not yet asked for, and Twisted's TLS layer carries on from there.  OpenSSL's
+    calls release the GIL (pyOpenSSL goes through cffi), so encryption overlaps the other threads.
+    """
+
+    exclusive = True  # the reactor must not touch the connection while a worker holds it
+
+    def __init__(self, tls: SSL.Connection, handle: Any, stall_timeout: float, interrupt: int,
+                 stalled: str) -> None:
+        super().__init__(handle, stall_timeout, interrupt, stalled)
+        self._tls = tls
+        self._ciphertext: memoryview | None = None  # the receiving worker's socket buffer
+
+    @classmethod
+    def take(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> TlsChannel:
+        """Reactor: the channel of the TLS ``transport`` (which must be :func:`idle`)."""
+        return cls(transport.getHandle(), transport.transport.getHandle(), stall_timeout, interrupt, stalled)
+
+    def send(self, parts: list[bytes]) -> None:
+        """Worker: encrypt all of ``parts`` and send the records."""
+        for plaintext in _coalesced(parts):
+            view = memoryview(plaintext)
+            while view:
+                if self._interrupted:
+                    raise Closed()
+                chunk, view = view[:PLAINTEXT_BYTES], view[PLAINTEXT_BYTES:]
+                with _tls_errors():
+                    while chunk:  # one record per call (pyOpenSSL enables partial writes)
+                        chunk = chunk[self._tls.send(chunk):]
+                self._send_records()  # in one socket write, not one per 16 KB record
+
+    def _send_records(self) -> None:
+        while True:
+            try:
+                records = self._tls.bio_read(RECORDS_BYTES)
+            except SSL.WantReadError:
+                return  # all of it is on the socket
+            super().send([records])
+
+    def receive(self, buffer: memoryview) -> memoryview | None:
+        """Worker: the next plaintext, decrypted into ``buffer``; None at the end of the stream."""
+        while True:
+            count = self._decrypt(buffer)
+            if count:
+                return buffer[:count]
+            if count is None:
+                return None  # the peer closed TLS (close_notify)
+            if self._ciphertext is None:
+                self._ciphertext = memoryview(bytearray(CIPHERTEXT_BYTES))
+            records = super().receive(self._ciphertext)
+            if records is None:
+                return None
+            self._tls.bio_write(records)
+
+    def _decrypt(self, buffer: memoryview) -> int | None:
+        """As much plaintext as the records already read give, up to ``buffer``'s size (None: TLS ended)."""
+        count, size, tls = 0, len(buffer), self._tls
+        try:
+            with _tls_errors():
+                while count < size:  # a record per call
+                    count += tls.recv_into(buffer[count:], RECORD_READ_BYTES)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            return count or None
+        return count
+
+    def close(self) -> None:
+        super().close()
+        self._tls = None  # Twisted's TLS layer holds it from here on
+
+
+def _coalesced(parts: list[bytes]) -> Iterator[bytes]:
+    """``parts`` with runs of small ones joined: each write to the TLS object makes a record (and a
+    Python call) of its own, and a batch of small files has thousands of parts."""
+    small: list[bytes] = []
+    size = 0
+    for part in parts:
+        if len(part) >= JOIN_BELOW:
+            if small:
+                yield b"".join(small)
+                small, size = [], 0
+            yield part
+        else:
+            small.append(part)
+            size += len(part)
+            if size >= JOIN_BELOW:
+                yield b"".join(small)
+                small, size = [], 0
+    if small:
+        yield b"".join(small)
+
+
+@contextlib.contextmanager
+def _tls_errors() -> Iterator[None]:
+    """OpenSSL's failures (a record that does not decrypt, an alert) as an OSError naming OpenSSL's
+    reason, which the transfer reports as it reports a socket's; WantRead and ZeroReturn pass through."""
+    try:
+        yield
+    except (SSL.WantReadError, SSL.ZeroReturnError):
+        raise
+    except SSL.Error as error:
+        raise ConnectionAbortedError(errno.EPROTO, f"the TLS connection failed ({_reason(error)})") from error
+
+
+def _reason(error: SSL.Error) -> str:
+    """OpenSSL's reasons (its error queue), or the error as it is."""
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return "; ".join(str(entry[-1]) for entry in queue if entry) or str(error)
