@@ -43,6 +43,15 @@ class LaneTests(LinkedSeed):
         await self._no_seed_threads()
 
     @inline
+    async def test_three_streams_over_tls(self):
+        await self._start(streams=3, tls=True)
+        await self._both_done()
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+        self.assertEqual((self.sending.state, self.receiving.state), ("succeeded", "succeeded"))
+        self.assertEqual(self.link.connections, 3)
+        await self._no_seed_threads()
+
+    @inline
     async def test_a_lane_cut_mid_seed_resumes_alone(self):
         await self._start(streams=3, big_files=32 * MB)
         await self._lanes_flowing()
