@@ -52,6 +52,20 @@ class LaneTests(LinkedSeed):
         await self._no_seed_threads()
 
     @inline
+    async def test_one_throttle_paces_the_lanes_together(self):
+        rate = 8 * MB
+        await self._start(streams=3, big_files=32 * MB, max_bytes_per_second=rate)
+        await self._until(lambda: self.sending.progress.bytes_done > 2 * MB, "the first bytes")
+        before, started = self.sending.progress.bytes_done, reactor.seconds()
+        await deferLater(reactor, 1.5)
+        moved = (self.sending.progress.bytes_done - before) / (reactor.seconds() - started)
+        self.assertLess(moved, 1.5 * rate)  # three lanes, each paced alone, would move about 3x
+        self.sending.limit_rate(0)
+        self.assertEqual(self.sending.max_bytes_per_second, 0)
+        await self._both_done()
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+
+    @inline
     async def test_a_lane_cut_mid_seed_resumes_alone(self):
         await self._start(streams=3, big_files=32 * MB)
         await self._lanes_flowing()

@@ -42,7 +42,8 @@ class LinkedSeed(TestCase):
 
     timeout = 120
 
-    async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB, streams: int = 1):
+    async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB, streams: int = 1,
+                     max_bytes_per_second: int = 0):
         """A tree (three ``big_files`` of random data, and build_tree's awkward entries) seeding through the link
         over ``streams`` connections."""
         base = self.mktemp()
@@ -67,7 +68,8 @@ class LinkedSeed(TestCase):
         self.addCleanup(threads.deferToThread, self.link.close)
         self.receiving = self.server.arm("7", self.target)
         self.sending = send_tree(reactor, "127.0.0.1", self.link.port, "7", self.source, secret=SECRET,
-                                 tls=client_tls, stall_timeout=stall_timeout, streams=streams)
+                                 tls=client_tls, stall_timeout=stall_timeout, streams=streams,
+                                 max_bytes_per_second=max_bytes_per_second)
 
     async def _until(self, condition, what: str, seconds: float = 30) -> None:
         for _ in range(int(seconds / 0.005)):
