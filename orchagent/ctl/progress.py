@@ -33,7 +33,7 @@ def human_seconds(seconds: int | None) -> str:
 
 
 def summary(statuses: dict[str, dict | None]) -> dict[str, Any]:
-    """Bytes, total, rate, ETA, compression ratio, rate limit, resumes and states of a seed from its
+    """Bytes, total, rate, ETA, compression ratio, rate limit, streams, resumes and states of a seed from its
     ``seed-status`` answers (by role).
 
     The receiver's counts come first (they are what arrived and was verified); the sender's total
@@ -52,10 +52,11 @@ def summary(statuses: dict[str, dict | None]) -> dict[str, Any]:
     limit = next((s["MaxBytesPerSecond"] for s in known if s.get("MaxBytesPerSecond")), None)
     resumes = max((s.get("Resumes", 0) for s in known), default=0)
     resent = max((s.get("ResentBytes", 0) for s in known), default=0)
+    streams = max((s.get("Streams") or 1 for s in known), default=1)
     states = ", ".join(f"{role} {status['State']}" if status else f"{role} not started"
                        for role, status in statuses.items())
     return {"done": done, "total": total, "percent": percent, "rate": rate, "eta": eta, "states": states,
-            "ratio": ratio, "limit": limit, "resumes": resumes, "resent": resent}
+            "ratio": ratio, "limit": limit, "resumes": resumes, "resent": resent, "streams": streams}
 
 
 def progress_text(statuses: dict[str, dict | None], bar: bool) -> str:
@@ -64,6 +65,7 @@ def progress_text(statuses: dict[str, dict | None], bar: bool) -> str:
             f"{human_bytes(s['rate'])}/s  ETA {human_seconds(s['eta'])}  "
             + (f"{s['ratio']:.1f}x compressed  " if s["ratio"] else "")
             + (f"throttled to {human_bytes(s['limit'])}/s  " if s["limit"] else "")
+            + (f"{s['streams']} streams  " if s["streams"] > 1 else "")
             + (f"resumed {s['resumes']}x ({human_bytes(s['resent'])} sent again)  " if s["resumes"] else "")
             + f"({s['states']})")
     if not bar:

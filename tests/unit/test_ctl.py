@@ -133,6 +133,13 @@ class ProgressTests(SynchronousTestCase):
                       progress.progress_text({"target": receiver, "source": sender}, bar=False))
         self.assertNotIn("resumed", progress.progress_text({"target": STATUS}, bar=False))
 
+    def test_parallel_streams_are_shown(self):
+        sender = {**STATUS, "Role": "send", "Streams": 3}
+        self.assertIn("3 streams", progress.progress_text({"target": {**STATUS, "Streams": 1}, "source": sender},
+                                                          bar=False))
+        self.assertNotIn("streams", progress.progress_text({"target": {**STATUS, "Streams": 1}}, bar=False))
+        self.assertNotIn("streams", progress.progress_text({"target": STATUS}, bar=False))  # an older agent
+
     def test_the_senders_total_stands_in_until_the_receiver_knows_it(self):
         receiver = {**STATUS, "BytesTotal": None, "EtaSeconds": None}
         summary = progress.summary({"target": receiver, "source": {**STATUS, "Role": "send"}})
