@@ -1,19 +1,25 @@
-"""zstd for the seed stream's file data (``SeedCompression``): which blocks go compressed.
+"""zstd for the seed stream's file data (``SeedCompression``): which blocks go compressed, and how.
 
 ``none`` sends every block raw; ``zstd`` compresses every block with zstd -1 and sends it so
-whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts raw and
-times windows of data: a window in which the reader waited for the link (the pipe to the socket
-was full) says the link is the limit, so the next one goes compressed; a compressed window that
-did not wait for the link (the CPU became the limit) is compared with the last raw one, and the
-faster way is kept, the other tried again now and then.  A window that did not wait for the link
-while raw stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  In
-``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
-``bench/RESULTS.md``.  The compressor runs in the sender's reader thread; zstandard's C code
-releases the GIL.
+whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts
+compressed (on every core, so that costs little where it does not pay) and times windows of
+data: a window in which the reader waited for the link (the pipe to the socket was full) says
+the link is the limit, so the next one goes compressed; a compressed window that did not wait
+for the link (the CPU became the limit) is compared with the last raw one, and the faster way is
+kept, the other tried again now and then.  A window that did not wait for the link while raw
+stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  A compressed
+window that waited stays compressed, unless raw was faster when last timed (then what waits is
+behind the link: the receiver, sharing the CPU on a test bed).  In ``auto`` a block that does
+not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why: ``bench/RESULTS.md``.
+
+:class:`CompressionPolicy` decides in the reader thread, block by block in stream order;
+:func:`zdata` compresses in any thread (the reader's, or the compressing threads of
+:mod:`orchagent.seed.ordered`), each with a zstd context of its own.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -22,16 +28,18 @@ import zstandard
 from orchagent.seed.protocol import MAX_BLOCK_BYTES, ZDATA_HEADER, zdata_frame
 
 MODES = ("auto", "zstd", "none")
-LEVEL = 1  # zstd -1: several hundred MB/s per core, far above a 1 Gbit/s link
+LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 12, and the fastest (bench/RESULTS.md)
 AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth decompressing
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
-FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
+FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first one: enough to fill the pipe and wait
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
 
+_contexts = threading.local()  # a zstd compression context per thread: one may not be shared
 
-class BlockCompressor:
-    """Turns one block of file data into a ZDATA frame, or says to send it raw; one thread uses it.
+
+class CompressionPolicy:
+    """Says which blocks of file data go to zstd; the reader thread asks once per block, in order.
 
     ``waited``: the seconds the reader has waited so far for room towards the link (``auto``).
     """
@@ -41,27 +49,21 @@ class BlockCompressor:
         if mode not in MODES:
             raise ValueError(f"unknown compression {mode!r}, expected one of {', '.join(MODES)}")
         self._mode = mode
-        self._compressor = zstandard.ZstdCompressor(level=LEVEL)
+        self.min_saving = AUTO_MIN_SAVING if mode == "auto" else 0.0  # for zdata()
         self._waited = waited
         self._clock = clock
-        self._compressing = mode == "zstd"
+        self._compressing = mode != "none"
         self._rates: dict[bool, float] = {}  # auto: data bytes per second of the last window each way
         self._window_start: float | None = None
         self._window_waited = 0.0
         self._window_bytes = 0
         self._windows = 0  # auto: windows since the last change of way
 
-    def compress(self, offset: int, data: bytes) -> bytes | None:
-        """The ZDATA frame for ``data`` at ``offset``, or None to send it as a DATA frame."""
+    def compressing(self, nbytes: int) -> bool:
+        """Whether the next block, of ``nbytes``, is to be compressed (then see :func:`zdata`)."""
         if self._mode == "auto":
-            self._measure(len(data))
-        if not self._compressing or len(data) > MAX_BLOCK_BYTES:
-            return None
-        compressed = self._compressor.compress(data)
-        limit = len(data) * (1 - AUTO_MIN_SAVING) if self._mode == "auto" else len(data) - ZDATA_HEADER.size
-        if len(compressed) >= limit:
-            return None
-        return zdata_frame(offset, len(data), compressed)
+            self._measure(nbytes)
+        return self._compressing and nbytes <= MAX_BLOCK_BYTES
 
     def _measure(self, nbytes: int) -> None:
         """auto: once a window's blocks are all through, choose how to send the next one."""
@@ -78,10 +80,28 @@ class BlockCompressor:
     def _choose(self, rate: float, link_bound: bool) -> None:
         self._rates[self._compressing] = rate
         self._windows += 1
-        # Raw and not waiting for the link: compressing would only cost CPU.  Compressing and
-        # still waiting for the link: raw would wait longer.  Otherwise the other way may be faster.
-        if link_bound != self._compressing:
-            other = self._rates.get(not self._compressing)
-            if other is None or other > rate or self._windows >= PROBE_EVERY:
-                self._compressing = not self._compressing
-                self._windows = 0
+        other = self._rates.get(not self._compressing)
+        if self._compressing and link_bound:
+            # Raw would wait longer for the link, unless something else waits behind it (the
+            # receiver's CPU on a link faster than the disk): then raw was faster when last timed.
+            switch = other is not None and other > rate
+        elif self._compressing or link_bound:  # the CPU (compressing) or the link (raw) is the limit
+            switch = other is None or other > rate or self._windows >= PROBE_EVERY
+        else:  # raw and not waiting for the link: compressing would only cost CPU
+            switch = False
+        if switch:
+            self._compressing = not self._compressing
+            self._windows = 0
+
+
+def zdata(offset: int, data: bytes, min_saving: float) -> bytes | None:
+    """The ZDATA frame for ``data`` at ``offset``, or None to send it raw (as a DATA frame): it
+    does not shrink by ``min_saving`` (a fraction), or not by the ZDATA header's size."""
+    try:
+        context = _contexts.zstd
+    except AttributeError:
+        context = _contexts.zstd = zstandard.ZstdCompressor(level=LEVEL)
+    compressed = context.compress(data)
+    if len(compressed) >= min(len(data) * (1 - min_saving), len(data) - ZDATA_HEADER.size):
+        return None
+    return zdata_frame(offset, len(data), compressed)

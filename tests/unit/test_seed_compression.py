@@ -11,7 +11,7 @@ import zstandard
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import compression, protocol
-from orchagent.seed.compression import BlockCompressor
+from orchagent.seed.compression import CompressionPolicy, zdata
 from orchagent.seed.writer import INFLATED_BATCH_BYTES, INFLATED_BATCHES
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError, TransferFailed
 from tests.support.seed_trees import build_tree, describe_tree, tree_stream, writer_into
@@ -148,9 +148,9 @@ class IncompressibleDataTests(SynchronousTestCase):
 
     def test_auto_sends_a_block_raw_unless_it_saves_enough(self):
         half_random = os.urandom(60000) + b"\0" * 2000  # saves about 3%: not worth it
-        self.assertIsNone(BlockCompressor("auto").compress(0, half_random))
-        self.assertIsNotNone(BlockCompressor("zstd").compress(0, half_random))
-        self.assertIsNone(BlockCompressor("none").compress(0, b"\0" * 65536))
+        self.assertIsNone(zdata(0, half_random, CompressionPolicy("auto").min_saving))
+        self.assertIsNotNone(zdata(0, half_random, CompressionPolicy("zstd").min_saving))
+        self.assertFalse(CompressionPolicy("none").compressing(65536))
 
 
 class DecompressionBombTests(SynchronousTestCase):
@@ -183,36 +183,45 @@ class DecompressionBombTests(SynchronousTestCase):
 class AutoPolicyTests(SynchronousTestCase):
     """``auto`` compresses while the link is the limit and that moves data faster, else sends raw."""
 
-    def choices(self, seconds: dict[bool, float], waiting: dict[bool, float], windows: int = 40) -> list[bool]:
-        """How each window went, given its time and the share of it the reader waited for the link."""
+    def choices(self, seconds: dict[bool, float], waiting: dict[bool, float], windows: int = 40,
+                filling: bool = False) -> list[bool]:
+        """How each window went, given its time and the share of it the reader waited for the link
+        (``filling``: none in the first window, which only fills the pipe)."""
         now, waited = [0.0], [0.0]
-        compressor = BlockCompressor("auto", waited=lambda: waited[0], clock=lambda: now[0])
-        block = b"\0" * (1024 * 1024)
+        policy = CompressionPolicy("auto", waited=lambda: waited[0], clock=lambda: now[0])
+        block = 1024 * 1024
         chosen = []
         for window in range(windows):
-            compressing = compressor.compress(0, block) is not None
+            compressing = policy.compressing(block)
             chosen.append(compressing)
             size = compression.WINDOW_BYTES if window else compression.FIRST_WINDOW_BYTES
-            for _ in range(size // len(block) - 1):
-                self.assertEqual(compressor.compress(0, block) is not None, compressing)
+            for _ in range(size // block - 1):
+                self.assertEqual(policy.compressing(block), compressing)
             now[0] += seconds[compressing]
-            waited[0] += seconds[compressing] * waiting[compressing]
+            waited[0] += seconds[compressing] * waiting[compressing] * (window or not filling)
         return chosen
 
     def test_a_slow_link_gets_compression(self):
         chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.5, False: 0.9})
-        self.assertEqual(chosen[:3], [False, True, True])  # starts raw, finds the link to be the limit
-        self.assertEqual(set(chosen[1:]), {True})  # while compressing still waits for the link, raw cannot be faster
+        self.assertEqual(set(chosen), {True})  # while compressing still waits for the link, raw cannot be faster
 
     def test_a_link_faster_than_the_disk_gets_raw_blocks(self):
         chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.0})
-        self.assertEqual(set(chosen), {False})  # never a compressed block: nothing to gain
+        self.assertEqual(chosen[0], True)  # the first window, to see whether the link is the limit
+        self.assertEqual(set(chosen[1:]), {False})  # then never a compressed block: nothing to gain
 
     def test_compression_slower_than_the_link_is_tried_only_now_and_then(self):
         chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.5})
-        self.assertLessEqual(chosen.count(True), len(chosen) // compression.PROBE_EVERY + 1)
+        self.assertLessEqual(chosen.count(True), len(chosen) // compression.PROBE_EVERY + 2)
         self.assertIn(True, chosen)
 
     def test_compression_that_pays_is_kept_when_the_cpu_becomes_the_limit(self):
         chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.0, False: 0.9})
         self.assertGreater(chosen.count(True), 0.8 * len(chosen))
+
+    def test_raw_comes_back_when_something_behind_the_link_is_the_limit(self):
+        # Both ways wait for the socket, raw moves more data: the receiver (sharing the CPU) is the limit.
+        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.5, False: 0.5}, filling=True)
+        self.assertLessEqual(chosen.count(True), 2 * (len(chosen) // compression.PROBE_EVERY) + 2)
+        self.assertIn(True, chosen[2:])  # compression is tried again now and then
+        self.assertEqual(chosen[-3:], [False] * 3)
