@@ -68,7 +68,8 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = f"  rss {peak_rss(result)} MB, compression {result['ratio']}x" if "source" in result else ""
+                rss = (f"  rss {peak_rss(result)} MB, cpu {cpu(result)} s, compression {result['ratio']}x"
+                       if "source" in result else "")
                 print(f"  {link} round {round_ + 1} {method:15s} {result['seconds']:7.2f} s{rss}", flush=True)
     finally:
         for pair in pairs.values():
@@ -82,6 +83,11 @@ def peak_rss(result: dict) -> list[float]:
     return [result[side]["peak_rss_mb"] for side in ("source", "target")]
 
 
+def cpu(result: dict) -> list[float]:
+    """An agents round's CPU seconds, source and target (both share the machine's cores)."""
+    return [result[side]["cpu_seconds"] for side in ("source", "target")]
+
+
 def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> list[str]:
     link_mb = LINK_BITS.get(link, 0) / 8 / 1e6
     median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items() if rs}
@@ -91,6 +97,10 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         share = f", {rate / link_mb:.0%} of the link" if link_mb else ""
         rss = [peak_rss(r) for r in results[method] if "source" in r]
         peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
+        if rss:
+            ratios = statistics.median(float(r["ratio"]) for r in results[method])
+            cpus = [statistics.median(c) for c in zip(*(cpu(r) for r in results[method]))]
+            peak += f", ratio {ratios:.2f}x, CPU-s source {cpus[0]:.2f} target {cpus[1]:.2f}"
         lines.append(f"  {method:15s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
                            ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),

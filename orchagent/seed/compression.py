@@ -1,16 +1,16 @@
 """zstd for the seed stream's file data (``SeedCompression``): which blocks go compressed, and how.
 
 ``none`` sends every block raw; ``zstd`` compresses every block with zstd -1 and sends it so
-whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts
-compressed (on every core, so that costs little where it does not pay) and times windows of
-data: a window in which the reader waited for the link (the pipe to the socket was full) says
+whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts raw
+and times windows of data: a window in which the reader waited for the link (the pipe to the socket was full) says
 the link is the limit, so the next one goes compressed; a compressed window that did not wait
 for the link (the CPU became the limit) is compared with the last raw one, and the faster way is
 kept, the other tried again now and then.  A window that did not wait for the link while raw
 stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  A compressed
 window that waited stays compressed, unless raw was faster when last timed (then what waits is
-behind the link: the receiver, sharing the CPU on a test bed).  In ``auto`` a block that does
-not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why: ``bench/RESULTS.md``.
+behind the link: the receiver, sharing the CPU on a test bed); one that did not wait but was
+compressed to less than a pipe's worth (zeros) says nothing.  In ``auto`` a block that does not
+shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why: ``bench/RESULTS.md``.
 
 :class:`CompressionPolicy` decides in the reader thread, block by block in stream order;
 :func:`zdata` compresses in any thread (the reader's, or the compressing threads of
@@ -31,9 +31,10 @@ MODES = ("auto", "zstd", "none")
 LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 12, and the fastest (bench/RESULTS.md)
 AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth decompressing
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
-FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first one: enough to fill the pipe and wait
+FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
+TELLING_WIRE_BYTES = 8 * 1024 * 1024  # auto: a compressed window says nothing unless this much left (a pipe's worth)
 
 _contexts = threading.local()  # a zstd compression context per thread: one may not be shared
 
@@ -52,11 +53,12 @@ class CompressionPolicy:
         self.min_saving = AUTO_MIN_SAVING if mode == "auto" else 0.0  # for zdata()
         self._waited = waited
         self._clock = clock
-        self._compressing = mode != "none"
+        self._compressing = mode == "zstd"
         self._rates: dict[bool, float] = {}  # auto: data bytes per second of the last window each way
         self._window_start: float | None = None
         self._window_waited = 0.0
         self._window_bytes = 0
+        self._window_wire = 0  # auto: bytes of the stream sent (compressed or not) in this window
         self._windows = 0  # auto: windows since the last change of way
 
     def compressing(self, nbytes: int) -> bool:
@@ -64,6 +66,10 @@ class CompressionPolicy:
         if self._mode == "auto":
             self._measure(nbytes)
         return self._compressing and nbytes <= MAX_BLOCK_BYTES
+
+    def sent(self, nbytes: int) -> None:
+        """``nbytes`` of the stream, as sent, are on their way to the link (``auto`` counts them)."""
+        self._window_wire += nbytes
 
     def _measure(self, nbytes: int) -> None:
         """auto: once a window's blocks are all through, choose how to send the next one."""
@@ -73,8 +79,10 @@ class CompressionPolicy:
         elif self._window_bytes >= (WINDOW_BYTES if self._rates else FIRST_WINDOW_BYTES):
             elapsed = max(now - self._window_start, 1e-6)
             link_bound = waited - self._window_waited > LINK_BOUND_SHARE * elapsed
-            self._choose(self._window_bytes / elapsed, link_bound)
-            self._window_start, self._window_waited, self._window_bytes = now, waited, 0
+            # Compressed to too little to fill the pipe (InnoDB's empty redo log), no wait says nothing.
+            if link_bound or not self._compressing or self._window_wire >= TELLING_WIRE_BYTES:
+                self._choose(self._window_bytes / elapsed, link_bound)
+            self._window_start, self._window_waited, self._window_bytes, self._window_wire = now, waited, 0, 0
         self._window_bytes += nbytes
 
     def _choose(self, rate: float, link_bound: bool) -> None:

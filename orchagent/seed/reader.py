@@ -11,6 +11,7 @@ thread reads on, and put back in stream order; the MAC covers them uncompressed,
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import grp
 import os
@@ -126,7 +127,10 @@ class TreeReader:
 
     def batches(self) -> Iterator[Batch]:
         """The stream in order; close it to stop early (that also stops the compressing threads)."""
-        return self._pool.in_order(self._stream())
+        with contextlib.closing(self._pool.in_order(self._stream())) as batches:
+            for batch in batches:
+                self._policy.sent(batch.size)
+                yield batch
 
     def _stream(self) -> Iterator[Batch | Future[Batch]]:
         if not os.path.isdir(self._root):

@@ -184,9 +184,9 @@ class AutoPolicyTests(SynchronousTestCase):
     """``auto`` compresses while the link is the limit and that moves data faster, else sends raw."""
 
     def choices(self, seconds: dict[bool, float], waiting: dict[bool, float], windows: int = 40,
-                filling: bool = False) -> list[bool]:
-        """How each window went, given its time and the share of it the reader waited for the link
-        (``filling``: none in the first window, which only fills the pipe)."""
+                ratio: float = 3) -> list[bool]:
+        """How each window went, given its time and the share of it the reader waited for the link,
+        with blocks that compress ``ratio`` times."""
         now, waited = [0.0], [0.0]
         policy = CompressionPolicy("auto", waited=lambda: waited[0], clock=lambda: now[0])
         block = 1024 * 1024
@@ -196,19 +196,21 @@ class AutoPolicyTests(SynchronousTestCase):
             chosen.append(compressing)
             size = compression.WINDOW_BYTES if window else compression.FIRST_WINDOW_BYTES
             for _ in range(size // block - 1):
+                policy.sent(int(block / ratio) if compressing else block)
                 self.assertEqual(policy.compressing(block), compressing)
+            policy.sent(int(block / ratio) if compressing else block)
             now[0] += seconds[compressing]
-            waited[0] += seconds[compressing] * waiting[compressing] * (window or not filling)
+            waited[0] += seconds[compressing] * waiting[compressing]
         return chosen
 
     def test_a_slow_link_gets_compression(self):
         chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.5, False: 0.9})
-        self.assertEqual(set(chosen), {True})  # while compressing still waits for the link, raw cannot be faster
+        self.assertEqual(chosen[:3], [False, True, True])  # starts raw, finds the link to be the limit
+        self.assertEqual(set(chosen[1:]), {True})  # while compressing still waits for the link, raw cannot be faster
 
     def test_a_link_faster_than_the_disk_gets_raw_blocks(self):
         chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.0})
-        self.assertEqual(chosen[0], True)  # the first window, to see whether the link is the limit
-        self.assertEqual(set(chosen[1:]), {False})  # then never a compressed block: nothing to gain
+        self.assertEqual(set(chosen), {False})  # never a compressed block: nothing to gain
 
     def test_compression_slower_than_the_link_is_tried_only_now_and_then(self):
         chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.5})
@@ -221,7 +223,13 @@ class AutoPolicyTests(SynchronousTestCase):
 
     def test_raw_comes_back_when_something_behind_the_link_is_the_limit(self):
         # Both ways wait for the socket, raw moves more data: the receiver (sharing the CPU) is the limit.
-        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.5, False: 0.5}, filling=True)
-        self.assertLessEqual(chosen.count(True), 2 * (len(chosen) // compression.PROBE_EVERY) + 2)
-        self.assertIn(True, chosen[2:])  # compression is tried again now and then
-        self.assertEqual(chosen[-3:], [False] * 3)
+        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.5, False: 0.5})
+        self.assertEqual(chosen[:3], [False, True, False])
+        self.assertLessEqual(chosen.count(True), len(chosen) // compression.PROBE_EVERY + 1)
+        self.assertIn(True, chosen[3:])  # compression is tried again now and then, one window each time
+        self.assertNotIn((True, True), list(zip(chosen, chosen[1:])))
+
+    def test_data_compressed_to_almost_nothing_stays_compressed(self):
+        # Zeros do not fill the pipe, so the reader does not wait: that is not the CPU being the limit.
+        chosen = self.choices({True: 0.05, False: 0.3}, {True: 0.0, False: 0.9}, ratio=1000)
+        self.assertEqual(set(chosen[1:]), {True})
