@@ -32,8 +32,8 @@ CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
 BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
 READ_AHEAD_FILES = 64  # the sender opens files this far ahead and starts reading them
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # of each file opened ahead (sequential read-ahead does the rest)
-COMPRESSING_THREADS = min(os.cpu_count() or 1, 4)  # zstd -1 on 4 cores outruns a 10 Gbit/s link
-BLOCKS_AHEAD = 2 * COMPRESSING_THREADS  # blocks in the compressing threads' hands at most (1 MB each)
+COMPRESSING_THREADS = min(len(os.sched_getaffinity(0)), 4)  # zstd -1 on 4 cores outruns a 10 Gbit/s link
+BLOCKS_AHEAD = COMPRESSING_THREADS  # blocks given to them and not yet sent on (1 MB each; one more waits its turn)
 
 
 @attrs.frozen
