@@ -13,7 +13,8 @@ Methods, in the same run, page cache dropped before each:
 * ``orchagent``: two real agents (``twistd orchagent``), seeded through the API as orchestrator
   does (receive, send, poll ``seed-command-completed``), every byte verified; ``orchagent_tls``
   the same with ``UseSSL`` and certificates from a throw-away CA; ``orchagent_nocompress`` with
-  ``SeedCompression`` ``none``;
+  ``SeedCompression`` ``none``, ``orchagent_zstd`` with ``zstd`` (every block compressed: what
+  ``auto`` should reach where the link is the limit);
 * ``tar_socat``: ``tar -c | socat`` to ``socat | tar -x``;
 * ``tar_zstd_socat``: ``tar -c | zstd -1 -T0 | socat`` to ``socat | zstd -d | tar -x``, the best
   hand pipeline;
@@ -44,7 +45,8 @@ from testbed.netns import NetworkNamespace  # noqa: E402
 SECTION_HEADING = "## Seeds over a shaped link (`bench/seed_network.py`)"
 LINK_BITS = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
 METHODS = "orchagent,orchagent_nocompress,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
-AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"}, "orchagent_tls": {}}
+AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"},
+                 "orchagent_zstd": {"SeedCompression": "zstd"}, "orchagent_tls": {}}
 
 
 def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca, socat_tls) -> dict[str, list]:
@@ -104,7 +106,8 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         lines.append(f"  {method:15s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
                            ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),
-                           ("orchagent", "orchagent_nocompress"), ("orchagent_nocompress", "tar_socat")):
+                           ("orchagent", "orchagent_nocompress"), ("orchagent_nocompress", "tar_socat"),
+                           ("orchagent", "orchagent_zstd"), ("orchagent_zstd", "tar_zstd_socat")):
         if ours in median and baseline in median:
             lines.append(f"  {ours} / {baseline}: {ratio(median[baseline], median[ours])}")
     return lines

@@ -33,6 +33,8 @@ AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
 FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
+PROBE_SOON = 2  # auto: the same when it was within CLOSE of the faster one (one window's noise, on a busy host)
+CLOSE = 1.25
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
 TELLING_WIRE_BYTES = 8 * 1024 * 1024  # auto: a compressed window says nothing unless this much left (a pipe's worth)
 
@@ -94,7 +96,8 @@ class CompressionPolicy:
             # receiver's CPU on a link faster than the disk): then raw was faster when last timed.
             switch = other is not None and other > rate
         elif self._compressing or link_bound:  # the CPU (compressing) or the link (raw) is the limit
-            switch = other is None or other > rate or self._windows >= PROBE_EVERY
+            due = self._windows >= (PROBE_SOON if other is not None and other * CLOSE > rate else PROBE_EVERY)
+            switch = other is None or other > rate or due
         else:  # raw and not waiting for the link: compressing would only cost CPU
             switch = False
         if switch:
