@@ -7,10 +7,12 @@ the link is the limit, so the next one goes compressed; a compressed window that
 for the link (the CPU became the limit) is compared with the last raw one, and the faster way is
 kept, the other tried again now and then.  A window that did not wait for the link while raw
 stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  A compressed
-window that waited stays compressed, unless raw was faster when last timed (then what waits is
-behind the link: the receiver, sharing the CPU on a test bed); one that did not wait but was
-compressed to less than a pipe's worth (zeros) says nothing.  In ``auto`` a block that does not
-shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why: ``bench/RESULTS.md``.
+window that waited stays compressed, unless raw was clearly faster when last timed (then what
+waits is behind the link: the receiver, sharing the CPU on a test bed); one that did not wait but
+was compressed to less than a pipe's worth (zeros) says nothing.  A way's rate is the mean of its
+last two windows, without what went into an empty pipe (on a busy host one window can mislead).
+In ``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
+``bench/RESULTS.md``.
 
 :class:`CompressionPolicy` decides in the reader thread, block by block in stream order;
 :func:`zdata` compresses in any thread (the reader's, or the compressing threads of
@@ -36,7 +38,7 @@ PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it wa
 PROBE_SOON = 2  # auto: the same when it was within CLOSE of the faster one (one window's noise, on a busy host)
 CLOSE = 1.25
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
-TELLING_WIRE_BYTES = 8 * 1024 * 1024  # auto: a compressed window says nothing unless this much left (a pipe's worth)
+PIPE_FILL_BYTES = 8 * 1024 * 1024  # auto: what goes into the sender's empty pipe without waiting for the link
 
 _contexts = threading.local()  # a zstd compression context per thread: one may not be shared
 
@@ -61,6 +63,7 @@ class CompressionPolicy:
         self._window_waited = 0.0
         self._window_bytes = 0
         self._window_wire = 0  # auto: bytes of the stream sent (compressed or not) in this window
+        self._filling = True  # auto: the window began with the pipe empty (the first, or after one that did not wait)
         self._windows = 0  # auto: windows since the last change of way
 
     def compressing(self, nbytes: int) -> bool:
@@ -81,20 +84,24 @@ class CompressionPolicy:
         elif self._window_bytes >= (WINDOW_BYTES if self._rates else FIRST_WINDOW_BYTES):
             elapsed = max(now - self._window_start, 1e-6)
             link_bound = waited - self._window_waited > LINK_BOUND_SHARE * elapsed
+            # What went into an empty pipe did not wait for anything: not counted in the rate.
+            timed = self._window_bytes - (PIPE_FILL_BYTES if self._filling else 0)
             # Compressed to too little to fill the pipe (InnoDB's empty redo log), no wait says nothing.
-            if link_bound or not self._compressing or self._window_wire >= TELLING_WIRE_BYTES:
-                self._choose(self._window_bytes / elapsed, link_bound)
+            if link_bound or not self._compressing or self._window_wire >= PIPE_FILL_BYTES:
+                self._choose(timed / elapsed, link_bound)
             self._window_start, self._window_waited, self._window_bytes, self._window_wire = now, waited, 0, 0
+            self._filling = not link_bound
         self._window_bytes += nbytes
 
     def _choose(self, rate: float, link_bound: bool) -> None:
-        self._rates[self._compressing] = rate
+        last = self._rates.get(self._compressing)
+        rate = self._rates[self._compressing] = rate if last is None else (last + rate) / 2  # less noise
         self._windows += 1
         other = self._rates.get(not self._compressing)
         if self._compressing and link_bound:
             # Raw would wait longer for the link, unless something else waits behind it (the
-            # receiver's CPU on a link faster than the disk): then raw was faster when last timed.
-            switch = other is not None and other > rate
+            # receiver's CPU on a link faster than the disk): then raw was clearly faster when timed.
+            switch = other is not None and other > rate * CLOSE
         elif self._compressing or link_bound:  # the CPU (compressing) or the link (raw) is the limit
             due = self._windows >= (PROBE_SOON if other is not None and other * CLOSE > rate else PROBE_EVERY)
             switch = other is None or other > rate or due

@@ -185,8 +185,8 @@ class AutoPolicyTests(SynchronousTestCase):
 
     def choices(self, seconds: dict[bool, float], waiting: dict[bool, float], windows: int = 40,
                 ratio: float = 3) -> list[bool]:
-        """How each window went, given its time and the share of it the reader waited for the link,
-        with blocks that compress ``ratio`` times."""
+        """How each window went, given the time a whole window takes each way and the share of it the
+        reader waited for the link, with blocks that compress ``ratio`` times."""
         now, waited = [0.0], [0.0]
         policy = CompressionPolicy("auto", waited=lambda: waited[0], clock=lambda: now[0])
         block = 1024 * 1024
@@ -199,8 +199,8 @@ class AutoPolicyTests(SynchronousTestCase):
                 policy.sent(int(block / ratio) if compressing else block)
                 self.assertEqual(policy.compressing(block), compressing)
             policy.sent(int(block / ratio) if compressing else block)
-            now[0] += seconds[compressing]
-            waited[0] += seconds[compressing] * waiting[compressing]
+            now[0] += seconds[compressing] * size / compression.WINDOW_BYTES
+            waited[0] += seconds[compressing] * size / compression.WINDOW_BYTES * waiting[compressing]
         return chosen
 
     def test_a_slow_link_gets_compression(self):
