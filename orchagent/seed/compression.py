@@ -5,7 +5,9 @@ whenever that is smaller; ``auto`` (the default) measures instead of guessing.  
 and times windows of data: a window in which the reader waited for the link (the pipe to the socket was full) says
 the link is the limit, so the next one goes compressed; a compressed window that did not wait
 for the link (the CPU became the limit) is compared with the last raw one, and the faster way is
-kept, the other tried again now and then.  A window that did not wait for the link while raw
+kept, the other tried again now and then (after twice as many windows each time it is still
+slower; soon when the two were close).  A compressed window that saved nothing (random data)
+goes back to raw at once.  A window that did not wait for the link while raw
 stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  A compressed
 window that waited stays compressed, unless raw was clearly faster when last timed (then what
 waits is behind the link: the receiver, sharing the CPU on a test bed); one that did not wait but
@@ -34,11 +36,13 @@ LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 12, and the 
 AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth decompressing
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
 FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
-PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried)
+PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried) ...
+MAX_PROBE_EVERY = 64  # ... doubled up to this each time the try confirms it slower
 PROBE_SOON = 2  # auto: the same when it was within CLOSE of the faster one (one window's noise, on a busy host)
 CLOSE = 1.25
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
-PIPE_FILL_BYTES = 8 * 1024 * 1024  # auto: what goes into the sender's empty pipe without waiting for the link
+PIPE_FILL_BYTES = 12 * 1024 * 1024  # auto: what an empty pipe and socket take without waiting (8 MB + buffers)
+MIN_TELLING_WIRE = WINDOW_BYTES // 8  # auto: a compressed window that did not wait says nothing below this
 
 _contexts = threading.local()  # a zstd compression context per thread: one may not be shared
 
@@ -65,6 +69,8 @@ class CompressionPolicy:
         self._window_wire = 0  # auto: bytes of the stream sent (compressed or not) in this window
         self._filling = True  # auto: the window began with the pipe empty (the first, or after one that did not wait)
         self._windows = 0  # auto: windows since the last change of way
+        self._patience = PROBE_EVERY  # auto: windows before the slower way is tried again
+        self._probing = False  # auto: the current way is being tried again for a window
 
     def compressing(self, nbytes: int) -> bool:
         """Whether the next block, of ``nbytes``, is to be compressed (then see :func:`zdata`)."""
@@ -86,27 +92,35 @@ class CompressionPolicy:
             link_bound = waited - self._window_waited > LINK_BOUND_SHARE * elapsed
             # What went into an empty pipe did not wait for anything: not counted in the rate.
             timed = self._window_bytes - (PIPE_FILL_BYTES if self._filling else 0)
-            # Compressed to too little to fill the pipe (InnoDB's empty redo log), no wait says nothing.
-            if link_bound or not self._compressing or self._window_wire >= PIPE_FILL_BYTES:
-                self._choose(timed / elapsed, link_bound)
+            # Compressed 8x or more (InnoDB's empty redo log), it could not fill the pipe: no wait says nothing.
+            if link_bound or not self._compressing or self._window_wire >= MIN_TELLING_WIRE:
+                saved = self._window_wire < self._window_bytes * (1 - AUTO_MIN_SAVING)
+                self._choose(timed / elapsed, link_bound, saved)
             self._window_start, self._window_waited, self._window_bytes, self._window_wire = now, waited, 0, 0
             self._filling = not link_bound
         self._window_bytes += nbytes
 
-    def _choose(self, rate: float, link_bound: bool) -> None:
+    def _choose(self, rate: float, link_bound: bool, saved: bool) -> None:
         last = self._rates.get(self._compressing)
         rate = self._rates[self._compressing] = rate if last is None else (last + rate) / 2  # less noise
         self._windows += 1
         other = self._rates.get(not self._compressing)
-        if self._compressing and link_bound:
+        faster = True  # whether a switch is to the faster way (else it tries the slower one again)
+        if self._compressing and not saved:  # the data does not compress (random, or compressed already)
+            switch, self._rates[True] = True, 0.0  # tried again only when due
+        elif self._compressing and link_bound:
             # Raw would wait longer for the link, unless something else waits behind it (the
-            # receiver's CPU on a link faster than the disk): then raw was clearly faster when timed.
-            switch = other is not None and other > rate * CLOSE
+            # receiver's CPU on a link faster than the disk): then raw was faster when last timed.
+            switch = other is not None and other > rate
         elif self._compressing or link_bound:  # the CPU (compressing) or the link (raw) is the limit
-            due = self._windows >= (PROBE_SOON if other is not None and other * CLOSE > rate else PROBE_EVERY)
-            switch = other is None or other > rate or due
+            faster = other is None or other > rate
+            due = self._windows >= (PROBE_SOON if other is not None and other * CLOSE > rate else self._patience)
+            switch = faster or due
         else:  # raw and not waiting for the link: compressing would only cost CPU
             switch = False
+        if self._probing:  # a way tried again: slower still (back), or now the better one
+            self._patience = min(2 * self._patience, MAX_PROBE_EVERY) if switch else PROBE_EVERY
+        self._probing = switch and not faster
         if switch:
             self._compressing = not self._compressing
             self._windows = 0

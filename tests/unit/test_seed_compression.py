@@ -199,8 +199,9 @@ class AutoPolicyTests(SynchronousTestCase):
                 policy.sent(int(block / ratio) if compressing else block)
                 self.assertEqual(policy.compressing(block), compressing)
             policy.sent(int(block / ratio) if compressing else block)
-            now[0] += seconds[compressing] * size / compression.WINDOW_BYTES
-            waited[0] += seconds[compressing] * size / compression.WINDOW_BYTES * waiting[compressing]
+            timed = size - (0 if window else compression.PIPE_FILL_BYTES)  # the first fills the empty pipe at once
+            now[0] += seconds[compressing] * timed / compression.WINDOW_BYTES
+            waited[0] += seconds[compressing] * timed / compression.WINDOW_BYTES * waiting[compressing]
         return chosen
 
     def test_a_slow_link_gets_compression(self):
@@ -239,3 +240,15 @@ class AutoPolicyTests(SynchronousTestCase):
         chosen = self.choices({True: 0.11, False: 0.1}, {True: 0.0, False: 0.5})
         settled = chosen[10:]  # after the first windows (whose rate is the pipe's filling)
         self.assertGreaterEqual(settled.count(True), len(settled) // (compression.PROBE_SOON + 1) - 1)
+
+    def test_data_that_does_not_compress_goes_raw_although_the_link_is_the_limit(self):
+        chosen = self.choices({True: 0.1, False: 0.1}, {True: 0.5, False: 0.5}, ratio=1)
+        self.assertEqual(chosen[:3], [False, True, False])
+        self.assertLessEqual(chosen.count(True), 4)  # tried again after 8, 16 windows
+
+    def test_a_way_confirmed_slower_is_tried_ever_more_rarely(self):
+        chosen = self.choices({True: 0.3, False: 0.1}, {True: 0.0, False: 0.5}, windows=120)
+        tries = [n for n, (a, b) in enumerate(zip(chosen, chosen[1:]), 1) if b and not a]
+        gaps = [b - a for a, b in zip(tries, tries[1:])]
+        self.assertEqual(gaps, sorted(gaps))  # 8, 16, 32, 64 windows between the tries
+        self.assertGreater(gaps[-1], 2 * gaps[0])
