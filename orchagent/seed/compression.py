@@ -2,18 +2,22 @@
 
 ``none`` sends every block raw; ``zstd`` compresses every block with zstd -1 and sends it so
 whenever that is smaller; ``auto`` (the default) measures instead of guessing.  It starts raw
-and times windows of data: a window in which the reader waited for the link (the pipe to the socket was full) says
-the link is the limit, so the next one goes compressed; a compressed window that did not wait
-for the link (the CPU became the limit) is compared with the last raw one, and the faster way is
-kept, the other tried again now and then (after twice as many windows each time it is still
-slower; soon when the two were close).  A compressed window that saved nothing (random data)
-goes back to raw at once.  A window that did not wait for the link while raw
-stays raw: the disk or the CPU is the limit, and compressing would only cost CPU.  A compressed
-window that waited stays compressed, unless raw was clearly faster when last timed (then what
-waits is behind the link: the receiver, sharing the CPU on a test bed); one that did not wait but
-was compressed to less than a pipe's worth (zeros) says nothing.  A way's rate is the mean of its
-last two windows, without what went into an empty pipe (on a busy host one window can mislead).
-In ``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
+and times windows of data, each ending in a choice for the next one:
+
+* raw, and the reader waited for the link (the pipe to the socket was full): the link is the
+  limit, so compress, unless compressing was timed slower (then it is tried again later);
+* raw, and it did not wait: the disk or the CPU is the limit; compressing would only cost CPU;
+* compressed, and it waited: stay, unless raw was timed faster (then what waits is behind the
+  link: the receiver, sharing the CPU of a test bed on a link faster than the disk);
+* compressed, and it did not wait (the CPU became the limit): keep the faster way;
+* compressed, and it saved nothing (random data): raw at once;
+* compressed 8x or more (InnoDB's empty redo log): it cannot have filled the pipe, so not
+  waiting says nothing.
+
+The slower way is tried again after :data:`PROBE_EVERY` windows, twice as many each time it is
+still slower, and soon when the two were close.  A way's rate is the mean of its last two
+windows, without what went into an empty pipe: on a busy host one window can mislead.  In
+``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
 ``bench/RESULTS.md``.
 
 :class:`CompressionPolicy` decides in the reader thread, block by block in stream order;
