@@ -7,15 +7,14 @@ and times windows of data, each ending in a choice for the next one:
 * raw, and the reader waited for the link (the pipe to the socket was full): the link is the
   limit, so compress, unless compressing was timed slower (then it is tried again later);
 * raw, and it did not wait: the disk or the CPU is the limit; compressing would only cost CPU;
-* compressed, and it waited: stay, unless raw was timed faster (then what waits is behind the
-  link: the receiver, sharing the CPU of a test bed on a link faster than the disk);
-* compressed, and it did not wait (the CPU became the limit): keep the faster way;
+* compressed: stay, unless raw was timed faster (the CPU became the limit, or what waits is
+  behind the link: the receiver, sharing the CPU of a test bed on a link faster than the disk);
 * compressed, and it saved nothing (random data): raw at once;
 * compressed 8x or more (InnoDB's empty redo log): it cannot have filled the pipe, so not
   waiting says nothing.
 
-The slower way is tried again after :data:`PROBE_EVERY` windows, twice as many each time it is
-still slower, and soon when the two were close.  A way's rate is the mean of its last two
+Compressing, when it was timed slower, is tried again after :data:`PROBE_EVERY` windows, twice
+as many each time it is still slower, and soon when the two were close.  A way's rate is the mean of its last two
 windows, without what went into an empty pipe: on a busy host one window can mislead.  In
 ``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
 ``bench/RESULTS.md``.
@@ -112,11 +111,12 @@ class CompressionPolicy:
         faster = True  # whether a switch is to the faster way (else it tries the slower one again)
         if self._compressing and not saved:  # the data does not compress (random, or compressed already)
             switch, self._rates[True] = True, 0.0  # tried again only when due
-        elif self._compressing and link_bound:
-            # Raw would wait longer for the link, unless something else waits behind it (the
-            # receiver's CPU on a link faster than the disk): then raw was faster when last timed.
+        elif self._compressing:
+            # Raw was timed waiting for the link (else this would not compress): it is not faster
+            # now unless compressing became slower (the CPU is busy), or something waits behind the
+            # link (the receiver's CPU on a link faster than the disk).  No need to try it again.
             switch = other is not None and other > rate
-        elif self._compressing or link_bound:  # the CPU (compressing) or the link (raw) is the limit
+        elif link_bound:  # raw and the link is the limit
             faster = other is None or other > rate
             due = self._windows >= (PROBE_SOON if other is not None and other * CLOSE > rate else self._patience)
             switch = faster or due

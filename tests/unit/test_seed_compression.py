@@ -220,7 +220,7 @@ class AutoPolicyTests(SynchronousTestCase):
 
     def test_compression_that_pays_is_kept_when_the_cpu_becomes_the_limit(self):
         chosen = self.choices({True: 0.1, False: 0.3}, {True: 0.0, False: 0.9})
-        self.assertGreater(chosen.count(True), 0.8 * len(chosen))
+        self.assertEqual(set(chosen[1:]), {True})  # raw was the link's rate: no use trying it again
 
     def test_raw_comes_back_when_something_behind_the_link_is_the_limit(self):
         # Both ways wait for the socket, raw moves more data: the receiver (sharing the CPU) is the limit.
