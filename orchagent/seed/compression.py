@@ -32,7 +32,7 @@ from typing import Callable
 
 import zstandard
 
-from orchagent.seed.protocol import MAX_BLOCK_BYTES, ZDATA_HEADER, zdata_frame
+from orchagent.seed.protocol import MAX_BLOCK_BYTES, ZDATA_HEADER, zdata_header
 
 MODES = ("auto", "zstd", "none")
 LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 12, and the fastest (bench/RESULTS.md)
@@ -130,9 +130,10 @@ class CompressionPolicy:
             self._windows = 0
 
 
-def zdata(offset: int, data: bytes, min_saving: float) -> bytes | None:
-    """The ZDATA frame for ``data`` at ``offset``, or None to send it raw (as a DATA frame): it
-    does not shrink by ``min_saving`` (a fraction), or not by the ZDATA header's size."""
+def zdata(offset: int, data: bytes, min_saving: float) -> list[bytes] | None:
+    """The ZDATA frame for ``data`` at ``offset`` (its header and the compressed bytes, not joined:
+    fewer large allocations in the compressing threads), or None to send it raw (as a DATA frame):
+    it does not shrink by ``min_saving`` (a fraction), or not by the ZDATA header's size."""
     try:
         context = _contexts.zstd
     except AttributeError:
@@ -140,4 +141,4 @@ def zdata(offset: int, data: bytes, min_saving: float) -> bytes | None:
     compressed = context.compress(data)
     if len(compressed) >= min(len(data) * (1 - min_saving), len(data) - ZDATA_HEADER.size):
         return None
-    return zdata_frame(offset, len(data), compressed)
+    return [zdata_header(offset, len(data), len(compressed)), compressed]

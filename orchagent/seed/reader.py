@@ -275,7 +275,7 @@ def _block(header: bytes, offset: int, data: bytes, min_saving: float | None) ->
     frame = None if min_saving is None else zdata(offset, data, min_saving)
     if frame is None:
         return Batch([header, data], len(data), 0)
-    return Batch([frame], len(data), 0, saved=len(header) + len(data) - len(frame))
+    return Batch(frame, len(data), 0, saved=len(header) + len(data) - sum(map(len, frame)))
 
 
 def _read_up_to(fd: int, size: int) -> bytes:
