@@ -14,10 +14,10 @@ and times windows of data, each ending in a choice for the next one:
   waiting says nothing.
 
 Compressing, when it was timed slower, is tried again after :data:`PROBE_EVERY` windows, twice
-as many each time it is still slower, and soon when the two were close.  A way's rate is the mean of its last two
-windows, without what went into an empty pipe: on a busy host one window can mislead.  In
-``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.  Why:
-``bench/RESULTS.md``.
+as many each time it is still slower, and soon when the two were close.  A way's rate is the
+mean of its last two windows, without what went into an empty pipe: on a busy host one window
+can mislead.  In ``auto`` a block that does not shrink by :data:`AUTO_MIN_SAVING` goes raw.
+Why: ``bench/RESULTS.md``.
 
 :class:`CompressionPolicy` decides in the reader thread, block by block in stream order;
 :func:`zdata` compresses in any thread (the reader's, or the compressing threads of
@@ -35,14 +35,14 @@ import zstandard
 from orchagent.seed.protocol import MAX_BLOCK_BYTES, ZDATA_HEADER, zdata_header
 
 MODES = ("auto", "zstd", "none")
-LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 12, and the fastest (bench/RESULTS.md)
+LEVEL = 1  # zstd -1: on InnoDB pages the best ratio of levels 1 to 15, and the fastest (bench/RESULTS.md)
 AUTO_MIN_SAVING = 0.05  # auto: a block must shrink by this fraction to be worth decompressing
 WINDOW_BYTES = 32 * 1024 * 1024  # auto: data timed per decision (several times the sender's pipe)
 FIRST_WINDOW_BYTES = 16 * 1024 * 1024  # auto: the first (raw) one: enough to fill the pipe and wait
 PROBE_EVERY = 8  # auto: windows the slower way is not tried again (unless it was never tried) ...
 MAX_PROBE_EVERY = 64  # ... doubled up to this each time the try confirms it slower
 PROBE_SOON = 2  # auto: the same when it was within CLOSE of the faster one (one window's noise, on a busy host)
-CLOSE = 1.25
+CLOSE = 1.25  # auto: rates this near each other may differ by noise alone
 LINK_BOUND_SHARE = 0.2  # auto: the link is the limit when the reader waited this share of a window
 PIPE_FILL_BYTES = 12 * 1024 * 1024  # auto: what an empty pipe and socket take without waiting (8 MB + buffers)
 MIN_TELLING_WIRE = WINDOW_BYTES // 8  # auto: a compressed window that did not wait says nothing below this

@@ -17,9 +17,8 @@ import grp
 import os
 import pwd
 import stat
-from typing import Callable, Iterator
-
 from concurrent.futures import Future
+from typing import Callable, Iterator
 
 import attrs
 
