@@ -131,12 +131,14 @@ class _SendTransfer(Transfer):
         else:
             reader = StreamReader(self._backup.fd, self._backup.port, mac, self._backup.ended,
                                   compression=self._compression, waited=lambda: waited)
+        batches = reader.batches()
         try:
-            for batch in reader.batches():
+            for batch in batches:
                 started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
                 waited += time.monotonic() - started
         finally:
+            batches.close()  # an abort: the compressing threads stop now, not when the generator is collected
             self._pipe.finish()
             if self._backup is not None:
                 self._backup.close()
