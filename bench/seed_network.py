@@ -13,8 +13,9 @@ Methods, in the same run, page cache dropped before each:
 * ``orchagent``: two real agents (``twistd orchagent``), seeded through the API as orchestrator
   does (receive, send, poll ``seed-command-completed``), every byte verified; ``orchagent_tls``
   the same with ``UseSSL`` and certificates from a throw-away CA; ``orchagent_nocompress`` with
-  ``SeedCompression`` ``none``; ``orchagent_1stream``, ``orchagent_2streams`` and
-  ``orchagent_4streams`` with ``SeedParallelStreams`` 1, 2 and 4 (the default, ``orchagent``,
+  ``SeedCompression`` ``none``, ``orchagent_zstd`` with ``zstd`` (every block compressed: what
+  ``auto`` should reach where the link is the limit); ``orchagent_1stream``, ``orchagent_2streams``
+  and ``orchagent_4streams`` with ``SeedParallelStreams`` 1, 2 and 4 (the default, ``orchagent``,
   lets the agent choose);
 * ``tar_socat``: ``tar -c | socat`` to ``socat | tar -x``;
 * ``tar_zstd_socat``: ``tar -c | zstd -1 -T0 | socat`` to ``socat | zstd -d | tar -x``, the best
@@ -46,7 +47,8 @@ from testbed.netns import NetworkNamespace  # noqa: E402
 SECTION_HEADING = "## Seeds over a shaped link (`bench/seed_network.py`)"
 LINK_BITS = {"100mbit": 100e6, "1gbit": 1e9, "10gbit": 10e9}
 METHODS = "orchagent,orchagent_nocompress,orchagent_tls,tar_socat,tar_zstd_socat,tar_socat_tls"
-AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"}, "orchagent_tls": {},
+AGENT_METHODS = {"orchagent": {}, "orchagent_nocompress": {"SeedCompression": "none"},
+                 "orchagent_zstd": {"SeedCompression": "zstd"}, "orchagent_tls": {},
                  **{f"orchagent_{n}stream{'s' if n > 1 else ''}": {"SeedParallelStreams": n} for n in (1, 2, 4)}}
 
 
@@ -71,7 +73,8 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = f"  rss {peak_rss(result)} MB, compression {result['ratio']}x" if "source" in result else ""
+                rss = (f"  rss {peak_rss(result)} MB, cpu {cpu(result)} s, compression {result['ratio']}x"
+                       if "source" in result else "")
                 print(f"  {link} round {round_ + 1} {method:18s} {result['seconds']:7.2f} s{rss}", flush=True)
     finally:
         for pair in pairs.values():
@@ -85,6 +88,11 @@ def peak_rss(result: dict) -> list[float]:
     return [result[side]["peak_rss_mb"] for side in ("source", "target")]
 
 
+def cpu(result: dict) -> list[float]:
+    """An agents round's CPU seconds, source and target (both share the machine's cores)."""
+    return [result[side]["cpu_seconds"] for side in ("source", "target")]
+
+
 def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> list[str]:
     link_mb = LINK_BITS.get(link, 0) / 8 / 1e6
     median = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items() if rs}
@@ -94,10 +102,15 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         share = f", {rate / link_mb:.0%} of the link" if link_mb else ""
         rss = [peak_rss(r) for r in results[method] if "source" in r]
         peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
+        if rss:
+            ratios = statistics.median(float(r["ratio"]) for r in results[method])
+            cpus = [statistics.median(c) for c in zip(*(cpu(r) for r in results[method]))]
+            peak += f", ratio {ratios:.2f}x, CPU-s source {cpus[0]:.2f} target {cpus[1]:.2f}"
         lines.append(f"  {method:18s} {seconds:7.2f} s {rate:7.1f} MB/s{share}{peak}")
     for ours, baseline in (("orchagent", "tar_socat"), ("orchagent", "tar_zstd_socat"),
                            ("tar_zstd_socat", "tar_socat"), ("orchagent_tls", "tar_socat_tls"),
                            ("orchagent", "orchagent_nocompress"), ("orchagent_nocompress", "tar_socat"),
+                           ("orchagent", "orchagent_zstd"), ("orchagent_zstd", "tar_zstd_socat"),
                            ("orchagent_2streams", "orchagent_1stream"), ("orchagent_4streams", "orchagent_1stream"),
                            ("orchagent_1stream", "tar_zstd_socat"), ("orchagent_2streams", "tar_zstd_socat"),
                            ("orchagent_4streams", "tar_zstd_socat")):

@@ -99,9 +99,14 @@ def data_header(offset: int, length: int) -> bytes:
     return HEADER.pack(Kind.DATA, DATA_OFFSET.size + length) + DATA_OFFSET.pack(offset)
 
 
+def zdata_header(offset: int, length: int, compressed_size: int) -> bytes:
+    """Header of a ZDATA frame; its ``compressed_size`` bytes follow separately (not copied)."""
+    return HEADER.pack(Kind.ZDATA, ZDATA_HEADER.size + compressed_size) + ZDATA_HEADER.pack(offset, length)
+
+
 def zdata_frame(offset: int, length: int, compressed: bytes) -> bytes:
     """A ZDATA frame: ``compressed`` (one zstd frame) decompresses to ``length`` bytes at ``offset``."""
-    return frame(Kind.ZDATA, ZDATA_HEADER.pack(offset, length) + compressed)
+    return zdata_header(offset, length, len(compressed)) + compressed
 
 
 def payload_limit(kind: int) -> int:

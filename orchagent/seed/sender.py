@@ -144,16 +144,18 @@ class _SendTransfer(Transfer):
         waited = 0.0
         if self._backup is None:
             reader = TreeReader(self.source_dir, mac, compression=self._compression, waited=lambda: waited,
-                                resume=point, carries=self._carries)
+                                resume=point, carries=self._carries, lanes=self._lanes)
         else:
             reader = StreamReader(self._backup.fd, self._backup.port, mac, self._backup.ended,
                                   compression=self._compression, waited=lambda: waited)
+        batches = reader.batches()
         try:
-            for batch in reader.batches():
+            for batch in batches:
                 started = time.monotonic()
                 self._pipe.put_wait(batch, batch.size)
                 waited += time.monotonic() - started
         finally:
+            batches.close()  # an abort: the compressing threads stop now, not when the generator is collected
             self._pipe.finish()
             if self._backup is not None:
                 self._backup.close()

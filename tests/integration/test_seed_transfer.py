@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
-from orchagent.seed import authentication, compression, protocol
+from orchagent.seed import authentication, compression, ordered, protocol
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.receiver import SeedReceiverServer
 from orchagent.seed.sender import send_tree
@@ -227,14 +227,24 @@ class SeedTransferTests(TestCase):
     async def test_abort_mid_transfer_over_tls_leaves_nothing(self):
         await self._abort_mid_transfer(*self._agent_tls())
 
-    async def _abort_mid_transfer(self, server_tls=None, client_tls=None):
+    @inline
+    async def test_abort_while_compressing_leaves_no_compressing_thread(self):
+        await self._abort_mid_transfer(compression="zstd")
+        for _ in range(200):  # the reader thread closes its pool as it ends
+            if not [t for t in threading.enumerate() if t.name.startswith(ordered.THREAD_NAME)]:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual([t.name for t in threading.enumerate() if t.name.startswith(ordered.THREAD_NAME)], [])
+
+    async def _abort_mid_transfer(self, server_tls=None, client_tls=None, compression="auto"):
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         build_tree(source, big_bytes=256 * 1024 * 1024, small_files=5)
         os.makedirs(target)
         port = await self._listen(tls=server_tls)
         receiving = self.server.arm("7", target)
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls)
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET, tls=client_tls,
+                            compression=compression)
         while receiving.progress.bytes_done == 0:
             await deferLater(reactor, 0.001)
         self.assertLess(receiving.progress.bytes_done, receiving.progress.bytes_total)
