@@ -35,16 +35,55 @@ PROBE = textwrap.dedent("""
     print(untuned, tuned, mappings_for_one_buffer())
 """)
 
+# In a fresh process: how many thread arenas glibc made once six threads each allocated (each
+# arena reserves a 64 MB heap, mostly inaccessible, so it shows as a large ---p mapping).
+ARENA_PROBE = textwrap.dedent("""
+    import sys
+    import threading
+    from orchagent import allocator
+
+    if sys.argv[1] == "tuned":
+        allocator.tune_for_large_buffers()
+    threads_ready = threading.Barrier(6)
+    held = []
+
+    def allocate():
+        held.append(bytearray(200_000))  # from malloc, not Python's small-object allocator
+        threads_ready.wait()
+
+    threads = [threading.Thread(target=allocate) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    heaps = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            addresses, permissions = line.split()[:2]
+            start, end = (int(x, 16) for x in addresses.split("-"))
+            heaps += permissions == "---p" and end - start >= 32 * 1024 * 1024
+    print(heaps)
+""")
+
+
+def _fresh_python(program: str, *args: str) -> str:
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(allocator.__file__)))
+    return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": package_root}).stdout
+
 
 class AllocatorTests(SynchronousTestCase):
     """Once tuned, a seed's chunk buffers come from the heap, not from fresh mmaps that cost page faults."""
 
     def test_mb_sized_buffers_come_from_the_heap_once_tuned(self):
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(allocator.__file__)))
-        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONPATH": package_root}).stdout
-        untuned, tuned, after = out.split()
+        untuned, tuned, after = _fresh_python(PROBE).split()
         self.assertEqual((untuned, tuned, after), ("1", "True", "0"))
+
+    def test_threads_share_at_most_the_capped_arenas_once_tuned(self):
+        # A seed's compressing threads would each get an arena of their own, each keeping its own
+        # high-water mark; capped, the main arena and one more serve every thread.
+        self.assertGreater(int(_fresh_python(ARENA_PROBE, "untuned")), allocator.ARENAS - 1)
+        self.assertLessEqual(int(_fresh_python(ARENA_PROBE, "tuned")), allocator.ARENAS - 1)
 
     def test_the_buffers_a_seed_allocates_per_chunk_are_below_the_threshold(self):
         # file reads, TLS records read out for the socket, and what Twisted joins before a send

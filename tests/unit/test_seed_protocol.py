@@ -43,6 +43,9 @@ class Recorder:
         else:
             self.calls.append(("data", offset, bytes(piece)))
 
+    def checkpoint(self, offset):
+        pass  # a tag inside a large file (resume); what these tests compare is the data around it
+
     def file_end(self):
         self.calls.append(("file_end",))
 
