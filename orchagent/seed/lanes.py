@@ -36,8 +36,9 @@ from orchagent.seed.reader import tree_files
 from orchagent.seed.staging import PERMISSION_BITS, Staging
 from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 
-# SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine more streams did not
-# pay reliably at 1 Gbit/s and cost 10 to 60 MB of RSS per agent (bench/RESULTS.md, "Parallel streams").
+# SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine at 1 Gbit/s more
+# streams did not pay reliably, and with the compression pool they are 5 to 9% slower (bench/RESULTS.md,
+# "Parallel streams").
 AUTO_LANES = 1
 _SUMMED = ("bytes_done", "files_done", "wire_bytes", "data_bytes", "resumes", "resent_bytes")
 
