@@ -256,7 +256,9 @@ class _ReceiverProtocol(Connection):
             self.transport.write(authentication.accept(session) + authentication.done(session))
             self.transport.loseConnection()
         elif transfer is None or transfer.concluded:
-            self._refuse(f"no receive is armed for seed {auth.seed_id}", authenticated=True)
+            failure = self._server.received.failure(auth.seed_id) if transfer is None else str(transfer.error)
+            self._refuse(f"no receive is armed for seed {auth.seed_id}" if failure is None else
+                         f"seed {auth.seed_id} failed here: {failure}", authenticated=True)
         elif transfer.connected:  # one sender at a time; a reconnecting one tries again (BUSY)
             self._refuse(f"seed {auth.seed_id} is already receiving from another sender", transfer,
                          authenticated=True, kind=Kind.BUSY)
@@ -390,8 +392,7 @@ class SeedReceiverServer:
     def _disarm(self, seed_id: str, transfer: ReceiveLanes) -> None:
         if self._armed.get(seed_id) is transfer:
             del self._armed[seed_id]
-        if transfer.succeeded:
-            self.received.add(seed_id)
+        self.received.add(seed_id, None if transfer.succeeded else str(transfer.error))
 
     def certificate_problem(self, transport: Any) -> str | None:
         """Why the sender on ``transport`` may not send, by its certificate (None: it may)."""

@@ -75,8 +75,9 @@ def parse_resume(session: authentication.Session, payload: bytes) -> ResumePoint
 
 
 class Received:
-    """Seeds a receiver verified whole lately, so a sender whose connection dropped before the
-    receiver's DONE reached it hears DONE on reconnecting rather than that nothing is armed.
+    """Seeds a receiver ended lately, and how, so a sender whose connection dropped before the
+    receiver's DONE or FAIL reached it hears that outcome on reconnecting rather than that nothing
+    is armed: DONE again for a seed received whole, the reason for one that failed here.
 
     Bounded: the last :data:`RECEIVED_KEPT` seeds, each for ``seconds`` (the sender's reconnect window).
     """
@@ -84,20 +85,28 @@ class Received:
     def __init__(self, clock, seconds: float) -> None:
         self._clock = clock
         self._seconds = seconds
-        self._until: dict[str, float] = {}
+        self._ended: dict[str, tuple[float, str | None]] = {}  # seed id -> (kept until, why it failed)
 
-    def add(self, seed_id: str) -> None:
-        self._until.pop(seed_id, None)
-        self._until[seed_id] = self._clock.seconds() + self._seconds
-        while len(self._until) > RECEIVED_KEPT:
-            del self._until[next(iter(self._until))]
+    def add(self, seed_id: str, failure: str | None = None) -> None:
+        """``seed_id`` ended: received whole, or failed for ``failure``."""
+        self._ended.pop(seed_id, None)
+        self._ended[seed_id] = (self._clock.seconds() + self._seconds, failure)
+        while len(self._ended) > RECEIVED_KEPT:
+            del self._ended[next(iter(self._ended))]
 
     def forget(self, seed_id: str) -> None:
         """``seed_id`` is armed anew: its senders are the new receive's."""
-        self._until.pop(seed_id, None)
+        self._ended.pop(seed_id, None)
 
     def __contains__(self, seed_id: str) -> bool:
-        return self._until.get(seed_id, 0) > self._clock.seconds()
+        """``seed_id`` was received whole lately."""
+        until, failure = self._ended.get(seed_id, (0, None))
+        return until > self._clock.seconds() and failure is None
+
+    def failure(self, seed_id: str) -> str | None:
+        """Why ``seed_id`` failed here lately (None: it did not, or not lately)."""
+        until, failure = self._ended.get(seed_id, (0, None))
+        return failure if until > self._clock.seconds() else None
 
 
 def reconnect_delay(attempt: int) -> float:

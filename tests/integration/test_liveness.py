@@ -185,10 +185,16 @@ class UnprivilegedProbeTests(SynchronousTestCase):
     def test_as_nobody(self):
         datadir = tempfile.mkdtemp(prefix="orchagent-liveness-")
         self.addCleanup(os.rmdir, datadir)
+        # nobody may not be able to read the checkout (a clone in a private directory): a copy it can
+        package_root = tempfile.mkdtemp(prefix="orchagent-liveness-package-")
+        self.addCleanup(shutil.rmtree, package_root)
+        os.chmod(package_root, 0o755)
+        shutil.copytree(os.path.join(REPO, "orchagent"), os.path.join(package_root, "orchagent"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
                                "-c", self.PROBE, datadir, str(free_port())],
-                              env={"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                              check=True)
+                              env={"PYTHONPATH": package_root, "PATH": "/usr/bin:/bin"}, capture_output=True,
+                              text=True, check=True)
         found, unchecked = json.loads(done.stdout)
         self.assertEqual(found, [])
         self.assertIn("Permission denied", unchecked[0])

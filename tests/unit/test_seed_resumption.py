@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import authentication, protocol, resumption
@@ -62,6 +63,38 @@ class ResumeFrameTests(SynchronousTestCase):
         delays = [resumption.reconnect_delay(attempt) for attempt in range(20)]
         self.assertEqual(delays, sorted(delays))
         self.assertLessEqual(max(delays), 5)
+
+
+class ReceivedTests(SynchronousTestCase):
+    """A receiver remembers how its seeds ended, for the reconnect window, so a sender whose
+    connection dropped hears the outcome (DONE again, or why the seed failed here)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.received = resumption.Received(self.clock, 30)
+
+    def test_a_seed_received_whole_is_confirmed_and_a_failed_one_says_why(self):
+        self.received.add("1")
+        self.received.add("2", "the target disk caught fire")
+        self.assertIn("1", self.received)
+        self.assertIsNone(self.received.failure("1"))
+        self.assertNotIn("2", self.received)
+        self.assertEqual(self.received.failure("2"), "the target disk caught fire")
+        self.assertIsNone(self.received.failure("3"))
+
+    def test_only_for_the_reconnect_window_and_until_armed_anew(self):
+        self.received.add("1")
+        self.received.add("2", "aborted")
+        self.received.forget("1")
+        self.assertNotIn("1", self.received)
+        self.clock.advance(31)
+        self.assertIsNone(self.received.failure("2"))
+
+    def test_bounded(self):
+        for number in range(resumption.RECEIVED_KEPT + 5):
+            self.received.add(str(number), "failed")
+        self.assertIsNone(self.received.failure("0"))
+        self.assertEqual(self.received.failure(str(resumption.RECEIVED_KEPT + 4)), "failed")
 
 
 class VerifiedTests(SynchronousTestCase):
