@@ -177,6 +177,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"SnapshotBackend": "zfs"}, "SnapshotBackend", '"lvm", "btrfs" or "hotbackup"')
         self.assertConfigError({"SeedCompression": "gzip"}, "SeedCompression", '"auto", "zstd" or "none"')
         self.assertEqual(self.load({"SeedCompression": "none"}).seed_compression, "none")
+        self.assertConfigError({"SeedParallelStreams": 17}, "SeedParallelStreams", "0 (the agent chooses) to 16")
+        self.assertEqual(self.load({"SeedParallelStreams": 16}).seed_parallel_streams, 16)
         self.assertConfigError({"HTTPAuthUser": "u"}, "HTTPAuthUser", "HTTPAuthPassword")
         self.assertConfigError({"SnapshotBackend": "btrfs"}, "BtrfsSnapshotDirectory", "absolute")
 
