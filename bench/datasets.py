@@ -6,6 +6,7 @@ library code: tools run through ``subprocess`` directly.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -19,6 +20,24 @@ SCHEMAS = 1000
 TABLES_PER_SCHEMA = 50  # a .frm and an .ibd each: 100 files per schema directory
 LARGE_FILES = {"ibdata1": 96 << 20, "ib_logfile0": 48 << 20, "aria_log.00000001": 8 << 20, "ib_buffer_pool": 1 << 20}
 LOG_BLOCK_BYTES = 1 << 20
+
+
+def claim(directory: str) -> None:
+    """Make ``directory`` and hold it for this run, or exit saying who holds it.
+
+    Two runs sharing a directory share its ``target``: one's reset of it lands in the middle of
+    the other's seed, which then fails for no fault of the agents.  The lock goes with the process.
+    """
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode().strip() or "?"
+        raise SystemExit(f"another benchmark (pid {holder}) uses {directory}: wait for it, or give this "
+                         "run its own --dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
 
 
 def build_once(path: str, build: Callable[[str], None]) -> tuple[float, bool]:

@@ -42,7 +42,7 @@ from typing import Callable, NamedTuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
+from bench.datasets import claim, drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
 from bench.machine import ToolWatch, load, machine  # noqa: E402
 from bench.report import add_record_option, command, machine_line, record, table  # noqa: E402
 from bench.seed_methods import AgentPair, mariabackup_socat  # noqa: E402
@@ -194,7 +194,7 @@ def main() -> None:
     args.methods = args.methods.split(",")
     if os.geteuid() != 0:
         raise SystemExit("hot_seed needs root: root-only backup credentials, dropping the page cache")
-    os.makedirs(args.dir, exist_ok=True)
+    claim(args.dir)
     info = machine(args.dir)
     print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['memory']} RAM, {info['filesystem']}, "
           f"load {info['load']}", flush=True)

@@ -38,7 +38,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import build_once, build_tree, drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
+from bench.datasets import build_once, build_tree, claim, drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.report import add_record_option, command, machine_line, ratio, record  # noqa: E402
 from bench.seed_methods import AgentPair, tar_socat, tls_files  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
     args.methods = args.methods.split(",")
     if os.geteuid() != 0:
         raise SystemExit("seed_network needs root: network namespaces, tc and dropping the page cache")
-    os.makedirs(args.dir, exist_ok=True)
+    claim(args.dir)
     info = machine(args.dir)
     lines = [SECTION_HEADING, "", f"Measured {info['date']} by `{command('seed_network')}`.", "",
              machine_line(info), "", "```"]

@@ -51,7 +51,7 @@ RUNNER = os.path.join(HERE, "seed_runner.py")
 
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import build_once, build_tree, drop_caches, fresh_target, tree_bytes  # noqa: E402
+from bench.datasets import build_once, build_tree, claim, drop_caches, fresh_target, tree_bytes  # noqa: E402
 from bench.machine import load, machine  # noqa: E402
 from bench.seed_methods import SECRET, SOURCE, TARGET, AgentPair, tar_socat, tls_files  # noqa: E402
 from testbed.agent import free_port  # noqa: E402
@@ -110,15 +110,16 @@ def main() -> None:
         if not args.keep_data:
             os.chdir("/")
             shutil.rmtree(os.path.join(args.dir, f"source-{args.size_mb}mb"), ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(args.dir, f"source-{args.size_mb}mb.built"))
+            for name in (f"source-{args.size_mb}mb.built", ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(args.dir, name))
             with contextlib.suppress(OSError):
                 os.rmdir(args.dir)  # only when nothing else is left in it
 
 
 def run(args, pairs: list) -> None:
 
-    os.makedirs(args.dir, exist_ok=True)
+    claim(args.dir)
     os.chdir(args.dir)
     source, target = os.path.join(args.dir, f"source-{args.size_mb}mb"), os.path.join(args.dir, "target")
     build_once(source, lambda path: build_tree(path, args.size_mb))
