@@ -1,7 +1,8 @@
 """Restoring a directory tree from the seed stream into a datadir (the receiver's worker thread).
 
 The tree is written into a staging directory (:mod:`orchagent.seed.staging`) through directory
-descriptors only, each file under a hidden partial name renamed once its MAC matched; entries
+descriptors only, each file under a hidden partial name renamed once its MAC matched (a large
+file sent in ranges over several lanes: once all arrived, :mod:`orchagent.seed.ranges`); entries
 get the datadir's owner and lose set-uid, set-gid and sticky bits.  Everything is made durable
 (:mod:`orchagent.seed.durability`) before the tree moves into the datadir.  A writer lives as long
 as its seed's transfer; when a connection drops, :meth:`TreeWriter.rewind` undoes what was not
@@ -187,13 +188,11 @@ class TreeWriter:
                 os.chown(name, *self._staging.owner, dir_fd=directory, follow_symlinks=False)
             os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=directory, follow_symlinks=False)
         else:
+            self._file, self._written, self._flushed, self._end = entry, 0, 0, entry.start
             if entry.part is None:
                 self._temp, self._fd = self._create_partial(directory)
-            else:  # the file is all lanes': made once, by the first to need it
+            else:  # a range: the file is all lanes', made once, by the first to need it
                 self._fd = self._shared.ranged.open(entry, directory, self._create_partial)
-            self._file = entry
-            self._written = self._flushed = 0
-            self._end = entry.start
 
     def _start_stream(self) -> None:
         self._extractor.start(self._staging.tree_path(), self.source_port)
