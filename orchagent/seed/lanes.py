@@ -13,8 +13,8 @@ what makes them one seed is here:
   its own stream alone.  The receiver makes a directory that another lane made already as a no-op.
 * :class:`SharedStaging`: the receiver's one staging directory, made by the first lane to start,
   and made durable and moved into the datadir once, by the last lane to finish, with the files
-  received in ranges and every lane's directory modes and times completed then; the other lanes wait for that before they confirm
-  (DONE), so a sender hears DONE only once the whole tree is in place.
+  received in ranges and every lane's directory modes and times completed then; the other lanes
+  wait for that before they confirm (DONE), so a sender hears DONE only once the whole tree is in place.
 * :class:`SendLanes` and :class:`ReceiveLanes`: the lanes as one transfer: progress summed, one
   throttle (shared by the sending lanes), one abort, and one outcome, which succeeds only when
   every lane succeeded and fails with the first lane that failed (the others are stopped).
@@ -44,7 +44,7 @@ from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 AUTO_LANES = 1
 _SUMMED = ("bytes_done", "files_done", "wire_bytes", "data_bytes", "resumes", "resent_bytes")
 RANGES_PER_LANE = 4  # a file larger than this fraction of a lane's share goes in ranges of that size...
-MIN_RANGE_BYTES = 8 * 1024 * 1024  # ...but not smaller: a range carries a few CHECKPOINTs, its entry costs nothing
+MIN_RANGE_BYTES = 8 * 1024 * 1024  # ...but not smaller: a range spans a few CHECKPOINTs (resume points)
 
 
 def lane_count(configured: int, hot: bool = False) -> int:
@@ -76,8 +76,9 @@ def split(files: Iterable[tuple[bytes, int]], lanes: int) -> dict[bytes, list[tu
         if cut is None or size <= cut:
             pieces.append((max(size, 0), path, None))
         else:
-            pieces.extend((min(cut, size - offset), path, (offset, min(cut, size - offset)))
-                          for offset in range(0, size, cut))
+            for offset in range(0, size, cut):
+                length = min(cut, size - offset)
+                pieces.append((length, path, (offset, length)))
     loads = [(0, 0, lane) for lane in range(lanes)]
     assignment: dict[bytes, list[tuple[Part | None, int]]] = {}
     for length, path, part in sorted(pieces, key=lambda piece: (-piece[0], piece[1], piece[2] or (0, 0))):
