@@ -1,5 +1,5 @@
 """Data sets for the benchmarks, each built once and reused while unchanged: a datadir-like tree
-for seeds, a sysbench-prepared InnoDB datadir, a datadir of 100k small files and a MariaDB error
+for seeds, one with a single big table, a sysbench-prepared InnoDB datadir, a datadir of 100k small files and a MariaDB error
 log for the status poll; and the page-cache and target handling every round needs.  Scripts, not
 library code: tools run through ``subprocess`` directly.
 """
@@ -92,6 +92,21 @@ def build_tree(root: str, size_mb: int) -> None:
         small_budget -= size
         n += 1
     os.makedirs(os.path.join(root, "empty_schema"))
+    subprocess.run(["sync"], check=True)
+
+
+def build_big_file(root: str, size_mb: int) -> None:
+    """One table holding nearly all the bytes (each MB half random, half text: about 2x with ``zstd -1``)
+    and a few small files: what a datadir with one big table looks like to a seed's streams."""
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(os.path.join(root, "db"))
+    text = b"".join(b"row %08d: some column text, ok\n" % i for i in range(16384))[:1 << 19]
+    with open(os.path.join(root, "db", "big.ibd"), "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(1 << 19) + text)
+    for i in range(20):
+        with open(os.path.join(root, "db", f"t{i}.ibd"), "wb") as f:
+            f.write(os.urandom(65536))
     subprocess.run(["sync"], check=True)
 
 

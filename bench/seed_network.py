@@ -7,7 +7,9 @@ Both ends run inside a private network namespace whose loopback is shaped with `
 link's rate (``testbed/netns.py``): the source on 127.0.0.1, the target on 127.0.0.2, so
 every byte crosses the link, and nothing leaves the namespace.  Data sets: (1) a MariaDB datadir
 prepared by ``sysbench oltp_read_write`` (real InnoDB pages, which compress about 3x with
-``zstd -1``), (2) the half-random datadir-like tree of ``seed_transfer`` (incompressible).
+``zstd -1``), (2) the half-random datadir-like tree of ``seed_transfer`` (incompressible), and on
+request (3) ``bigfile``: one big table (half compressible) and a few small files, which several
+streams carry only in ranges.
 Methods, in the same run, page cache dropped before each:
 
 * ``orchagent``: two real agents (``twistd orchagent``), seeded through the API as orchestrator
@@ -38,7 +40,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.datasets import build_once, build_tree, claim, drop_caches, fresh_target, sysbench_datadir, tree_bytes  # noqa: E402
+from bench.datasets import (build_big_file, build_once, build_tree, claim, drop_caches, fresh_target,  # noqa: E402
+                            sysbench_datadir, tree_bytes)
 from bench.machine import machine  # noqa: E402
 from bench.report import add_record_option, command, machine_line, ratio, record  # noqa: E402
 from bench.seed_methods import AgentPair, tar_socat, tls_files  # noqa: E402
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--sysbench-tables", type=int, default=4)
     parser.add_argument("--sysbench-rows", type=int, default=1_000_000, help="rows per table (1M: about 240 MB)")
     parser.add_argument("--tree-mb", type=int, default=1024)
+    parser.add_argument("--bigfile-mb", type=int, default=1024)
     add_record_option(parser)
     parser.add_argument("--keep-data", action="store_true", help="keep the data sets for the next run")
     args = parser.parse_args()
@@ -148,6 +152,10 @@ def main() -> None:
         print("building (or reusing) the tree ...", flush=True)
         datasets["tree"] = os.path.join(args.dir, f"tree-{args.tree_mb}mb")
         build_once(datasets["tree"], lambda path: build_tree(path, args.tree_mb))
+    if "bigfile" in args.datasets:
+        print("building (or reusing) the big file ...", flush=True)
+        datasets["bigfile"] = os.path.join(args.dir, f"bigfile-{args.bigfile_mb}mb")
+        build_once(datasets["bigfile"], lambda path: build_big_file(path, args.bigfile_mb))
     target = os.path.join(args.dir, "target")
     ca, socat_tls = tls_files(os.path.join(args.dir, f"tls-{os.getpid()}"))
     try:

@@ -63,6 +63,12 @@ class SlowLink:
         for s in sockets:
             close_socket(s)
 
+    def cut_from(self, port: int) -> None:
+        """Drop the connection that the receiver sees coming from ``port``."""
+        with self._lock:
+            ports = [upstream.getsockname()[1] for upstream in self._sockets[1::2]]
+        self.cut(ports.index(port))
+
     @property
     def connections(self) -> int:
         """Connections accepted so far (a reconnecting sender makes one more)."""

@@ -24,8 +24,9 @@ import attrs
 from orchagent.seed.protocol import COUNTS, HEADER, Kind, ProtocolError, frame
 
 MAGIC = b"ORCHSEED"
-VERSION = 6  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds); 5: RESUME, CHECKPOINT (resume);
-# 6: the lane and lane count in AUTH and the session key (parallel streams)
+VERSION = 7  # 3: ZDATA frames (compressed file data); 4: STREAM (hot seeds); 5: RESUME, CHECKPOINT (resume);
+# 6: the lane and lane count in AUTH and the session key (parallel streams); 7: a large file's ranges
+# spread over the lanes (a file ENTRY's range)
 NONCE_BYTES = 32
 TAG_BYTES = 32  # HMAC-SHA256: the handshake's proofs and the stream's tags
 TLS_EXPORTER_LABEL = b"EXPERIMENTAL-orchagent-seed-v3"  # RFC 5705: unregistered labels start so

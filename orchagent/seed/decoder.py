@@ -45,11 +45,11 @@ class StreamDecoder:
     all of them) is parsed in place; only one cut by a chunk boundary is collected byte-wise.
     A ZDATA frame is collected whole and decompressed (to at most :data:`MAX_BLOCK_BYTES`); the MAC
     covers it as the DATA frame it decompresses to.  ``expanded``: the bytes decompression added.
-    A file's data comes in rising offsets, so what arrived after its last tag lies past the offset
-    that tag verified (a resume cuts it off there).
+    A file's data comes in rising offsets (a range's, inside the range its ENTRY names), so what
+    arrived after its last tag lies past the offset that tag verified (a resume cuts it off there).
 
     One per connection.  ``resumed``: the file a resumed connection continues (its ENTRY comes
-    again first, unchanged) and the offset its data continues from.
+    again first, unchanged) and where its data continues, from its start (a range's: from the range's).
     """
 
     def __init__(self, handler: StreamHandler, mac: StreamMac, resumed: tuple[Entry, int] | None = None) -> None:
@@ -137,8 +137,9 @@ class StreamDecoder:
         if self._file is None:
             raise ProtocolError("file data outside a file")
         (offset,) = DATA_OFFSET.unpack_from(header, HEADER.size)
-        if offset + length > self._file.size:
-            raise ProtocolError(f"data beyond the end of {self._file.path!r}")
+        if offset + length > self._file.end:
+            what = "the range of" if self._file.part else "the end of"
+            raise ProtocolError(f"data beyond {what} {self._file.path!r}")
         if offset < self._data_end:
             raise ProtocolError(f"data of {self._file.path!r} out of order")
         self._data_end = offset + length
@@ -169,7 +170,7 @@ class StreamDecoder:
                 raise ProtocolError(f"entry inside file {self._file.path!r}")
             entry = parse_entry(payload)
             if entry.kind == EntryKind.FILE:
-                self._file, self._data_end = entry, 0
+                self._file, self._data_end = entry, entry.start
             self._handler.entry(entry)
         elif kind == Kind.STREAM:
             if self._file is not None or self._stream_next is not None:
@@ -201,7 +202,7 @@ class StreamDecoder:
             raise ProtocolError(f"cannot resume {os.fsdecode(file.path)!r}: it changed at the source since "
                                 "the seed began")
         self._resumed = None
-        self._file, self._data_end = file, offset
+        self._file, self._data_end = file, file.start + offset
 
     def _compressed_data(self, payload: bytes) -> None:
         """A ZDATA frame: decompress (bounded by the length it declares), MAC and hand on the data."""

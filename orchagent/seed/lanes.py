@@ -5,15 +5,16 @@ Each lane is a transfer of its own as :mod:`orchagent.seed.sender` and
 lane count, :mod:`orchagent.seed.authentication`), stream MAC, resume point and reconnections;
 what makes them one seed is here:
 
-* :class:`Plan`: which lane carries each file and symlink, decided once from one walk of the
-  source, largest files first, each to the lane with the fewest bytes so far.  Every lane also
+* :class:`Plan`: which lane carries each file, range of a large file and symlink, decided once from
+  one walk of the source (:func:`split`).  A large file goes in ranges, each an entry of its own on
+  its lane, put together by the receiver (:mod:`orchagent.seed.ranges`).  Every lane also
   sends every directory entry (a few bytes each): a file's directory then exists before it on
   whichever lane the file travels, with no lane waiting for another, and a resumed lane replays
   its own stream alone.  The receiver makes a directory that another lane made already as a no-op.
 * :class:`SharedStaging`: the receiver's one staging directory, made by the first lane to start,
-  and made durable and moved into the datadir once, by the last lane to finish, with every lane's
-  directory modes and times applied then; the other lanes wait for that before they confirm
-  (DONE), so a sender hears DONE only once the whole tree is in place.
+  and made durable and moved into the datadir once, by the last lane to finish, with the files
+  received in ranges and every lane's directory modes and times completed then; the other lanes
+  wait for that before they confirm (DONE), so a sender hears DONE only once the whole tree is in place.
 * :class:`SendLanes` and :class:`ReceiveLanes`: the lanes as one transfer: progress summed, one
   throttle (shared by the sending lanes), one abort, and one outcome, which succeeds only when
   every lane succeeded and fails with the first lane that failed (the others are stopped).
@@ -31,8 +32,9 @@ from twisted.python.failure import Failure
 
 from orchagent.seed.durability import syncfs
 from orchagent.seed.pipe import Closed
-from orchagent.seed.protocol import TransferFailed
-from orchagent.seed.reader import tree_files
+from orchagent.seed.protocol import Part, TransferFailed
+from orchagent.seed.ranges import RangedFiles
+from orchagent.seed.reader import CHUNK_BYTES, tree_files
 from orchagent.seed.staging import PERMISSION_BITS, Staging
 from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 
@@ -41,6 +43,8 @@ from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 # "Parallel streams").
 AUTO_LANES = 1
 _SUMMED = ("bytes_done", "files_done", "wire_bytes", "data_bytes", "resumes", "resent_bytes")
+RANGES_PER_LANE = 4  # a file larger than this fraction of a lane's share goes in ranges of that size...
+MIN_RANGE_BYTES = 8 * 1024 * 1024  # ...but not smaller: a range spans a few CHECKPOINTs (resume points)
 
 
 def lane_count(configured: int, hot: bool = False) -> int:
@@ -49,39 +53,64 @@ def lane_count(configured: int, hot: bool = False) -> int:
     return 1 if hot else configured or AUTO_LANES
 
 
-def split(files: Iterable[tuple[bytes, int]], lanes: int) -> dict[bytes, int]:
-    """The lane of each (path, size): largest first, each to the lane with the fewest bytes so far
-    (then the fewest entries, then the lowest number), so the lanes carry about as many bytes
-    (they differ by at most the largest file) and the same tree always splits the same way."""
+def range_bytes(total: int, lanes: int) -> int:
+    """The size of the ranges a seed of ``total`` bytes over ``lanes`` cuts its large files into, and
+    of the largest file it sends whole: a quarter of a lane's share, in whole reader blocks, at least
+    :data:`MIN_RANGE_BYTES`.  No piece is then larger, so the lanes end within one range's size of each
+    other however the bytes sit (one huge table or many small ones), and at most four files per lane
+    are cut: files that small balance anyway."""
+    share = -(-total // (lanes * RANGES_PER_LANE))
+    return max(MIN_RANGE_BYTES, -(-share // CHUNK_BYTES) * CHUNK_BYTES)
+
+
+def split(files: Iterable[tuple[bytes, int]], lanes: int) -> dict[bytes, list[tuple[Part | None, int]]]:
+    """What each lane carries of each (path, size): a path's pieces as (range, lane), ranges in
+    offset order (range None: the whole file or symlink).  Files larger than :func:`range_bytes` (with
+    several lanes) go in ranges of that size; the pieces, largest first, each to the lane with the
+    fewest bytes so far (then the fewest pieces, then the lowest number), so the lanes carry about as
+    many bytes (they differ by at most one range) and the same tree always splits the same way."""
+    files = list(files)
+    cut = range_bytes(sum(max(size, 0) for _, size in files), lanes) if lanes > 1 else None
+    pieces: list[tuple[int, bytes, Part | None]] = []
+    for path, size in files:
+        if cut is None or size <= cut:
+            pieces.append((max(size, 0), path, None))
+        else:
+            for offset in range(0, size, cut):
+                length = min(cut, size - offset)
+                pieces.append((length, path, (offset, length)))
     loads = [(0, 0, lane) for lane in range(lanes)]
-    assignment = {}
-    for path, size in sorted(files, key=lambda item: (-item[1], item[0])):
+    assignment: dict[bytes, list[tuple[Part | None, int]]] = {}
+    for length, path, part in sorted(pieces, key=lambda piece: (-piece[0], piece[1], piece[2] or (0, 0))):
         nbytes, entries, lane = heapq.heappop(loads)
-        assignment[path] = lane
-        heapq.heappush(loads, (nbytes + max(size, 0), entries + 1, lane))
+        assignment.setdefault(path, []).append((part, lane))
+        heapq.heappush(loads, (nbytes + length, entries + 1, lane))
+    for carried in assignment.values():
+        carried.sort(key=lambda piece: piece[0] or (0, 0))
     return assignment
 
 
 class Plan:
     """A sending seed's split of its source over ``lanes`` (made by the first lane's reader thread
     to need it, once: a lane that reconnects keeps its files).  An entry that appeared after the
-    split goes on lane 0."""
+    split goes whole on lane 0."""
 
     def __init__(self, root: str, lanes: int) -> None:
         self._root = root
         self.lanes = lanes
         self._lock = threading.Lock()
-        self._assignment: dict[bytes, int] | None = None
+        self._assignment: dict[bytes, list[tuple[Part | None, int]]] | None = None
 
-    def carries(self, lane: int) -> Callable[[bytes], bool]:
-        """Reader threads: whether ``lane`` sends the file or symlink at a relative path."""
-        return lambda relative: self._lane_of(relative) == lane
+    def carries(self, lane: int) -> Callable[[bytes], tuple[Part | None, ...]]:
+        """Reader threads: what ``lane`` sends of the file or symlink at a relative path: the whole
+        (:data:`~orchagent.seed.reader.WHOLE`), nothing, or ranges of it."""
+        return lambda relative: tuple(part for part, on in self._pieces(relative) if on == lane)
 
-    def _lane_of(self, relative: bytes) -> int:
+    def _pieces(self, relative: bytes) -> list[tuple[Part | None, int]]:
         with self._lock:
             if self._assignment is None:
                 self._assignment = split(tree_files(self._root), self.lanes)
-        return self._assignment.get(relative, 0)
+        return self._assignment.get(relative, [(None, 0)])
 
 
 class SharedStaging:
@@ -89,6 +118,7 @@ class SharedStaging:
 
     def __init__(self, datadir: str, seed_id: str) -> None:
         self.staging = Staging(datadir, seed_id)
+        self.ranged = RangedFiles()  # large files, each received over several lanes
         self.lanes = 1  # known from the first lane's handshake (ReceiveLanes)
         self._lock = threading.Condition()
         self._made = False
@@ -136,9 +166,11 @@ class SharedStaging:
         self._end("moved")
 
     def move_in(self, directories: dict[bytes, tuple[int, int]], cancelled: Callable[[], bool]) -> None:
-        """Once per seed, after every lane's part arrived: directory modes and times, durability, the
-        move into the datadir (``cancelled`` is asked just before it: an aborted receive never fills it)."""
+        """Once per seed, after every lane's part arrived: the files received in ranges, directory modes
+        and times, durability, the move into the datadir (``cancelled`` is asked just before it: an
+        aborted receive never fills it)."""
         staging = self.staging
+        self.ranged.seal(staging)
         # Children before parents, so each directory is handed over after everything on its way
         # was opened as the agent's own.
         for relative in sorted(directories, reverse=True):
@@ -170,6 +202,7 @@ class SharedStaging:
                 self._lock.notify_all()
             if self._users:
                 return
+        self.ranged.close()
         self.staging.remove()
 
     def _end(self, outcome: str) -> None:

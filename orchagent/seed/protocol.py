@@ -7,7 +7,9 @@ construction and the format can be tested in isolation.  Every frame is
 PROGRESS keepalives::
 
     TOTALS files, bytes             (any time; from a quick stat walk)
-    ENTRY  dir | symlink | file     (a directory always comes before what it contains)
+    ENTRY  dir | symlink | file     (a directory always comes before what it contains; v7: a file's may
+                                    name a range of it, offset and length, sent as a file of its own, so
+                                    a large file's ranges go over several lanes: :mod:`orchagent.seed.lanes`)
     DATA   offset, bytes            (file data; holes of sparse files are simply not sent)
     ZDATA  offset, length, zstd     (file data compressed: ``length`` bytes once decompressed)
     CHECKPOINT tag                  (inside a large file, every few MB: its data so far is verified)
@@ -29,6 +31,7 @@ Either side may send FAIL with a reason at any frame boundary.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from typing import Iterator
 
@@ -47,6 +50,8 @@ ZDATA_HEADER = struct.Struct("!QI")  # offset, decompressed length; the compress
 MAX_ZDATA_PAYLOAD = ZDATA_HEADER.size + MAX_BLOCK_BYTES  # compressed only when that is smaller
 COUNTS = struct.Struct("!QQ")  # files, bytes
 _ENTRY = struct.Struct("!BIqQIIHHBB")  # kind mode mtime_ns size uid gid len(path) len(target) len(user) len(group)
+_PART = struct.Struct("!QQ")  # after a file entry's names (v7): the range it carries, offset and length
+Part = tuple[int, int]  # a range of a file: (offset, length)
 
 
 class Kind(enum.IntEnum):
@@ -198,13 +203,33 @@ class Entry:
     user: bytes = b""  # owner names, so ownership maps by name as tar does
     group: bytes = b""
     target: bytes = b""  # symlinks: where the link points (never followed)
+    part: Part | None = None  # files: the range this entry carries, when a large file goes over several lanes
+
+    @property
+    def start(self) -> int:
+        """Where the file's data this entry carries begins."""
+        return self.part[0] if self.part else 0
+
+    @property
+    def length(self) -> int:
+        """The file's logical bytes this entry carries (its range's, or all)."""
+        return self.part[1] if self.part else self.size
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    @property
+    def counted_files(self) -> int:
+        """What it adds to the files a stream counts: a file counts once, with the range that begins it."""
+        return int(self.start == 0)
 
     def encode(self) -> bytes:
         """The ENTRY payload."""
         return (
             _ENTRY.pack(self.kind, self.mode, self.mtime_ns, self.size, self.uid, self.gid,
                         len(self.path), len(self.target), len(self.user), len(self.group))
-            + self.path + self.target + self.user + self.group
+            + self.path + self.target + self.user + self.group + (_PART.pack(*self.part) if self.part else b"")
         )
 
 
@@ -212,7 +237,8 @@ def parse_entry(payload: bytes) -> Entry:
     if len(payload) < _ENTRY.size:
         raise ProtocolError("malformed entry frame")
     kind, mode, mtime_ns, size, uid, gid, n_path, n_target, n_user, n_group = _ENTRY.unpack_from(payload)
-    if len(payload) != _ENTRY.size + n_path + n_target + n_user + n_group:
+    names = _ENTRY.size + n_path + n_target + n_user + n_group
+    if len(payload) - names not in ((0, _PART.size) if kind == EntryKind.FILE else (0,)):
         raise ProtocolError("malformed entry frame")
     try:
         entry_kind = EntryKind(kind)
@@ -225,7 +251,10 @@ def parse_entry(payload: bytes) -> Entry:
         at += n
     path, target, user, group = fields
     check_relative_path(path)
-    return Entry(entry_kind, path, mode & 0o7777, mtime_ns, size, uid, gid, user, group, target)
+    part = _PART.unpack_from(payload, names) if len(payload) > names else None
+    if part is not None and not (part[1] and part[0] + part[1] <= size):
+        raise ProtocolError(f"range [{part[0]}, {part[0] + part[1]}) outside {os.fsdecode(path)!r} ({size} bytes)")
+    return Entry(entry_kind, path, mode & 0o7777, mtime_ns, size, uid, gid, user, group, target, part)
 
 
 def check_relative_path(path: bytes) -> None:

@@ -25,8 +25,8 @@ import attrs
 from orchagent.seed import authentication, protocol
 from orchagent.seed.compression import CompressionPolicy, zdata
 from orchagent.seed.ordered import OrderedPool
-from orchagent.seed.protocol import Entry, EntryKind, Kind, TransferFailed
-from orchagent.seed.resumption import CHECKPOINT_BYTES, START, ResumePoint, skip_verified
+from orchagent.seed.protocol import Entry, EntryKind, Kind, Part, TransferFailed
+from orchagent.seed.resumption import CHECKPOINT_BYTES, START, ResumePoint, WalkItem, skip_verified
 
 CHUNK_BYTES = 1024 * 1024  # one read and one DATA frame
 BATCH_BYTES = 256 * 1024  # small frames are packed together up to this size
@@ -34,6 +34,7 @@ READ_AHEAD_FILES = 64  # the sender opens files this far ahead and starts readin
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # of each file opened ahead (sequential read-ahead does the rest)
 COMPRESSING_THREADS = min(len(os.sched_getaffinity(0)), 4)  # zstd -1 on 4 cores outruns a 10 Gbit/s link
 BLOCKS_AHEAD = COMPRESSING_THREADS  # blocks given to them and not yet sent on (1 MB each; one more waits its turn)
+WHOLE: tuple[Part | None, ...] = (None,)  # what a lane carries of a file it sends whole (see TreeReader)
 
 
 @attrs.frozen
@@ -69,8 +70,8 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
                 stack.append(relative)
 
 
-def _opened_ahead(entries: Iterator[tuple[bytes, bytes, os.stat_result]], depth: int,
-                  ) -> Iterator[tuple[bytes, bytes, os.stat_result, int]]:
+def _opened_ahead(entries: Iterator[WalkItem], depth: int) -> Iterator[tuple[bytes, bytes, os.stat_result,
+                                                                             Part | None, int]]:
     """The walk, with each regular file opened ``depth`` entries early and its reading started.
 
     Reading thousands of small files one after the other waits for the disk once per file;
@@ -78,16 +79,16 @@ def _opened_ahead(entries: Iterator[tuple[bytes, bytes, os.stat_result]], depth:
     works on many at once while this thread hashes and sends.  The consumer owns (and closes)
     the descriptor it is given (-1 for anything but a regular file).
     """
-    ahead: collections.deque[tuple[bytes, bytes, os.stat_result, int]] = collections.deque()
+    ahead: collections.deque[tuple[bytes, bytes, os.stat_result, Part | None, int]] = collections.deque()
     try:
-        for relative, path, st in entries:
+        for relative, path, st, part in entries:
             fd = -1
             if stat.S_ISREG(st.st_mode):
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                os.posix_fadvise(fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(fd, part[0] if part else 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
                 if st.st_size > READ_AHEAD_BYTES:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            ahead.append((relative, path, st, fd))
+            ahead.append((relative, path, st, part, fd))
             if len(ahead) > depth:
                 yield ahead.popleft()
         while ahead:
@@ -98,14 +99,15 @@ def _opened_ahead(entries: Iterator[tuple[bytes, bytes, os.stat_result]], depth:
                 os.close(fd)
 
 
-def count_tree(root: str, carries: Callable[[bytes], bool] = lambda _: True) -> tuple[int, int]:
-    """(files, bytes) a transfer of ``root`` (or the lane that ``carries`` them) will carry: the quick
-    walk behind the totals."""
+def count_tree(root: str, carries: Callable[[bytes], tuple[Part | None, ...]] = lambda _: WHOLE,
+               ) -> tuple[int, int]:
+    """(files, bytes) a transfer of ``root`` (or the lane that ``carries`` them) will carry, counted as
+    the stream counts them (:attr:`Entry.counted_files`): the quick walk behind the totals."""
     files = nbytes = 0
     for relative, size in tree_files(root):
-        if size >= 0 and carries(relative):
-            files += 1
-            nbytes += size
+        for part in carries(relative) if size >= 0 else ():
+            files += part is None or part[0] == 0
+            nbytes += size if part is None else part[1]
     return files, nbytes
 
 
@@ -119,12 +121,12 @@ def tree_files(root: str) -> Iterator[tuple[bytes, int]]:
             yield relative, -1
 
 
-def _lane_walk(root: bytes, carries: Callable[[bytes], bool]) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+def _lane_walk(root: bytes, carries: Callable[[bytes], tuple[Part | None, ...]]) -> Iterator[WalkItem]:
     """The walk of one lane: every directory (so its files' parents exist whichever lane makes them
-    first), and the files and symlinks it ``carries``."""
-    for item in _walk(root):
-        if stat.S_ISDIR(item[2].st_mode) or carries(item[0]):
-            yield item
+    first), and the files, ranges of files and symlinks it ``carries``, each an entry of its own."""
+    for relative, path, st in _walk(root):
+        for part in (None,) if stat.S_ISDIR(st.st_mode) else carries(relative):
+            yield relative, path, st, part
 
 
 class TreeReader:
@@ -133,13 +135,14 @@ class TreeReader:
     def __init__(self, root: str, mac: authentication.StreamMac, chunk_bytes: int = CHUNK_BYTES,
                  batch_bytes: int = BATCH_BYTES, compression: str = "none",
                  waited: Callable[[], float] = lambda: 0.0, resume: ResumePoint = START,
-                 carries: Callable[[bytes], bool] = lambda _: True, lanes: int = 1) -> None:
+                 carries: Callable[[bytes], tuple[Part | None, ...]] = lambda _: WHOLE, lanes: int = 1) -> None:
         """``compression`` and ``waited``: see :class:`~orchagent.seed.compression.CompressionPolicy`;
         ``resume``: what the receiver verified already (:mod:`orchagent.seed.resumption`);
-        ``carries``: whether this lane (of ``lanes``, which share the compressing threads) sends a
-        file or symlink (:mod:`orchagent.seed.lanes`)."""
+        ``carries``: what this lane (of ``lanes``, which share the compressing threads) sends of a file
+        or symlink: :data:`WHOLE`, nothing, or ranges of a large file (:mod:`orchagent.seed.lanes`)."""
         self._root = os.fsencode(root)
         self._resume = resume
+        self._resume_offset = resume.offset  # verified of the first file (the one in progress, if resume.in_file)
         self._carries = carries
         self._mac = mac  # every frame goes through it (orchagent.seed.authentication)
         self._policy = CompressionPolicy(compression, waited)
@@ -172,46 +175,49 @@ class TreeReader:
     def _entries(self, entries: Iterator[tuple[bytes, bytes, os.stat_result, int]],
                  ) -> Iterator[Batch | Future[Batch]]:
         files, nbytes = self._resume.files, self._resume.file_bytes
-        for relative, path, st, fd in entries:
+        for relative, path, st, part, fd in entries:
             if stat.S_ISDIR(st.st_mode):
                 self._add(self._entry_frame(self._entry(EntryKind.DIR, relative, st)))
             elif stat.S_ISLNK(st.st_mode):
                 entry = self._entry(EntryKind.SYMLINK, relative, st, target=os.readlink(path))
                 self._add(self._entry_frame(entry))
             elif stat.S_ISREG(st.st_mode):
-                size = yield from self._file(relative, path, fd)
-                files += 1
-                nbytes += size
+                entry = yield from self._file(relative, path, fd, part)
+                files += entry.counted_files
+                nbytes += entry.length
             if self._pending_size >= self._batch:
                 yield from self._flush()
         yield from self._flush()
         yield Batch([self._mac.end(files, nbytes)], 0, 0, final=True)
 
-    def _file(self, relative: bytes, path: bytes, fd: int) -> Iterator[Batch | Future[Batch]]:
+    def _file(self, relative: bytes, path: bytes, fd: int, part: Part | None) -> Iterator[Batch | Future[Batch]]:
+        """A file, or the range ``part`` of it, as an entry of its own; returns its :class:`Entry`."""
         try:
             st = os.fstat(fd)
-            self._add(self._entry_frame(self._entry(EntryKind.FILE, relative, st)))
-            resume = self._resume
-            skip = resume.offset if resume.in_file and relative == resume.last_path else 0  # the receiver has those
-            sent, unverified = skip, 0
-            for start, end in _extents(fd, st):
-                for offset in range(max(start, skip), end, self._chunk):
+            entry = self._entry(EntryKind.FILE, relative, st, part=part)
+            if entry.end > st.st_size:
+                raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
+            self._add(self._entry_frame(entry))
+            sent, self._resume_offset = self._resume_offset, 0  # the receiver has those
+            unverified = 0
+            for start, end in _extents(fd, st, entry.start + sent, entry.end):
+                for offset in range(start, end, self._chunk):
                     data = os.pread(fd, min(self._chunk, end - offset), offset)
                     if not data:
                         raise TransferFailed(f"source file {os.fsdecode(path)!r} shrank while it was sent")
                     # Drop what was read, so a datadir streamed once does not push out what the source's
-                    # MySQL has cached; from the file's start, as the kernel only drops whole folios.
-                    if offset + len(data) < st.st_size:
-                        os.posix_fadvise(fd, 0, offset + len(data), os.POSIX_FADV_DONTNEED)
+                    # MySQL has cached; from the file's (range's) start, as the kernel only drops whole folios.
+                    if offset + len(data) < entry.end:
+                        os.posix_fadvise(fd, entry.start, offset + len(data) - entry.start, os.POSIX_FADV_DONTNEED)
                     sent += len(data)
                     yield from self._data(offset, data)
                     unverified += len(data)
-                    if unverified >= CHECKPOINT_BYTES and offset + len(data) < st.st_size:
+                    if unverified >= CHECKPOINT_BYTES and offset + len(data) < entry.end:
                         self._add(self._mac.checkpoint())
                         unverified = 0
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            self._add(self._mac.file_end(), st.st_size - sent, 1)
-            return st.st_size
+            os.posix_fadvise(fd, entry.start, entry.length if part else 0, os.POSIX_FADV_DONTNEED)
+            self._add(self._mac.file_end(), entry.length - sent, entry.counted_files)
+            return entry
         finally:
             os.close(fd)
 
@@ -238,10 +244,11 @@ class TreeReader:
     def _entry_frame(self, entry: Entry) -> bytes:
         return self._authenticated(protocol.frame(Kind.ENTRY, entry.encode()))
 
-    def _entry(self, kind: EntryKind, relative: bytes, st: os.stat_result, target: bytes = b"") -> Entry:
+    def _entry(self, kind: EntryKind, relative: bytes, st: os.stat_result, target: bytes = b"",
+               part: Part | None = None) -> Entry:
         return Entry(kind, relative, stat.S_IMODE(st.st_mode), st.st_mtime_ns,
                      st.st_size if kind == EntryKind.FILE else 0, st.st_uid, st.st_gid,
-                     self._name("user", st.st_uid), self._name("group", st.st_gid), target)
+                     self._name("user", st.st_uid), self._name("group", st.st_gid), target, part)
 
     def _name(self, kind: str, number: int) -> bytes:
         key = (kind, number)
@@ -321,20 +328,21 @@ def _read_up_to(fd: int, buffer: memoryview) -> bytes:
     return bytes(buffer[:got])
 
 
-def _extents(fd: int, st: os.stat_result) -> Iterator[tuple[int, int]]:
-    """(start, end) of the data regions of a file; one region unless the file has holes."""
+def _extents(fd: int, st: os.stat_result, begin: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data regions of a file between ``begin`` and ``end``; one unless the file has holes."""
     if st.st_blocks * 512 >= st.st_size:
-        if st.st_size:
-            yield 0, st.st_size
+        if begin < end:
+            yield begin, end
         return
-    offset = 0
-    while offset < st.st_size:
+    offset = begin
+    while offset < end:
         try:
             start = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as e:
             if e.errno == errno.ENXIO:  # only a hole is left
                 return
             raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), st.st_size)
-        yield start, end
-        offset = end
+        if start >= end:
+            return
+        offset = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        yield start, offset

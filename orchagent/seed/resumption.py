@@ -29,6 +29,7 @@ RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the sender's back-off between a
 RECEIVED_KEPT = 64  # seeds a receiver remembers having received whole (:class:`Received`)
 _POINT = struct.Struct("!QQQQBH")  # entries, files, file bytes, offset, in a file, len(last path)
 _LABEL = b"orchagent seed resume"
+WalkItem = tuple  # an entry of the sender's walk: (relative path, path, lstat, the range of a file or None)
 
 
 @attrs.frozen
@@ -39,7 +40,7 @@ class ResumePoint:
     files: int = 0  # of them, files verified whole
     file_bytes: int = 0  # their logical bytes
     in_file: bool = False  # the last of ``entries`` is a file verified up to ``offset``, not whole
-    offset: int = 0
+    offset: int = 0  # from the file's start (a range of a file: from the range's)
     last_path: bytes = b""  # the path of the last of ``entries``: the sender checks its walk agrees
 
     @property
@@ -133,14 +134,15 @@ class Verified:
     def checkpoint(self, offset: int) -> None:
         """A CHECKPOINT matched: the current file's entry and its data below ``offset`` are verified."""
         self.file = self._current()
-        self.point = self._committed(in_file=True, offset=offset)
+        self.point = self._committed(in_file=True, offset=offset - self.file.start)
 
     def file_end(self) -> None:
         """A FILE_END matched: the current file is verified whole."""
         file = self._current()
         self.file = None
-        self.point = attrs.evolve(self._committed(in_file=False, offset=0), files=self.point.files + 1,
-                                  file_bytes=self.point.file_bytes + file.size)
+        self.point = attrs.evolve(self._committed(in_file=False, offset=0),
+                                  files=self.point.files + file.counted_files,
+                                  file_bytes=self.point.file_bytes + file.length)
 
     def dropped(self) -> list[Entry]:
         """The entries to undo (latest first) now the connection dropped; the tail starts afresh."""
@@ -160,8 +162,7 @@ class Verified:
                             last_path=last_path)
 
 
-def skip_verified(walk: Iterator[tuple[bytes, bytes, object]], point: ResumePoint,
-                  ) -> Iterator[tuple[bytes, bytes, object]]:
+def skip_verified(walk: Iterator[WalkItem], point: ResumePoint) -> Iterator[WalkItem]:
     """The sender's walk without what the receiver verified (the file in progress stays, to continue).
 
     Only what the stream carries counts as an entry (sockets, fifos and devices are skipped);
@@ -182,7 +183,7 @@ def skip_verified(walk: Iterator[tuple[bytes, bytes, object]], point: ResumePoin
     yield from walk
 
 
-def _next_entry(walk: Iterator[tuple[bytes, bytes, object]]) -> tuple[bytes, bytes, object] | None:
+def _next_entry(walk: Iterator[WalkItem]) -> WalkItem | None:
     for item in walk:
         mode = item[2].st_mode
         if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or stat.S_ISREG(mode):
@@ -190,7 +191,7 @@ def _next_entry(walk: Iterator[tuple[bytes, bytes, object]]) -> tuple[bytes, byt
     return None
 
 
-def _check(item: tuple[bytes, bytes, object] | None, point: ResumePoint) -> None:
+def _check(item: WalkItem | None, point: ResumePoint) -> None:
     if item is None or item[0] != point.last_path or (point.in_file and not stat.S_ISREG(item[2].st_mode)):
         raise TransferFailed("cannot resume the seed: the source directory changed since the seed began "
                              f"(entry {point.entries} is no longer {point.last_path.decode('utf-8', 'replace')!r})")

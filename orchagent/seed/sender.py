@@ -28,10 +28,10 @@ from orchagent import logs
 from orchagent.seed import authentication
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Pipe
-from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
+from orchagent.seed.protocol import Kind, Part, ProtocolError, TransferFailed
 from orchagent.seed.hotseed import BackupSource
 from orchagent.seed.lanes import Plan, SendLanes
-from orchagent.seed.reader import Batch, StreamReader, TreeReader
+from orchagent.seed.reader import WHOLE, Batch, StreamReader, TreeReader
 from orchagent.seed.resumption import ResumePoint, parse_resume, reconnect_delay
 from orchagent.seed.throttle import Throttle
 from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
@@ -47,7 +47,7 @@ class _SendTransfer(Transfer):
 
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
                  throttle: Throttle, compression: str, backup: BackupSource | None, lane: int = 0, lanes: int = 1,
-                 carries: Callable[[bytes], bool] = lambda _: True) -> None:
+                 carries: Callable[[bytes], tuple[Part | None, ...]] = lambda _: WHOLE) -> None:
         """``lane`` of ``lanes``: the connection of the seed this is, carrying the files it ``carries``."""
         super().__init__(reactor, seed_id, "send", stall_timeout)
         self.source_dir = source_dir
@@ -366,7 +366,7 @@ def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str,
 
     def start_lane(lane: int) -> _SendTransfer:
         transfer = _SendTransfer(reactor, seed_id, source_dir, secret, stall_timeout, throttle, compression, backup,
-                                 lane, lanes, plan.carries(lane) if lanes > 1 else lambda _: True)
+                                 lane, lanes, plan.carries(lane) if lanes > 1 else lambda _: WHOLE)
         transfer.connect(endpoint, f"{host}:{port}")
         return transfer
 

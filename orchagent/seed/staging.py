@@ -22,7 +22,7 @@ import errno
 import os
 
 from orchagent import logs
-from orchagent.seed.protocol import TransferFailed
+from orchagent.seed.protocol import Entry, TransferFailed
 
 log = logs.logger(__name__)
 
@@ -42,6 +42,17 @@ def open_own_directory(name: str | bytes, dir_fd: int) -> int:
         raise TransferFailed(f"{os.fsdecode(name)!r} was replaced while the seed was received "
                              "(by the datadir's owner?)")
     return fd
+
+
+def seal_file(fd: int, entry: Entry, owner: tuple[int, int] | None) -> None:
+    """Give a received file, all its data written, its size (trailing holes are not sent), ``owner``
+    (None: stay the agent's), mode and mtime."""
+    if os.fstat(fd).st_size != entry.size:
+        os.ftruncate(fd, entry.size)
+    if owner is not None:
+        os.fchown(fd, *owner)
+    os.fchmod(fd, entry.mode & PERMISSION_BITS)
+    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
 class Staging:

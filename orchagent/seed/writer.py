@@ -1,7 +1,8 @@
 """Restoring a directory tree from the seed stream into a datadir (the receiver's worker thread).
 
 The tree is written into a staging directory (:mod:`orchagent.seed.staging`) through directory
-descriptors only, each file under a hidden partial name renamed once its MAC matched; entries
+descriptors only, each file under a hidden partial name renamed once its MAC matched (a large
+file sent in ranges over several lanes: once all arrived, :mod:`orchagent.seed.ranges`); entries
 get the datadir's owner and lose set-uid, set-gid and sticky bits.  Everything is made durable
 (:mod:`orchagent.seed.durability`) before the tree moves into the datadir.  A writer lives as long
 as its seed's transfer; when a connection drops, :meth:`TreeWriter.rewind` undoes what was not
@@ -21,7 +22,8 @@ from orchagent.seed.hotseed import Extractor
 from orchagent.seed.lanes import SharedStaging
 from orchagent.seed.durability import BackgroundSync, DiskThread
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
-from orchagent.seed.staging import PERMISSION_BITS, open_own_directory
+from orchagent.seed.ranges import punch
+from orchagent.seed.staging import open_own_directory, seal_file
 from orchagent.seed.transfer import Progress
 
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
@@ -186,9 +188,11 @@ class TreeWriter:
                 os.chown(name, *self._staging.owner, dir_fd=directory, follow_symlinks=False)
             os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=directory, follow_symlinks=False)
         else:
-            self._temp, self._fd = self._create_partial(directory)
-            self._file = entry
-            self._written = self._flushed = self._end = 0
+            self._file, self._written, self._flushed, self._end = entry, 0, 0, entry.start
+            if entry.part is None:
+                self._temp, self._fd = self._create_partial(directory)
+            else:  # a range: the file is all lanes', made once, by the first to need it
+                self._fd = self._shared.ranged.open(entry, directory, self._create_partial)
 
     def _start_stream(self) -> None:
         self._extractor.start(self._staging.tree_path(), self.source_port)
@@ -210,7 +214,8 @@ class TreeWriter:
             # Start write-back now (non-blocking) so the disk works while data still arrives,
             # instead of all at the final sync.  The pages are dirty yet, so they stay cached:
             # the target's MySQL is stopped, and it reads them first when it starts.
-            os.posix_fadvise(self._fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self._fd, self._file.start + self._flushed, self._written - self._flushed,
+                             os.POSIX_FADV_DONTNEED)
             self._flushed = self._written
 
     def _complete_file(self) -> None:
@@ -223,22 +228,21 @@ class TreeWriter:
             return
         entry, fd = self._file, self._fd
         self._file, self._fd = None, -1
-        try:
-            if self._end != entry.size:
-                os.ftruncate(fd, entry.size)  # trailing holes
-            if self._as_root:
-                os.fchown(fd, *self._staging.owner)
-            os.fchmod(fd, entry.mode & PERMISSION_BITS)
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        finally:
+        if entry.part is None:
+            try:
+                seal_file(fd, entry, self._staging.owner if self._as_root else None)
+            finally:
+                os.close(fd)
+            parent, _, name = entry.path.rpartition(b"/")
+            directory = self._directory(parent)
+            os.rename(self._temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        else:
             os.close(fd)
-        parent, _, name = entry.path.rpartition(b"/")
-        directory = self._directory(parent)
-        os.rename(self._temp, name, src_dir_fd=directory, dst_dir_fd=directory)
-        self.progress.bytes_done += entry.size - self._written
-        self.progress.files_done += 1
-        self._received_files += 1
-        self._received_bytes += entry.size
+            self._shared.ranged.arrived(entry)  # sealed once every lane is done (SharedStaging.move_in)
+        self.progress.bytes_done += entry.length - self._written
+        self.progress.files_done += entry.counted_files
+        self._received_files += entry.counted_files
+        self._received_bytes += entry.length
         self._unsynced += self._written
         if self._unsynced >= BACKGROUND_SYNC_BYTES:
             self._syncer.request()
@@ -279,12 +283,19 @@ class TreeWriter:
     def _roll_back(self, undo: list[Entry], offset: int) -> None:
         """Disk thread: back to the verified point (see :meth:`rewind`)."""
         if any(entry is self._file for entry in undo):  # begun after the last tag: all of it goes
+            if self._file.part is None:
+                os.unlink(self._temp, dir_fd=self._directory(self._file.path.rpartition(b"/")[0]))
+            else:  # other lanes write the file too: only this range's bytes go
+                punch(self._fd, self._file.start, self._end - self._file.start)
             os.close(self._fd)
-            os.unlink(self._temp, dir_fd=self._directory(self._file.path.rpartition(b"/")[0]))
             self._file, self._fd = None, -1
         elif self._file is not None:  # the file in progress: back to its last verified byte
-            os.ftruncate(self._fd, offset)
-            self._written = self._end = offset
+            end, self._end = self._end, self._file.start + offset
+            if self._file.part is None:
+                os.ftruncate(self._fd, offset)
+            else:
+                punch(self._fd, self._end, end - self._end)
+            self._written = offset
             self._flushed = min(self._flushed, offset)
         for entry in undo:
             if entry.kind == EntryKind.SYMLINK or (entry.kind == EntryKind.DIR and not self._shared.shared):

@@ -43,13 +43,13 @@ class LinkedSeed(TestCase):
     timeout = 120
 
     async def _start(self, stall_timeout: float = 10, tls: bool = False, big_files: int = 16 * MB, streams: int = 1,
-                     max_bytes_per_second: int = 0):
-        """A tree (three ``big_files`` of random data, and build_tree's awkward entries) seeding through the link
-        over ``streams`` connections."""
+                     max_bytes_per_second: int = 0, big_count: int = 3):
+        """A tree (``big_count`` ``big_files`` of random data, and build_tree's awkward entries) seeding through
+        the link over ``streams`` connections."""
         base = self.mktemp()
         self.source, self.target = os.path.join(base, "source"), os.path.join(base, "target")
         build_tree(self.source, big_bytes=8 * MB, small_files=300)
-        for i in range(3):
+        for i in range(big_count):
             with open(os.path.join(self.source, "db one", f"big{i}.ibd"), "wb") as f:
                 f.write(os.urandom(big_files + i))
         os.makedirs(self.target)

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from orchagent.seed import lanes
 from orchagent.seed.lanes import Plan, ReceiveLanes, SharedStaging, SendLanes, lane_count, split
 from orchagent.seed.protocol import TransferFailed
-from orchagent.seed.reader import count_tree
+from orchagent.seed.reader import CHUNK_BYTES, WHOLE, count_tree
 from orchagent.seed.transfer import Transfer
 
 
@@ -21,35 +21,73 @@ def sizes(seed: int, count: int) -> list[tuple[bytes, int]]:
     return [(b"d%d/f%d" % (i % 7, i), rng.choice([0, 1, 4096, rng.randrange(1 << 30)])) for i in range(count)]
 
 
+def loads(files: list[tuple[bytes, int]], count: int) -> list[int]:
+    """The bytes each of ``count`` lanes carries."""
+    carried = [0] * count
+    sized = dict(files)
+    for path, pieces in split(files, count).items():
+        for part, lane in pieces:
+            carried[lane] += max(sized[path], 0) if part is None else part[1]
+    return carried
+
+
 class SplitTests(SynchronousTestCase):
-    def test_every_file_goes_on_exactly_one_lane(self):
-        files = sizes(1, 500)
-        assignment = split(files, 4)
-        self.assertEqual(sorted(assignment), sorted(path for path, _ in files))
-        self.assertEqual(set(assignment.values()), {0, 1, 2, 3})
+    def test_every_byte_of_every_file_is_in_exactly_one_piece(self):
+        files = sizes(1, 500) + [(b"huge", 500 << 30)]
+        for count in (2, 3, 16):
+            assignment = split(files, count)
+            cut = lanes.range_bytes(sum(size for _, size in files), count)
+            self.assertEqual(sorted(assignment), sorted(path for path, _ in files))
+            for path, size in files:
+                pieces = assignment[path]
+                if size <= cut:
+                    self.assertEqual(len(pieces), 1)
+                    self.assertIsNone(pieces[0][0])
+                    continue
+                covered = 0
+                for (offset, length), lane in pieces:  # in offset order, no gap, no overlap
+                    self.assertEqual(offset, covered)
+                    self.assertTrue(0 < length <= cut)
+                    self.assertEqual(offset % CHUNK_BYTES, 0)  # whole reader blocks
+                    covered += length
+                self.assertEqual(covered, size)
+            self.assertEqual({lane for pieces in assignment.values() for _, lane in pieces}, set(range(count)))
 
     def test_the_same_tree_splits_the_same_way_whatever_order_it_is_listed_in(self):
-        files = sizes(2, 300)
+        files = sizes(2, 300) + [(b"huge", 80 << 30)]
         shuffled = files[:]
         random.Random(3).shuffle(shuffled)
         self.assertEqual(split(files, 3), split(shuffled, 3))
 
-    def test_lanes_carry_about_as_many_bytes(self):
+    def test_lanes_carry_as_many_bytes_within_one_range(self):
         for seed in range(5):
             files = sizes(seed, 200)
             for count in (2, 3, 4):
-                loads = [0] * count
-                for path, size in files:
-                    loads[split(files, count)[path]] += size
-                self.assertLessEqual(max(loads) - min(loads), max(size for _, size in files))
+                carried = loads(files, count)
+                self.assertLessEqual(max(carried) - min(carried), lanes.range_bytes(sum(carried), count))
+
+    def test_a_single_huge_file_is_spread_over_every_lane(self):
+        for size, count in ((500 << 30, 3), (64 << 20, 3), (1 << 30, 2), ((3 << 30) + 12345, 16)):
+            files = [(b"ib_huge.ibd", size), (b"small", 4096), (b"link", -1)]
+            carried = loads(files, count)
+            cut = lanes.range_bytes(size + 4096, count)
+            self.assertEqual(sum(carried), size + 4096)
+            self.assertLessEqual(max(carried) - min(carried), cut)
+            self.assertTrue(all(carried), carried)
+
+    def test_ranges_are_a_quarter_of_a_lanes_share_and_never_small(self):
+        self.assertEqual(lanes.range_bytes(1 << 40, 2), 128 << 30)
+        self.assertEqual(lanes.range_bytes(64 << 20, 3), lanes.MIN_RANGE_BYTES)
+        self.assertEqual(lanes.range_bytes((1 << 30) + 1, 2) % CHUNK_BYTES, 0)
 
     def test_empty_files_and_symlinks_are_spread_too(self):
         files = [(b"empty%d" % i, 0) for i in range(8)] + [(b"link%d" % i, -1) for i in range(4)]
-        carried = list(split(files, 4).values())
+        carried = [lane for pieces in split(files, 4).values() for _, lane in pieces]
         self.assertEqual(sorted(carried.count(lane) for lane in range(4)), [3, 3, 3, 3])
 
-    def test_one_lane_carries_everything(self):
-        self.assertEqual(set(split(sizes(4, 50), 1).values()), {0})
+    def test_one_lane_carries_everything_whole(self):
+        files = sizes(4, 50) + [(b"huge", 500 << 30)]
+        self.assertEqual({pieces for pieces in map(tuple, split(files, 1).values())}, {((None, 0),)})
 
     def test_the_agent_chooses_when_zero_and_a_hot_seed_has_one(self):
         self.assertEqual(lane_count(0), lanes.AUTO_LANES)
@@ -65,19 +103,22 @@ class PlanTests(SynchronousTestCase):
             os.makedirs(os.path.join(self.root, f"db{i % 4}"), exist_ok=True)
             with open(os.path.join(self.root, f"db{i % 4}", f"t{i}.ibd"), "wb") as f:
                 f.write(b"x" * (i * 1000))
+        with open(os.path.join(self.root, "db1", "huge.ibd"), "wb") as f:
+            f.truncate(100 << 20)  # sparse: cut into ranges all the same
         os.symlink("db0", os.path.join(self.root, "link"))
 
     def test_the_lanes_totals_add_up_to_the_tree(self):
         plan = Plan(self.root, 3)
         parts = [count_tree(self.root, plan.carries(lane)) for lane in range(3)]
         self.assertEqual((sum(p[0] for p in parts), sum(p[1] for p in parts)), count_tree(self.root))
-        self.assertTrue(all(files for files, _ in parts))
+        self.assertTrue(all(nbytes > 25 << 20 for _, nbytes in parts))  # the huge file's ranges, on every lane
+        self.assertEqual(sum(len(plan.carries(lane)(b"db1/huge.ibd")) for lane in range(3)), 12)  # of 9 MB
 
-    def test_an_entry_made_after_the_split_goes_on_lane_0(self):
+    def test_an_entry_made_after_the_split_goes_whole_on_lane_0(self):
         plan = Plan(self.root, 2)
         plan.carries(1)(b"db0/t0.ibd")  # splits now
-        self.assertTrue(plan.carries(0)(b"db0/new.ibd"))
-        self.assertFalse(plan.carries(1)(b"db0/new.ibd"))
+        self.assertEqual(plan.carries(0)(b"db0/new.ibd"), WHOLE)
+        self.assertEqual(plan.carries(1)(b"db0/new.ibd"), ())
 
 
 class Member(Transfer):

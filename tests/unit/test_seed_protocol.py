@@ -139,8 +139,8 @@ class HandshakeTests(SynchronousTestCase):
         _, payload = next(self._frames(authentication.hello(self.receiver_nonce)))
         self.assertEqual(authentication.parse_hello(payload), self.receiver_nonce)
         self.assertRaises(ProtocolError, authentication.parse_hello, b"HTTP/1.1" + payload[8:])
-        older = payload[:8] + (5).to_bytes(2, "big") + payload[10:]  # protocol v5 has no parallel streams
-        self.assertRaisesRegex(ProtocolError, "version 5, this agent 6: upgrade both agents",
+        older = payload[:8] + (6).to_bytes(2, "big") + payload[10:]  # protocol v6 sends large files whole
+        self.assertRaisesRegex(ProtocolError, "version 6, this agent 7: upgrade both agents",
                                authentication.parse_hello, older)
 
     def test_oversized_seed_ids_are_malformed(self):
