@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from orchagent.seed.durability import syncfs
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Part, TransferFailed
-from orchagent.seed.ranges import RangedFiles
+from orchagent.seed.ranges import RANGES_PER_LANE, RangedFiles
 from orchagent.seed.reader import CHUNK_BYTES, tree_files
 from orchagent.seed.staging import PERMISSION_BITS, Staging
 from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
@@ -43,8 +43,7 @@ from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
 # "Parallel streams").
 AUTO_LANES = 1
 _SUMMED = ("bytes_done", "files_done", "wire_bytes", "data_bytes", "resumes", "resent_bytes")
-RANGES_PER_LANE = 4  # a file larger than this fraction of a lane's share goes in ranges of that size...
-MIN_RANGE_BYTES = 8 * 1024 * 1024  # ...but not smaller: a range spans a few CHECKPOINTs (resume points)
+MIN_RANGE_BYTES = 8 * 1024 * 1024  # a range is a fraction of a lane's share (RANGES_PER_LANE), but not smaller: a range spans a few CHECKPOINTs (resume points)
 
 
 def lane_count(configured: int, hot: bool = False) -> int:

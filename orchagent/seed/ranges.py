@@ -20,9 +20,14 @@ from typing import Callable
 
 import attrs
 
+from orchagent.seed.authentication import MAX_LANES
 from orchagent.seed.protocol import Entry, Part, ProtocolError, TransferFailed
 from orchagent.seed.staging import Staging, seal_file
 
+RANGES_PER_LANE = 4  # a file larger than this fraction of a lane's share goes in ranges (lanes.range_bytes)
+# So no more files than this can be cut: a sender that sends more in ranges is not ours, and is
+# refused before it makes the receiver hold a descriptor for each.
+MAX_RANGED_FILES = MAX_LANES * RANGES_PER_LANE
 _PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _ZEROS_BYTES = 1024 * 1024  # where holes cannot be punched, zeros are written in pieces of this size
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -51,6 +56,9 @@ class RangedFiles:
         with self._lock:
             file = self._files.get(entry.path)
             if file is None:
+                if len(self._files) >= MAX_RANGED_FILES:
+                    raise ProtocolError(f"more than {MAX_RANGED_FILES} files sent in ranges (a seed cuts at most "
+                                        f"{RANGES_PER_LANE} per stream)")
                 name, fd = create(directory)
                 file = self._files[entry.path] = _File(whole, name, fd)
             elif file.entry != whole:

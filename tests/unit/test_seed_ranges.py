@@ -86,6 +86,25 @@ class PunchTests(SynchronousTestCase):
         self.assertEqual(self._punched(), b"a" * (MB + 5) + bytes(MB) + b"a" * (MB - 5))
 
 
+class RangedFilesLimitTests(SynchronousTestCase):
+    """No sender makes the receiver hold a descriptor per file by cutting more files than a seed cuts."""
+
+    def test_more_ranged_files_than_a_seed_cuts_are_refused_before_any_is_made(self):
+        made = []
+
+        def create(parent):
+            made.append(parent)
+            return b"partial", os.open(os.devnull, os.O_WRONLY)
+
+        files = ranges.RangedFiles()
+        self.addCleanup(files.close)
+        for n in range(ranges.MAX_RANGED_FILES):
+            os.close(files.open(Entry(EntryKind.FILE, b"t%d" % n, 0o640, 7, size=16 * MB, part=(0, 8 * MB)), 0, create))
+        with self.assertRaisesRegex(ProtocolError, "more than 64 files sent in ranges"):
+            files.open(Entry(EntryKind.FILE, b"one-more", 0o640, 7, size=16 * MB, part=(0, 8 * MB)), 0, create)
+        self.assertEqual(len(made), ranges.MAX_RANGED_FILES)
+
+
 class RangedReceiveTests(SynchronousTestCase):
     """Three lanes' writers put a tree with large files together; only a whole one is moved in."""
 
