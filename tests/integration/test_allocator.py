@@ -35,12 +35,12 @@ PROBE = textwrap.dedent("""
     print(untuned, tuned, mappings_for_one_buffer())
 """)
 
-# In a fresh process: how many thread arenas glibc made once six threads each allocated (each
-# arena reserves a 64 MB heap, mostly inaccessible, so it shows as a large ---p mapping).
+# In a fresh process: how many thread arenas glibc made once six threads each allocated.
 ARENA_PROBE = textwrap.dedent("""
     import sys
     import threading
     from orchagent import allocator
+    from testbed.agent import malloc_thread_arenas
 
     if sys.argv[1] == "tuned":
         allocator.tune_for_large_buffers()
@@ -56,13 +56,7 @@ ARENA_PROBE = textwrap.dedent("""
         thread.start()
     for thread in threads:
         thread.join()
-    heaps = 0
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            addresses, permissions = line.split()[:2]
-            start, end = (int(x, 16) for x in addresses.split("-"))
-            heaps += permissions == "---p" and end - start >= 32 * 1024 * 1024
-    print(heaps)
+    print(malloc_thread_arenas())
 """)
 
 
