@@ -121,14 +121,15 @@ class AllocatorTests(SynchronousTestCase):
 
     def test_later_seeds_reuse_what_earlier_ones_freed(self):
         # A seed's blocks in flight: 8 queued, 2 being made, 1 being read, 1 being freed, each
-        # with its copy: some 16 MB.  With an arena per thread (glibc's default: 28 to 34 MB here),
+        # with its copy: some 16 MB.  With an arena per thread (glibc's default: 27 to 34 MB here),
         # or two (28 on the first seed, 32 on the fourth), what one thread freed stayed in its
         # arena while another thread's arena grew.
         untuned = [int(mb) for mb in _fresh_python(SEEDS_PROBE, "untuned").split()]
         tuned = [int(mb) for mb in _fresh_python(SEEDS_PROBE, "tuned").split()]
-        self.assertGreater(max(untuned), 24)  # the probe shows the growth it guards against
-        self.assertLessEqual(max(tuned), 20)
-        self.assertLessEqual(tuned[-1] - tuned[0], 2)
+        # (Tuned, 15 to 18 MB, also with eight probes at once on two cores.)
+        self.assertGreater(max(untuned), 25)  # the probe shows the growth it guards against
+        self.assertLessEqual(max(tuned), 22)
+        self.assertLessEqual(tuned[-1] - tuned[0], 3)
 
     def test_the_buffers_a_seed_allocates_per_chunk_are_below_the_threshold(self):
         # file reads, TLS records read out for the socket, and what Twisted joins before a send
