@@ -16,7 +16,7 @@ threshold: a seed's compressing threads allocate the blocks its sending thread f
 left a few arenas fuller.  Capped at two (the main one and one for every other thread), which of
 the two a seed's threads got changed from seed to seed: an agent's second and third seeds grew a
 heap of ~20 MB in the one arena while the ~20 MB the first seed had freed stayed in the other, and
-the target peaked at 106 to 112 MB against 91 on its first seed (``bench/RESULTS.md``, "Peak RSS
+the target peaked at 106 to 125 MB against 91 on its first seed (``bench/RESULTS.md``, "Peak RSS
 on an agent's later seeds").  With one arena every seed reuses what the one before freed.  The
 lock it costs is hardly contended: the threads allocate their MB blocks as Python objects, holding
 the GIL, which already lets one at a time.
