@@ -154,8 +154,8 @@ class AgentPair:
 
     def seed(self) -> dict:
         """One seed, from ``receive-mysql-seed-data`` (or ``mountlv``) until the target completed and ``sync``
-        returned: its seconds (and of them ``mountlv``'s), each side's peak RSS (reset before, when
-        permitted) and CPU seconds."""
+        returned: its seconds (and of them ``mountlv``'s), each side's RSS when it began and peak RSS
+        (VmHWM, reset when it began where permitted: :attr:`peak_reset`) and CPU seconds."""
         return self.net.call(self._seed) if self.net else self._seed()
 
     def _seed(self) -> dict:
@@ -163,6 +163,7 @@ class AgentPair:
         seed_id = self.seed_id
         self.call(self.target, "delete-mysql-datadir")  # what orchestrator does first (the target is empty)
         pids = {side: agent.process.pid for side, agent in self.sides()}
+        start_rss = {side: rss_mb(pid) for side, pid in pids.items()}  # what the agent kept from before
         for pid in pids.values():
             self.peak_reset = reset_peak_rss(pid) and self.peak_reset
         cpu_before = {side: cpu_seconds(pid) for side, pid in pids.items()}
@@ -183,7 +184,7 @@ class AgentPair:
             if not self.call(agent, f"seed-command-succeeded/{seed_id}"):
                 status = self.call(agent, f"seed-status/{seed_id}")
                 raise RuntimeError(f"seed {seed_id} failed on the {side}: {status['Error']}")
-            result[side] = {"peak_rss_mb": peak_rss_mb(pids[side]),
+            result[side] = {"peak_rss_mb": peak_rss_mb(pids[side]), "start_rss_mb": start_rss[side],
                             "cpu_seconds": round(cpu_seconds(pids[side]) - cpu_before[side], 2)}
         result["ratio"] = self.call(self.target, f"seed-status/{seed_id}")["CompressionRatio"]
         return result

@@ -76,9 +76,14 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
                 drop_caches()
                 result = runners[method]()
                 results[method].append(result)
-                rss = (f"  rss {peak_rss(result)} MB, cpu {cpu(result)} s, compression {result['ratio']}x"
-                       if "source" in result else "")
+                rss = (f"  rss {rss_at_start(result)} -> {peak_rss(result)} MB, cpu {cpu(result)} s, "
+                       f"compression {result['ratio']}x" if "source" in result else "")
                 print(f"  {link} round {round_ + 1} {method:18s} {result['seconds']:7.2f} s{rss}", flush=True)
+        if pairs:
+            reset = all(pair.peak_reset for pair in pairs.values())
+            print(f"  (rss: source and target agent at the round's start -> their peak "
+                  f"{'since it' if reset else 'since the agent started (resetting VmHWM was not permitted)'}; "
+                  "an agent pair serves every round of its method: round 2 on are its later seeds)", flush=True)
     finally:
         for pair in pairs.values():
             pair.stop()
@@ -89,6 +94,11 @@ def measure(args, net: NetworkNamespace, link: str, source: str, target: str, ca
 def peak_rss(result: dict) -> list[float]:
     """An agents round's peak RSS in MB, source and target."""
     return [result[side]["peak_rss_mb"] for side in ("source", "target")]
+
+
+def rss_at_start(result: dict) -> list[float]:
+    """An agents round's RSS in MB when it began (what the agents kept from the rounds before), source and target."""
+    return [result[side]["start_rss_mb"] for side in ("source", "target")]
 
 
 def cpu(result: dict) -> list[float]:
@@ -104,7 +114,7 @@ def report(link: str, dataset: str, nbytes: int, results: dict[str, list]) -> li
         rate = nbytes / 1e6 / seconds
         share = f", {rate / link_mb:.0%} of the link" if link_mb else ""
         rss = [peak_rss(r) for r in results[method] if "source" in r]
-        peak = f", peak RSS {max(x for pair in rss for x in pair)} MB" if rss else ""
+        peak = f", peak RSS {max(x for pair in rss for x in pair)} MB (either agent, any round)" if rss else ""
         if rss:
             ratios = statistics.median(float(r["ratio"]) for r in results[method])
             cpus = [statistics.median(c) for c in zip(*(cpu(r) for r in results[method]))]

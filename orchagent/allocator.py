@@ -10,10 +10,16 @@ faults and is zeroed on first touch: over TLS that was a quarter of the sender's
 reused at once.  The cost is memory that stays mapped after a seed: at most the trim threshold
 per allocator arena, and the agent's peak memory stays what it was.
 
-The arenas are capped at two.  glibc gives each thread that allocates under contention an arena
-of its own, and an arena keeps its own high-water mark: a seed's compressing threads allocate the
-blocks its sending thread frees, so every seed left a few arenas fuller and an agent's second
-compressed seed peaked some 15 MB above its first (``bench/RESULTS.md``, "Compression on every core").
+All threads share one allocator arena.  glibc gives each thread that allocates under contention
+an arena of its own (up to 8 per core), and each arena keeps its own free memory, up to the trim
+threshold: a seed's compressing threads allocate the blocks its sending thread frees, so every seed
+left a few arenas fuller.  Capped at two (the main one and one for every other thread), which of
+the two a seed's threads got changed from seed to seed: an agent's second and third seeds grew a
+heap of ~20 MB in the one arena while the ~20 MB the first seed had freed stayed in the other, and
+the target peaked at 106 to 125 MB against 91 on its first seed (``bench/RESULTS.md``, "Peak RSS
+on an agent's later seeds").  With one arena every seed reuses what the one before freed.  The
+lock it costs is hardly contended: the threads allocate their MB blocks as Python objects, holding
+the GIL, which already lets one at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024  # free memory kept at the top of a heap
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-ARENAS = 2  # the main arena and one for every other thread
+ARENAS = 1  # the main arena, for every thread
 
 
 def tune_for_large_buffers() -> bool:

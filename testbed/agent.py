@@ -23,6 +23,19 @@ def free_port(address: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def malloc_thread_arenas(pid: int = 0) -> int:
+    """glibc malloc arenas besides the main one in process ``pid`` (0: this one): each reserves a
+    64 MB heap, mostly inaccessible, so it shows as a large ``---p`` mapping (a thread stack's guard
+    is a page).  The agent caps them (:mod:`orchagent.allocator`)."""
+    heaps = 0
+    with open(f"/proc/{pid or 'self'}/maps") as maps:
+        for line in maps:
+            addresses, permissions = line.split()[:2]
+            start, end = (int(x, 16) for x in addresses.split("-"))
+            heaps += permissions == "---p" and end - start >= 32 * 1024 * 1024
+    return heaps
+
+
 def twistd_command() -> list[str]:
     """The twistd of the Python running the tests."""
     script = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -31,7 +31,7 @@ BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the backg
 RECEIVE_BUFFERS = 3  # the receiver's reused buffers: one being filled, the others with the disk thread
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # per seed: split between its lanes (parallel streams)
 MIN_RECEIVE_BUFFER_BYTES = 1024 * 1024  # a lane's, at least: one DATA frame
-INFLATED_BATCH_BYTES = 4 * 1024 * 1024  # decompressed data handed to the disk thread at once
+INFLATED_BATCH_BYTES = 4 * 1024 * 1024  # decompressed data handed to the disk thread at once, per seed: split too
 INFLATED_BATCHES = 3  # of them at most with the disk thread: a tiny chunk of ZDATA frames cannot fill memory
 
 
@@ -60,6 +60,7 @@ class TreeWriter:
         self._disk: DiskThread | None = None
         self._buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()  # the free ones
         self._inflated_room = threading.Semaphore(INFLATED_BATCHES)
+        self._inflated_batch_bytes = INFLATED_BATCH_BYTES  # start() splits it between lanes, as the buffers
         self._inflated = 0  # decompressed bytes in the calls not yet handed over
         self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
@@ -83,6 +84,7 @@ class TreeWriter:
         self._syncer = BackgroundSync(self._staging.fd)
         self._disk = DiskThread()
         self._buffer_bytes = max(RECEIVE_BUFFER_BYTES // self._shared.lanes, MIN_RECEIVE_BUFFER_BYTES)
+        self._inflated_batch_bytes = max(INFLATED_BATCH_BYTES // self._shared.lanes, MIN_RECEIVE_BUFFER_BYTES)
         for _ in range(RECEIVE_BUFFERS):
             buffer = memoryview(bytearray(self._buffer_bytes))
             self._ring[id(buffer.obj)] = buffer
@@ -154,7 +156,7 @@ class TreeWriter:
         self._calls.append((self._write_data, (offset, piece)))
         if id(piece.obj) not in self._ring:  # decompressed: memory of its own, handed over in bounded batches
             self._inflated += len(piece)
-            if self._inflated >= INFLATED_BATCH_BYTES:
+            if self._inflated >= self._inflated_batch_bytes:
                 self._inflated_room.acquire()  # the disk thread releases it, also after a failure
                 self._hand_over(self._inflated_room.release)
 

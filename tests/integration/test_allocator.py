@@ -35,12 +35,12 @@ PROBE = textwrap.dedent("""
     print(untuned, tuned, mappings_for_one_buffer())
 """)
 
-# In a fresh process: how many thread arenas glibc made once six threads each allocated (each
-# arena reserves a 64 MB heap, mostly inaccessible, so it shows as a large ---p mapping).
+# In a fresh process: how many thread arenas glibc made once six threads each allocated.
 ARENA_PROBE = textwrap.dedent("""
     import sys
     import threading
     from orchagent import allocator
+    from testbed.agent import malloc_thread_arenas
 
     if sys.argv[1] == "tuned":
         allocator.tune_for_large_buffers()
@@ -56,13 +56,47 @@ ARENA_PROBE = textwrap.dedent("""
         thread.start()
     for thread in threads:
         thread.join()
-    heaps = 0
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            addresses, permissions = line.split()[:2]
-            start, end = (int(x, 16) for x in addresses.split("-"))
-            heaps += permissions == "---p" and end - start >= 32 * 1024 * 1024
-    print(heaps)
+    print(malloc_thread_arenas())
+""")
+
+
+# In a fresh process: a seed's shape, four times over with new threads each time, as an agent
+# serves seed after seed: a reader thread hands MB blocks to a pool of two threads that make new
+# ones from them, the main thread frees those, at most 8 queued.  Prints how far each seed's peak
+# (VmHWM) rose above the process's size before the first.
+SEEDS_PROBE = textwrap.dedent("""
+    import queue
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from orchagent import allocator
+
+    if sys.argv[1] == "tuned":
+        allocator.tune_for_large_buffers()
+
+    def peak_mb():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM"))
+
+    def seed():
+        blocks = queue.Queue(8)
+
+        def read():
+            with ThreadPoolExecutor(2) as pool:
+                for i in range(300):
+                    block = b"x" * (1024 * 1024 - 100 * (i % 7))
+                    blocks.put(pool.submit(lambda data: data[:-10] + b"y" * 5, block))
+            blocks.put(None)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        while (block := blocks.get()) is not None:
+            block.result()
+        reader.join()
+        return peak_mb()
+
+    before = peak_mb()
+    print(*(seed() - before for _ in range(4)))
 """)
 
 
@@ -84,6 +118,18 @@ class AllocatorTests(SynchronousTestCase):
         # high-water mark; capped, the main arena and one more serve every thread.
         self.assertGreater(int(_fresh_python(ARENA_PROBE, "untuned")), allocator.ARENAS - 1)
         self.assertLessEqual(int(_fresh_python(ARENA_PROBE, "tuned")), allocator.ARENAS - 1)
+
+    def test_later_seeds_reuse_what_earlier_ones_freed(self):
+        # A seed's blocks in flight: 8 queued, 2 being made, 1 being read, 1 being freed, each
+        # with its copy: some 16 MB.  With an arena per thread (glibc's default: 27 to 34 MB here),
+        # or two (28 on the first seed, 32 on the fourth), what one thread freed stayed in its
+        # arena while another thread's arena grew.
+        untuned = [int(mb) for mb in _fresh_python(SEEDS_PROBE, "untuned").split()]
+        tuned = [int(mb) for mb in _fresh_python(SEEDS_PROBE, "tuned").split()]
+        # (Tuned, 15 to 18 MB, also with eight probes at once on two cores.)
+        self.assertGreater(max(untuned), 25)  # the probe shows the growth it guards against
+        self.assertLessEqual(max(tuned), 22)
+        self.assertLessEqual(tuned[-1] - tuned[0], 3)
 
     def test_the_buffers_a_seed_allocates_per_chunk_are_below_the_threshold(self):
         # file reads, TLS records read out for the socket, and what Twisted joins before a send

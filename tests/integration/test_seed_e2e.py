@@ -21,7 +21,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from testbed.agent import free_port, start_agent
+from testbed.agent import free_port, malloc_thread_arenas, start_agent
 from testbed.orchestrator import STATUS_POLL, HostAgent, Orchestrator
 from testbed.seeding import (
     SOURCE_ADDRESS, TARGET_ADDRESS, SeedSource, SeedTarget, socat_tar_commands, table_checksums, transfer_settings)
@@ -55,6 +55,7 @@ class SeedEndToEndTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
         self.target = SeedTarget(os.path.join(self.workdir, "target"), install=True)
         self.addCleanup(self._stop_target_server)
+        self.pids: list[int] = []  # the agents' processes
 
     def _stop_target_server(self):
         if self.target.sandbox.is_running():
@@ -65,6 +66,7 @@ class SeedEndToEndTests(SynchronousTestCase):
         for settings, address in ((source_settings, SOURCE_ADDRESS), (target_settings, TARGET_ADDRESS)):
             agent = start_agent(settings, address=address, directory=tempfile.mkdtemp(dir=self.workdir))
             self.addCleanup(agent.stop)
+            self.pids.append(agent.process.pid)
             agents.append(HostAgent.of(agent))
         return agents[0], agents[1]
 
@@ -162,6 +164,9 @@ class SeedEndToEndTests(SynchronousTestCase):
         self.assertGreater(status["DataBytes"], status["BytesDone"])  # the data and the frames around it
         self.assertGreater(status["CompressionRatio"], 2)
         self.assertAlmostEqual(status["CompressionRatio"], status["DataBytes"] / status["WireBytes"], places=2)
+        # every thread of a seed (reading, compressing, sending; receiving, writing) allocated from
+        # the one malloc arena, where the next seed reuses what this one freed (orchagent.allocator)
+        self.assertEqual([malloc_thread_arenas(pid) for pid in self.pids], [0, 0])
 
         # what an operator's Prometheus and audit log saw of it
         metrics = self.metrics(target)

@@ -12,9 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from orchagent.seed import compression, protocol
 from orchagent.seed.compression import CompressionPolicy, zdata
-from orchagent.seed.writer import INFLATED_BATCH_BYTES, INFLATED_BATCHES
+from orchagent.seed.lanes import SharedStaging
+from orchagent.seed.writer import INFLATED_BATCH_BYTES, INFLATED_BATCHES, TreeWriter
 from orchagent.seed.protocol import ChecksumMismatch, Entry, EntryKind, Kind, ProtocolError, TransferFailed
-from tests.support.seed_trees import build_tree, describe_tree, tree_stream, writer_into
+from tests.support.seed_trees import SESSION, build_tree, describe_tree, tree_stream, writer_into
 from tests.unit.test_seed_protocol import Recorder, decoder, split_frames
 
 
@@ -101,34 +102,54 @@ class CompressedStreamTests(SynchronousTestCase):
 class InflatedMemoryTests(SynchronousTestCase):
     """Decompressed blocks wait for a slow disk instead of piling up in memory."""
 
-    def test_a_small_chunk_of_compressed_zeros_waits_for_the_disk(self):
+    def setUp(self):
         base = self.mktemp()
-        source, target = os.path.join(base, "source"), os.path.join(base, "target")
-        os.makedirs(source)
-        os.makedirs(target)
-        with open(os.path.join(source, "zeros"), "wb") as f:
+        self.source, self.target = os.path.join(base, "source"), os.path.join(base, "target")
+        os.makedirs(self.source)
+        os.makedirs(self.target)
+        with open(os.path.join(self.source, "zeros"), "wb") as f:
             for _ in range(48):
                 f.write(bytes(1024 * 1024))
-        stream = tree_stream(source, compression="zstd")
-        self.assertLess(len(stream), 64 * 1024)  # 48 MB in one small chunk
+        self.stream = tree_stream(self.source, compression="zstd")
+        self.assertLess(len(self.stream), 64 * 1024)  # 48 MB in one small chunk
         self.assertGreater(48 * 1024 * 1024, 2 * INFLATED_BATCHES * INFLATED_BATCH_BYTES)
-        writer = writer_into(target)
+
+    def inflated_while_the_disk_waits(self, writer: TreeWriter) -> int:
+        """The bytes ``writer`` decompressed from the stream before waiting for a disk that does
+        not write yet; then the disk goes on and the stream is fed whole."""
         writer.start()
         disk_may_go = threading.Event()
         self.addCleanup(disk_may_go.set)
-        write_data = writer._write_data
-        written = []
+        write_data, data = writer._write_data, writer.data
+        written, inflated = [], []
         writer._write_data = lambda offset, piece: (disk_may_go.wait(), written.append(len(piece)),
                                                     write_data(offset, piece))
-        feeder = threading.Thread(target=writer.feed, args=(stream,), daemon=True)
+        writer.data = lambda offset, piece: (inflated.append(len(piece)), data(offset, piece))
+        feeder = threading.Thread(target=writer.feed, args=(self.stream,), daemon=True)
         feeder.start()
         feeder.join(0.5)
         self.assertTrue(feeder.is_alive())  # waits for room instead of decompressing all 48 MB
         self.assertEqual(written, [])
+        waited_at = sum(inflated)
         disk_may_go.set()
         feeder.join(10)
+        return waited_at
+
+    def test_a_small_chunk_of_compressed_zeros_waits_for_the_disk(self):
+        writer = writer_into(self.target)
+        inflated = self.inflated_while_the_disk_waits(writer)
+        self.assertLessEqual(inflated, (INFLATED_BATCHES + 1) * INFLATED_BATCH_BYTES)
         writer.finish()
-        self.assertEqual(describe_tree(target), describe_tree(source))
+        self.assertEqual(describe_tree(self.target), describe_tree(self.source))
+
+    def test_a_lane_of_a_seed_over_several_streams_holds_its_share(self):
+        # the seed's decompressed data is split between its lanes, as its receive buffers are
+        shared = SharedStaging(self.target, "9")
+        shared.lanes = 4
+        writer = TreeWriter(self.target, "9", mac=SESSION.stream_mac(), shared=shared)
+        inflated = self.inflated_while_the_disk_waits(writer)
+        self.assertLessEqual(inflated, (INFLATED_BATCHES + 1) * INFLATED_BATCH_BYTES // 4)
+        writer.discard()
 
 
 class IncompressibleDataTests(SynchronousTestCase):
