@@ -59,11 +59,6 @@ class Throttle:
                 self._balance = 0.0  # a later limit starts without old debt or credit
             self._lock.notify_all()
 
-    def delay(self) -> float:
-        """Seconds until the next batch may go (0: now): what :meth:`wait` would wait."""
-        with self._lock:
-            return self._pause()
-
     def spend(self, size: int) -> None:
         """A batch of ``size`` bytes went (or is going) out."""
         if not self._rate:
