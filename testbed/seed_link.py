@@ -7,11 +7,12 @@ target's address, which forwards to the target's real seed port at ``rate`` byte
     link = SlowLink("127.0.0.2", upstream_port=target_seed_port, rate=16 * 2**20)
     # source agent: SeedTransferPort = link.port; target agent: SeedTransferPort = target_seed_port
     link.freeze()      # a stalled sender, as the receiver sees it: nothing moves, nothing closes
+    link.stall()       # a frozen middlebox: the connections open now move nothing, ever; new ones pass
     link.cut()         # a relay killed and restarted: every connection through it drops, new ones pass
     link.close()
 
 When either side closes or dies, the other side's connection is closed too, as a real TCP
-path would do.  Threads, not a reactor: the tests using it are synchronous.
+path would do; not through a stalled connection, which tells neither side anything.  Threads, not a reactor: the tests using it are synchronous.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SlowLink:
         self._frozen = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._stalled: set[socket.socket] = set()  # both ends of every stalled connection
         self._accepted = 0
         self._lock = threading.Lock()
         self._buffer_bytes = buffer_bytes
@@ -50,6 +52,13 @@ class SlowLink:
 
     def thaw(self) -> None:
         self._frozen.clear()
+
+    def stall(self, which: int | None = None) -> None:
+        """Stop moving bytes for good through every connection open now, or only the ``which``-th
+        (0: the oldest), as a frozen middlebox or a black-holed route does: both ends stay open and
+        hear nothing, not even the other end's close or reset.  New connections pass."""
+        with self._lock:
+            self._stalled.update(self._sockets if which is None else self._sockets[2 * which:2 * which + 2])
 
     def cut(self, which: int | None = None) -> None:
         """Drop every connection through the link (both ends see it close), or only the ``which``-th
@@ -100,8 +109,10 @@ class SlowLink:
         try:
             while True:
                 data = reader.recv(CHUNK)
-                while self._frozen.is_set() and not self._closed.is_set():
+                while (self._frozen.is_set() or reader in self._stalled) and not self._closed.is_set():
                     time.sleep(0.05)  # here: what arrived while frozen does not get through either
+                if reader in self._stalled:
+                    return  # closed by close(): a stalled path tells nobody
                 if not data:
                     writer.shutdown(socket.SHUT_WR)
                     return
@@ -109,6 +120,8 @@ class SlowLink:
                 if throttled and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:
+            if reader in self._stalled:
+                return  # an end reset it: a stalled path tells nobody
             close_socket(reader)  # reset or closed: end the whole path, as a real one would
             close_socket(writer)
 

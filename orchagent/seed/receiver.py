@@ -7,7 +7,8 @@
 Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
 learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
 within ``stall_timeout`` fails, naming the last refusal, and so does one whose connection
-dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).  A seed sent
+dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`); a connection
+that carries nothing for half of it (a stall) is dropped, and the sender has the other half.  A seed sent
 over several connections is received as one transfer per lane (:mod:`orchagent.seed.lanes`).
 """
 
@@ -27,7 +28,7 @@ from orchagent import logs
 from orchagent.connections import ConnectionCap
 from orchagent.errors import Conflict
 from orchagent.seed import authentication, protocol
-from orchagent.seed.channel import SocketChannel
+from orchagent.seed.channel import SocketChannel, Stalled
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.resumption import START, Received, resume_frame
 from orchagent.seed.transfer import Connection, Dropped, Transfer, tls_keying_material
@@ -42,9 +43,10 @@ log = logs.logger(__name__)
 class _ReceiveTransfer(Transfer):
     """One armed receive: its writer (staging, verified progress) outlives connections, one at a time.
 
-    When a connection drops before END, its worker undoes what was not verified
-    (:meth:`TreeWriter.rewind`) and the receive waits ``stall_timeout`` seconds for the sender to
-    reconnect, then fails (its staging directory removed) if none did.
+    When a connection drops before END, or carries nothing for the silence limit (the worker's
+    :class:`Stalled`), its worker undoes what was not verified (:meth:`TreeWriter.rewind`) and the
+    receive waits for the sender to reconnect until ``stall_timeout`` seconds after the drop (after
+    the link went silent, for a stall), then fails (its staging directory removed) if none did.
     """
 
     def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
@@ -57,16 +59,22 @@ class _ReceiveTransfer(Transfer):
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._early: list[bytes] | None = None  # stream bytes read before the worker took the connection
         self._dropping = False  # the connection dropped; its worker or connection is still winding up
+        self._silent_for = 0.0  # the dropped connection had carried nothing this long (0: it closed)
 
     def _no_sender(self) -> None:
         """Armed (or dropped) for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
         refused = f"; last {self.last_refusal}" if self.last_refusal else ""
+        seconds = self._stall_timeout
         if self._writer is None:
-            what = f"no sender authenticated for seed {self.seed_id}"
+            what = f"no sender authenticated for seed {self.seed_id} within {seconds:g} s"
+        elif self._silent_for:
+            what = (f"seed {self.seed_id} stalled: the sender did not send data for {seconds:g} seconds "
+                    f"(SeedStallTimeoutSeconds): the connection carried nothing for {self._silent_for:g} s and was "
+                    "dropped, and no sender resumed the seed")
         else:
             what = (f"seed {self.seed_id}: the connection ended before the sender finished the tree, "
-                    "and it did not reconnect")
-        self.conclude(TransferFailed(f"{what} within {self._stall_timeout:g} s{refused}"))
+                    f"and it did not reconnect within {seconds:g} s")
+        self.conclude(TransferFailed(f"{what}{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
         if self._sender_due.active():
@@ -87,6 +95,7 @@ class _ReceiveTransfer(Transfer):
         ``early`` is data that came with AUTH."""
         if self._sender_due.active():
             self._sender_due.cancel()
+        self._silent_for = 0.0
         self.connection_opened(connection)
         mac = session.stream_mac()
         first = self._writer is None
@@ -112,7 +121,7 @@ class _ReceiveTransfer(Transfer):
 
         connection.pause_reading()  # the worker reads the socket from now on
         self._open_channel(connection, socket.SHUT_RD, f"seed {self.seed_id} stalled: the sender did not send "
-                           f"data for {self._stall_timeout:g} seconds", start)
+                           f"data for {self._silence:g} seconds", start)
 
     def received(self, data: bytes) -> None:
         """From the reactor: stream bytes that came before the worker took the connection (with
@@ -138,7 +147,12 @@ class _ReceiveTransfer(Transfer):
                 writer.start()
             writer.feed(early)
             while not writer.ended:
-                chunk = source()
+                try:
+                    chunk = source()
+                except Stalled:
+                    if self._concluded:
+                        raise
+                    return Dropped(writer.rewind(), silent=self._silence)
                 if chunk is None:
                     break
                 writer.feed(chunk)
@@ -152,9 +166,11 @@ class _ReceiveTransfer(Transfer):
 
     def _worker_dropped(self, dropped: Dropped) -> None:
         self.progress.resent_bytes += dropped.resent_bytes
-        log.warn("seed {seed_id}: the connection from the sender dropped; {nbytes} unverified bytes thrown away, "
-                 "waiting up to {seconds:g} s for it to reconnect", seed_id=self.seed_id,
-                 nbytes=dropped.resent_bytes, seconds=self._stall_timeout)
+        how = f"carried nothing for {dropped.silent:g} s" if dropped.silent else "dropped"
+        log.warn("seed {seed_id}: the connection from the sender {how}; {nbytes} unverified bytes thrown away, "
+                 "waiting up to {seconds:g} s for it to reconnect", seed_id=self.seed_id, how=how,
+                 nbytes=dropped.resent_bytes, seconds=self._stall_timeout - dropped.silent)
+        self._silent_for = dropped.silent
         if self._concluded:  # aborted meanwhile: nothing else removes what was received
             self._start_worker(self._writer.discard)
             return
@@ -170,7 +186,7 @@ class _ReceiveTransfer(Transfer):
         self._dropping = False
         self._connection = None
         self.state = "reconnecting"
-        self._sender_due = self._reactor.callLater(self._stall_timeout, self._no_sender)
+        self._sender_due = self._reactor.callLater(self._stall_timeout - self._silent_for, self._no_sender)
 
     def _finishing(self) -> None:
         if not self._concluded:
