@@ -147,12 +147,9 @@ class _ReceiveTransfer(Transfer):
                 writer.start()
             writer.feed(early)
             while not writer.ended:
-                try:
-                    chunk = source()
-                except Stalled:
-                    if self._concluded:
-                        raise
-                    return Dropped(writer.rewind(), silent=self._silence)
+                chunk = self._next(writer, source)
+                if isinstance(chunk, Dropped):
+                    return chunk
                 if chunk is None:
                     break
                 writer.feed(chunk)
@@ -163,6 +160,24 @@ class _ReceiveTransfer(Transfer):
         except BaseException:
             writer.discard()
             raise
+
+    def _next(self, writer: TreeWriter, source: Callable[[], Any]) -> Any:
+        """Worker: the next piece of the stream (None at its end), or :class:`Dropped` once the
+        connection carried nothing for the silence limit."""
+        waited = 0.0
+        while True:
+            try:
+                return source()
+            except Stalled:
+                if self._concluded:
+                    raise
+                if writer.source_port is None:
+                    return Dropped(writer.rewind(), silent=self._silence)
+                waited += self._silence  # a hot seed cannot resume: it has the whole stall timer
+                if waited >= self._stall_timeout:
+                    raise TransferFailed(f"seed {self.seed_id} stalled: the sender did not send data for "
+                                         f"{self._stall_timeout:g} seconds; a hot seed's backup stream cannot be "
+                                         "sent again: start the seed anew") from None
 
     def _worker_dropped(self, dropped: Dropped) -> None:
         self.progress.resent_bytes += dropped.resent_bytes

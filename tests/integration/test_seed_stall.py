@@ -17,13 +17,56 @@ from twisted.internet.defer import gatherResults
 
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.resumption import silence_limit
-from tests.integration.test_seed_resume import MB, LinkedSeed
+from orchagent.seed.sender import send_tree
+from tests.integration.test_seed_resume import MB, SECRET, LinkedSeed
 from tests.support.deferreds import inline
 from tests.support.seed_trees import describe_tree
 
 # Stall timers are this small so the tests stay fast; the receiver's keepalives then come every
 # second, and a connection silent for 1.5 s is dropped.
 STALL_SECONDS = 3.0
+
+
+class FileBackup:
+    """A hot seed's running backup, as the sender's reader sees it: a stream to read (a file here)."""
+
+    port = 3306
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def ended(self) -> None:
+        pass  # the "tool" succeeded
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class CountingExtractor:
+    """The receiver's end of a hot seed: counts what it is handed instead of unpacking it."""
+
+    source_port = None
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.aborted = False
+
+    def start(self, directory: str, source_port: int) -> None:
+        self.source_port = source_port
+
+    def write(self, piece: memoryview) -> None:
+        self.received += len(piece)
+
+    def end(self) -> None:
+        pass
+
+    def prepare(self, directory: str, directory_fd: int) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 class StallTests(LinkedSeed):
@@ -94,3 +137,33 @@ class StallTests(LinkedSeed):
     @inline
     async def test_a_link_stalled_for_good_over_tls_fails_in_time_saying_so(self):
         await self._stalled_for_good(tls=True)
+
+    @inline
+    async def test_a_hot_seed_that_stalls_fails_saying_so(self):
+        # its backup stream cannot be sent again: the sender keeps the whole stall timer, then fails
+        await self._start(stall_timeout=STALL_SECONDS)  # for the link and the receiver; this tree is not sent
+        await self.sending.abort()
+        await self.receiving.abort()
+        stream = os.path.join(self.source, "db one", "big0.ibd")
+        extractor = CountingExtractor()
+        connections = self.link.connections
+        receiving = self.server.arm("8", self.target, extractor)
+        sending = send_tree(reactor, "127.0.0.1", self.link.port, "8", self.source, secret=SECRET,
+                            stall_timeout=STALL_SECONDS, backup=FileBackup(stream))
+        await self._until(lambda: extractor.received > 2 * MB, "the first bytes of the stream")
+        self.link.stall()
+        stalled = reactor.seconds()
+        with self.assertRaises(TransferFailed) as sent:
+            await sending.when_done()
+        self.assertGreater(reactor.seconds() - stalled, STALL_SECONDS - 0.5)
+        self.assertIn("seed 8 stalled: the receiver did not", str(sent.exception))
+        self.assertIn(f"for {STALL_SECONDS:g} seconds", str(sent.exception))
+        with self.assertRaises(TransferFailed) as received:
+            await receiving.when_done()
+        self.assertIn(f"seed 8 stalled: the sender did not send data for {STALL_SECONDS:g} seconds; a hot seed's "
+                      "backup stream cannot be sent again", str(received.exception))
+        self.assertEqual((sending.progress.resumes, receiving.progress.resumes), (0, 0))
+        self.assertEqual(self.link.connections, connections + 1)  # no reconnection
+        self.assertTrue(extractor.aborted)
+        self.assertEqual(os.listdir(self.target), [])
+        await self._no_seed_threads()
