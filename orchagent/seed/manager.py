@@ -368,6 +368,9 @@ class SeedManager(Service):
         await self._datadirs.mark(record.path, record.seed_id, PARTIAL, EMPTIED)
 
     async def _clear_after_restart(self, record: SeedRecord) -> None:
+        """A receive that was running when the agent stopped is never resumed: what it had verified
+        lived only in the stopped process, and a staging tree nobody can vouch for is unknown state,
+        so unsafe.  Its partial copy (staging included) goes, and the seed is run again from the start."""
         try:
             await self._clear_partial_copy(record)
         finally:

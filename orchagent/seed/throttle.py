@@ -28,8 +28,8 @@ def minimum_rate(stall_timeout: float) -> int:
     """The lowest limit whose pauses between batches stay well inside the peers' stall timers.
 
     Between two batches the sender is silent for up to one batch's time (:data:`BURST_BYTES` at
-    the rate), and the receiver fails a seed silent for ``SeedStallTimeoutSeconds``: the pause
-    must stay under a quarter of it.
+    the rate), and a connection silent for half of ``SeedStallTimeoutSeconds`` counts as stalled
+    (:func:`~orchagent.seed.resumption.silence_limit`): the pause must stay under a quarter of it.
     """
     return max(MIN_BYTES_PER_SECOND, -(-4 * BURST_BYTES // max(int(stall_timeout), 1)))
 
