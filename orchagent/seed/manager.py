@@ -204,10 +204,10 @@ class SeedManager(Service):
             else:
                 what = "a command-mode send (SendSeedDataCommand paces itself)"
             raise Conflict(f"seed {seed_id} cannot be throttled: it is {what}; only a running built-in send can")
-        minimum = minimum_rate(self._config.seed_stall_timeout_seconds)
+        minimum = minimum_rate(self._config.seed_stall_timeout_seconds, lane_count(self._config.seed_parallel_streams))
         if 0 < max_bytes_per_second < minimum:
             raise InvalidInput(f"bytesPerSecond must be 0 (no limit) or at least {minimum}: slower, the pauses "
-                               f"between 1 MB batches come near SeedStallTimeoutSeconds "
+                               f"between a stream's 1 MB batches come near SeedStallTimeoutSeconds "
                                f"({self._config.seed_stall_timeout_seconds} s), got {max_bytes_per_second}")
         job.limit_rate(max_bytes_per_second)
         record.max_bytes_per_second = max_bytes_per_second

@@ -172,8 +172,7 @@ class _SendTransfer(Transfer):
         reactor when this ends (to read the receiver's DONE, or why it failed)."""
         try:
             while (batch := self._pipe.get_wait()) is not None:
-                self._throttle.wait()
-                self._throttle.spend(batch.size)
+                self._throttle.take(batch.size, lambda: self._dropping)
                 self._count(batch)
                 channel.send(batch.parts)
         finally:
@@ -246,8 +245,9 @@ class _SendTransfer(Transfer):
         self._last_problem = f"the connection dropped ({reason})"
         if self._pipe is not None:
             self._pipe.close()  # wakes the reader thread
+        self._throttle.wake()  # and the sending thread, waiting its turn
         if self._channel is not None:
-            self._channel.interrupt()  # and the sending thread
+            self._channel.interrupt()  # or sending
         if self._connection_open:
             self._connection.abort()
         self._reconnect_when_idle()

@@ -128,13 +128,15 @@ class EngineThrottleTests(TestCase):
 
     timeout = 30
 
-    def trees(self, size: int) -> tuple[str, str]:
+    def trees(self, size: int, files: int = 1) -> tuple[str, str]:
+        """A source of ``files`` random files of ``size`` bytes (db/t.ibd, db/t1.ibd, ...) and an empty target."""
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(os.path.join(source, "db"))
         os.makedirs(target)
-        with open(os.path.join(source, "db", "t.ibd"), "wb") as f:
-            f.write(os.urandom(size))
+        for i in range(files):
+            with open(os.path.join(source, "db", f"t{i or ''}.ibd"), "wb") as f:
+                f.write(os.urandom(size))
         return source, target
 
     def tls_options(self) -> tuple[object, object]:
@@ -145,9 +147,9 @@ class EngineThrottleTests(TestCase):
                                            ssl_ca_file=ca.cert)),
                 client_creator(Config(use_ssl=True, ssl_ca_file=ca.cert), "localhost"))
 
-    async def _at_the_slowest_rate(self, tls: bool) -> None:
-        stall = 2  # seconds: the minimum rate is then 2 MiB/s, a pause of about half a second per batch
-        source, target = self.trees(6 * MB)
+    async def _at_the_slowest_rate(self, tls: bool = False, streams: int = 1) -> None:
+        stall = 2  # seconds: the minimum rate is then 2 MiB/s a stream, a pause of about half a second per batch
+        source, target = self.trees(6 * MB, files=streams)
         server_tls, client_tls = self.tls_options() if tls else (None, None)
         server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=stall, tls=server_tls)
         port = (await server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))).getHost().port
@@ -155,18 +157,25 @@ class EngineThrottleTests(TestCase):
         receiving = server.arm("7", target)
         started = reactor.seconds()
         sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(), tls=client_tls,
-                            stall_timeout=stall, max_bytes_per_second=minimum_rate(stall))
+                            stall_timeout=stall, max_bytes_per_second=minimum_rate(stall, streams), streams=streams,
+                            compression="none")
         self.addCleanup(sending.abort)
         await sending.when_done()
         await receiving.when_done()
-        self.assertGreater(reactor.seconds() - started, 2)  # it was paced: 6 MB at 2 MiB/s, less the burst
-        self.assertEqual(digest(os.path.join(target, "db", "t.ibd")), digest(os.path.join(source, "db", "t.ibd")))
+        self.assertGreater(reactor.seconds() - started, 2)  # it was paced: 6 MB a stream at 2 MiB/s, less the burst
+        for name in os.listdir(os.path.join(source, "db")):
+            self.assertEqual(digest(os.path.join(target, "db", name)), digest(os.path.join(source, "db", name)))
         # the pauses (a quarter of the stall timer) are no stall: no side dropped the connection as silent
         self.assertEqual((sending.progress.resumes, receiving.progress.resumes), (0, 0))
 
     @inline
     async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer(self):
         await self._at_the_slowest_rate(tls=False)
+
+    @inline
+    async def test_the_slowest_rate_allowed_keeps_each_of_several_streams_inside_the_stall_timer(self):
+        # they share the limit, each in turn: a stream waits for a batch of every other one
+        await self._at_the_slowest_rate(streams=3)
 
     @inline
     async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer_over_tls(self):
