@@ -8,11 +8,13 @@ target's address, which forwards to the target's real seed port at ``rate`` byte
     # source agent: SeedTransferPort = link.port; target agent: SeedTransferPort = target_seed_port
     link.freeze()      # a stalled sender, as the receiver sees it: nothing moves, nothing closes
     link.stall()       # a frozen middlebox: the connections open now move nothing, ever; new ones pass
+    link.stall_after(4096)  # and new ones stall once 4 KiB went through (a handshake passes, data not)
     link.cut()         # a relay killed and restarted: every connection through it drops, new ones pass
     link.close()
 
 When either side closes or dies, the other side's connection is closed too, as a real TCP
-path would do; not through a stalled connection, which tells neither side anything.  Threads, not a reactor: the tests using it are synchronous.
+path would do; not through a stalled connection, which tells neither side anything.  Threads,
+not a reactor: the tests using it are synchronous.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SlowLink:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._stalled: set[socket.socket] = set()  # both ends of every stalled connection
+        self._stall_after: int | None = None  # new connections stall once this many bytes went upstream
         self._accepted = 0
         self._lock = threading.Lock()
         self._buffer_bytes = buffer_bytes
@@ -59,6 +62,11 @@ class SlowLink:
         hear nothing, not even the other end's close or reset.  New connections pass."""
         with self._lock:
             self._stalled.update(self._sockets if which is None else self._sockets[2 * which:2 * which + 2])
+
+    def stall_after(self, nbytes: int) -> None:
+        """Connections accepted from now on stall (as :meth:`stall` does) once ``nbytes`` went towards
+        the upstream: a path that lets a handshake through but black-holes the data."""
+        self._stall_after = nbytes
 
     def cut(self, which: int | None = None) -> None:
         """Drop every connection through the link (both ends see it close), or only the ``which``-th
@@ -102,13 +110,20 @@ class SlowLink:
             with self._lock:
                 self._sockets += [downstream, upstream]
                 self._accepted += 1
-            threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(downstream, upstream, True, self._stall_after),
+                             daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, downstream, False), daemon=True).start()
 
-    def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool) -> None:
+    def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool,
+              stall_after: int | None = None) -> None:
         try:
             while True:
                 data = reader.recv(CHUNK)
+                if stall_after is not None:
+                    if len(data) > stall_after:
+                        writer.sendall(data[:stall_after])  # what the path lets through; then nothing
+                        self._stalled.update((reader, writer))
+                    stall_after -= min(len(data), stall_after)
                 while (self._frozen.is_set() or reader in self._stalled) and not self._closed.is_set():
                     time.sleep(0.05)  # here: what arrived while frozen does not get through either
                 if reader in self._stalled:

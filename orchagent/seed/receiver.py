@@ -45,8 +45,10 @@ class _ReceiveTransfer(Transfer):
 
     When a connection drops before END, or carries nothing for the silence limit (the worker's
     :class:`Stalled`), its worker undoes what was not verified (:meth:`TreeWriter.rewind`) and the
-    receive waits for the sender to reconnect until ``stall_timeout`` seconds after the drop (after
-    the link went silent, for a stall), then fails (its staging directory removed) if none did.
+    receive waits for the sender to reconnect until ``stall_timeout`` seconds after the drop (for a
+    stall: after the link last carried data the receiver verified, so connections that authenticate
+    and then stall too cannot keep it waiting for ever), then fails (its staging directory removed)
+    if none did.
     """
 
     def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
@@ -59,7 +61,9 @@ class _ReceiveTransfer(Transfer):
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._early: list[bytes] | None = None  # stream bytes read before the worker took the connection
         self._dropping = False  # the connection dropped; its worker or connection is still winding up
-        self._silent_for = 0.0  # the dropped connection had carried nothing this long (0: it closed)
+        # reactor time the link last carried data, while its connections stall (None: the last one did not)
+        self._quiet_since: float | None = None
+        self._resumed_at = START  # where the connection began: one that verified nothing more did not move
 
     def _no_sender(self) -> None:
         """Armed (or dropped) for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
@@ -67,9 +71,9 @@ class _ReceiveTransfer(Transfer):
         seconds = self._stall_timeout
         if self._writer is None:
             what = f"no sender authenticated for seed {self.seed_id} within {seconds:g} s"
-        elif self._silent_for:
+        elif self._quiet_since is not None:
             what = (f"seed {self.seed_id} stalled: the sender did not send data for {seconds:g} seconds "
-                    f"(SeedStallTimeoutSeconds): the connection carried nothing for {self._silent_for:g} s and was "
+                    f"(SeedStallTimeoutSeconds): the connection carried nothing for {self._silence:g} s and was "
                     "dropped, and no sender resumed the seed")
         else:
             what = (f"seed {self.seed_id}: the connection ended before the sender finished the tree, "
@@ -95,7 +99,6 @@ class _ReceiveTransfer(Transfer):
         ``early`` is data that came with AUTH."""
         if self._sender_due.active():
             self._sender_due.cancel()
-        self._silent_for = 0.0
         self.connection_opened(connection)
         mac = session.stream_mac()
         first = self._writer is None
@@ -110,6 +113,7 @@ class _ReceiveTransfer(Transfer):
             point = self._writer.reconnected(mac)
             log.info("seed {seed_id}: the sender reconnected; resuming after {files} files and {nbytes} bytes "
                      "verified", seed_id=self.seed_id, files=point.files, nbytes=point.nbytes)
+        self._resumed_at = point
         connection.transport.write(resume_frame(session, point))
         writer = self._writer
         self._early = [early]
@@ -181,11 +185,15 @@ class _ReceiveTransfer(Transfer):
 
     def _worker_dropped(self, dropped: Dropped) -> None:
         self.progress.resent_bytes += dropped.resent_bytes
+        if not dropped.silent:
+            self._quiet_since = None  # it closed: the sender has the whole stall timer to reconnect
+        elif self._writer.verified.point != self._resumed_at or self._quiet_since is None:
+            self._quiet_since = self._reactor.seconds() - dropped.silent
+        # else it verified nothing since the last stall either: the seed fails when that one's time is up
         how = f"carried nothing for {dropped.silent:g} s" if dropped.silent else "dropped"
         log.warn("seed {seed_id}: the connection from the sender {how}; {nbytes} unverified bytes thrown away, "
-                 "waiting up to {seconds:g} s for it to reconnect", seed_id=self.seed_id, how=how,
-                 nbytes=dropped.resent_bytes, seconds=self._stall_timeout - dropped.silent)
-        self._silent_for = dropped.silent
+                 "waiting up to {seconds:.3g} s for it to reconnect", seed_id=self.seed_id, how=how,
+                 nbytes=dropped.resent_bytes, seconds=self._reconnect_due() - self._reactor.seconds())
         if self._concluded:  # aborted meanwhile: nothing else removes what was received
             self._start_worker(self._writer.discard)
             return
@@ -201,7 +209,14 @@ class _ReceiveTransfer(Transfer):
         self._dropping = False
         self._connection = None
         self.state = "reconnecting"
-        self._sender_due = self._reactor.callLater(self._stall_timeout - self._silent_for, self._no_sender)
+        self._sender_due = self._reactor.callLater(max(self._reconnect_due() - self._reactor.seconds(), 0),
+                                                   self._no_sender)
+
+    def _reconnect_due(self) -> float:
+        """When a dropped connection's sender must have resumed the seed: ``stall_timeout`` after the
+        drop, or after the link last carried data if it stalled (and the connections since moved nothing)."""
+        since = self._reactor.seconds() if self._quiet_since is None else self._quiet_since
+        return since + self._stall_timeout
 
     def _finishing(self) -> None:
         if not self._concluded:

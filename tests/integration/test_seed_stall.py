@@ -167,3 +167,27 @@ class StallTests(LinkedSeed):
         self.assertTrue(extractor.aborted)
         self.assertEqual(os.listdir(self.target), [])
         await self._no_seed_threads()
+
+    @inline
+    async def test_connections_that_stall_past_the_handshake_fail_the_seed_in_time(self):
+        # a path that lets a handshake through but black-holes the data (as an MTU black hole does):
+        # every new connection authenticates, then stalls; a seed that verifies nothing more fails
+        # on the receiver at most one silence limit after SeedStallTimeoutSeconds, not never
+        await self._start(stall_timeout=STALL_SECONDS, big_files=24 * MB)
+        await self._until(lambda: self.receiving.progress.bytes_done > 4 * MB, "the first bytes")
+        self.link.stall_after(1024)  # AUTH gets through, the stream does not
+        self.link.stall()
+        stalled = reactor.seconds()
+        with self.assertRaises(TransferFailed) as received:
+            await self.receiving.when_done()
+        silence = silence_limit(STALL_SECONDS)
+        self.assertLess(reactor.seconds() - stalled, STALL_SECONDS + silence + 1)
+        self.assertIn("seed 7 stalled: the sender did not send data", str(received.exception))
+        self.assertGreaterEqual(self.receiving.progress.resumes, 1)  # a new connection was accepted, and stalled
+        with self.assertRaises(TransferFailed) as sent:
+            await self.sending.when_done()
+        # the source hears it at its next reconnection, one silence limit later
+        self.assertLess(reactor.seconds() - stalled, STALL_SECONDS + 2 * silence + 1.5)
+        self.assertIn("stalled", str(sent.exception))
+        self.assertEqual(os.listdir(self.target), [])
+        await self._no_seed_threads()
