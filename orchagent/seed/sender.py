@@ -8,11 +8,12 @@ to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
 (``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only
 with the receiver's authenticated DONE.
 When the connection drops, or carries nothing for half of ``stall_timeout`` (a stall,
-:func:`~orchagent.seed.resumption.silence_limit`), the sender drops it, reconnects (backing off) until
-``stall_timeout`` seconds after the drop (after the link went silent, for a stall) and continues where
-the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's backup stream cannot be
-sent again, so a drop fails it, and a stall after the whole ``stall_timeout``.  With ``SeedParallelStreams`` above 1 a
-seed goes over several such transfers, one per lane (:mod:`orchagent.seed.lanes`).
+:func:`~orchagent.seed.resumption.silence_limit`), the sender drops it, reconnects (backing off)
+until ``stall_timeout`` seconds after the drop (after the link went silent, for a stall) and
+continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's backup
+stream cannot be sent again, so a drop fails it, and a stall after the whole ``stall_timeout``.
+With ``SeedParallelStreams`` above 1 a seed goes over several such transfers, one per lane
+(:mod:`orchagent.seed.lanes`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class _SendTransfer(Transfer):
         self._next_attempt: Any = None
         self._last_problem = ""
         if backup is not None:
-            self._silence = stall_timeout  # nothing resumes it: dropping a silent connection early only fails it sooner
+            self._silence = stall_timeout  # nothing resumes it: dropping a silent connection early would fail it
 
     @property
     def lanes(self) -> int:
@@ -263,7 +264,7 @@ class _SendTransfer(Transfer):
     def _worker_ended(self, result: Any) -> None:
         if isinstance(result, Failure) and self._dropping:
             result = None  # it only noticed its connection go
-        elif isinstance(result, Failure) and result.check(Stalled) and self._backup is None and not self.concluded:
+        elif isinstance(result, Failure) and result.check(Stalled):
             self._stall(result.value)
             result = None
         super()._worker_ended(result)  # a Disconnected sending thread: the connection tells why (_loss_told)
