@@ -316,7 +316,8 @@ class _ReceiverProtocol(Connection):
             self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
-            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
+            # well inside the sender's silence limit (resumption.silence_limit): half as long at most
+            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 4)), now=False)
 
     def _refuse(self, reason: str, transfer: _ReceiveTransfer | ReceiveLanes | None = None, *,
                 authenticated: bool = False, kind: Kind = Kind.REFUSE) -> None:

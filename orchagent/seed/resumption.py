@@ -114,8 +114,8 @@ def silence_limit(stall_timeout: float) -> float:
     and resumes over a new one (a black-holed route or a frozen middlebox never closes it).
 
     Half of ``SeedStallTimeoutSeconds``: twice the longest pause the throttle makes between batches
-    (a quarter, :func:`~orchagent.seed.throttle.minimum_rate`) and 1.5 times the receiver's keepalive
-    period (a third, at most 10 s), so neither is taken for a stall; the other half is left for
+    (a quarter, :func:`~orchagent.seed.throttle.minimum_rate`) and twice the receiver's keepalive
+    period (a quarter, at most 10 s), so neither is taken for a stall; the other half is left for
     reconnecting, so a link that stays dead still fails the seed ``SeedStallTimeoutSeconds`` after
     it stopped moving.
     """

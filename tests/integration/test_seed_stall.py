@@ -23,7 +23,7 @@ from tests.support.deferreds import inline
 from tests.support.seed_trees import describe_tree
 
 # Stall timers are this small so the tests stay fast; the receiver's keepalives then come every
-# second, and a connection silent for 1.5 s is dropped.
+# 0.75 s, and a connection silent for 1.5 s is dropped.
 STALL_SECONDS = 3.0
 
 
