@@ -3,9 +3,10 @@ sides in this process, through the relay of test_seed_resume.py.
 
 ``link.stall()`` freezes the connections open at that moment for good (both ends stay open and hear
 nothing, not even the other end's reset) while new connections pass: the side that notices the
-silence drops the connection and the seed resumes over a new one.  ``link.freeze()`` holds new
-connections too: the seed then fails about ``SeedStallTimeoutSeconds`` after the link went silent,
-saying it stalled, with nothing left behind.
+silence drops the connection and the seed resumes over a new one.  With ``link.stall_after(n)``
+new connections stall too once ``n`` bytes went through (0: at once, a black-holed route): the seed
+then fails about ``SeedStallTimeoutSeconds`` after the link went silent, saying it stalled, with
+nothing left behind.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class StallTests(LinkedSeed):
     async def _stalled_for_good(self, tls: bool) -> None:
         await self._start(stall_timeout=STALL_SECONDS, tls=tls, big_files=24 * MB)
         await self._until(lambda: self.receiving.progress.bytes_done > 4 * MB, "the first bytes")
-        self.link.freeze()  # new connections get through no further than the relay either
+        self.link.stall_after(0)  # new connections get through no further than the relay either
+        self.link.stall()  # and neither end hears the other's reset
         frozen = reactor.seconds()
         took = {}
         for transfer in (self.receiving, self.sending):
