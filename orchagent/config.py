@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import attrs
 
 from orchagent.seed.authentication import MAX_LANES
+from orchagent.seed.lanes import lane_count
 from orchagent.seed.throttle import MAX_BYTES_PER_SECOND, minimum_rate
 
 #: Where V1 looked when no ``--config`` was given, decoded in order, later files on top.
@@ -296,10 +297,10 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
                   "seed_handshake_timeout_seconds"):
         if getattr(config, field) < 1:
             fail(field, "must be at least 1 (0 would refuse every connection)")
-    minimum = minimum_rate(config.seed_stall_timeout_seconds)
+    minimum = minimum_rate(config.seed_stall_timeout_seconds, lane_count(config.seed_parallel_streams))
     if config.seed_max_bytes_per_second and not minimum <= config.seed_max_bytes_per_second <= MAX_BYTES_PER_SECOND:
         fail("seed_max_bytes_per_second", f"must be 0 (no limit) or from {minimum} (slower, the pauses between "
-             f"1 MB batches come near SeedStallTimeoutSeconds) to {MAX_BYTES_PER_SECOND}, "
+             f"a stream's 1 MB batches come near SeedStallTimeoutSeconds) to {MAX_BYTES_PER_SECOND}, "
              f"got {config.seed_max_bytes_per_second}")
     if not config.status_endpoint.startswith("/"):
         fail("status_endpoint", f"must be a path starting with '/', got {config.status_endpoint!r}")

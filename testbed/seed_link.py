@@ -7,11 +7,14 @@ target's address, which forwards to the target's real seed port at ``rate`` byte
     link = SlowLink("127.0.0.2", upstream_port=target_seed_port, rate=16 * 2**20)
     # source agent: SeedTransferPort = link.port; target agent: SeedTransferPort = target_seed_port
     link.freeze()      # a stalled sender, as the receiver sees it: nothing moves, nothing closes
+    link.stall()       # a frozen middlebox: the connections open now move nothing, ever; new ones pass
+    link.stall_after(4096)  # and new ones stall once 4 KiB went through (a handshake passes, data not)
     link.cut()         # a relay killed and restarted: every connection through it drops, new ones pass
     link.close()
 
 When either side closes or dies, the other side's connection is closed too, as a real TCP
-path would do.  Threads, not a reactor: the tests using it are synchronous.
+path would do; not through a stalled connection, which tells neither side anything.  Threads,
+not a reactor: the tests using it are synchronous.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class SlowLink:
         self._frozen = threading.Event()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._stalled: set[socket.socket] = set()  # both ends of every stalled connection
+        self._stall_after: int | None = None  # new connections stall once this many bytes went upstream
         self._accepted = 0
         self._lock = threading.Lock()
         self._buffer_bytes = buffer_bytes
@@ -50,6 +55,18 @@ class SlowLink:
 
     def thaw(self) -> None:
         self._frozen.clear()
+
+    def stall(self, which: int | None = None) -> None:
+        """Stop moving bytes for good through every connection open now, or only the ``which``-th
+        (0: the oldest), as a frozen middlebox or a black-holed route does: both ends stay open and
+        hear nothing, not even the other end's close or reset.  New connections pass."""
+        with self._lock:
+            self._stalled.update(self._sockets if which is None else self._sockets[2 * which:2 * which + 2])
+
+    def stall_after(self, nbytes: int) -> None:
+        """Connections accepted from now on stall (as :meth:`stall` does) once ``nbytes`` went towards
+        the upstream: a path that lets a handshake through but black-holes the data."""
+        self._stall_after = nbytes
 
     def cut(self, which: int | None = None) -> None:
         """Drop every connection through the link (both ends see it close), or only the ``which``-th
@@ -99,15 +116,24 @@ class SlowLink:
             with self._lock:
                 self._sockets += [downstream, upstream]
                 self._accepted += 1
-            threading.Thread(target=self._pump, args=(downstream, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(downstream, upstream, True, self._stall_after),
+                             daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, downstream, False), daemon=True).start()
 
-    def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool) -> None:
+    def _pump(self, reader: socket.socket, writer: socket.socket, throttled: bool,
+              stall_after: int | None = None) -> None:
         try:
             while True:
                 data = reader.recv(CHUNK)
-                while self._frozen.is_set() and not self._closed.is_set():
+                if stall_after is not None:
+                    if len(data) > stall_after:
+                        writer.sendall(data[:stall_after])  # what the path lets through; then nothing
+                        self._stalled.update((reader, writer))
+                    stall_after -= min(len(data), stall_after)
+                while (self._frozen.is_set() or reader in self._stalled) and not self._closed.is_set():
                     time.sleep(0.05)  # here: what arrived while frozen does not get through either
+                if reader in self._stalled:
+                    return  # closed by close(): a stalled path tells nobody
                 if not data:
                     writer.shutdown(socket.SHUT_WR)
                     return
@@ -115,6 +141,8 @@ class SlowLink:
                 if throttled and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:
+            if reader in self._stalled:
+                return  # an end reset it: a stalled path tells nobody
             close_socket(reader)  # reset or closed: end the whole path, as a real one would
             close_socket(writer)
 

@@ -21,6 +21,12 @@ class Disconnected(Exception):
     (the reactor's, once the worker gave it back) tells why: the peer's FAIL frame, or its end."""
 
 
+class Stalled(TransferFailed):
+    """The connection carried nothing for the channel's silence limit (its socket's timeout): the
+    transfer drops it and resumes over a new one (:mod:`orchagent.seed.resumption`), or, when it
+    cannot (a hot seed), fails with this message."""
+
+
 class SocketChannel:
     """The socket of a plain TCP connection, lent to a worker thread for the data stream.
 
@@ -31,30 +37,31 @@ class SocketChannel:
     nothing interleaves.  The worker uses a duplicate descriptor: Twisted may close its own at
     any time without the worker ever touching a closed or reused descriptor number.  The
     duplicate stays non-blocking (the flag is shared with Twisted's descriptor); the socket
-    module's timeout mode waits with ``poll`` instead, which is also the stall timer.
+    module's timeout mode waits with ``poll`` instead, whose timeout is the stall timer (:class:`Stalled`).
     """
 
     exclusive = False  # the reactor keeps using the connection meanwhile (see above)
 
-    def __init__(self, handle: socket.socket, stall_timeout: float, interrupt: int, stalled: str) -> None:
+    def __init__(self, handle: socket.socket, silence: float, interrupt: int, stalled: str) -> None:
         self._socket = handle.dup()
-        self._socket.settimeout(stall_timeout)
+        self._socket.settimeout(silence)
         self._interrupt = interrupt
         self._interrupted = False
         self._stalled = stalled
 
     @classmethod
-    def lend(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> SocketChannel | None:
+    def lend(cls, transport: Any, silence: float, interrupt: int, stalled: str) -> SocketChannel | None:
         """A channel over ``transport``'s socket, or None if it has none (TLS has its own channel,
         :class:`~orchagent.seed.tlschannel.TlsChannel`).
 
         ``interrupt`` is how :meth:`interrupt` shuts the socket down: the receiver only stops
         reading (its reactor still tells the sender why), the sender stops both directions.
+        A send or receive that moves nothing for ``silence`` seconds raises :class:`Stalled` saying ``stalled``.
         """
         handle = transport.getHandle() if hasattr(transport, "getHandle") else None
         if not isinstance(handle, socket.socket) or handle.type != socket.SOCK_STREAM:
             return None
-        return cls(handle, stall_timeout, interrupt, stalled)
+        return cls(handle, silence, interrupt, stalled)
 
     def send(self, parts: list[bytes]) -> None:
         """Worker: send all of ``parts`` (one ``sendmsg`` each time the socket has room)."""
@@ -65,7 +72,7 @@ class SocketChannel:
             try:
                 sent = self._socket.sendmsg(views[:_IOV_MAX])
             except TimeoutError:
-                raise TransferFailed(self._stalled) from None
+                raise Stalled(self._stalled) from None
             except (BrokenPipeError, ConnectionResetError):
                 raise Disconnected() from None
             while sent:
@@ -81,7 +88,7 @@ class SocketChannel:
         try:
             count = self._socket.recv_into(buffer)
         except TimeoutError:
-            raise TransferFailed(self._stalled) from None
+            raise Stalled(self._stalled) from None
         except ConnectionResetError:
             return None
         return buffer[:count] if count else None

@@ -204,10 +204,10 @@ class SeedManager(Service):
             else:
                 what = "a command-mode send (SendSeedDataCommand paces itself)"
             raise Conflict(f"seed {seed_id} cannot be throttled: it is {what}; only a running built-in send can")
-        minimum = minimum_rate(self._config.seed_stall_timeout_seconds)
+        minimum = minimum_rate(self._config.seed_stall_timeout_seconds, lane_count(self._config.seed_parallel_streams))
         if 0 < max_bytes_per_second < minimum:
             raise InvalidInput(f"bytesPerSecond must be 0 (no limit) or at least {minimum}: slower, the pauses "
-                               f"between 1 MB batches come near SeedStallTimeoutSeconds "
+                               f"between a stream's 1 MB batches come near SeedStallTimeoutSeconds "
                                f"({self._config.seed_stall_timeout_seconds} s), got {max_bytes_per_second}")
         job.limit_rate(max_bytes_per_second)
         record.max_bytes_per_second = max_bytes_per_second
@@ -368,6 +368,9 @@ class SeedManager(Service):
         await self._datadirs.mark(record.path, record.seed_id, PARTIAL, EMPTIED)
 
     async def _clear_after_restart(self, record: SeedRecord) -> None:
+        """A receive that was running when the agent stopped is never resumed: what it had verified
+        lived only in the stopped process, and a staging tree nobody can vouch for is unknown state,
+        so unsafe.  Its partial copy (staging included) goes, and the seed is run again from the start."""
         try:
             await self._clear_partial_copy(record)
         finally:

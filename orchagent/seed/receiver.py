@@ -7,7 +7,8 @@
 Whether a seed id is armed is looked at only once the sender proved itself, so a stray peer
 learns nothing and cannot cancel a seed; an armed receive that no sender authenticates for
 within ``stall_timeout`` fails, naming the last refusal, and so does one whose connection
-dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`).  A seed sent
+dropped and that no sender resumes within as long (:mod:`orchagent.seed.resumption`); a connection
+that carries nothing for half of it (a stall) is dropped, and the sender has the other half.  A seed sent
 over several connections is received as one transfer per lane (:mod:`orchagent.seed.lanes`).
 """
 
@@ -27,7 +28,7 @@ from orchagent import logs
 from orchagent.connections import ConnectionCap
 from orchagent.errors import Conflict
 from orchagent.seed import authentication, protocol
-from orchagent.seed.channel import SocketChannel
+from orchagent.seed.channel import SocketChannel, Stalled
 from orchagent.seed.protocol import Kind, ProtocolError, TransferFailed
 from orchagent.seed.resumption import START, Received, resume_frame
 from orchagent.seed.transfer import Connection, Dropped, Transfer, tls_keying_material
@@ -42,9 +43,12 @@ log = logs.logger(__name__)
 class _ReceiveTransfer(Transfer):
     """One armed receive: its writer (staging, verified progress) outlives connections, one at a time.
 
-    When a connection drops before END, its worker undoes what was not verified
-    (:meth:`TreeWriter.rewind`) and the receive waits ``stall_timeout`` seconds for the sender to
-    reconnect, then fails (its staging directory removed) if none did.
+    When a connection drops before END, or carries nothing for the silence limit (the worker's
+    :class:`Stalled`), its worker undoes what was not verified (:meth:`TreeWriter.rewind`) and the
+    receive waits for the sender to reconnect until ``stall_timeout`` seconds after the drop (for a
+    stall: after the link last carried data the receiver verified, so connections that authenticate
+    and then stall too cannot keep it waiting for ever), then fails (its staging directory removed)
+    if none did.
     """
 
     def __init__(self, reactor: Any, seed_id: str, datadir: str, stall_timeout: float,
@@ -57,16 +61,24 @@ class _ReceiveTransfer(Transfer):
         self._sender_due = reactor.callLater(stall_timeout, self._no_sender)
         self._early: list[bytes] | None = None  # stream bytes read before the worker took the connection
         self._dropping = False  # the connection dropped; its worker or connection is still winding up
+        # reactor time the link last carried data, while its connections stall (None: the last one did not)
+        self._quiet_since: float | None = None
+        self._resumed_at = START  # where the connection began: one that verified nothing more did not move
 
     def _no_sender(self) -> None:
         """Armed (or dropped) for ``stall_timeout`` and nobody authenticated: give up, saying what was refused."""
         refused = f"; last {self.last_refusal}" if self.last_refusal else ""
+        seconds = self._stall_timeout
         if self._writer is None:
-            what = f"no sender authenticated for seed {self.seed_id}"
+            what = f"no sender authenticated for seed {self.seed_id} within {seconds:g} s"
+        elif self._quiet_since is not None:
+            what = (f"seed {self.seed_id} stalled: the sender did not send data for {seconds:g} seconds "
+                    f"(SeedStallTimeoutSeconds): the connection carried nothing for {self._silence:g} s and was "
+                    "dropped, and no sender resumed the seed")
         else:
             what = (f"seed {self.seed_id}: the connection ended before the sender finished the tree, "
-                    "and it did not reconnect")
-        self.conclude(TransferFailed(f"{what} within {self._stall_timeout:g} s{refused}"))
+                    f"and it did not reconnect within {seconds:g} s")
+        self.conclude(TransferFailed(f"{what}{refused}"))
 
     def conclude(self, error: TransferFailed | None) -> None:
         if self._sender_due.active():
@@ -101,6 +113,7 @@ class _ReceiveTransfer(Transfer):
             point = self._writer.reconnected(mac)
             log.info("seed {seed_id}: the sender reconnected; resuming after {files} files and {nbytes} bytes "
                      "verified", seed_id=self.seed_id, files=point.files, nbytes=point.nbytes)
+        self._resumed_at = point
         connection.transport.write(resume_frame(session, point))
         writer = self._writer
         self._early = [early]
@@ -112,7 +125,7 @@ class _ReceiveTransfer(Transfer):
 
         connection.pause_reading()  # the worker reads the socket from now on
         self._open_channel(connection, socket.SHUT_RD, f"seed {self.seed_id} stalled: the sender did not send "
-                           f"data for {self._stall_timeout:g} seconds", start)
+                           f"data for {self._silence:g} seconds", start)
 
     def received(self, data: bytes) -> None:
         """From the reactor: stream bytes that came before the worker took the connection (with
@@ -138,7 +151,9 @@ class _ReceiveTransfer(Transfer):
                 writer.start()
             writer.feed(early)
             while not writer.ended:
-                chunk = source()
+                chunk = self._next(writer, source)
+                if isinstance(chunk, Dropped):
+                    return chunk
                 if chunk is None:
                     break
                 writer.feed(chunk)
@@ -150,11 +165,35 @@ class _ReceiveTransfer(Transfer):
             writer.discard()
             raise
 
+    def _next(self, writer: TreeWriter, source: Callable[[], Any]) -> Any:
+        """Worker: the next piece of the stream (None at its end), or :class:`Dropped` once the
+        connection carried nothing for the silence limit."""
+        waited = 0.0
+        while True:
+            try:
+                return source()
+            except Stalled:
+                if self._concluded:
+                    raise
+                if writer.source_port is None:
+                    return Dropped(writer.rewind(), silent=self._silence)
+                waited += self._silence  # a hot seed cannot resume: it has the whole stall timer
+                if waited >= self._stall_timeout:
+                    raise TransferFailed(f"seed {self.seed_id} stalled: the sender did not send data for "
+                                         f"{self._stall_timeout:g} seconds; a hot seed's backup stream cannot be "
+                                         "sent again: start the seed anew") from None
+
     def _worker_dropped(self, dropped: Dropped) -> None:
         self.progress.resent_bytes += dropped.resent_bytes
-        log.warn("seed {seed_id}: the connection from the sender dropped; {nbytes} unverified bytes thrown away, "
-                 "waiting up to {seconds:g} s for it to reconnect", seed_id=self.seed_id,
-                 nbytes=dropped.resent_bytes, seconds=self._stall_timeout)
+        if not dropped.silent:
+            self._quiet_since = None  # it closed: the sender has the whole stall timer to reconnect
+        elif self._writer.verified.point != self._resumed_at or self._quiet_since is None:
+            self._quiet_since = self._reactor.seconds() - dropped.silent
+        # else it verified nothing since the last stall either: the seed fails when that one's time is up
+        how = f"carried nothing for {dropped.silent:g} s" if dropped.silent else "dropped"
+        log.warn("seed {seed_id}: the connection from the sender {how}; {nbytes} unverified bytes thrown away, "
+                 "waiting up to {seconds:.3g} s for it to reconnect", seed_id=self.seed_id, how=how,
+                 nbytes=dropped.resent_bytes, seconds=self._reconnect_due() - self._reactor.seconds())
         if self._concluded:  # aborted meanwhile: nothing else removes what was received
             self._start_worker(self._writer.discard)
             return
@@ -170,7 +209,14 @@ class _ReceiveTransfer(Transfer):
         self._dropping = False
         self._connection = None
         self.state = "reconnecting"
-        self._sender_due = self._reactor.callLater(self._stall_timeout, self._no_sender)
+        self._sender_due = self._reactor.callLater(max(self._reconnect_due() - self._reactor.seconds(), 0),
+                                                   self._no_sender)
+
+    def _reconnect_due(self) -> float:
+        """When a dropped connection's sender must have resumed the seed: ``stall_timeout`` after the
+        drop, or after the link last carried data if it stalled (and the connections since moved nothing)."""
+        since = self._reactor.seconds() if self._quiet_since is None else self._quiet_since
+        return since + self._stall_timeout
 
     def _finishing(self) -> None:
         if not self._concluded:
@@ -270,7 +316,8 @@ class _ReceiverProtocol(Connection):
             self._transfer, self._session = transfer, session
             self._keepalive = LoopingCall(self._send_progress)
             self._keepalive.clock = self._reactor
-            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 3)), now=False)
+            # well inside the sender's silence limit (resumption.silence_limit): half as long at most
+            self._keepalive.start(max(0.1, min(10.0, self._stall_timeout / 4)), now=False)
 
     def _refuse(self, reason: str, transfer: _ReceiveTransfer | ReceiveLanes | None = None, *,
                 authenticated: bool = False, kind: Kind = Kind.REFUSE) -> None:

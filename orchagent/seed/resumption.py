@@ -110,6 +110,19 @@ class Received:
         return failure if until > self._clock.seconds() else None
 
 
+def silence_limit(stall_timeout: float) -> float:
+    """How long a resumable seed's connection may carry nothing before the side that notices drops it
+    and resumes over a new one (a black-holed route or a frozen middlebox never closes it).
+
+    Half of ``SeedStallTimeoutSeconds``: twice the longest pause the throttle makes between batches
+    (a quarter, :func:`~orchagent.seed.throttle.minimum_rate`) and twice the receiver's keepalive
+    period (a quarter, at most 10 s), so neither is taken for a stall; the other half is left for
+    reconnecting, so a link that stays dead still fails the seed ``SeedStallTimeoutSeconds`` after
+    it stopped moving.
+    """
+    return stall_timeout / 2
+
+
 def reconnect_delay(attempt: int) -> float:
     """Seconds before reconnection attempt ``attempt`` (0, 1, ...)."""
     return RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]

@@ -7,10 +7,13 @@ to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
 :mod:`orchagent.seed.tlschannel`), paced by the seed's :class:`~orchagent.seed.throttle.Throttle`
 (``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only
 with the receiver's authenticated DONE.
-When the connection drops, the sender reconnects (backing off) for up to ``stall_timeout`` seconds
-and continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's
-backup stream cannot be sent again, so a drop fails it.  With ``SeedParallelStreams`` above 1 a
-seed goes over several such transfers, one per lane (:mod:`orchagent.seed.lanes`).
+When the connection drops, or carries nothing for half of ``stall_timeout`` (a stall,
+:func:`~orchagent.seed.resumption.silence_limit`), the sender drops it, reconnects (backing off)
+until ``stall_timeout`` seconds after the drop (after the link went silent, for a stall) and
+continues where the receiver's RESUME says (:mod:`orchagent.seed.resumption`); a hot seed's backup
+stream cannot be sent again, so a drop fails it, and a stall after the whole ``stall_timeout``.
+With ``SeedParallelStreams`` above 1 a seed goes over several such transfers, one per lane
+(:mod:`orchagent.seed.lanes`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from twisted.python.failure import Failure
 
 from orchagent import logs
 from orchagent.seed import authentication
-from orchagent.seed.channel import SocketChannel
+from orchagent.seed.channel import SocketChannel, Stalled
 from orchagent.seed.pipe import Pipe
 from orchagent.seed.protocol import Kind, Part, ProtocolError, TransferFailed
 from orchagent.seed.hotseed import BackupSource
@@ -61,10 +64,13 @@ class _SendTransfer(Transfer):
         self._where = ""
         self._accepted_once = False  # from then on a dropped connection is resumed
         self._dropping = False  # the current connection dropped; its workers are being stopped
-        self._reconnect_by = 0.0  # reactor time: give up reconnecting then
+        self._deadline: Any = None  # gives up reconnecting (_give_up)
+        self._silent_for = 0.0  # the dropped connection had carried nothing this long (0: it closed)
         self._attempts = 0
         self._next_attempt: Any = None
         self._last_problem = ""
+        if backup is not None:
+            self._silence = stall_timeout  # nothing resumes it: dropping a silent connection early would fail it
 
     @property
     def lanes(self) -> int:
@@ -92,7 +98,7 @@ class _SendTransfer(Transfer):
 
     def _connect(self) -> None:
         self._next_attempt = None
-        self._connecting = connectProtocol(self._endpoint, _SenderProtocol(self, self._reactor, self._stall_timeout))
+        self._connecting = connectProtocol(self._endpoint, _SenderProtocol(self, self._reactor, self._silence))
 
         def failed(failure: Failure) -> None:
             self._connecting = None
@@ -119,9 +125,11 @@ class _SendTransfer(Transfer):
             self._begin()
         else:
             self._resumed(point)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         self._pipe = Pipe(max(PIPE_BYTES // self._lanes, MIN_PIPE_BYTES))  # the seed's memory, split between lanes
         self._start_worker(self._read, mac, point)
-        stalled = f"seed {self.seed_id} stalled: the receiver did not take data for {self._stall_timeout:g} seconds"
+        stalled = f"seed {self.seed_id} stalled: the receiver did not take data for {self._silence:g} seconds"
         self._open_channel(connection, socket.SHUT_RDWR, stalled,
                            lambda channel: self._start_worker(self._send, channel))
 
@@ -165,8 +173,7 @@ class _SendTransfer(Transfer):
         reactor when this ends (to read the receiver's DONE, or why it failed)."""
         try:
             while (batch := self._pipe.get_wait()) is not None:
-                self._throttle.wait()
-                self._throttle.spend(batch.size)
+                self._throttle.take(batch.size, lambda: self._dropping)
                 self._count(batch)
                 channel.send(batch.parts)
         finally:
@@ -213,19 +220,35 @@ class _SendTransfer(Transfer):
         else:
             self._drop(reason)
 
-    def _drop(self, reason: str) -> None:
-        """The accepted connection dropped (the reactor or the sending thread noticed): stop its
-        workers and the connection, then reconnect."""
+    def stalled(self, connection: _SenderProtocol) -> None:
+        """Reactor: the accepted ``connection`` carried nothing (no keepalive, no DONE) for the silence limit."""
+        if connection is self._connection:
+            self._stall(TransferFailed(f"seed {self.seed_id} stalled: the receiver did not answer for "
+                                       f"{self._silence:g} seconds"))
+
+    def _stall(self, error: TransferFailed) -> None:
+        """The connection stalled: drop it and resume, or fail with ``error`` when nothing can resume."""
+        if self._backup is not None or self.concluded:
+            self.conclude(error)
+        elif not self._dropping:
+            self._drop(f"it carried nothing for {self._silence:g} s", silent=self._silence)
+
+    def _drop(self, reason: str, silent: float = 0.0) -> None:
+        """The accepted connection dropped or stalled (``silent`` seconds without data; the reactor or
+        the sending thread noticed): stop its workers and the connection, then reconnect until
+        ``stall_timeout`` seconds after the link stopped moving."""
         log.warn("seed {seed_id}: the connection to the receiver dropped ({reason}); reconnecting for up to "
-                 "{seconds:g} s", seed_id=self.seed_id, reason=reason, seconds=self._stall_timeout)
+                 "{seconds:g} s", seed_id=self.seed_id, reason=reason, seconds=self._stall_timeout - silent)
         self._dropping = True
-        self._reconnect_by = self._reactor.seconds() + self._stall_timeout
+        self._silent_for = silent
+        self._deadline = self._reactor.callLater(self._stall_timeout - silent, self._give_up)
         self._attempts = 0
         self._last_problem = f"the connection dropped ({reason})"
         if self._pipe is not None:
             self._pipe.close()  # wakes the reader thread
+        self._throttle.wake()  # and the sending thread, waiting its turn
         if self._channel is not None:
-            self._channel.interrupt()  # and the sending thread
+            self._channel.interrupt()  # or sending
         if self._connection_open:
             self._connection.abort()
         self._reconnect_when_idle()
@@ -241,6 +264,9 @@ class _SendTransfer(Transfer):
     def _worker_ended(self, result: Any) -> None:
         if isinstance(result, Failure) and self._dropping:
             result = None  # it only noticed its connection go
+        elif isinstance(result, Failure) and result.check(Stalled):
+            self._stall(result.value)
+            result = None
         super()._worker_ended(result)  # a Disconnected sending thread: the connection tells why (_loss_told)
         self._reconnect_when_idle()
 
@@ -252,20 +278,30 @@ class _SendTransfer(Transfer):
             self._schedule_attempt()
 
     def _schedule_attempt(self) -> None:
-        delay = reconnect_delay(self._attempts)
+        self._next_attempt = self._reactor.callLater(reconnect_delay(self._attempts), self._connect)
         self._attempts += 1
-        if self._reactor.seconds() + delay > self._reconnect_by:
-            self.conclude(TransferFailed(
-                f"seed {self.seed_id}: the connection to the receiver dropped and could not be resumed within "
-                f"{self._stall_timeout:g} s (SeedStallTimeoutSeconds); last: {self._last_problem}"))
+
+    def _give_up(self) -> None:
+        """Reactor: no new connection resumed the seed within ``stall_timeout`` of the drop (or of
+        the link going silent): fail, ending an attempt stuck in its handshake too."""
+        if self._silent_for:
+            what = (f"seed {self.seed_id} stalled: nothing moved to the receiver for {self._stall_timeout:g} s "
+                    f"(SeedStallTimeoutSeconds): the connection carried nothing for {self._silent_for:g} s and "
+                    "was dropped, and no new one resumed the seed")
         else:
-            self._next_attempt = self._reactor.callLater(delay, self._connect)
+            what = (f"seed {self.seed_id}: the connection to the receiver dropped and could not be resumed within "
+                    f"{self._stall_timeout:g} s (SeedStallTimeoutSeconds)")
+        self.conclude(TransferFailed(f"{what}; last: {self._last_problem}"))
+        if self._connection_open:
+            self._connection.abort()
 
     def conclude(self, error: TransferFailed | None) -> None:
         if self._connecting is not None and self._connection is None:
             self._connecting.cancel()
         if self._next_attempt is not None and self._next_attempt.active():
             self._next_attempt.cancel()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         self._throttle.close()
         super().conclude(error)
 
@@ -335,9 +371,16 @@ class _SenderProtocol(Connection):
             raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
 
     def timeoutConnection(self) -> None:
-        what = "answer" if not self.accepted else "take data"
-        self._transfer.conclude(TransferFailed(
-            f"seed {self._transfer.seed_id} stalled: the receiver did not {what} for {self._stall_timeout:g} seconds"))
+        """Nothing came from the receiver for the silence limit (the transfer's; it set ours)."""
+        transfer = self._transfer
+        if self.accepted:
+            transfer.stalled(self)
+        elif transfer.reconnecting:
+            self._busy = f"the receiver did not answer for {self._stall_timeout:g} s"
+            self.transport.abortConnection()  # connectionLost: the attempt failed, the next one follows
+        else:
+            transfer.conclude(TransferFailed(
+                f"seed {transfer.seed_id} stalled: the receiver did not answer for {self._stall_timeout:g} seconds"))
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

@@ -61,16 +61,16 @@ class TlsChannel(SocketChannel):
 
     exclusive = True  # the reactor must not touch the connection while a worker holds it
 
-    def __init__(self, tls: SSL.Connection, handle: Any, stall_timeout: float, interrupt: int,
+    def __init__(self, tls: SSL.Connection, handle: Any, silence: float, interrupt: int,
                  stalled: str) -> None:
-        super().__init__(handle, stall_timeout, interrupt, stalled)
+        super().__init__(handle, silence, interrupt, stalled)
         self._tls = tls
         self._ciphertext: memoryview | None = None  # the receiving worker's socket buffer
 
     @classmethod
-    def take(cls, transport: Any, stall_timeout: float, interrupt: int, stalled: str) -> TlsChannel:
+    def take(cls, transport: Any, silence: float, interrupt: int, stalled: str) -> TlsChannel:
         """Reactor: the channel of the TLS ``transport`` (which must be :func:`idle`)."""
-        return cls(transport.getHandle(), transport.transport.getHandle(), stall_timeout, interrupt, stalled)
+        return cls(transport.getHandle(), transport.transport.getHandle(), silence, interrupt, stalled)
 
     def send(self, parts: list[bytes]) -> None:
         """Worker: encrypt all of ``parts`` and send the records."""

@@ -24,6 +24,7 @@ from orchagent.seed import authentication, protocol, tlschannel
 from orchagent.seed.channel import Disconnected, SocketChannel
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
+from orchagent.seed.resumption import silence_limit
 
 __all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted", "Dropped"]
 
@@ -65,6 +66,7 @@ class Dropped:
     """What a connection's worker returns when that connection dropped and the transfer goes on."""
 
     resent_bytes: int = 0  # what it had moved past the point the next connection continues from
+    silent: float = 0.0  # seconds the connection had carried nothing when it was dropped (0: it closed)
 
 
 class Outcome:
@@ -124,6 +126,7 @@ class Transfer(Outcome):
         self.last_refusal: str | None = None
         self._reactor = reactor
         self._stall_timeout = stall_timeout
+        self._silence = silence_limit(stall_timeout)  # a connection silent this long is dropped and resumed
         self._concluded = False
         self._workers = 0  # worker threads still running
         self._connection_open = False
@@ -271,11 +274,11 @@ class Transfer(Outcome):
         Plain TCP lends a duplicate of the socket at once.  TLS lends the whole connection, on a later
         reactor turn: this may run inside Twisted's TLS layer (delivering the frame that began the data
         phase), which must have returned, and have nothing left to write, before a worker may take it.
-        ``interrupt`` and ``stalled``: see :class:`SocketChannel`.
+        ``interrupt`` and ``stalled``: see :class:`SocketChannel`; its silence limit is the transfer's.
         """
         transport = connection.transport
         if not interfaces.ISSLTransport.providedBy(transport):
-            self._channel = SocketChannel.lend(transport, self._stall_timeout, interrupt, stalled)
+            self._channel = SocketChannel.lend(transport, self._silence, interrupt, stalled)
             if self._channel is None:
                 self.conclude(TransferFailed(f"seed {self.seed_id} {self.role} failed: the connection has no socket"))
             else:
@@ -290,7 +293,7 @@ class Transfer(Outcome):
                 self._taking = self._reactor.callLater(IDLE_POLL_SECONDS, take)
                 return
             self._taking = None
-            self._channel = tlschannel.TlsChannel.take(transport, self._stall_timeout, interrupt, stalled)
+            self._channel = tlschannel.TlsChannel.take(transport, self._silence, interrupt, stalled)
             connection.lend()
             start(self._channel)
 

@@ -124,50 +124,74 @@ class SeedThrottleTests(SynchronousTestCase):
 
 class EngineThrottleTests(TestCase):
     """Both engine sides in this process: over TLS the sending thread holds the pace and follows a change;
-    at the lowest rate a stall timer allows, the seed does not stall."""
+    at the lowest rate a stall timer allows, the seed does not stall (no connection dropped as silent)."""
 
     timeout = 30
 
-    def trees(self, size: int) -> tuple[str, str]:
+    def trees(self, size: int, files: int = 1) -> tuple[str, str]:
+        """A source of ``files`` random files of ``size`` bytes (db/t.ibd, db/t1.ibd, ...) and an empty target."""
         base = self.mktemp()
         source, target = os.path.join(base, "source"), os.path.join(base, "target")
         os.makedirs(os.path.join(source, "db"))
         os.makedirs(target)
-        with open(os.path.join(source, "db", "t.ibd"), "wb") as f:
-            f.write(os.urandom(size))
+        for i in range(files):
+            with open(os.path.join(source, "db", f"t{i or ''}.ibd"), "wb") as f:
+                f.write(os.urandom(size))
         return source, target
 
-    @inline
-    async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer(self):
-        stall = 2  # seconds: the minimum rate is then 2 MiB/s, a pause of about half a second per batch
-        source, target = self.trees(6 * MB)
-        server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=stall)
+    def tls_options(self) -> tuple[object, object]:
+        """The receiver's and the sender's TLS options, from a new CA."""
+        ca = CertificateAuthority(self.mktemp())
+        issued = ca.issue("receiver")
+        return (seed_server_options(Config(use_ssl=True, ssl_cert_file=issued.cert, ssl_private_key_file=issued.key,
+                                           ssl_ca_file=ca.cert)),
+                client_creator(Config(use_ssl=True, ssl_ca_file=ca.cert), "localhost"))
+
+    async def _at_the_slowest_rate(self, tls: bool = False, streams: int = 1) -> None:
+        stall = 2  # seconds: the minimum rate is then 2 MiB/s a stream, a pause of about half a second per batch
+        source, target = self.trees(6 * MB, files=streams)
+        server_tls, client_tls = self.tls_options() if tls else (None, None)
+        server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=stall, tls=server_tls)
         port = (await server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))).getHost().port
         self.addCleanup(server.stopListening)
         receiving = server.arm("7", target)
         started = reactor.seconds()
-        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(),
-                            stall_timeout=stall, max_bytes_per_second=minimum_rate(stall))
+        sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(), tls=client_tls,
+                            stall_timeout=stall, max_bytes_per_second=minimum_rate(stall, streams), streams=streams,
+                            compression="none")
         self.addCleanup(sending.abort)
         await sending.when_done()
         await receiving.when_done()
-        self.assertGreater(reactor.seconds() - started, 2)  # it was paced: 6 MB at 2 MiB/s, less the burst
-        self.assertEqual(digest(os.path.join(target, "db", "t.ibd")), digest(os.path.join(source, "db", "t.ibd")))
+        self.assertGreater(reactor.seconds() - started, 2)  # it was paced: 6 MB a stream at 2 MiB/s, less the burst
+        for name in os.listdir(os.path.join(source, "db")):
+            self.assertEqual(digest(os.path.join(target, "db", name)), digest(os.path.join(source, "db", name)))
+        # the pauses (a quarter of the stall timer) are no stall: no side dropped the connection as silent
+        self.assertEqual((sending.progress.resumes, receiving.progress.resumes), (0, 0))
+
+    @inline
+    async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer(self):
+        await self._at_the_slowest_rate(tls=False)
+
+    @inline
+    async def test_the_slowest_rate_allowed_keeps_each_of_several_streams_inside_the_stall_timer(self):
+        # they share the limit, each in turn: a stream waits for a batch of every other one
+        await self._at_the_slowest_rate(streams=3)
+
+    @inline
+    async def test_the_slowest_rate_allowed_keeps_inside_the_stall_timer_over_tls(self):
+        # no keepalives while the workers hold the TLS connection: only their socket timeouts watch it
+        await self._at_the_slowest_rate(tls=True)
 
     @inline
     async def test_the_reactor_paces_and_a_lifted_limit_lets_the_rest_go_at_once(self):
         source, target = self.trees(24 * MB)
-        ca = CertificateAuthority(self.mktemp())
-        issued = ca.issue("receiver")
-        server_tls = seed_server_options(Config(use_ssl=True, ssl_cert_file=issued.cert,
-                                                ssl_private_key_file=issued.key, ssl_ca_file=ca.cert))
+        server_tls, client_tls = self.tls_options()
         server = SeedReceiverServer(reactor, secret=SECRET.encode(), stall_timeout=10, tls=server_tls)
         port = (await server.listen(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))).getHost().port
         self.addCleanup(server.stopListening)
         receiving = server.arm("7", target)
         sending = send_tree(reactor, "127.0.0.1", port, "7", source, secret=SECRET.encode(),
-                            tls=client_creator(Config(use_ssl=True, ssl_ca_file=ca.cert), "localhost"),
-                            stall_timeout=10, max_bytes_per_second=FIRST_RATE)
+                            tls=client_tls, stall_timeout=10, max_bytes_per_second=FIRST_RATE)
         self.addCleanup(sending.abort)
         await deferLater(reactor, 0.5, lambda: None)
         before = sending.progress.bytes_done

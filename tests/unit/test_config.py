@@ -146,6 +146,9 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError({"SeedMaxBytesPerSecond": 1000}, "SeedMaxBytesPerSecond", "or from 65536")
         self.assertConfigError({"SeedMaxBytesPerSecond": 100_000, "SeedStallTimeoutSeconds": 10},
                                "SeedMaxBytesPerSecond", "SeedStallTimeoutSeconds", "419431")
+        # each of the streams waits its turn between its batches: the minimum grows with them
+        self.assertConfigError({"SeedMaxBytesPerSecond": 1_000_000, "SeedStallTimeoutSeconds": 10,
+                                "SeedParallelStreams": 3}, "SeedMaxBytesPerSecond", "1258292")
 
     def test_ssl_without_cert_and_key(self):
         self.assertConfigError({"UseSSL": True}, "UseSSL", "SSLCertFile")

@@ -1,8 +1,14 @@
-"""The sender's token bucket, on a fake clock: no test here sleeps."""
+"""The sender's token bucket through what the sending threads call (take), on a fake clock.
+
+A sender waits in a thread of its own; the test moves the fake clock and wakes it (``set_rate``
+with the same rate makes a waiting sender look at the clock again), so nothing waits for time to
+pass but the 50 ms :meth:`WaitingSender.waiting` gives a sender to leave ``take()``.
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,93 +26,141 @@ class FakeClock:
         return self.now
 
 
-def send_for(throttle: Throttle, clock: FakeClock, seconds: float, batch: int = MB, step: float = 0.001) -> int:
-    """Bytes a sender that sends ``batch`` whenever allowed gets out in ``seconds`` of fake time."""
-    sent, end = 0, clock.now + seconds
-    while clock.now < end:
-        if throttle.delay() == 0:
-            throttle.spend(batch)
-            sent += batch
-        else:
-            clock.now += step
-    return sent
+class WaitingSender:
+    """A sending thread in ``throttle.take(size)``."""
+
+    def __init__(self, throttle: Throttle, size: int = MB, cancelled: Callable[[], bool] = lambda: False) -> None:
+        self._outcomes: list[str] = []
+        self._thread = threading.Thread(target=self._run, args=(throttle, size, cancelled), daemon=True)
+        self._thread.start()
+
+    def _run(self, throttle: Throttle, size: int, cancelled: Callable[[], bool]) -> None:
+        try:
+            throttle.take(size, cancelled)
+            self._outcomes.append("sent")
+        except Closed:
+            self._outcomes.append("closed")
+
+    def waiting(self) -> bool:
+        """Still in ``take()`` after 50 ms (the fake clock does not move meanwhile)."""
+        self._thread.join(0.05)
+        return self._thread.is_alive()
+
+    def outcome(self) -> str:
+        """How it left ``take()``: "sent" (the batch may go) or "closed"."""
+        self._thread.join(5)
+        return self._outcomes[0] if self._outcomes else "still waiting"
 
 
 class ThrottleTests(SynchronousTestCase):
-    """The bucket holds the rate, follows a change at once, passes everything at 0 and bounds bursts."""
+    """The bucket holds the rate, follows a change at once, passes everything at 0, bounds bursts,
+    serves waiting senders in turn and lets one go when the limit is lifted, the transfer ends or its
+    connection dropped."""
 
     def setUp(self):
         self.clock = FakeClock()
 
-    def test_the_rate_is_followed(self):
+    def advance(self, throttle: Throttle, seconds: float) -> None:
+        """Let ``seconds`` of fake time pass and wake a waiting sender to see it."""
+        self.clock.now += seconds
+        throttle.set_rate(throttle.rate)
+
+    def assertWaitsFor(self, throttle: Throttle, seconds: float) -> None:
+        """A sender now waits ``seconds`` of fake time (to within 1%), then may send (a MB)."""
+        sender = WaitingSender(throttle)
+        self.advance(throttle, seconds * 0.99)
+        self.assertTrue(sender.waiting(), f"let go before {seconds} s")
+        self.advance(throttle, seconds * 0.01)
+        self.assertEqual(sender.outcome(), "sent")
+
+    def test_each_batch_waits_until_the_rate_paid_for_the_last(self):
         throttle = Throttle(4 * MB, self.clock)
-        sent = send_for(throttle, self.clock, 10)
-        self.assertApproximates(sent / 10, 4 * MB, 0.15 * MB)  # within one batch over 10 s
+        throttle.take(MB)  # a new bucket: the first batch goes at once
+        for _ in range(3):
+            self.assertWaitsFor(throttle, 0.25)
 
     def test_a_change_takes_effect_at_once(self):
         throttle = Throttle(1 * MB, self.clock)
-        send_for(throttle, self.clock, 2)
-        throttle.set_rate(8 * MB)
-        self.assertLessEqual(throttle.delay(), 1 / 8)  # the old debt is paid at the new rate
-        self.assertApproximates(send_for(throttle, self.clock, 2) / 2, 8 * MB, 0.6 * MB)
+        throttle.take(4 * MB)
+        sender = WaitingSender(throttle)
+        self.assertTrue(sender.waiting())
+        throttle.set_rate(8 * MB)  # the 4 s of debt are paid at the new rate: half a second
+        self.advance(throttle, 0.49)
+        self.assertTrue(sender.waiting())
+        self.advance(throttle, 0.01)
+        self.assertEqual(sender.outcome(), "sent")
         throttle.set_rate(2 * MB)
-        self.assertApproximates(send_for(throttle, self.clock, 4) / 4, 2 * MB, 0.3 * MB)
+        self.assertWaitsFor(throttle, 0.5)  # the MB that sender took
 
     def test_zero_means_no_limit(self):
         throttle = Throttle(0, self.clock)
         for _ in range(1000):
-            self.assertEqual(throttle.delay(), 0)
-            throttle.spend(MB)
-        throttle.wait()  # returns at once
+            throttle.take(MB)  # returns at once: this thread would hang otherwise
         throttle.set_rate(MB)
-        self.assertEqual(throttle.delay(), 0)  # no debt from the unlimited time
-        throttle.spend(MB)
-        self.assertApproximates(throttle.delay(), 1.0, 0.01)
-        throttle.set_rate(0)
-        self.assertEqual(throttle.delay(), 0)
+        throttle.take(MB)  # no debt from the unlimited time
+        sender = WaitingSender(throttle)
+        self.assertTrue(sender.waiting())
+        throttle.set_rate(0)  # lifted: the waiting sender goes at once
+        self.assertEqual(sender.outcome(), "sent")
 
     def test_idle_time_earns_at_most_one_batch_of_burst(self):
         throttle = Throttle(MB, self.clock)
         self.clock.now += 3600
         burst = 0
-        while throttle.delay() == 0:
-            throttle.spend(MB)
+        while not (sender := WaitingSender(throttle)).waiting():
             burst += MB
+        throttle.close()
+        self.assertEqual(sender.outcome(), "closed")
+        self.assertGreaterEqual(burst, MB)
         self.assertLessEqual(burst, BURST_BYTES + MB)  # the credit, plus the batch that goes into debt
 
-    def waiting_sender(self, throttle: Throttle) -> tuple[threading.Thread, list[str]]:
-        """A thread in wait() on 1600 s of debt (the fake clock never moves)."""
-        throttle.spend(100 * MB)
-        outcomes: list[str] = []
+    def test_senders_go_in_turn(self):
+        # the lanes of a seed share its bucket: the one that waited longest goes first, and the
+        # next one waits for its batch (a lane's silences stay within a batch of each lane)
+        throttle = Throttle(MB, self.clock)
+        throttle.take(MB)
+        first = WaitingSender(throttle)
+        self.assertTrue(first.waiting())
+        second = WaitingSender(throttle)
+        self.assertTrue(second.waiting())
+        self.advance(throttle, 1.0)
+        self.assertEqual(first.outcome(), "sent")
+        self.assertTrue(second.waiting())
+        self.advance(throttle, 1.0)
+        self.assertEqual(second.outcome(), "sent")
 
-        def sender():
-            try:
-                throttle.wait()
-                outcomes.append("sent")
-            except Closed:
-                outcomes.append("closed")
-
-        thread = threading.Thread(target=sender)
-        thread.start()
-        thread.join(0.05)
-        self.assertEqual(outcomes, [])  # it is waiting
-        return thread, outcomes
+    def test_a_sender_whose_connection_dropped_leaves_its_turn(self):
+        throttle = Throttle(MB, self.clock)
+        throttle.take(10 * MB)
+        dropped: list[bool] = []
+        first = WaitingSender(throttle, cancelled=lambda: bool(dropped))
+        self.assertTrue(first.waiting())
+        second = WaitingSender(throttle)
+        self.assertTrue(second.waiting())
+        dropped.append(True)
+        throttle.wake()
+        self.assertEqual(first.outcome(), "closed")
+        self.advance(throttle, 10.0)
+        self.assertEqual(second.outcome(), "sent")  # the turn went on to it
 
     def test_a_waiting_sender_wakes_when_the_limit_is_lifted(self):
         throttle = Throttle(MIN_BYTES_PER_SECOND, self.clock)
-        thread, outcomes = self.waiting_sender(throttle)
+        throttle.take(100 * MB)  # 1600 s of debt
+        sender = WaitingSender(throttle)
+        self.assertTrue(sender.waiting())
         throttle.set_rate(0)
-        thread.join(5)
-        self.assertEqual(outcomes, ["sent"])
+        self.assertEqual(sender.outcome(), "sent")
 
     def test_a_waiting_sender_wakes_when_the_transfer_ends(self):
         throttle = Throttle(MIN_BYTES_PER_SECOND, self.clock)
-        thread, outcomes = self.waiting_sender(throttle)
+        throttle.take(100 * MB)
+        sender = WaitingSender(throttle)
+        self.assertTrue(sender.waiting())
         throttle.close()
-        thread.join(5)
-        self.assertEqual(outcomes, ["closed"])
+        self.assertEqual(sender.outcome(), "closed")
 
     def test_the_minimum_rate_keeps_pauses_inside_the_stall_timer(self):
         self.assertEqual(minimum_rate(300), MIN_BYTES_PER_SECOND)
         self.assertEqual(minimum_rate(4), MB)  # a 1 MB batch's pause is a quarter of 4 s
         self.assertEqual(minimum_rate(0), 4 * MB)
+        self.assertEqual(minimum_rate(4, lanes=3), 3 * MB)  # a lane's pause: a batch of each lane, in turn
