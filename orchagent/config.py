@@ -297,6 +297,9 @@ def _validate(config: Config, origin: Callable[[str], str], problems: list[str])
                   "seed_handshake_timeout_seconds"):
         if getattr(config, field) < 1:
             fail(field, "must be at least 1 (0 would refuse every connection)")
+    if config.seed_stall_timeout_seconds < 2:
+        fail("seed_stall_timeout_seconds", "must be at least 2 (a seed connection silent for half of it is dropped "
+             f"and resumed; 0 would fail every transfer at once), got {config.seed_stall_timeout_seconds}")
     minimum = minimum_rate(config.seed_stall_timeout_seconds, lane_count(config.seed_parallel_streams))
     if config.seed_max_bytes_per_second and not minimum <= config.seed_max_bytes_per_second <= MAX_BYTES_PER_SECOND:
         fail("seed_max_bytes_per_second", f"must be 0 (no limit) or from {minimum} (slower, the pauses between "

@@ -142,6 +142,11 @@ class ConfigTests(SynchronousTestCase):
                     "SeedHandshakeTimeoutSeconds"):
             self.assertConfigError({key: 0}, key, "at least 1")
 
+    def test_stall_timeout_leaves_room_to_resume(self):
+        for seconds in (0, 1):
+            self.assertConfigError({"SeedStallTimeoutSeconds": seconds}, "SeedStallTimeoutSeconds", "at least 2",
+                                   f"got {seconds}")
+
     def test_seed_rate_limit_is_zero_or_above_what_the_stall_timer_allows(self):
         self.assertConfigError({"SeedMaxBytesPerSecond": 1000}, "SeedMaxBytesPerSecond", "or from 65536")
         self.assertConfigError({"SeedMaxBytesPerSecond": 100_000, "SeedStallTimeoutSeconds": 10},
