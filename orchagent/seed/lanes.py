@@ -1,7 +1,7 @@
 """Several connections ("lanes") of one seed (``SeedParallelStreams``), on both sides.
 
 Each lane is a transfer of its own as :mod:`orchagent.seed.sender` and
-:mod:`orchagent.seed.receiver` make it, with its own handshake (which names the lane and the
+:mod:`orchagent.seed.receive` make it, with its own handshake (which names the lane and the
 lane count, :mod:`orchagent.seed.authentication`), stream MAC, resume point and reconnections;
 what makes them one seed is here:
 

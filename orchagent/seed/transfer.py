@@ -1,9 +1,9 @@
 """What both sides of a built-in seed transfer share: a :class:`Transfer`'s life and its connection.
 
-The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``), the sending side
-:mod:`orchagent.seed.sender` (``send_tree``).  Each moves the data in worker threads of its own,
-so the reactor never blocks; why it is built so is in ``bench/RESULTS.md`` ("Why the seed engine
-is shaped as it is").
+The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``; each armed receive is
+a :class:`~orchagent.seed.receive.ReceiveTransfer`), the sending side :mod:`orchagent.seed.sender`
+(``send_tree``).  Each moves the data in worker threads of its own, so the reactor never blocks;
+why it is built so is in ``bench/RESULTS.md`` ("Why the seed engine is shaped as it is").
 """
 
 from __future__ import annotations
