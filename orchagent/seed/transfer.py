@@ -1,5 +1,8 @@
 """What both sides of a built-in seed transfer share: a :class:`Transfer`'s life and its connection.
 
+What a transfer reports (progress, outcome) is :mod:`orchagent.seed.outcome`; how its connection is
+lent to a worker for the data stream, :class:`~orchagent.seed.tlschannel.Lending`.
+
 The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``; each armed receive is
 a :class:`~orchagent.seed.receive.ReceiveTransfer`), the sending side :mod:`orchagent.seed.sender`
 (``send_tree``).  Each moves the data in worker threads of its own, so the reactor never blocks;
@@ -22,6 +25,7 @@ from twisted.python.failure import Failure
 from orchagent import logs
 from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import Disconnected, SocketChannel
+from orchagent.seed.outcome import Outcome, Progress, TransferAborted
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
 from orchagent.seed.resumption import silence_limit
@@ -35,69 +39,12 @@ PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the sender's reader thread
 SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport
 
 
-@attrs.define
-class Progress:
-    """How far a transfer is.  Byte counts are logical file bytes (holes included).
-
-    Updated by one thread per transfer (the receiver's disk thread, its decoding thread for the
-    wire counts; the sender's sending thread); plain int stores, so the reactor may read them at
-    any time.  ``started``/``finished`` are reactor times.
-    """
-
-    bytes_done: int = 0
-    files_done: int = 0
-    bytes_total: int | None = None  # None until the sender's quick walk is done
-    files_total: int | None = None
-    wire_bytes: int = 0  # the data stream's bytes on the wire
-    data_bytes: int = 0  # what they carry uncompressed (data_bytes / wire_bytes: the compression ratio)
-    resumes: int = 0  # connections that took over after a dropped one
-    resent_bytes: int = 0  # file bytes sent (sender) or received (receiver) again after drops
-    started: float | None = None  # when the peer was authenticated
-    finished: float | None = None
-
-
-
-class TransferAborted(TransferFailed):
-    """The transfer was aborted on request."""
-
-
 @attrs.frozen
 class Dropped:
     """What a connection's worker returns when that connection dropped and the transfer goes on."""
 
     resent_bytes: int = 0  # what it had moved past the point the next connection continues from
     silent: float = 0.0  # seconds the connection had carried nothing when it was dropped (0: it closed)
-
-
-class Outcome:
-    """Something that ends once, in ``error`` (None: success): ``when_done()`` Deferreds for it."""
-
-    error: TransferFailed | None
-    _waiters: list[Deferred]
-
-    @property
-    def done(self) -> bool:
-        raise NotImplementedError
-
-    def when_done(self) -> Deferred:
-        """A new Deferred each call: None on success, else the error."""
-        d = Deferred()
-        if self.done:
-            self._fire_one(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fire_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire_one(d)
-
-    def _fire_one(self, d: Deferred) -> None:
-        if self.error is None:
-            d.callback(None)
-        else:
-            d.errback(Failure(self.error))
 
 
 class Transfer(Outcome):
