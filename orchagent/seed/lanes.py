@@ -1,7 +1,7 @@
 """Several connections ("lanes") of one seed (``SeedParallelStreams``), on both sides.
 
 Each lane is a transfer of its own as :mod:`orchagent.seed.sender` and
-:mod:`orchagent.seed.receiver` make it, with its own handshake (which names the lane and the
+:mod:`orchagent.seed.receive` make it, with its own handshake (which names the lane and the
 lane count, :mod:`orchagent.seed.authentication`), stream MAC, resume point and reconnections;
 what makes them one seed is here:
 
@@ -31,12 +31,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from orchagent.seed.durability import syncfs
+from orchagent.seed.outcome import Outcome, Progress, TransferAborted
 from orchagent.seed.pipe import Closed
 from orchagent.seed.protocol import Part, TransferFailed
 from orchagent.seed.ranges import RANGES_PER_LANE, RangedFiles
 from orchagent.seed.reader import CHUNK_BYTES, tree_files
 from orchagent.seed.staging import PERMISSION_BITS, Staging
-from orchagent.seed.transfer import Outcome, Progress, Transfer, TransferAborted
+from orchagent.seed.transfer import Transfer
 
 # SeedParallelStreams 0: what the agent chooses.  One: on the 2-core test machine at 1 Gbit/s more
 # streams did not pay reliably, and with the compression pool they are 5 to 9% slower (bench/RESULTS.md,

@@ -7,15 +7,19 @@ object and a duplicate of the socket under it and moves the stream itself, as pl
 contention per 16 KB record (the reactor's TLS cost 10 to 20% against socat's; ``bench/RESULTS.md``).
 It is the same TLS session, not a second one of the ``ssl`` module: nothing about certificates,
 peer checks or the exporter binding changes, and no second handshake has to be bound to the first.
+
+:class:`Lending` hands a transfer's connection to its worker and takes it back: a TLS one once
+Twisted's TLS layer is :func:`idle`, a plain TCP one as its :class:`SocketChannel` at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from OpenSSL import SSL
+from twisted.internet import interfaces
 
 from orchagent.seed.channel import SocketChannel
 from orchagent.seed.pipe import Closed
@@ -25,6 +29,7 @@ RECORDS_BYTES = PLAINTEXT_BYTES + PLAINTEXT_BYTES // 8  # read out at once: thos
 JOIN_BELOW = 64 * 1024  # smaller parts of a batch are joined, not sent as records of their own
 CIPHERTEXT_BYTES = 1024 * 1024  # read from the socket at a time
 RECORD_READ_BYTES = 16 * 1024  # asked of one SSL_read, which returns at most one record's 16 KB
+IDLE_POLL_SECONDS = 0.005  # how often to look again whether Twisted's TLS layer is idle (:func:`idle`)
 
 
 def idle(transport: Any) -> bool:
@@ -46,6 +51,72 @@ def idle(transport: Any) -> bool:
                 and not tcp.disconnecting and tcp.offset == len(tcp.dataBuffer) and not tcp._tempDataLen)
     except AttributeError:
         return False
+
+
+class Lending:
+    """A transfer's connection as lent to its worker for the data stream, one connection at a time.
+
+    Plain TCP lends a duplicate of the socket at once (:class:`SocketChannel`).  TLS lends the whole
+    connection (:class:`TlsChannel`), on a later reactor turn: lending may be asked for inside
+    Twisted's TLS layer (delivering the frame that began the data phase), which must have returned,
+    and have nothing left to write, before a worker may take it.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.channel: SocketChannel | None = None  # the connection as lent to the worker
+        self._connection: Any = None  # the seed Connection lent (or being lent)
+        self._taking: Any = None  # TLS: the next look whether the connection is idle
+
+    def lend(self, connection: Any, silence: float, interrupt: int, stalled: str,
+             start: Callable[[SocketChannel], None], wanted: Callable[[], bool]) -> bool:
+        """Reactor: lend ``connection`` (a :class:`~orchagent.seed.transfer.Connection`), then ``start``
+        the worker with the channel, unless ``wanted()`` says the transfer no longer wants it by then.
+        False: the connection has no socket to lend.
+
+        ``silence``, ``interrupt`` and ``stalled``: see :class:`SocketChannel`.
+        """
+        transport = connection.transport
+        self._connection = connection
+        if not interfaces.ISSLTransport.providedBy(transport):
+            self.channel = SocketChannel.lend(transport, silence, interrupt, stalled)
+            if self.channel is None:
+                return False
+            start(self.channel)
+            return True
+        connection.pause_reading()
+
+        def take() -> None:
+            if not wanted():
+                return
+            if not idle(transport):
+                self._taking = self._reactor.callLater(IDLE_POLL_SECONDS, take)
+                return
+            self._taking = None
+            self.channel = TlsChannel.take(transport, silence, interrupt, stalled)
+            connection.lend()
+            start(self.channel)
+
+        self._taking = self._reactor.callLater(0, take)
+        return True
+
+    def stop(self, worker: bool) -> None:
+        """Reactor: the transfer is over: lend nothing more, and wake the ``worker`` holding the channel."""
+        if self._taking is not None and self._taking.active():
+            self._taking.cancel()
+            self._connection.resume_reading()  # under TLS, closing needs the peer's close_notify
+        if self.channel is not None and worker:
+            self.channel.interrupt()
+
+    def release(self) -> None:
+        """Reactor: the worker is done with the channel (it ended, or the stream did): take the
+        connection back."""
+        channel, self.channel = self.channel, None
+        if channel is None:
+            return
+        channel.close()
+        if channel.exclusive:
+            self._connection.reclaim()
 
 
 class TlsChannel(SocketChannel):

@@ -1,9 +1,12 @@
 """What both sides of a built-in seed transfer share: a :class:`Transfer`'s life and its connection.
 
-The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``), the sending side
-:mod:`orchagent.seed.sender` (``send_tree``).  Each moves the data in worker threads of its own,
-so the reactor never blocks; why it is built so is in ``bench/RESULTS.md`` ("Why the seed engine
-is shaped as it is").
+What a transfer reports (progress, outcome) is :mod:`orchagent.seed.outcome`; how its connection is
+lent to a worker for the data stream, :class:`~orchagent.seed.tlschannel.Lending`.
+
+The receiving side is :mod:`orchagent.seed.receiver` (``SeedReceiverServer``; each armed receive is
+a :class:`~orchagent.seed.receive.ReceiveTransfer`), the sending side :mod:`orchagent.seed.sender`
+(``send_tree``).  Each moves the data in worker threads of its own, so the reactor never blocks;
+why it is built so is in ``bench/RESULTS.md`` ("Why the seed engine is shaped as it is").
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from orchagent import logs
-from orchagent.seed import authentication, protocol, tlschannel
+from orchagent.seed import authentication, protocol
 from orchagent.seed.channel import Disconnected, SocketChannel
+from orchagent.seed.outcome import Outcome, Progress, TransferAborted
 from orchagent.seed.pipe import Closed, Pipe
 from orchagent.seed.protocol import Kind, TransferFailed
 from orchagent.seed.resumption import silence_limit
+from orchagent.seed.tlschannel import Lending
 
 __all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted", "Dropped"]
 
@@ -32,33 +37,6 @@ log = logs.logger(__name__)
 
 PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the sender's reader thread and its sending thread
 SOCKET_BUFFER_BYTES = 1024 * 1024  # read size and write high-water mark of the TCP transport
-IDLE_POLL_SECONDS = 0.005  # how often to look again whether Twisted's TLS layer is idle (tlschannel.idle)
-
-
-@attrs.define
-class Progress:
-    """How far a transfer is.  Byte counts are logical file bytes (holes included).
-
-    Updated by one thread per transfer (the receiver's disk thread, its decoding thread for the
-    wire counts; the sender's sending thread); plain int stores, so the reactor may read them at
-    any time.  ``started``/``finished`` are reactor times.
-    """
-
-    bytes_done: int = 0
-    files_done: int = 0
-    bytes_total: int | None = None  # None until the sender's quick walk is done
-    files_total: int | None = None
-    wire_bytes: int = 0  # the data stream's bytes on the wire
-    data_bytes: int = 0  # what they carry uncompressed (data_bytes / wire_bytes: the compression ratio)
-    resumes: int = 0  # connections that took over after a dropped one
-    resent_bytes: int = 0  # file bytes sent (sender) or received (receiver) again after drops
-    started: float | None = None  # when the peer was authenticated
-    finished: float | None = None
-
-
-
-class TransferAborted(TransferFailed):
-    """The transfer was aborted on request."""
 
 
 @attrs.frozen
@@ -67,37 +45,6 @@ class Dropped:
 
     resent_bytes: int = 0  # what it had moved past the point the next connection continues from
     silent: float = 0.0  # seconds the connection had carried nothing when it was dropped (0: it closed)
-
-
-class Outcome:
-    """Something that ends once, in ``error`` (None: success): ``when_done()`` Deferreds for it."""
-
-    error: TransferFailed | None
-    _waiters: list[Deferred]
-
-    @property
-    def done(self) -> bool:
-        raise NotImplementedError
-
-    def when_done(self) -> Deferred:
-        """A new Deferred each call: None on success, else the error."""
-        d = Deferred()
-        if self.done:
-            self._fire_one(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _fire_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire_one(d)
-
-    def _fire_one(self, d: Deferred) -> None:
-        if self.error is None:
-            d.callback(None)
-        else:
-            d.errback(Failure(self.error))
 
 
 class Transfer(Outcome):
@@ -112,7 +59,7 @@ class Transfer(Outcome):
     :mod:`orchagent.seed.resumption`).
 
     Per transfer: the progress, the outcome, the workers' count.  Per connection (replaced on
-    a resume): ``_connection`` and the data path, ``_pipe`` or ``_channel``.
+    a resume): ``_connection`` and the data path, ``_pipe`` or the channel it is lent as (``_lending``).
     """
 
     _loss_told = False  # a worker's Disconnected waits for the connection to tell what ended it
@@ -133,8 +80,7 @@ class Transfer(Outcome):
         self._waiters: list[Deferred] = []
         self._connection: Connection | None = None
         self._pipe: Pipe | None = None  # the sender's, between its reader thread and its sending thread
-        self._channel: SocketChannel | None = None  # the connection as lent to the worker for the data stream
-        self._taking: Any = None  # TLS: the next look whether the connection can be lent (tlschannel.idle)
+        self._lending = Lending(reactor)
 
     @property
     def done(self) -> bool:
@@ -204,13 +150,9 @@ class Transfer(Outcome):
             return
         self._concluded = True
         self.error = error
-        if self._taking is not None and self._taking.active():
-            self._taking.cancel()
-            self._connection.resume_reading()  # under TLS, closing needs the peer's close_notify
         if self._pipe is not None and error is not None:
             self._pipe.close()
-        if self._channel is not None and self._workers:
-            self._channel.interrupt()
+        self._lending.stop(worker=self._workers > 0)
         if self._connection_open:
             self._connection.close(error)
         self._fire_if_idle()
@@ -267,48 +209,24 @@ class Transfer(Outcome):
         self.state = "running"
         self.progress.started = self._reactor.seconds()
 
+    @property
+    def _channel(self) -> SocketChannel | None:
+        """The connection as lent to the worker for the data stream (None: not lent)."""
+        return self._lending.channel
+
     def _open_channel(self, connection: Connection, interrupt: int, stalled: str,
                       start: Callable[[SocketChannel], None]) -> None:
-        """Lend ``connection`` to a worker for the data stream, then ``start`` that worker with the channel.
+        """Lend ``connection`` to a worker for the data stream (:class:`~orchagent.seed.tlschannel.Lending`),
+        then ``start`` that worker with the channel; its silence limit is the transfer's."""
+        def wanted() -> bool:  # not over, and this connection did not drop meanwhile (a resume lends the next one)
+            return not self.concluded and connection is self._connection and self._connection_open
 
-        Plain TCP lends a duplicate of the socket at once.  TLS lends the whole connection, on a later
-        reactor turn: this may run inside Twisted's TLS layer (delivering the frame that began the data
-        phase), which must have returned, and have nothing left to write, before a worker may take it.
-        ``interrupt`` and ``stalled``: see :class:`SocketChannel`; its silence limit is the transfer's.
-        """
-        transport = connection.transport
-        if not interfaces.ISSLTransport.providedBy(transport):
-            self._channel = SocketChannel.lend(transport, self._silence, interrupt, stalled)
-            if self._channel is None:
-                self.conclude(TransferFailed(f"seed {self.seed_id} {self.role} failed: the connection has no socket"))
-            else:
-                start(self._channel)
-            return
-        connection.pause_reading()
-
-        def take() -> None:
-            if self.concluded or connection is not self._connection or not self._connection_open:
-                return  # over, or this connection dropped meanwhile (a resume lends the next one)
-            if not tlschannel.idle(transport):
-                self._taking = self._reactor.callLater(IDLE_POLL_SECONDS, take)
-                return
-            self._taking = None
-            self._channel = tlschannel.TlsChannel.take(transport, self._silence, interrupt, stalled)
-            connection.lend()
-            start(self._channel)
-
-        self._taking = self._reactor.callLater(0, take)
+        if not self._lending.lend(connection, self._silence, interrupt, stalled, start, wanted):
+            self.conclude(TransferFailed(f"seed {self.seed_id} {self.role} failed: the connection has no socket"))
 
     def _release_channel(self) -> None:
-        """Reactor: the worker is done with the channel (it ended, or the stream did): take the
-        connection back."""
-        channel, self._channel = self._channel, None
-        if channel is None:
-            return
-        channel.close()
-        if channel.exclusive:
-            self._connection.reclaim()
-
+        """Reactor: the worker is done with the channel: take the connection back."""
+        self._lending.release()
 
 
 class Connection(Protocol, TimeoutMixin):

@@ -18,7 +18,7 @@ from orchagent.host.snapshots import Mount
 from orchagent.seed.manager import SeedManager
 from orchagent.seed.records import Holder, SeedRecord, SeedStore
 from orchagent.seed import lanes
-from orchagent.seed.transfer import Progress
+from orchagent.seed.outcome import Progress
 from testbed.pki import CertificateAuthority
 from tests.support.deferreds import Settling
 from tests.support.fake_runner import FakeRunner
