@@ -2,8 +2,9 @@
 
 The source's backup tool streams into the sender (:func:`orchagent.host.toolstreams.start_backup`);
 on the target, :class:`Extractor` unpacks the stream into the staging tree as it arrives, then
-prepares the copy and reads where it stands in the source's binary log.  The extractor is driven
-from the receiver's disk thread; the tools are started and awaited in the reactor.
+prepares the copy, reads where it stands in the source's binary log and gives it to the datadir's
+owner.  The extractor is driven from the receiver's disk thread; the tools are started and awaited
+in the reactor.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from orchagent.host.hotbackup import TOOLS, BinlogPosition, Tool, check_private_
 from orchagent.host.toolstreams import ToolStream, start_backup, start_extract
 from orchagent.seed.protocol import TransferFailed
 from orchagent.seed.records import SeedRecord
+from orchagent.seed.staging import open_own_directory
 
 log = logs.logger(__name__)
 
@@ -105,11 +107,14 @@ class Extractor:
         self._tool_stream.close()
         self._in_reactor(lambda: Deferred.fromCoroutine(self._tool_stream.finished()))
 
-    def prepare(self, directory: str, directory_fd: int) -> None:
-        """Prepare the unpacked copy (a damaged one fails here) and note its binlog coordinates."""
+    def prepare(self, directory: str, directory_fd: int, owner: tuple[int, int] | None) -> None:
+        """Prepare the unpacked copy (a damaged one fails here), note its binlog coordinates and
+        give the copy to ``owner`` (None: it stays the agent's)."""
         self.position = self._in_reactor(lambda: Deferred.fromCoroutine(prepare_copy(
             self._runner, self._tool, directory, self._memory_mb, self._defer_to_thread, timeout=None,
             directory_fd=directory_fd)))
+        if owner is not None:
+            _give_to(directory_fd, owner)
 
     def note_coordinates(self, record: SeedRecord) -> None:
         """Reactor, once the seed arrived: where the target's replication will start (AfterCopy)."""
@@ -133,3 +138,18 @@ class Extractor:
             return blockingCallFromThread(self._reactor, call)
         except AgentError as e:
             raise TransferFailed(str(e)) from None
+
+
+def _give_to(fd: int, owner: tuple[int, int]) -> None:
+    """Give everything below the directory ``fd`` (an extracted hot seed, all the agent's and closed to
+    others) to ``owner``, following no link; each directory after its contents."""
+    for entry in list(os.scandir(fd)):
+        if entry.is_dir(follow_symlinks=False):
+            child = open_own_directory(entry.name, fd)
+            try:
+                _give_to(child, owner)
+                os.fchown(child, *owner)
+            finally:
+                os.close(child)
+        else:
+            os.chown(entry.name, *owner, dir_fd=fd, follow_symlinks=False)

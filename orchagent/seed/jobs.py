@@ -9,6 +9,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList
 
 from orchagent.interfaces import Clock, Disk
+from orchagent.seed.records import SeedRecord
 
 #: bytes, bytes total, files, files total (None: not known)
 Progress = tuple[int, int | None, int, int | None]
@@ -56,6 +57,15 @@ class Job:
     growth: Growth | None = None  # command-mode receive: the datadir whose growth shows progress
     unfollow: Callable[[], None] = lambda: None  # built-in receive: stop answering mysql-du from its count
     limit_rate: Callable[[int], None] | None = None  # built-in send: change its pacing
+
+    def sample(self, record: SeedRecord, now: float) -> None:
+        """Copy the live progress into the seed's ``record`` (the API reads it from there)."""
+        record.bytes_done, record.bytes_total, record.files_done, record.files_total = self.progress()
+        record.wire_bytes, record.data_bytes = self.wire()
+        record.resumes, record.resent_bytes = self.resumed()
+        record.streams = self.streams()
+        if record.data_started_at is None:  # rate and ETA count from when data began to flow
+            record.data_started_at = self.started() or (now if record.bytes_done else None)
 
 
 def transfer_job(transfer, backup=None, on_success: Callable[[], None] = lambda: None) -> Job:

@@ -32,8 +32,7 @@ from orchagent.host.datadir import checked_datadir
 from orchagent.interfaces import DatadirEraser, Disk, MountedSnapshot, MySQLServer, ProcessRunner, ThreadRunner
 from orchagent.seed.aftercopy import AfterCopy
 from orchagent.seed.datadirs import DatadirHolders
-from orchagent.seed.records import (ABORTED, COMPLETE, EMPTIED, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord,
-                                    SeedStore)
+from orchagent.seed.records import ABORTED, COMPLETE, FAILED, PARTIAL, RUNNING, SUCCEEDED, SeedRecord, SeedStore
 from orchagent.seed.jobs import Growth, Job, command_job, transfer_job
 from orchagent.seed.hotseed import BackupSource, Extractor
 from orchagent.seed.listener import SeedListener, require_authentication
@@ -58,7 +57,6 @@ class SeedManager(Service):
         self._reactor = reactor
         self._mysql = mysql
         self._snapshots = snapshots
-        self._eraser = eraser
         self._disk = disk
         self._runner = runner
         self._store = store
@@ -70,7 +68,8 @@ class SeedManager(Service):
         self._ticks = 0
         self._save_lock = DeferredLock()
         self._datadirs = DatadirHolders(
-            lambda holders: self._save_lock.run(self._defer_to_thread, self._store.save_holders, holders))
+            lambda holders: self._save_lock.run(self._defer_to_thread, self._store.save_holders, holders),
+            eraser=eraser)
         self._after_copy = AfterCopy(config=config, mysql=mysql, datadirs=self._datadirs,
                                      records=lambda: self._records, save=self._save, replication=replication)
         self._ticker = LoopingCall(self._tick)
@@ -89,7 +88,7 @@ class SeedManager(Service):
                 log.warn("seed {seed_id} was running when the agent stopped: marked failed", seed_id=record.seed_id)
                 if record.role == "receive" and self._datadirs.holds_partial(record.path, record.seed_id):
                     self._datadirs.reserve(record.path, record.seed_id)  # no new receive until it is cleared
-                    Deferred.fromCoroutine(self._clear_after_restart(record))
+                    Deferred.fromCoroutine(self._datadirs.clear_after_restart(record))
         self._ticker.start(TICK_SECONDS, now=False).addErrback(
             lambda f: log.failure("seed progress ticker stopped", f))
 
@@ -342,7 +341,7 @@ class SeedManager(Service):
                 if state == SUCCEEDED:
                     await self._datadirs.mark(record.path, record.seed_id, PARTIAL, COMPLETE)
                 else:
-                    await self._clear_partial_copy(record)
+                    await self._datadirs.clear_partial_copy(record)
             finally:
                 self._datadirs.release(record.path, record.seed_id)
         self._disk.invalidate()
@@ -352,29 +351,6 @@ class SeedManager(Service):
         (log.info if state == SUCCEEDED else log.warn)(
             "seed {seed_id}: {role} {state}{detail}", seed_id=seed_id, role=record.role, state=state,
             detail=f": {error}" if error else "")
-
-    async def _clear_partial_copy(self, record: SeedRecord) -> None:
-        """Empty the seed's datadir, only if it still holds this seed's partial data."""
-        if not self._datadirs.holds_partial(record.path, record.seed_id):
-            log.info("seed {seed_id}: the datadir {path} does not hold its partial data ({holder}); "
-                     "left alone", seed_id=record.seed_id, path=record.path, holder=self._datadirs.holder(record.path))
-            return
-        try:
-            await self._eraser.empty(record.path, after_failed_seed=True)
-        except Exception as e:
-            log.error("seed {seed_id}: could not empty the datadir {path} after the failed seed: {error}; "
-                      "do not start MySQL on it", seed_id=record.seed_id, path=record.path, error=str(e))
-            return
-        await self._datadirs.mark(record.path, record.seed_id, PARTIAL, EMPTIED)
-
-    async def _clear_after_restart(self, record: SeedRecord) -> None:
-        """A receive that was running when the agent stopped is never resumed: what it had verified
-        lived only in the stopped process, and a staging tree nobody can vouch for is unknown state,
-        so unsafe.  Its partial copy (staging included) goes, and the seed is run again from the start."""
-        try:
-            await self._clear_partial_copy(record)
-        finally:
-            self._datadirs.release(record.path, record.seed_id)
 
     def _tick(self) -> Deferred:
         """Sample progress, catch stalled command-mode receives, persist now and then."""
@@ -398,15 +374,7 @@ class SeedManager(Service):
     def _sample(self, seed_id: int) -> None:
         job = self._jobs.get(seed_id)
         if job is not None:
-            self._sample_job(self._records[seed_id], job)
-
-    def _sample_job(self, record: SeedRecord, job: Job) -> None:
-        record.bytes_done, record.bytes_total, record.files_done, record.files_total = job.progress()
-        record.wire_bytes, record.data_bytes = job.wire()
-        record.resumes, record.resent_bytes = job.resumed()
-        record.streams = job.streams()
-        if record.data_started_at is None:  # rate and ETA count from when data began to flow
-            record.data_started_at = job.started() or (self.now() if record.bytes_done else None)
+            job.sample(self._records[seed_id], self.now())
 
     def _save(self, record: SeedRecord) -> Deferred:
         """Persist a copy of the record now, in a thread; saves reach the disk in call order."""

@@ -2,10 +2,11 @@
 
     transfer = send_tree(reactor, "target-host", 21234, "42", "/mnt/snap/mysql", secret=b"...")
 
-A reader thread walks, reads and MACs the source into a bounded pipe; a sending thread takes it
-to the socket (:mod:`orchagent.seed.channel`; under TLS it also encrypts,
-:mod:`orchagent.seed.tlschannel`), paced by the seed's :class:`~orchagent.seed.throttle.Throttle`
-(``SeedMaxBytesPerSecond``, changed on the fly by :meth:`limit_rate`).  The transfer succeeds only
+Once the receiver accepted the connection (:mod:`orchagent.seed.senderprotocol`), a reader thread
+walks, reads and MACs the source into a bounded pipe; a sending thread takes it to the socket
+(:mod:`orchagent.seed.channel`; under TLS it also encrypts, :mod:`orchagent.seed.tlschannel`),
+paced by the seed's :class:`~orchagent.seed.throttle.Throttle` (``SeedMaxBytesPerSecond``, changed
+on the fly by :meth:`limit_rate`).  The transfer succeeds only
 with the receiver's authenticated DONE.
 When the connection drops, or carries nothing for half of ``stall_timeout`` (a stall,
 :func:`~orchagent.seed.resumption.silence_limit`), the sender drops it, reconnects (backing off)
@@ -31,13 +32,14 @@ from orchagent import logs
 from orchagent.seed import authentication
 from orchagent.seed.channel import SocketChannel, Stalled
 from orchagent.seed.pipe import Pipe
-from orchagent.seed.protocol import Kind, Part, ProtocolError, TransferFailed
+from orchagent.seed.protocol import Part, TransferFailed
 from orchagent.seed.hotseed import BackupSource
 from orchagent.seed.lanes import Plan, SendLanes
 from orchagent.seed.reader import WHOLE, Batch, StreamReader, TreeReader
-from orchagent.seed.resumption import ResumePoint, parse_resume, reconnect_delay
+from orchagent.seed.resumption import ResumePoint, reconnect_delay
+from orchagent.seed.senderprotocol import SenderProtocol
 from orchagent.seed.throttle import Throttle
-from orchagent.seed.transfer import PIPE_BYTES, Connection, Transfer, tls_keying_material
+from orchagent.seed.transfer import PIPE_BYTES, Transfer
 
 log = logs.logger(__name__)
 
@@ -46,7 +48,10 @@ MIN_PIPE_BYTES = 2 * 1024 * 1024  # a lane's pipe, at least: a few batches ahead
 
 
 class _SendTransfer(Transfer):
-    _loss_told = True  # by _SenderProtocol: the receiver's FAIL frame, or connection_lost
+    """One connection's worth of a send (a lane): its reader and sending threads, and after a drop
+    the reconnections (its :class:`~orchagent.seed.senderprotocol.SenderProtocol` speaks to the receiver)."""
+
+    _loss_told = True  # by SenderProtocol: the receiver's FAIL frame, or connection_lost
 
     def __init__(self, reactor: Any, seed_id: str, source_dir: str, secret: bytes, stall_timeout: float,
                  throttle: Throttle, compression: str, backup: BackupSource | None, lane: int = 0, lanes: int = 1,
@@ -98,7 +103,7 @@ class _SendTransfer(Transfer):
 
     def _connect(self) -> None:
         self._next_attempt = None
-        self._connecting = connectProtocol(self._endpoint, _SenderProtocol(self, self._reactor, self._silence))
+        self._connecting = connectProtocol(self._endpoint, SenderProtocol(self, self._reactor, self._silence))
 
         def failed(failure: Failure) -> None:
             self._connecting = None
@@ -118,7 +123,7 @@ class _SendTransfer(Transfer):
         return authentication.Session.derive(self._secret, self.seed_id, receiver_nonce, sender_nonce, tls_material,
                                              self._lane, self._lanes)
 
-    def authenticated(self, connection: _SenderProtocol, mac: authentication.StreamMac, point: ResumePoint) -> None:
+    def authenticated(self, connection: SenderProtocol, mac: authentication.StreamMac, point: ResumePoint) -> None:
         """The receiver accepted ``connection`` and said where to begin: start this connection's workers."""
         if not self._accepted_once:
             self._accepted_once = True
@@ -200,7 +205,7 @@ class _SendTransfer(Transfer):
         """A connection was accepted before: the one being set up now resumes the seed."""
         return self._accepted_once
 
-    def connection_lost(self, connection: _SenderProtocol, reason: str) -> None:
+    def connection_lost(self, connection: SenderProtocol, reason: str) -> None:
         """Reactor: ``connection`` is gone; resume when it was the accepted one and may be resumed."""
         if connection is not self._connection:
             return
@@ -220,7 +225,7 @@ class _SendTransfer(Transfer):
         else:
             self._drop(reason)
 
-    def stalled(self, connection: _SenderProtocol) -> None:
+    def stalled(self, connection: SenderProtocol) -> None:
         """Reactor: the accepted ``connection`` carried nothing (no keepalive, no DONE) for the silence limit."""
         if connection is self._connection:
             self._stall(TransferFailed(f"seed {self.seed_id} stalled: the receiver did not answer for "
@@ -304,87 +309,6 @@ class _SendTransfer(Transfer):
             self._deadline.cancel()
         self._throttle.close()
         super().conclude(error)
-
-
-class _SenderProtocol(Connection):
-    def __init__(self, transfer: _SendTransfer, reactor: Any, stall_timeout: float) -> None:
-        super().__init__(reactor, stall_timeout)
-        self._transfer = transfer
-        self._nonce = authentication.new_nonce()
-        self._session: authentication.Session | None = None
-        self._proved = False  # the receiver proved itself (ACCEPT); its RESUME is due
-        self.accepted = False  # and said where to begin: the stream flows
-        self._busy = ""  # why a reconnection attempt was turned away for now
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if self._transfer.concluded:
-            self.transport.abortConnection()
-        else:
-            self._transfer.connection_opened(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        self._frames.feed(data)
-        try:
-            for kind, payload in self._frames.frames():
-                self._frame(kind, payload)
-        except ProtocolError as e:
-            self._transfer.conclude(TransferFailed(f"seed {self._transfer.seed_id}: {e}"))
-
-    def _frame(self, kind: Kind, payload: bytes) -> None:
-        transfer = self._transfer
-        if kind == Kind.HELLO and self._session is None:
-            self._session = transfer.session(authentication.parse_hello(payload), self._nonce,
-                                             tls_keying_material(self.transport))
-            self.transport.write(authentication.auth(self._session))
-        elif kind == Kind.ACCEPT and self._session is not None and not self._proved:
-            if not self._session.proves(b"receiver", payload):
-                raise ProtocolError("the receiver's proof is wrong: the agents have different SeedTransferSecret "
-                                    "values, or something between them relays the connection")
-            self._proved = True
-        elif kind == Kind.RESUME and self._proved and not self.accepted:
-            point = parse_resume(self._session, payload)
-            self.accepted = True
-            log.info("seed {seed_id}: sending {source} to {peer}{lane}", seed_id=transfer.seed_id,
-                     source=transfer.source_dir, peer=self._peer(), lane=transfer.lane_name)
-            transfer.authenticated(self, self._session.stream_mac(), point)
-        elif kind == Kind.BUSY and transfer.reconnecting:
-            reason = payload.decode("utf-8", "replace")
-            self._busy = f"the receiver is still winding up the dropped connection ({reason})"
-            self.transport.loseConnection()
-        elif kind in (Kind.REFUSE, Kind.BUSY):
-            transfer.conclude(TransferFailed(f"the seed receiver at {self._peer()} refused seed "
-                                             f"{transfer.seed_id}: {payload.decode('utf-8', 'replace')}"))
-        elif kind == Kind.FAIL:
-            transfer.conclude(TransferFailed(f"the seed receiver failed: {payload.decode('utf-8', 'replace')}"))
-        elif kind == Kind.PROGRESS and self.accepted:
-            pass  # a keepalive; resetTimeout above is its purpose
-        elif kind == Kind.DONE and (transfer.state == "finishing"
-                                    or (transfer.reconnecting and self._proved and not self.accepted)):
-            # (the latter: the receiver had the whole seed when the connection dropped)
-            if not self._session.proves(b"done", payload):
-                raise ProtocolError("the receiver's confirmation is not authentic: something between the agents "
-                                    "altered the connection")
-            transfer.conclude(None)
-        else:
-            raise ProtocolError(f"unexpected {kind.name} frame from the receiver")
-
-    def timeoutConnection(self) -> None:
-        """Nothing came from the receiver for the silence limit (the transfer's; it set ours)."""
-        transfer = self._transfer
-        if self.accepted:
-            transfer.stalled(self)
-        elif transfer.reconnecting:
-            self._busy = f"the receiver did not answer for {self._stall_timeout:g} s"
-            self.transport.abortConnection()  # connectionLost: the attempt failed, the next one follows
-        else:
-            transfer.conclude(TransferFailed(
-                f"seed {transfer.seed_id} stalled: the receiver did not answer for {self._stall_timeout:g} seconds"))
-
-    def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
-        self._transfer.connection_lost(self, self._busy or reason.getErrorMessage())
 
 
 def send_tree(reactor: Any, host: str, port: int, seed_id: str, source_dir: str, *, secret: bytes,

@@ -185,6 +185,49 @@ class Staging:
         return None
 
 
+class TreeDirectories:
+    """A writer's way into the staging tree, for its disk thread: the directory entries go to stays
+    open while they do, and new files are made in it under hidden partial names."""
+
+    def __init__(self, staging: Staging) -> None:
+        self._staging = staging
+        self._open: tuple[bytes, int] | None = None  # (relative path, descriptor) last written into
+        self._partial_serial = 0
+
+    def directory(self, relative: bytes) -> int:
+        """A descriptor of the staging tree's directory ``relative``, kept while entries go there.
+
+        The sender sends a directory's entries together, so this opens each directory about once.
+        """
+        if self._open is not None and self._open[0] == relative:
+            return self._open[1]
+        fd = self._staging.open_tree_directory(relative)
+        self.close()
+        self._open = (relative, fd)
+        return fd
+
+    def create_partial(self, directory: int) -> tuple[bytes, int]:
+        """(name, descriptor) of a new empty file, hidden, in ``directory``.
+
+        In the file's own directory, not one for all: ext4 without a journal scans past recently
+        deleted inodes near the directory's for each file it creates (``bench/RESULTS.md``).
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            self._partial_serial += 1
+            name = b".orchagent-partial-%d" % self._partial_serial
+            try:
+                return name, os.open(name, flags, 0o600, dir_fd=directory)
+            except FileExistsError:
+                continue  # the tree itself has a file of that name
+
+    def close(self) -> None:
+        """Close the directory kept open (a later :meth:`directory` opens it anew)."""
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
+
+
 def remove_entry(dir_fd: int, name: str | bytes) -> None:
     """Remove ``name`` from ``dir_fd`` and, for a directory, everything below it, following nothing."""
     try:

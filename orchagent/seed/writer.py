@@ -23,7 +23,7 @@ from orchagent.seed.lanes import SharedStaging
 from orchagent.seed.durability import BackgroundSync, DiskThread
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
 from orchagent.seed.ranges import punch
-from orchagent.seed.staging import open_own_directory, seal_file
+from orchagent.seed.staging import TreeDirectories, open_own_directory, seal_file
 from orchagent.seed.transfer import Progress
 
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
@@ -65,12 +65,11 @@ class TreeWriter:
         self._ring: dict[int, memoryview] = {}  # every receive buffer, by id() of its bytearray
         self._directories: dict[bytes, tuple[int, int]] = {b"": (0, 0)}  # path -> (mode, mtime_ns)
         self._as_root = os.geteuid() == 0
-        self._directory_open: tuple[bytes, int] | None = None  # (relative path, descriptor) last written into
+        self._tree = TreeDirectories(self._staging)  # the disk thread's way into the staging tree
         self._file: Entry | None = None
         self._fd = -1
         self._written = self._flushed = self._end = 0  # bytes written, of them flushed; end of the data
         self._temp = b""
-        self._partial_serial = 0
         self._ended: tuple[int, int] | None = None
         self._received_files = self._received_bytes = 0
         self._syncer: BackgroundSync | None = None
@@ -176,7 +175,7 @@ class TreeWriter:
 
     def _write_entry(self, entry: Entry) -> None:
         parent, _, name = entry.path.rpartition(b"/")
-        directory = self._directory(parent)
+        directory = self._tree.directory(parent)
         if entry.kind == EntryKind.DIR:
             try:
                 os.mkdir(name, 0o700, dir_fd=directory)  # the agent's, closed to others, until finish()
@@ -192,9 +191,9 @@ class TreeWriter:
         else:
             self._file, self._written, self._flushed, self._end = entry, 0, 0, entry.start
             if entry.part is None:
-                self._temp, self._fd = self._create_partial(directory)
+                self._temp, self._fd = self._tree.create_partial(directory)
             else:  # a range: the file is all lanes', made once, by the first to need it
-                self._fd = self._shared.ranged.open(entry, directory, self._create_partial)
+                self._fd = self._shared.ranged.open(entry, directory, self._tree.create_partial)
 
     def _start_stream(self) -> None:
         self._extractor.start(self._staging.tree_path(), self.source_port)
@@ -236,7 +235,7 @@ class TreeWriter:
             finally:
                 os.close(fd)
             parent, _, name = entry.path.rpartition(b"/")
-            directory = self._directory(parent)
+            directory = self._tree.directory(parent)
             os.rename(self._temp, name, src_dir_fd=directory, dst_dir_fd=directory)
         else:
             os.close(fd)
@@ -286,7 +285,7 @@ class TreeWriter:
         """Disk thread: back to the verified point (see :meth:`rewind`)."""
         if any(entry is self._file for entry in undo):  # begun after the last tag: all of it goes
             if self._file.part is None:
-                os.unlink(self._temp, dir_fd=self._directory(self._file.path.rpartition(b"/")[0]))
+                os.unlink(self._temp, dir_fd=self._tree.directory(self._file.path.rpartition(b"/")[0]))
             else:  # other lanes write the file too: only this range's bytes go
                 punch(self._fd, self._file.start, self._end - self._file.start)
             os.close(self._fd)
@@ -302,9 +301,9 @@ class TreeWriter:
         for entry in undo:
             if entry.kind == EntryKind.SYMLINK or (entry.kind == EntryKind.DIR and not self._shared.shared):
                 parent, _, name = entry.path.rpartition(b"/")
-                directory = self._directory(parent)
+                directory = self._tree.directory(parent)
                 (os.rmdir if entry.kind == EntryKind.DIR else os.unlink)(name, dir_fd=directory)
-        self._close_directory()  # it may be one just removed, which a resumed stream makes anew
+        self._tree.close()  # it may be one just removed, which a resumed stream makes anew
 
     # the end
 
@@ -319,12 +318,11 @@ class TreeWriter:
         if self._ended != (self._received_files, self._received_bytes):
             raise ProtocolError(f"the sender sent {self._ended[0]} files ({self._ended[1]} bytes) but "
                                 f"{self._received_files} files ({self._received_bytes} bytes) arrived")
-        self._close_directory()
+        self._tree.close()
         self._syncer.close()
         if self.source_port is not None:
-            self._extractor.prepare(self._staging.tree_path(), self._staging.tree_fd)
-            if self._as_root:
-                _give_to(self._staging.tree_fd, self._staging.owner)
+            self._extractor.prepare(self._staging.tree_path(), self._staging.tree_fd,
+                                    self._staging.owner if self._as_root else None)
         self._shared.finish(self._directories, lambda directories: self._shared.move_in(directories, cancelled))
 
     def discard(self) -> None:
@@ -341,7 +339,7 @@ class TreeWriter:
                 self._syncer.close()
             except OSError:
                 pass  # the data is being thrown away
-        self._close_directory()
+        self._tree.close()
         if self._started:
             self._started = False
             self._shared.discard()
@@ -360,50 +358,3 @@ class TreeWriter:
         finally:
             self._buffers = queue.SimpleQueue()
             self._ring.clear()
-
-    def _create_partial(self, directory: int) -> tuple[bytes, int]:
-        """(name, descriptor) of a new empty file, hidden, in ``directory``.
-
-        In the file's own directory, not one for all: ext4 without a journal scans past recently
-        deleted inodes near the directory's for each file it creates (``bench/RESULTS.md``).
-        """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        while True:
-            self._partial_serial += 1
-            name = b".orchagent-partial-%d" % self._partial_serial
-            try:
-                return name, os.open(name, flags, 0o600, dir_fd=directory)
-            except FileExistsError:
-                continue  # the tree itself has a file of that name
-
-    def _directory(self, relative: bytes) -> int:
-        """A descriptor of the staging tree's directory ``relative``, kept while entries go there.
-
-        The sender sends a directory's entries together, so this opens each directory about once.
-        """
-        if self._directory_open is not None and self._directory_open[0] == relative:
-            return self._directory_open[1]
-        fd = self._staging.open_tree_directory(relative)
-        self._close_directory()
-        self._directory_open = (relative, fd)
-        return fd
-
-    def _close_directory(self) -> None:
-        if self._directory_open is not None:
-            os.close(self._directory_open[1])
-            self._directory_open = None
-
-
-def _give_to(fd: int, owner: tuple[int, int]) -> None:
-    """Give everything below the directory ``fd`` (an extracted hot seed, all the agent's and closed to
-    others) to ``owner``, following no link; each directory after its contents."""
-    for entry in list(os.scandir(fd)):
-        if entry.is_dir(follow_symlinks=False):
-            child = open_own_directory(entry.name, fd)
-            try:
-                _give_to(child, owner)
-                os.fchown(child, *owner)
-            finally:
-                os.close(child)
-        else:
-            os.chown(entry.name, *owner, dir_fd=fd, follow_symlinks=False)

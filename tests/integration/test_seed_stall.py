@@ -63,7 +63,7 @@ class CountingExtractor:
     def end(self) -> None:
         pass
 
-    def prepare(self, directory: str, directory_fd: int) -> None:
+    def prepare(self, directory: str, directory_fd: int, owner: tuple[int, int] | None) -> None:
         pass
 
     def abort(self) -> None:
