@@ -31,8 +31,6 @@ from orchagent.seed.protocol import Kind, TransferFailed
 from orchagent.seed.resumption import silence_limit
 from orchagent.seed.tlschannel import Lending
 
-__all__ = ["Transfer", "Progress", "TransferFailed", "TransferAborted", "Dropped"]
-
 log = logs.logger(__name__)
 
 PIPE_BYTES = 8 * 1024 * 1024  # per transfer, between the sender's reader thread and its sending thread

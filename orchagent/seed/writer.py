@@ -24,7 +24,7 @@ from orchagent.seed.durability import BackgroundSync, DiskThread
 from orchagent.seed.protocol import Entry, EntryKind, ProtocolError, TransferFailed
 from orchagent.seed.ranges import punch
 from orchagent.seed.staging import TreeDirectories, open_own_directory, seal_file
-from orchagent.seed.transfer import Progress
+from orchagent.seed.outcome import Progress
 
 WRITEBACK_BYTES = 16 * 1024 * 1024  # start write-back of a file every this many bytes
 BACKGROUND_SYNC_BYTES = 64 * 1024 * 1024  # make the target durable in the background every this many bytes
