@@ -141,4 +141,15 @@ def zdata(offset: int, data: bytes, min_saving: float) -> list[bytes] | None:
     compressed = context.compress(data)
     if len(compressed) >= min(len(data) * (1 - min_saving), len(data) - ZDATA_HEADER.size):
         return None
-    return [zdata_header(offset, len(data), len(compressed)), compressed]
+    return [zdata_header(offset, len(data), len(compressed)), _right_sized(compressed)]
+
+
+def _right_sized(compressed: bytes) -> bytes:
+    """``compressed`` in a bytes object of its own size.  zstandard's ``compress`` allocates the
+    worst case (the input's size and more) and only shortens the object's length, never its
+    memory: a 1 MB block compressed to 400 KB holds 1 MB until it is sent, while the sender's pipe
+    counts it as 400 KB.  That put 2.5x (8x on an empty redo log) the pipe's bytes in memory,
+    what took the source above 100 MB with 4 streams (bench/RESULTS.md, "The source's memory with
+    parallel streams").  The copy costs a memcpy of the compressed bytes; the large buffer is
+    freed at once and reused by the next block."""
+    return bytes(memoryview(compressed))

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import threading
+import tracemalloc
 
 import zstandard
 from twisted.trial.unittest import SynchronousTestCase
@@ -150,6 +151,23 @@ class InflatedMemoryTests(SynchronousTestCase):
         inflated = self.inflated_while_the_disk_waits(writer)
         self.assertLessEqual(inflated, (INFLATED_BATCHES + 1) * INFLATED_BATCH_BYTES // 4)
         writer.discard()
+
+
+class CompressedBlockMemoryTests(SynchronousTestCase):
+    """A compressed block holds the memory its frame's length says: what the sender's pipe counts."""
+
+    def test_a_compressed_block_holds_its_size_not_the_input_size(self):
+        block = os.urandom(300 * 1024) + bytes(724 * 1024)  # 1 MB compressing to about 300 KB
+        zdata(0, block, 0.0)  # this thread's zstd context is made
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+            self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        frame = zdata(0, block, 0.0)
+        held = tracemalloc.get_traced_memory()[0] - before
+        size = sum(map(len, frame))
+        self.assertLess(size, len(block) // 2)
+        self.assertLess(held, size + 4096)  # zstandard's own result holds the whole 1 MB
 
 
 class IncompressibleDataTests(SynchronousTestCase):
