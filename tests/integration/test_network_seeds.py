@@ -4,7 +4,8 @@ Each test runs both agents in a network namespace of its own whose loopback is s
 ``tbf`` (100 or 200 Mbit/s), so the link, not this machine's disk, sets the pace: compression
 must pay off on a real MariaDB datadir and cost nothing on incompressible data, the throttle
 route must move the measured rate, a seed whose connection is cut twice (a relay killed and
-restarted) must resume and finish, and command mode (socat/tar) must work as before.  The
+restarted) must resume and finish, a MariaDB datadir must arrive whole over three streams and over
+TLS while throttled and cut, and command mode (socat/tar) must work as before.  The
 agents serve plain directories (``MySQLDatadirCommand: echo <dir>``, MySQL reported stopped),
 so the source sends its datadir itself.  Nothing of the namespace outlives a test, failed or not.
 """
@@ -26,6 +27,7 @@ from testbed.agent import free_port, start_agent
 from testbed.mariadb import MariaDBSandbox
 from testbed.netns import network_namespace
 from testbed.orchestrator import HostAgent, Orchestrator
+from testbed.pki import CertificateAuthority
 from testbed.seed_link import SlowLink
 from testbed.seeding import directory_agent_settings, load_sample_data, socat_tar_commands, table_checksums
 from tests.support.root import requires_root
@@ -61,7 +63,8 @@ def write_random_tree(root: str, sizes: dict[str, int]) -> None:
 
 @requires_root("network namespaces, qdiscs, MariaDB sandboxes and the built-in receive's chown")
 class NetworkSeedTests(SynchronousTestCase):
-    """Compression, the throttle and command mode between two agents over a shaped link, verified on the target."""
+    """Compression, streams, TLS, the throttle, resume and command mode between two agents over a shaped link,
+    verified on the target."""
 
     def setUp(self):
         self.directory = tempfile.mkdtemp(prefix="orchagent-netseed-")
@@ -70,9 +73,13 @@ class NetworkSeedTests(SynchronousTestCase):
         self.target_dir = os.path.join(self.directory, "target-datadir")
         self.orchestrator = Orchestrator()
 
-    def start_agents(self, rate: str, relay: bool = False, **settings) -> tuple[HostAgent, HostAgent]:
+    def start_agents(self, rate: str, relay: bool = False, tls: bool = False, **settings) -> tuple[HostAgent, HostAgent]:
         """A namespace shaped to ``rate`` with the source and target agents inside, serving the two datadirs;
-        with ``relay``, the source sends through ``self.link``, a relay in the namespace too."""
+        with ``relay``, the source sends through ``self.link``, a relay in the namespace too; with
+        ``tls``, both agents use TLS (certificates of a throw-away CA), the API and the seed alike."""
+        ca = CertificateAuthority(os.path.join(self.directory, "ca")) if tls else None
+        if ca is not None:
+            self.orchestrator = Orchestrator(ca_file=ca.cert)
         self.addCleanup(self.assert_namespace_removed)  # cleanups run last-in first-out: after its close
         self.net = network_namespace(self, rate=rate)
         seed_port = self.net.call(free_port, TARGET_ADDRESS)
@@ -87,6 +94,9 @@ class NetworkSeedTests(SynchronousTestCase):
             directory = os.path.join(self.directory, address)
             config = directory_agent_settings(directory, datadir, port, SECRET,
                                               SeedStallTimeoutSeconds=STALL_SECONDS, **settings)
+            if ca is not None:
+                issued = ca.issue(address, ips=(address,))
+                config.update(UseSSL=True, SSLCertFile=issued.cert, SSLPrivateKeyFile=issued.key, SSLCAFile=ca.cert)
             agent = start_agent(config, address=address, directory=directory, namespace=self.net)
             self.addCleanup(agent.stop)
             agents.append(HostAgent.of(agent))
@@ -170,6 +180,35 @@ class NetworkSeedTests(SynchronousTestCase):
         self.assertEqual((sent["Streams"], received["Streams"]), (3, 3))
         for status in (sent, received):
             self.assertEqual((status["BytesDone"], status["FilesDone"]), (status["BytesTotal"], status["FilesTotal"]))
+        self.assert_target_starts_with(target_server, checksums)
+
+    def test_a_mariadb_datadir_over_tls_throttled_and_cut_resumes_with_the_sources_checksums(self):
+        checksums, target_server = self.mariadb_datadirs()
+        rate = 16 * MB  # uncompressed, so the throttle paces the datadir's own bytes
+        source, target = self.start_agents("1gbit", relay=True, tls=True, SeedParallelStreams=1,
+                                           SeedCompression="none", SeedMaxBytesPerSecond=rate)
+
+        started = time.monotonic()
+        self.start_seed(source, target, 7)
+        deadline = started + 30
+        while (throttled := self.call(source, "seed-status/7"))["WireBytes"] < 12 * MB:
+            self.assertLess(time.monotonic(), deadline, throttled)
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+        # the link moves 125 MB/s: only the throttle (one batch of credit at most) makes this take so long
+        self.assertGreater(elapsed, 0.9 * (throttled["WireBytes"] - MB) / rate, throttled)
+        self.link.cut()  # the relay killed and restarted: the TLS connection drops mid-seed
+        while self.call(target, "seed-status/7")["Resumes"] == 0:
+            self.assertLess(time.monotonic(), deadline, self.call(target, "seed-status/7"))
+            time.sleep(0.02)
+        self.assertTrue(self.call(source, "seed-throttle/7?bytesPerSecond=0"))  # the rest at the link's rate
+        sent, received = self.finish_seed(source, target, 7)
+
+        self.assertEqual((throttled["MaxBytesPerSecond"], sent["MaxBytesPerSecond"]), (rate, 0))
+        for status in (sent, received):
+            self.assertEqual(status["Resumes"], 1, status)
+            self.assertLess(status["ResentBytes"], status["BytesTotal"] / 10, status)
+        self.assertEqual(tree_digests(self.target_dir), tree_digests(self.source_dir))
         self.assert_target_starts_with(target_server, checksums)
 
     def test_incompressible_data_goes_raw_at_the_links_rate(self):
